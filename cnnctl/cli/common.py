@@ -1,0 +1,54 @@
+"""What every subcommand shares: consoles, JSON output, number formatting. Torch-free."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any
+
+from rich.console import Console
+
+_out: Console | None = None
+_err: Console | None = None
+
+
+def out() -> Console:
+    """Console for results (stdout). Wide when not a terminal, so tables stay unwrapped in files."""
+    global _out
+    if _out is None:
+        width = None if sys.stdout.isatty() else int(os.environ.get("COLUMNS", "160"))
+        _out = Console(file=sys.stdout, width=width, soft_wrap=False)
+    return _out
+
+
+def err() -> Console:
+    """Console for progress and logs (stderr)."""
+    global _err
+    if _err is None:
+        width = None if sys.stderr.isatty() else int(os.environ.get("COLUMNS", "160"))
+        _err = Console(file=sys.stderr, width=width, soft_wrap=True)
+    return _err
+
+
+def print_json(obj: Any) -> None:
+    """One JSON document on stdout (plain print: no rich markup or wrapping)."""
+    sys.stdout.write(json.dumps(obj, indent=None, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def human_count(n: int | float) -> str:
+    """1116970 -> "1.12M" (for compact table cells)."""
+    n = float(n)
+    for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= div:
+            return f"{n / div:.2f}{unit}"
+    return f"{int(n)}"
+
+
+def human_bytes(n: int | float) -> str:
+    n = float(n)
+    for unit, div in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= div:
+            return f"{n / div:.2f} {unit}"
+    return f"{int(n)} B"

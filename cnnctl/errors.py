@@ -1,0 +1,62 @@
+"""The CnnctlError family.
+
+Library code raises these with a message that says what went wrong *and* how to fix it. Only
+`cnnctl.cli` turns them into a one-line message on stderr and a non-zero exit code, so a user
+never sees a traceback for a mistake in their own input.
+"""
+
+from __future__ import annotations
+
+
+class CnnctlError(Exception):
+    """Base class: a problem the user can fix. `exit_code` is what the CLI exits with."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, *, details: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        # Extra lines shown before the one-line message (e.g. a partial shape trace).
+        self.details = details or []
+
+
+class UsageError(CnnctlError):
+    """A bad option value or combination of options."""
+
+
+class ModelError(CnnctlError):
+    """Unknown model, or a model that cannot be built for the requested input."""
+
+
+class ShapeError(CnnctlError):
+    """An input that cannot pass through a model: carries the diagnosis."""
+
+
+class DataError(CnnctlError):
+    """Missing, unreadable or inconsistent data."""
+
+
+class CheckpointError(CnnctlError):
+    """A checkpoint or ONNX file that is missing, damaged or not cnnctl's."""
+
+
+class RunDirError(CnnctlError):
+    """A run directory that cannot be used (non-empty, locked, missing files)."""
+
+
+class TrainingError(CnnctlError):
+    """Training stopped because it cannot go on (e.g. the loss became NaN)."""
+
+    exit_code = 3
+
+
+class ExportError(CnnctlError):
+    """An export that failed its checks; nothing is left on disk."""
+
+    exit_code = 3
+
+
+class GateError(CnnctlError):
+    """A quality gate failed (e.g. --min-accuracy): exit 1 so shell scripts can stop."""
+
+    exit_code = 1
