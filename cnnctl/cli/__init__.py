@@ -42,9 +42,9 @@ def _root(
 
 
 def _register() -> None:
-    from cnnctl.cli import models, shapes
+    from cnnctl.cli import models, shapes, train
 
-    for module in (models, shapes):
+    for module in (models, shapes, train):
         module.register(app)
 
 

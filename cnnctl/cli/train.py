@@ -1,0 +1,114 @@
+"""`cnnctl train MODEL ...`: its flags are generated from `cnnctl.config.TrainConfig`."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Annotated, Any, Optional
+
+import typer
+
+from cnnctl.config import CHOICES, FIELDS
+
+_FIXED = {
+    "recipe": (Optional[str], typer.Option("--recipe", "-r", help="TOML recipe (recipes/*.toml); flags given here override it.")),
+    "out": (Optional[str], typer.Option("--out", "-o", help="Run directory (default: runs/MODEL-DATA-TIME).")),
+    "resume": (Optional[str], typer.Option("--resume", help="Continue the run in this directory (a larger --epochs extends it).")),
+    "overwrite": (bool, typer.Option("--overwrite", help="Replace the files of an existing --out.")),
+    "json_": (bool, typer.Option("--json", help="Print one JSON record per epoch and a JSON summary on stdout.")),
+}
+
+
+def _option(name: str) -> Any:
+    f = FIELDS[name]
+    flag = "--" + name.replace("_", "-")
+    default = f.default
+    help_text = f.metadata["help"]
+    if name in CHOICES:
+        help_text += f" (default: {default})"
+    elif not isinstance(default, bool):
+        help_text += f" (default: {default if default != '' else 'auto'})"
+    if isinstance(default, bool):
+        return Optional[bool], typer.Option(f"{flag}/--no-{flag[2:]}", help=help_text + f" (default: {'on' if default else 'off'})", show_default=False)
+    return Optional[type(default)], typer.Option(flag, help=help_text, show_default=False)
+
+
+def train(**kwargs: Any) -> None:
+    """Train a model: data -> epoch loop -> run directory (safetensors + JSON history).
+
+    --batch-size is the batch per optimizer step.
+    """
+    from cnnctl.cli.common import out, print_json
+    from cnnctl.cli.progress import TrainReporter
+    from cnnctl.errors import CnnctlError
+    from cnnctl.trainer import RunInterrupted, train as run_training
+
+    model = kwargs.pop("model")
+    fixed = {k: kwargs.pop(k) for k in list(_FIXED)}
+    reporter = TrainReporter(json_lines=fixed["json_"])
+    try:
+        result = run_training(model, fixed["recipe"], kwargs, out=fixed["out"], resume=fixed["resume"],
+                              overwrite=fixed["overwrite"], reporter=reporter)  # fmt: skip
+    except RunInterrupted as exc:
+        reporter.close()
+        raise CnnctlError(
+            f"interrupted; {exc.run_dir} is consistent at epoch {exc.epoch}. Resume with: cnnctl train --resume {exc.run_dir}"
+        ) from None
+    finally:
+        reporter.close()
+    summary = {
+        "run_dir": str(result.run_dir),
+        "stopped": result.reason,
+        "epochs": len(result.epochs),
+        "best_epoch": result.best_epoch,
+        "best": result.best,
+        "test": result.test,
+    }
+    if fixed["json_"]:
+        print_json({"summary": summary})
+        return
+    _render(summary, result.epochs)
+
+
+def _render(summary: dict[str, Any], epochs: list[dict[str, Any]]) -> None:
+    from cnnctl.cli.common import out
+
+    console = out()
+    last = epochs[-1] if epochs else {}
+    best = next((r for r in epochs if r["epoch"] == summary["best_epoch"]), last)
+    lines = [f"run: {summary['run_dir']}  ({summary['epochs']} epoch(s), stopped: {summary['stopped']})"]
+    if "val_acc" in best:
+        lines.append(f"best epoch {best['epoch']}: val_acc {best['val_acc']:.4f}  val_loss {best['val_loss']:.4f}  train_acc {best['train_acc']:.4f}")
+        gap = best["train_acc"] - best["val_acc"]
+        hint = "overfitting" if gap > 0.05 else ("underfitting" if best["train_acc"] < 0.9 and gap < 0.02 else "good fit")
+        lines.append(f"train - val accuracy gap: {gap:+.4f} ({hint})")
+    if summary["test"]:
+        t = summary["test"]
+        lines.append(f"test: acc {t['acc']:.4f}  loss {t['loss']:.4f}  on {t['images']} images (best checkpoint, never used for selection)")
+    lines.append(f"next: cnnctl eval {summary['run_dir']}  |  cnnctl export {summary['run_dir']}")
+    for line in lines:
+        console.print(line, highlight=False)
+
+
+def _signature() -> inspect.Signature:
+    params = [
+        inspect.Parameter(
+            "model", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None,
+            annotation=Annotated[Optional[str], typer.Argument(help="Model name (`cnnctl models`); may come from --recipe or --resume.", show_default=False)],
+        )  # fmt: skip
+    ]
+    for name, (typ, opt) in _FIXED.items():
+        default = False if typ is bool else None
+        params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=Annotated[typ, opt]))
+    for name, f in FIELDS.items():
+        if f.metadata["cli"]:
+            typ, opt = _option(name)
+            params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[typ, opt]))
+    return inspect.Signature(params)
+
+
+train.__signature__ = _signature()  # type: ignore[attr-defined]
+train.__annotations__ = {p.name: p.annotation for p in train.__signature__.parameters.values()}  # type: ignore[attr-defined]
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train")(train)

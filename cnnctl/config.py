@@ -1,0 +1,178 @@
+"""The one typed definition of every `cnnctl train` option. Torch-free.
+
+Recipes (TOML) and command-line flags both map onto `TrainConfig`: a recipe sets fields, flags
+given on the command line override them, and the resolved config is saved as `config.json`.
+The train command's flags are generated from these fields, so there is one list, not two.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cnnctl.errors import UsageError
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "augment": ("none", "flip-crop", "shift", "flip"),
+    "optimizer": ("sgd", "adam", "adamw"),
+    "loss": ("ce", "mse"),
+    "scheduler": ("none", "step", "cosine", "onecycle"),
+    "device": ("auto", "cpu", "cuda", "mps"),
+    "amp": ("none", "bf16", "fp16"),
+    "monitor": ("val_acc", "val_loss"),
+}
+
+
+def _f(default: Any, help: str, *, flag: str | None = None, cli: bool = True) -> Any:
+    return field(default=default, metadata={"help": help, "flag": flag, "cli": cli})
+
+
+@dataclass
+class TrainConfig:
+    """Every option of a training run, with its default."""
+
+    model: str = _f("", "Model name from the registry (`cnnctl models`).", cli=False)
+    data: str = _f("mnist-mini", "Data set: mnist, fashion-mnist, kmnist, cifar10, cifar100, mnist-mini (built in), or an image folder PATH.")
+    data_dir: str = _f("./data", "Where torchvision data sets live (torchvision's layout).")
+    download: bool = _f(False, "Download a torchvision data set if it is missing.")
+    val_split: float = _f(0.1, "Fraction of the training split held out for validation (model selection), 0 for none.")
+    subset: int = _f(0, "Train on only the first N training images (a fixed stratified-shuffled subset); 0 = all.")
+    image_size: str = _f("", "Resize images to N or HxW (image folders; default: the data set's own size).")
+    grayscale: bool = _f(False, "Convert images to 1-channel grayscale (image folders).")
+    mean: str = _f("", "Per-channel mean, e.g. 0.5,0.5,0.5 (default: computed on the training split).")
+    std: str = _f("", "Per-channel std, e.g. 0.25,0.25,0.25 (default: computed on the training split).")
+    augment: str = _f("none", "Augmentation: none, flip-crop (pad-4 crop + h-flip), shift (+-2 px, for digits), flip.")
+    allow_flip: bool = _f(False, "Allow horizontal flips on digit data sets (refused by default: a flipped 2 is not a 2).")
+    epochs: int = _f(10, "Number of epochs (ignored when --iters is set).")
+    iters: int = _f(0, "Train for this many iterations (batches) instead of --epochs.")
+    batch_size: int = _f(128, "Batch size.")
+    eval_batch_size: int = _f(1024, "Batch size for validation and test passes.")
+    optimizer: str = _f("adamw", "Optimizer: sgd, adam, adamw.")
+    lr: float = _f(1e-3, "Learning rate (the peak rate for onecycle).")
+    momentum: float = _f(0.9, "SGD momentum.")
+    nesterov: bool = _f(False, "Nesterov momentum (SGD).")
+    weight_decay: float = _f(0.0, "Weight decay.")
+    loss: str = _f("ce", "Loss: ce (cross-entropy) or mse (softmax vs one-hot, as the cats-vs-dogs tutorial).")
+    label_smoothing: float = _f(0.0, "Label smoothing for cross-entropy.")
+    scheduler: str = _f("none", "LR schedule: none, step, cosine, onecycle.")
+    warmup: float = _f(0.0, "Linear warm-up length in epochs (onecycle default: 30% of training).")
+    step_size: int = _f(5, "Epochs between LR drops (step schedule).")
+    gamma: float = _f(0.1, "LR factor at each drop (step schedule).")
+    seed: int = _f(0, "Random seed (weights, shuffling, augmentation, dropout).")
+    device: str = _f("auto", "Device: auto, cpu, cuda, mps.")
+    amp: str = _f("none", "Mixed precision on CUDA: none, bf16, fp16.")
+    compile: bool = _f(False, "torch.compile the model (CUDA).")
+    deterministic: bool = _f(False, "Use deterministic algorithms (CUDA).")
+    channels_last: bool = _f(True, "Use channels_last memory format.")
+    threads: int = _f(0, "CPU threads for torch (0 = all cores).")
+    patience: int = _f(0, "Stop after this many epochs without improvement of --monitor (0 = never).")
+    monitor: str = _f("val_acc", "Metric that picks the best checkpoint: val_acc or val_loss.")
+    time_limit: float = _f(0.0, "Stop training after this many seconds (0 = no limit).")
+    cache_dir: str = _f("", "Cache for decoded image folders (default: ~/.cache/cnnctl).")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @property
+    def flip(self) -> bool:
+        return self.augment in ("flip-crop", "flip")
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+
+
+def _coerce(name: str, value: Any, where: str) -> Any:
+    f = FIELDS[name]
+    want = type(f.default)
+    if want is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if want is str and isinstance(value, (int, float)) and not isinstance(value, bool) and name in ("image_size",):
+        value = str(value)
+    if want is str and isinstance(value, list) and name in ("mean", "std"):
+        value = ",".join(str(v) for v in value)
+    if not isinstance(value, want) or (want is int and isinstance(value, bool)):
+        raise UsageError(f"{where}: {name} must be {want.__name__}, got {value!r}")
+    return value
+
+
+def validate(cfg: TrainConfig) -> TrainConfig:
+    """Check choices and ranges; every problem is one line naming the fix."""
+    for name, choices in CHOICES.items():
+        value = getattr(cfg, name)
+        if value not in choices:
+            close = difflib.get_close_matches(str(value), choices, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise UsageError(f"--{name.replace('_', '-')} {value!r} is not one of {', '.join(choices)}{hint}")
+    positive = {"batch_size": cfg.batch_size, "eval_batch_size": cfg.eval_batch_size}
+    for name, value in positive.items():
+        if value < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    if cfg.epochs < 1 and cfg.iters < 1:
+        raise UsageError("--epochs must be at least 1 (or give --iters)")
+    if cfg.iters < 0 or cfg.subset < 0 or cfg.patience < 0 or cfg.threads < 0 or cfg.time_limit < 0:
+        raise UsageError("--iters, --subset, --patience, --threads and --time-limit cannot be negative")
+    if not 0.0 <= cfg.val_split < 1.0:
+        raise UsageError(f"--val-split must be in [0, 1), got {cfg.val_split}")
+    if not cfg.lr > 0 or cfg.lr > 100:
+        raise UsageError(f"--lr must be a positive number (e.g. 1e-3), got {cfg.lr}")
+    if cfg.weight_decay < 0 or not 0 <= cfg.label_smoothing < 1 or cfg.momentum < 0 or cfg.warmup < 0:
+        raise UsageError("--weight-decay, --momentum and --warmup must be >= 0 and --label-smoothing in [0, 1)")
+    if cfg.loss == "mse" and cfg.label_smoothing:
+        raise UsageError("--label-smoothing applies to --loss ce only")
+    for name in ("mean", "std"):
+        parse_floats(getattr(cfg, name), name)
+    return cfg
+
+
+def parse_floats(text: str, name: str) -> list[float]:
+    """"0.5,0.5,0.5" -> [0.5, 0.5, 0.5] ("" -> [])."""
+    if not text.strip():
+        return []
+    try:
+        values = [float(v) for v in re.split(r"[,\s]+", text.strip()) if v]
+    except ValueError:
+        raise UsageError(f"--{name} must be comma-separated numbers, e.g. 0.5,0.5,0.5; got {text!r}") from None
+    if name == "std" and any(v <= 0 for v in values):
+        raise UsageError(f"--std values must be positive, got {text!r}")
+    return values
+
+
+def load_recipe(path: str | Path) -> dict[str, Any]:
+    """Read a TOML recipe into {field: value}; unknown keys and wrong types are errors."""
+    p = Path(path)
+    try:
+        raw = tomllib.loads(p.read_text())
+    except FileNotFoundError:
+        raise UsageError(f"recipe {p} not found; see recipes/ for the shipped ones") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"cannot read recipe {p}: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"recipe {p} is not valid TOML: {exc}") from None
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        name = key.replace("-", "_")
+        if name not in FIELDS:
+            close = difflib.get_close_matches(name, list(FIELDS), n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise UsageError(f"recipe {p}: unknown key {key!r}{hint}")
+        values[name] = _coerce(name, value, f"recipe {p}")
+    return values
+
+
+def resolve(model: str | None, recipe: str | None, flags: dict[str, Any], base: dict[str, Any] | None = None) -> TrainConfig:
+    """defaults <- base (a resumed run's config) <- recipe <- flags given on the command line."""
+    values: dict[str, Any] = dict(base or {})
+    if recipe:
+        values.update(load_recipe(recipe))
+    values.update({k: _coerce(k, v, "command line") for k, v in flags.items() if v is not None})
+    if model:
+        values["model"] = model
+    if not values.get("model"):
+        raise UsageError("no model given: `cnnctl train MODEL ...` or a recipe with model = \"...\"")
+    known = {k: v for k, v in values.items() if k in FIELDS}
+    return validate(TrainConfig(**known))

@@ -1,0 +1,96 @@
+"""Shuffled batches sliced from uint8 tensors in memory, augmented and normalised as whole batches.
+
+This replaces the tutorial's Dataset + per-sample transforms + DataLoader: no PIL and no Python
+work per image inside an epoch. Shuffling and augmentation draw from generators seeded by
+(seed, epoch), so an epoch is reproducible on its own, which is what makes resume exact.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+
+from cnnctl.data.sources import Split
+from cnnctl.preprocess import Preprocess
+
+PAD = {"flip-crop": 4, "shift": 2}
+
+
+def normalize(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """uint8 (N, C, H, W) -> float32 (x / 255 - mean) / std: the same ops as preprocess.normalize."""
+    return (x.to(torch.float32) / 255.0 - mean) / std
+
+
+def random_translate(x: torch.Tensor, pad: int, gen: torch.Generator) -> torch.Tensor:
+    """Zero-pad by `pad`, then crop back to size at a random offset per image (one gather)."""
+    n, _, h, w = x.shape
+    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
+    batch = torch.arange(n)[:, None, None]
+    rows = (dy[:, None] + torch.arange(h))[:, :, None]
+    cols = (dx[:, None] + torch.arange(w))[:, None, :]
+    # Advanced indexing over (N, H, W) with channels kept: result (N, H, W, C) -> (N, C, H, W).
+    return padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2)
+
+
+def random_flip(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    flip = torch.rand(x.shape[0], generator=gen) < 0.5
+    return torch.where(flip[:, None, None, None], x.flip(3), x)
+
+
+class Batches:
+    """Iterate (inputs, labels) batches of a Split; `epoch(e)` is deterministic given (seed, e)."""
+
+    def __init__(
+        self,
+        split: Split,
+        prep: Preprocess,
+        batch_size: int,
+        *,
+        shuffle: bool = False,
+        augment: str = "none",
+        seed: int = 0,
+        device: torch.device | str = "cpu",
+        channels_last: bool = True,
+        drop_last: bool = False,
+    ) -> None:
+        self.split = split
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.augment = augment
+        self.seed = seed
+        self.device = torch.device(device)
+        self.channels_last = channels_last
+        self.drop_last = drop_last and len(split) > batch_size
+        self.mean = torch.tensor(prep.mean or [0.0] * prep.channels, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
+        self.std = torch.tensor(prep.std or [1.0] * prep.channels, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
+
+    def __len__(self) -> int:
+        n = len(self.split)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def epoch(self, epoch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        n = len(self.split)
+        order = torch.randperm(n, generator=gen) if self.shuffle else None
+        for b in range(len(self)):
+            sl = slice(b * self.batch_size, min(n, (b + 1) * self.batch_size))
+            if order is None:
+                x, y = self.split.x[sl], self.split.y[sl]
+            else:
+                idx = order[sl]
+                x, y = self.split.x[idx], self.split.y[idx]
+            if self.augment in PAD:
+                x = random_translate(x, PAD[self.augment], gen)
+            if self.augment in ("flip-crop", "flip"):
+                x = random_flip(x, gen)
+            x = normalize(x.to(self.device, non_blocking=True), self.mean, self.std)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            yield x, y.to(self.device, non_blocking=True)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return self.epoch(0)
+

@@ -1,0 +1,128 @@
+"""From a source to what training needs: train/val/test splits, statistics, fingerprint."""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from cnnctl.config import TrainConfig, parse_floats
+from cnnctl.data.sources import DIGIT_SETS, Source, Split, load_source
+from cnnctl.errors import DataError, UsageError
+from cnnctl.preprocess import Preprocess
+from cnnctl.specs import parse_image_size
+
+# The validation split is drawn with this fixed seed, whatever --seed is, so runs with different
+# seeds are selected on the same images.
+VAL_SEED = 20240611
+
+
+@dataclass
+class DataBundle:
+    """Everything a run needs from its data; tensors are uint8 (N, C, H, W)."""
+
+    name: str
+    classes: list[str]
+    train: Split
+    val: Split | None
+    test: Split | None
+    prep: Preprocess
+    digits: bool
+    fingerprint: str
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return (self.prep.channels, *self.prep.size)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "classes": len(self.classes),
+            "train": len(self.train),
+            "val": len(self.val) if self.val else 0,
+            "test": len(self.test) if self.test else 0,
+            "fingerprint": self.fingerprint,
+        }
+
+
+def channel_stats(x: torch.Tensor) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of uint8 images in [0, 1] units, in chunks (bounded memory)."""
+    c = x.shape[1]
+    total = torch.zeros(c, dtype=torch.float64)
+    total_sq = torch.zeros(c, dtype=torch.float64)
+    for start in range(0, x.shape[0], 4096):
+        chunk = x[start:start + 4096].to(torch.float64).div_(255.0)
+        total += chunk.sum(dim=(0, 2, 3))
+        total_sq += chunk.pow(2).sum(dim=(0, 2, 3))
+    n = x.shape[0] * x.shape[2] * x.shape[3]
+    mean = total / n
+    std = (total_sq / n - mean.pow(2)).clamp_min(1e-12).sqrt()
+    return [round(float(v), 6) for v in mean], [round(max(float(v), 1e-3), 6) for v in std]
+
+
+def _fingerprint(*splits: Split | None) -> str:
+    h = hashlib.sha256()
+    for s in splits:
+        if s is not None:
+            h.update(s.x.contiguous().numpy().tobytes())
+            h.update(s.y.numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def split_off(split: Split, fraction: float) -> tuple[Split, Split | None]:
+    """(train, val) with a fixed-seed random `fraction` held out."""
+    if fraction <= 0:
+        return split, None
+    n_val = max(1, int(round(len(split) * fraction)))
+    if n_val >= len(split):
+        raise UsageError(f"--val-split {fraction} leaves no training images out of {len(split)}")
+    perm = torch.randperm(len(split), generator=torch.Generator().manual_seed(VAL_SEED))
+    return split.take(perm[n_val:].sort().values), split.take(perm[:n_val].sort().values)
+
+
+def build(cfg: TrainConfig, log: Callable[[str], None] = lambda m: print(m, file=sys.stderr)) -> DataBundle:
+    """Load `cfg.data` and split it; mean/std come from the training split only."""
+    size = parse_image_size(cfg.image_size) if cfg.image_size else None
+    src: Source = load_source(cfg.data, cfg.data_dir, cfg.download, size, cfg.grayscale, cfg.cache_dir, log)
+    train, val = src.train, src.val
+    if val is None:
+        train, val = split_off(train, cfg.val_split)
+    if cfg.subset:
+        perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(VAL_SEED + 1))
+        train = train.take(perm[: cfg.subset].sort().values)
+    if len(train) == 0:
+        raise DataError(f"{cfg.data}: the training split is empty")
+    mean, std = parse_floats(cfg.mean, "mean"), parse_floats(cfg.std, "std")
+    if not mean or not std:
+        stat_mean, stat_std = channel_stats(train.x)
+        mean, std = mean or stat_mean, std or stat_std
+    if len(mean) != src.channels or len(std) != src.channels:
+        raise UsageError(f"--mean/--std need {src.channels} value(s) for {src.channels}-channel images")
+    prep = Preprocess(channels=src.channels, size=src.size, mean=mean, std=std)
+    digits = src.name in DIGIT_SETS
+    if cfg.flip and digits and not cfg.allow_flip:
+        raise UsageError(
+            f"--augment {cfg.augment} flips images horizontally, which turns digits into other shapes; "
+            f"use --augment shift for {src.name}, or add --allow-flip if you really mean it"
+        )
+    return DataBundle(src.name, src.classes, train, val, src.test, prep, digits, _fingerprint(train, val), src.notes)
+
+
+def build_for_eval(
+    data: str, data_dir: str, prep: Preprocess, val_split: float, log: Callable[[str], None] = lambda m: print(m, file=sys.stderr)
+) -> tuple[Source, Split | None]:
+    """Load `data` decoded exactly as `prep` says (for eval); returns the source and its val split."""
+    src = load_source(data, data_dir, False, prep.size, prep.channels == 1, "", log)
+    if src.channels != prep.channels or tuple(src.size) != tuple(prep.size):
+        raise DataError(
+            f"{data} gives {src.channels}x{src.size[0]}x{src.size[1]} images but the model takes "
+            f"{prep.channels}x{prep.size[0]}x{prep.size[1]}"
+        )
+    val = src.val
+    if val is None:
+        _, val = split_off(src.train, val_split)
+    return src, val

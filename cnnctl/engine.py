@@ -1,0 +1,266 @@
+"""The one epoch loop and the one evaluate(): `fit` calls `evaluate`; `cnnctl eval` calls it too.
+
+zero_grad -> forward -> loss -> backward -> step, with the learning rate set per step from a
+pure schedule function, optional AMP on CUDA, and checks that stop a diverging run at once.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cnnctl.errors import TrainingError
+
+
+class Interrupted(Exception):
+    """Raised inside an epoch when SIGINT/SIGTERM arrived; the partial epoch is discarded."""
+
+
+class Reporter(Protocol):
+    def start_epoch(self, epoch: int, epochs: int, batches: int) -> None: ...
+    def batch(self, done: int, loss: float, images_per_s: float) -> None: ...
+    def end_epoch(self, record: dict[str, Any], best: bool) -> None: ...
+    def log(self, message: str) -> None: ...
+
+
+def make_loss(kind: str, num_classes: int, label_smoothing: float = 0.0) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """Cross-entropy, or MSE between softmax(logits) and one-hot targets (the cats-vs-dogs tutorial)."""
+    if kind == "mse":
+        def mse(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            return F.mse_loss(logits.float().softmax(1), F.one_hot(y, num_classes).float())
+        return mse
+
+    def ce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
+    return ce
+
+
+def autocast(device: torch.device, amp: str):
+    if amp == "none" or device.type != "cuda":
+        return torch.autocast(device_type=device.type, enabled=False)
+    return torch.autocast(device_type="cuda", dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+
+
+@dataclass
+class EpochStats:
+    loss: float
+    acc: float
+    images: int
+    steps: int
+    seconds: float
+    truncated: bool
+
+
+def train_one_epoch(
+    model: nn.Module,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    optimizer: torch.optim.Optimizer,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    lr_fn: Callable[[int], float],
+    step: int,
+    *,
+    max_steps: int | None = None,
+    deadline: float | None = None,
+    amp: str = "none",
+    scaler: Any = None,
+    should_stop: Callable[[], bool] = lambda: False,
+    reporter: Reporter | None = None,
+) -> tuple[EpochStats, int]:
+    """One pass over `batches`; returns the stats and the new global step."""
+    model.train()
+    device = next(model.parameters()).device
+    total_loss = torch.zeros((), dtype=torch.float64)
+    correct = torch.zeros((), dtype=torch.int64)
+    seen = steps = 0
+    truncated = False
+    start = time.perf_counter()
+    for x, y in batches:
+        if should_stop():
+            raise Interrupted()
+        lr = lr_fn(step)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        optimizer.zero_grad(set_to_none=True)
+        with autocast(device, amp):
+            logits = model(x)
+            loss = loss_fn(logits, y)
+        if not torch.isfinite(loss):
+            raise TrainingError(
+                f"the loss became {loss.item()} at step {step + 1} (lr {lr:.3g}); training stopped. "
+                f"Lower --lr or add --warmup; the last good epoch is kept in last.safetensors"
+            )
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        n = y.shape[0]
+        loss_value = loss.detach().double()
+        total_loss += loss_value * n
+        correct += (logits.detach().argmax(1) == y).sum().cpu()
+        seen += n
+        steps += 1
+        step += 1
+        if reporter is not None:
+            reporter.batch(steps, float(loss_value), seen / max(1e-9, time.perf_counter() - start))
+        if (max_steps is not None and step >= max_steps) or (deadline is not None and time.monotonic() >= deadline):
+            truncated = True
+            break
+    seconds = time.perf_counter() - start
+    stats = EpochStats(float(total_loss) / max(1, seen), float(correct) / max(1, seen), seen, steps, seconds, truncated)
+    return stats, step
+
+
+@dataclass
+class EvalResult:
+    """Loss and accuracy over a split, with all logits and targets for detailed reports."""
+
+    loss: float
+    acc: float
+    top5: float | None
+    logits: torch.Tensor
+    targets: torch.Tensor
+    seconds: float
+
+    @property
+    def images_per_s(self) -> float:
+        return len(self.targets) / max(1e-9, self.seconds)
+
+
+def evaluate(
+    model: nn.Module,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    *,
+    amp: str = "none",
+    tta_flip: bool = False,
+) -> EvalResult:
+    """Run `model` over `batches` in inference mode. `tta_flip` averages with mirrored inputs."""
+    model.eval()
+    device = next(model.parameters()).device
+    loss_fn = loss_fn or (lambda logits, y: F.cross_entropy(logits.float(), y))
+    all_logits, all_targets = [], []
+    total_loss = 0.0
+    start = time.perf_counter()
+    with torch.inference_mode(), autocast(device, amp):
+        for x, y in batches:
+            logits = model(x)
+            if tta_flip:
+                logits = (logits + model(x.flip(3))) / 2
+            logits = logits.float()
+            total_loss += float(loss_fn(logits, y)) * y.shape[0]
+            all_logits.append(logits.cpu())
+            all_targets.append(y.cpu())
+    seconds = time.perf_counter() - start
+    logits = torch.cat(all_logits) if all_logits else torch.zeros(0, 0)
+    targets = torch.cat(all_targets) if all_targets else torch.zeros(0, dtype=torch.int64)
+    n = max(1, len(targets))
+    acc = float((logits.argmax(1) == targets).sum()) / n if len(targets) else 0.0
+    top5 = None
+    if logits.shape[1:] and logits.shape[1] > 5:
+        top5 = float((logits.topk(5, dim=1).indices == targets[:, None]).any(1).sum()) / n
+    return EvalResult(total_loss / n, acc, top5, logits, targets, seconds)
+
+
+def is_better(value: float, best: float | None, monitor: str) -> bool:
+    if best is None or math.isnan(best):
+        return True
+    return value < best if monitor == "val_loss" else value > best
+
+
+@dataclass
+class LoopState:
+    """What the loop carries between epochs (saved in last.safetensors for resume)."""
+
+    epoch: int = 0
+    step: int = 0
+    best: float | None = None
+    best_epoch: int = 0
+    bad_epochs: int = 0
+    elapsed: float = 0.0
+
+
+def fit(
+    model: nn.Module,
+    train_batches: Any,
+    val_batches: Any | None,
+    optimizer: torch.optim.Optimizer,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    lr_fn: Callable[[int], float],
+    state: LoopState,
+    *,
+    epochs: int,
+    seed: int,
+    max_steps: int | None = None,
+    monitor: str = "val_acc",
+    patience: int = 0,
+    time_limit: float = 0.0,
+    amp: str = "none",
+    scaler: Any = None,
+    should_stop: Callable[[], bool] = lambda: False,
+    reporter: Reporter | None = None,
+    on_epoch_end: Callable[[dict[str, Any], bool, LoopState], None] = lambda r, b, s: None,
+) -> str:
+    """Train from `state.epoch + 1` to `epochs`; validate with `evaluate` after every epoch.
+
+    Each epoch reseeds torch's global RNG from (seed, epoch) and draws its shuffle from the same,
+    so a resumed run repeats exactly what an uninterrupted one would do. Returns why it stopped.
+    """
+    deadline = time.monotonic() + (time_limit - state.elapsed) if time_limit else None
+    reason = "completed"
+    for epoch in range(state.epoch + 1, epochs + 1):
+        torch.manual_seed(seed * 7919 + epoch)
+        if reporter is not None:
+            reporter.start_epoch(epoch, epochs, len(train_batches))
+        stats, step = train_one_epoch(
+            model, train_batches.epoch(epoch), optimizer, loss_fn, lr_fn, state.step,
+            max_steps=max_steps, deadline=deadline, amp=amp, scaler=scaler,
+            should_stop=should_stop, reporter=reporter,
+        )  # fmt: skip
+        record: dict[str, Any] = {
+            "epoch": epoch,
+            "train_loss": stats.loss,
+            "train_acc": stats.acc,
+            "lr": lr_fn(max(0, step - 1)),
+            "seconds": round(stats.seconds, 3),
+            "images_per_s": round(stats.images / max(1e-9, stats.seconds), 1),
+            "steps": step,
+        }
+        if val_batches is not None:
+            val = evaluate(model, val_batches, loss_fn, amp=amp)
+            record.update(val_loss=val.loss, val_acc=val.acc)
+            if val.top5 is not None:
+                record["val_top5"] = val.top5
+        if stats.truncated:
+            record["truncated"] = True
+        metric = record.get(monitor, record["train_acc"] if monitor == "val_acc" else record["train_loss"])
+        improved = is_better(metric, state.best, monitor)
+        state.epoch, state.step = epoch, step
+        state.elapsed += stats.seconds
+        if improved:
+            state.best, state.best_epoch, state.bad_epochs = metric, epoch, 0
+        else:
+            state.bad_epochs += 1
+        on_epoch_end(record, improved, state)
+        if reporter is not None:
+            reporter.end_epoch(record, improved)
+        if max_steps is not None and step >= max_steps:
+            reason = "iters"
+            break
+        if deadline is not None and time.monotonic() >= deadline:
+            reason = "time-limit"
+            break
+        if patience and state.bad_epochs >= patience:
+            reason = "early-stopped"
+            break
+        if should_stop():
+            raise Interrupted()
+    return reason

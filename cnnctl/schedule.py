@@ -1,0 +1,32 @@
+"""Learning-rate schedules as pure functions of the global step. Torch-free.
+
+A schedule with no hidden state resumes exactly: the step counter is all there is to save.
+"""
+
+from __future__ import annotations
+
+import math
+
+
+def lr_at(step: int, *, base_lr: float, kind: str, total_steps: int, steps_per_epoch: int,
+          warmup_epochs: float = 0.0, step_size: int = 5, gamma: float = 0.1) -> float:
+    """Learning rate for optimizer step `step` (0-based) of `total_steps`."""
+    total = max(1, total_steps)
+    if kind == "onecycle":
+        warm = warmup_epochs * steps_per_epoch if warmup_epochs else 0.3 * total
+        warm = max(1.0, min(warm, total - 1.0))
+        start, end = base_lr / 25.0, base_lr / 1e4
+        if step < warm:
+            return start + (base_lr - start) * step / warm
+        frac = min(1.0, (step - warm) / max(1.0, total - warm))
+        return base_lr + (end - base_lr) * frac  # linear decay, as the CIFAR-10 speed runs use
+    warm = warmup_epochs * steps_per_epoch
+    factor = (step + 1) / warm if warm and step < warm else 1.0
+    if kind == "none":
+        return base_lr * factor
+    if kind == "step":
+        return base_lr * factor * gamma ** (step // max(1, step_size * steps_per_epoch))
+    if kind == "cosine":
+        frac = min(1.0, max(0.0, (step - warm) / max(1.0, total - warm)))
+        return base_lr * factor * 0.5 * (1.0 + math.cos(math.pi * frac))
+    raise ValueError(f"unknown schedule {kind!r}")

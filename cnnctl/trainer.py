@@ -1,0 +1,244 @@
+"""A training run end to end: run directory, data, model, optimizer, resume, checkpoints.
+
+`run(cfg, ...)` is what `cnnctl train` calls. Every file it writes is atomic, and after each epoch
+the run directory holds a consistent `last.safetensors` + `history.json` to resume from.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+from cnnctl import history
+from cnnctl.checkpoint import load_last, save_last, save_model, versions
+from cnnctl.config import TrainConfig, resolve
+from cnnctl.data import DataBundle, build
+from cnnctl.data.batches import Batches
+from cnnctl.engine import Interrupted, LoopState, Reporter, evaluate, fit, make_loss
+from cnnctl.errors import RunDirError, UsageError
+from cnnctl.io import RunLock, write_json
+from cnnctl.models import create
+from cnnctl.schedule import lr_at
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    reason: str
+    epochs: list[dict[str, Any]]
+    best_epoch: int
+    best: float | None
+    test: dict[str, Any] | None
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda: no CUDA device is available here; use --device cpu or auto")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise UsageError("--device mps: MPS is not available here; use --device cpu or auto")
+    return torch.device(name)
+
+
+def make_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def default_run_dir(cfg: TrainConfig) -> Path:
+    data = Path(cfg.data).name if os.sep in cfg.data or Path(cfg.data).exists() else cfg.data
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{cfg.model.replace(':', '_')}-{data}-{stamp}"
+
+
+@contextmanager
+def _signals() -> Iterator[list[int]]:
+    """Turn SIGINT/SIGTERM into a flag the loop checks between batches."""
+    caught: list[int] = []
+    previous = {}
+
+    def handler(signum: int, frame: Any) -> None:
+        caught.append(signum)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            previous[sig] = signal.signal(sig, handler)
+        except ValueError:  # not the main thread
+            pass
+    try:
+        yield caught
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def checkpoint_metadata(cfg: TrainConfig, data: DataBundle, model_name: str) -> dict[str, Any]:
+    """The self-describing part of every checkpoint (docs/formats.md)."""
+    return {
+        "model": model_name,
+        "model_kwargs": {},
+        "input_shape": list(data.input_shape),
+        "num_classes": len(data.classes),
+        "class_names": data.classes,
+        "preprocess": data.prep.to_dict(),
+        "data": {"name": cfg.data, "data_dir": cfg.data_dir, "val_split": cfg.val_split, "fingerprint": data.fingerprint},
+        "versions": versions(),
+    }
+
+
+def run(
+    cfg: TrainConfig,
+    *,
+    out: str | None = None,
+    resume: str | None = None,
+    overwrite: bool = False,
+    reporter: Reporter,
+) -> RunResult:
+    """Train `cfg` into a run directory (new, overwritten, or resumed)."""
+    if resume:
+        run_dir = Path(resume)
+        if not (run_dir / "config.json").is_file():
+            raise RunDirError(f"{run_dir} is not a cnnctl run directory (no config.json); nothing to resume")
+    else:
+        run_dir = Path(out) if out else default_run_dir(cfg)
+        if run_dir.exists() and not run_dir.is_dir():
+            raise RunDirError(f"--out {run_dir} is a file; give a directory")
+        if run_dir.is_dir() and any(p.name != ".lock" for p in run_dir.iterdir()) and not overwrite:
+            raise RunDirError(f"--out {run_dir} is not empty; add --resume {run_dir} to continue it, --overwrite to replace it, or choose another --out")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RunDirError(f"cannot create {run_dir}: {exc.strerror}") from None
+    with RunLock(run_dir):
+        if overwrite and not resume:
+            for name in ("model.safetensors", "last.safetensors", "history.json", "config.json"):
+                (run_dir / name).unlink(missing_ok=True)
+        return _run_locked(cfg, run_dir, bool(resume), reporter)
+
+
+def _run_locked(cfg: TrainConfig, run_dir: Path, resuming: bool, reporter: Reporter) -> RunResult:
+    device = pick_device(cfg.device)
+    if cfg.amp != "none" and device.type != "cuda":
+        raise UsageError(f"--amp {cfg.amp} needs a CUDA device (this run is on {device.type}); drop --amp")
+    torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
+    if cfg.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    data = build(cfg, reporter.log)
+    for note in data.notes:
+        reporter.log(note)
+    torch.manual_seed(cfg.seed)
+    model = create(cfg.model, data.input_shape, len(data.classes)).to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = make_optimizer(cfg, model)
+    loss_fn = make_loss(cfg.loss, len(data.classes), cfg.label_smoothing)
+    train_batches = Batches(data.train, data.prep, cfg.batch_size, shuffle=True, augment=cfg.augment, seed=cfg.seed, device=device, channels_last=cfg.channels_last)
+    val_batches = Batches(data.val, data.prep, cfg.eval_batch_size, device=device, channels_last=cfg.channels_last) if data.val else None
+    steps_per_epoch = len(train_batches)
+    epochs = math.ceil(cfg.iters / steps_per_epoch) if cfg.iters else cfg.epochs
+    total_steps = cfg.iters or epochs * steps_per_epoch
+
+    def lr_fn(step: int) -> float:
+        return lr_at(step, base_lr=cfg.lr, kind=cfg.scheduler, total_steps=total_steps, steps_per_epoch=steps_per_epoch,
+                     warmup_epochs=cfg.warmup, step_size=cfg.step_size, gamma=cfg.gamma)  # fmt: skip
+
+    state = LoopState()
+    records: list[dict[str, Any]] = []
+    if resuming:
+        saved = load_last(run_dir / "last.safetensors", model, optimizer)
+        state = LoopState(**saved["loop"])
+        records = saved["history"]
+        if state.epoch >= epochs:
+            reporter.log(f"{run_dir} already finished {state.epoch} epoch(s); pass a larger --epochs to extend it")
+    meta = checkpoint_metadata(cfg, data, cfg.model)
+    write_json(run_dir / "config.json", {
+        **cfg.to_dict(), "resolved_epochs": epochs, "total_steps": total_steps, "device": str(device),
+        "data_summary": data.describe(), "preprocess": data.prep.to_dict(), "versions": versions(),
+        "torch_threads": torch.get_num_threads(),
+    })  # fmt: skip
+    scaler = torch.amp.GradScaler("cuda") if cfg.amp == "fp16" else None
+    train_model = torch.compile(model) if cfg.compile else model
+
+    def on_epoch_end(record: dict[str, Any], improved: bool, st: LoopState) -> None:
+        records.append(record)
+        metrics = {k: v for k, v in record.items() if k.startswith(("val_", "train_"))}
+        if improved:
+            save_model(run_dir / "model.safetensors", model, {**meta, "epoch": record["epoch"], "metrics": metrics})
+        save_last(run_dir / "last.safetensors", model, optimizer,
+                  {"loop": st.__dict__.copy(), "history": records}, {**meta, "epoch": record["epoch"], "metrics": metrics})  # fmt: skip
+        history.save(run_dir / "history.json", records)
+
+    with _signals() as caught:
+        try:
+            reason = fit(
+                train_model, train_batches, val_batches, optimizer, loss_fn, lr_fn, state,
+                epochs=epochs, seed=cfg.seed, max_steps=cfg.iters or None, monitor=cfg.monitor,
+                patience=cfg.patience, time_limit=cfg.time_limit, amp=cfg.amp, scaler=scaler,
+                should_stop=lambda: bool(caught), reporter=reporter, on_epoch_end=on_epoch_end,
+            )  # fmt: skip
+        except Interrupted:
+            raise RunInterrupted(run_dir, state.epoch) from None
+    test = None
+    if data.test is not None and (run_dir / "model.safetensors").is_file():
+        from cnnctl.checkpoint import load_model
+
+        best, _, _ = load_model(run_dir, device)
+        if cfg.channels_last:
+            best = best.to(memory_format=torch.channels_last)
+        result = evaluate(best, Batches(data.test, data.prep, cfg.eval_batch_size, device=device, channels_last=cfg.channels_last), loss_fn)
+        test = {"loss": result.loss, "acc": result.acc, "images": len(result.targets), "epoch": state.best_epoch}
+        history.save(run_dir / "history.json", records, test=test, stopped=reason)
+    else:
+        history.save(run_dir / "history.json", records, stopped=reason)
+    return RunResult(run_dir, reason, records, state.best_epoch, state.best, test)
+
+
+class RunInterrupted(Exception):
+    """SIGINT/SIGTERM stopped the run; the run directory is consistent at `epoch`."""
+
+    def __init__(self, run_dir: Path, epoch: int) -> None:
+        super().__init__(f"interrupted after epoch {epoch}")
+        self.run_dir, self.epoch = run_dir, epoch
+
+
+def train(model: str | None, recipe: str | None, flags: dict[str, Any], *, out: str | None, resume: str | None,
+          overwrite: bool, reporter: Reporter) -> RunResult:
+    """Resolve the config (resumed run's config <- recipe <- flags) and run it."""
+    base = None
+    if resume:
+        import json
+
+        cfg_path = Path(resume) / "config.json"
+        try:
+            saved = json.loads(cfg_path.read_text())
+        except FileNotFoundError:
+            raise RunDirError(f"{resume} is not a cnnctl run directory (no config.json); nothing to resume") from None
+        except (OSError, ValueError) as exc:
+            raise RunDirError(f"{cfg_path} is damaged ({exc}); cannot resume") from None
+        from cnnctl.config import FIELDS
+
+        base = {k: v for k, v in saved.items() if k in FIELDS}
+        if model and model != base.get("model"):
+            raise UsageError(f"--resume {resume} trained {base.get('model')}, not {model}; drop the model argument")
+    cfg = resolve(model, recipe, flags, base)
+    return run(cfg, out=out, resume=resume, overwrite=overwrite, reporter=reporter)
