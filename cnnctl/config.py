@@ -118,7 +118,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         raise UsageError("--iters, --subset, --patience, --threads and --time-limit cannot be negative")
     if not 0.0 <= cfg.val_split < 1.0:
         raise UsageError(f"--val-split must be in [0, 1), got {cfg.val_split}")
-    if not cfg.lr > 0 or cfg.lr > 100:
+    if not 0 < cfg.lr < float("inf"):
         raise UsageError(f"--lr must be a positive number (e.g. 1e-3), got {cfg.lr}")
     if cfg.weight_decay < 0 or not 0 <= cfg.label_smoothing < 1 or cfg.momentum < 0 or cfg.warmup < 0:
         raise UsageError("--weight-decay, --momentum and --warmup must be >= 0 and --label-smoothing in [0, 1)")

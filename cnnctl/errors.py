@@ -60,3 +60,9 @@ class GateError(CnnctlError):
     """A quality gate failed (e.g. --min-accuracy): exit 1 so shell scripts can stop."""
 
     exit_code = 1
+
+
+class InterruptedRun(CnnctlError):
+    """SIGINT/SIGTERM stopped a run; its directory is consistent and resumable. Exit 130."""
+
+    exit_code = 130

@@ -43,3 +43,47 @@ def shared_data() -> Path:
     if not (SHARED_DATA / "MNIST" / "raw").is_dir():
         pytest.fail(f"real data sets not found at {SHARED_DATA}; set CNNCTL_SHARED_DATA")
     return SHARED_DATA
+
+
+def write_mnist_pngs(root: Path, per_class: int = 20, split: str = "test") -> list[tuple[Path, int]]:
+    """Write real digits from the built-in mnist-mini set as PNG files, ImageFolder style."""
+    from PIL import Image
+
+    from cnnctl.data.sources import mnist_mini
+
+    src = mnist_mini()
+    data = src.test if split == "test" else src.train
+    written: list[tuple[Path, int]] = []
+    counts = [0] * 10
+    for i in range(len(data)):
+        label = int(data.y[i])
+        if counts[label] >= per_class:
+            continue
+        counts[label] += 1
+        path = root / str(label) / f"{i:05d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(data.x[i, 0].numpy(), "L").save(path)
+        written.append((path, label))
+    return written
+
+
+@pytest.fixture(scope="session")
+def cifar_small(tmp_path_factory, shared_data) -> Path:
+    """A real CIFAR-10 subset as an ImageFolder: 100 train and 30 test JPEGs per class."""
+    import tarfile
+
+    root = tmp_path_factory.mktemp("cifar")
+    keep = {"train": 100, "test": 30}
+    with tarfile.open(shared_data / "cifar10-jpg.tar.gz") as tar:
+        counts: dict[tuple[str, str], int] = {}
+        members = []
+        for m in tar:
+            parts = Path(m.name).parts
+            if not m.isfile() or len(parts) < 4:
+                continue
+            split, cls = parts[-3], parts[-2]
+            if split in keep and counts.get((split, cls), 0) < keep[split]:
+                counts[(split, cls)] = counts.get((split, cls), 0) + 1
+                members.append(m)
+        tar.extractall(root, members=members, filter="data")
+    return next(root.rglob("train")).parent

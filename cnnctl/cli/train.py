@@ -39,7 +39,7 @@ def train(**kwargs: Any) -> None:
     """
     from cnnctl.cli.common import out, print_json
     from cnnctl.cli.progress import TrainReporter
-    from cnnctl.errors import CnnctlError
+    from cnnctl.errors import InterruptedRun
     from cnnctl.trainer import RunInterrupted, train as run_training
 
     model = kwargs.pop("model")
@@ -50,7 +50,7 @@ def train(**kwargs: Any) -> None:
                               overwrite=fixed["overwrite"], reporter=reporter)  # fmt: skip
     except RunInterrupted as exc:
         reporter.close()
-        raise CnnctlError(
+        raise InterruptedRun(
             f"interrupted; {exc.run_dir} is consistent at epoch {exc.epoch}. Resume with: cnnctl train --resume {exc.run_dir}"
         ) from None
     finally:

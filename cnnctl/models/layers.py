@@ -17,8 +17,17 @@ def flat_features(features: nn.Module, in_shape: tuple[int, int, int]) -> int:
     device = param.device if param is not None else torch.device("cpu")
     was_training = features.training
     features.eval()
-    with torch.no_grad():
-        out = features(torch.zeros(1, *in_shape, device=device))
+    try:
+        with torch.no_grad():
+            out = features(torch.zeros(1, *in_shape, device=device))
+    except RuntimeError:
+        from cnnctl.shapes import trace
+
+        # Say which layer could not take the input, the way `cnnctl shapes` would.
+        diagnosis = trace(features, in_shape).diagnosis
+        if diagnosis:
+            raise RuntimeError(diagnosis.split(". Fix:")[0]) from None
+        raise
     features.train(was_training)
     if out.numel() == 0:
         raise RuntimeError("the feature extractor produces an empty output")

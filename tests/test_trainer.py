@@ -1,0 +1,210 @@
+"""`cnnctl train` end to end on real data: accuracy reached, files that reload, exact resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from tests.conftest import ROOT, assert_user_error, run_cli
+
+QUICK = ["--epochs", "4", "--batch-size", "64", "--lr", "3e-3", "--scheduler", "onecycle"]
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory) -> Path:
+    """The quickstart-style run on the built-in mnist-mini set, shared by several tests."""
+    out = tmp_path_factory.mktemp("runs") / "quick"
+    proc = run_cli("train", "model-a", "--data", "mnist-mini", *QUICK, "--out", out, "--json")
+    assert proc.returncode == 0, proc.stderr
+    return out
+
+
+def test_quick_run_reaches_97_percent_on_the_test_digits(quick_run):
+    hist = json.loads((quick_run / "history.json").read_text())
+    assert hist["test"]["images"] == 2000
+    assert hist["test"]["acc"] >= 0.97, hist["test"]
+
+
+def test_run_files_reload_and_are_complete(quick_run):
+    with safe_open(str(quick_run / "model.safetensors"), framework="pt") as f:
+        meta = {k: json.loads(v) for k, v in f.metadata().items()}
+        keys = list(f.keys())
+    for key in ("format", "model", "model_kwargs", "input_shape", "num_classes", "class_names", "preprocess", "epoch", "metrics", "versions", "data"):
+        assert key in meta, key
+    assert meta["model"] == "model-a" and meta["input_shape"] == [1, 28, 28] and meta["num_classes"] == 10
+    assert meta["class_names"] == [str(i) for i in range(10)]
+    assert len(meta["preprocess"]["mean"]) == 1 and 0.1 < meta["preprocess"]["mean"][0] < 0.2
+    assert "features.0.weight" in keys
+    hist = json.loads((quick_run / "history.json").read_text())
+    assert hist["format"] == 1 and [r["epoch"] for r in hist["epochs"]] == [1, 2, 3, 4]
+    for key in ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds", "images_per_s"):
+        assert key in hist["epochs"][0]
+    config = json.loads((quick_run / "config.json").read_text())
+    assert config["model"] == "model-a" and config["seed"] == 0 and config["device"] == "cpu"
+    assert config["data_summary"]["train"] == 7200 and config["data_summary"]["val"] == 800
+    last = load_file(str(quick_run / "last.safetensors"))
+    assert any(k.startswith("optim/") for k in last) and "rng/torch" in last
+    assert not list(quick_run.glob("*.tmp")) and not (quick_run / ".lock").exists()
+
+
+def test_json_lines_and_summary(quick_run):
+    # The fixture ran with --json: re-run briefly to check stdout is pure JSON lines.
+    proc = run_cli("train", "model-c", "--iters", "30", "--out", quick_run.parent / "j", "--json")
+    lines = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert lines[0]["epoch"] == 1 and lines[0]["steps"] == 30 and lines[-1]["summary"]["stopped"] == "iters"
+
+
+def test_model_a_sgd_on_full_mnist_reaches_90_percent(shared_data, tmp_path):
+    # The MNIST tutorial's settings (SGD lr 0.01, batch 100) for a few hundred iterations.
+    proc = run_cli(
+        "train", "model-a", "--data", "mnist", "--data-dir", shared_data, "--optimizer", "sgd",
+        "--lr", "0.01", "--momentum", "0", "--batch-size", "100", "--iters", "600", "--out", tmp_path / "a",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    hist = json.loads((tmp_path / "a" / "history.json").read_text())
+    assert hist["epochs"][-1]["steps"] == 600
+    assert hist["test"]["images"] == 10000 and hist["test"]["acc"] >= 0.90, hist["test"]
+
+
+def _train_args(out: Path) -> list[str]:
+    return ["train", "tiny", "--data", "mnist-mini", "--subset", "1500", "--epochs", "3", "--batch-size", "50",
+            "--augment", "shift", "--seed", "3", "--out", str(out)]  # fmt: skip
+
+
+def test_resume_after_sigint_is_bit_identical(tmp_path):
+    # tiny has dropout and augmentation: both must replay exactly after the interruption.
+    full = run_cli(*_train_args(tmp_path / "full"))
+    assert full.returncode == 0, full.stderr
+    proc = subprocess.Popen([sys.executable, "-m", "cnnctl", *_train_args(tmp_path / "cut")], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        if line.startswith("epoch 1 "):
+            break
+    time.sleep(0.3)  # well inside epoch 2
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "cnnctl train --resume" in err and "Traceback" not in err
+    hist = json.loads((tmp_path / "cut" / "history.json").read_text())
+    assert [r["epoch"] for r in hist["epochs"]] == [1]
+    resumed = run_cli("train", "--resume", tmp_path / "cut")
+    assert resumed.returncode == 0, resumed.stderr
+    a, b = load_file(str(tmp_path / "full" / "last.safetensors")), load_file(str(tmp_path / "cut" / "last.safetensors"))
+    assert a.keys() == b.keys()
+    for key in a:
+        assert a[key].equal(b[key]), key
+    ha = json.loads((tmp_path / "full" / "history.json").read_text())
+    hb = json.loads((tmp_path / "cut" / "history.json").read_text())
+    strip = lambda h: [{k: v for k, v in r.items() if k not in ("seconds", "images_per_s")} for r in h["epochs"]]  # noqa: E731
+    assert strip(ha) == strip(hb)
+
+
+def test_resume_with_more_epochs_extends_the_run(tmp_path):
+    out = tmp_path / "ext"
+    assert run_cli("train", "model-c", "--subset", "500", "--epochs", "1", "--out", out).returncode == 0
+    proc = run_cli("train", "--resume", out, "--epochs", "2")
+    assert proc.returncode == 0, proc.stderr
+    assert [r["epoch"] for r in json.loads((out / "history.json").read_text())["epochs"]] == [1, 2]
+
+
+def test_image_folder_with_odd_and_broken_files(tmp_path):
+    from PIL import Image
+
+    from tests.conftest import write_mnist_pngs
+
+    root = tmp_path / "digits"
+    files = write_mnist_pngs(root, per_class=12)
+    # Formats that must work: CMYK JPEG, palette PNG, 16-bit PNG, RGBA PNG.
+    import numpy as np
+
+    img = Image.open(files[0][0])
+    img.convert("CMYK").save(root / "0" / "cmyk.jpg")
+    img.convert("P").save(root / "1" / "palette.png")
+    Image.fromarray(np.asarray(img).astype(np.uint16) * 257).save(root / "2" / "deep.png")
+    img.convert("RGBA").save(root / "3" / "alpha.png")
+    # Broken files that must be skipped with a count.
+    (root / "4" / "empty.jpg").write_bytes(b"")
+    (root / "5" / "text.jpg").write_text("not an image")
+    data = (root / "6" / sorted(os.listdir(root / "6"))[0]).read_bytes()
+    (root / "6" / "truncated.png").write_bytes(data[: len(data) // 2])
+    proc = run_cli("train", "model-a", "--data", root, "--grayscale", "--epochs", "1", "--val-split", "0.2",
+                   "--out", tmp_path / "run", "--cache-dir", tmp_path / "cache")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "skipped 3 unreadable image(s) of 127" in proc.stderr
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["data_summary"]["train"] + config["data_summary"]["val"] == 124
+
+
+def test_cifar_folder_trains_tiny_with_flip_crop(cifar_small, tmp_path):
+    proc = run_cli("train", "tiny", "--data", cifar_small, "--epochs", "1", "--augment", "flip-crop",
+                   "--out", tmp_path / "c", "--cache-dir", tmp_path / "cache", "--json")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout.splitlines()[-1])["summary"]
+    assert summary["test"]["images"] == 300
+    with safe_open(str(tmp_path / "c" / "model.safetensors"), framework="pt") as f:
+        m = {k: json.loads(v) for k, v in f.metadata().items()}
+    assert m["input_shape"] == [3, 32, 32] and m["class_names"][0] == "airplane"
+
+
+@pytest.mark.parametrize(
+    "args, needles",
+    [
+        (["model-a", "--data", "mnist", "--data-dir", "/nonexistent"], ["not found", "--download"]),
+        (["model-a", "--data", "/nonexistent/folder"], ["neither a known data set"]),
+        (["model-a", "--optimizer", "sgdd"], ["not one of", "did you mean sgd"]),
+        (["model-a", "--augment", "flip-crop"], ["--augment shift", "--allow-flip"]),
+        (["model-a", "--val-split", "1.5"], ["--val-split"]),
+        (["model-a", "--lr", "0"], ["--lr"]),
+        (["catdog", "--data", "mnist-mini", "--image-size", "8"], ["(Conv2d) cannot take input 32x2x2", "larger input"]),
+        (["nosuchmodel"], ["unknown model"]),
+        ([], ["no model given"]),
+        (["model-a", "--amp", "bf16", "--device", "cpu"], ["needs a CUDA device"]),
+        (["model-a", "--mean", "a,b"], ["comma-separated numbers"]),
+        (["model-a", "--recipe", "/nonexistent.toml"], ["not found"]),
+    ],
+)
+def test_bad_input_is_one_line(args, needles, tmp_path):
+    proc = run_cli("train", *args, "--out", tmp_path / "bad")
+    assert_user_error(proc, *needles)
+    assert not (tmp_path / "bad" / "model.safetensors").exists()
+
+
+def test_non_empty_out_is_refused(tmp_path):
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "keep.txt").write_text("mine")
+    assert_user_error(run_cli("train", "model-a", "--out", tmp_path / "x"), "not empty", "--overwrite")
+    assert (tmp_path / "x" / "keep.txt").read_text() == "mine"
+
+
+def test_divergence_stops_with_a_clear_message(tmp_path):
+    # Epoch 1 trains normally; the step schedule then multiplies the rate by 1e30.
+    proc = run_cli("train", "model-a", "--optimizer", "sgd", "--lr", "0.01", "--scheduler", "step", "--step-size", "1",
+                   "--gamma", "1e30", "--subset", "2000", "--epochs", "3", "--out", tmp_path / "nan")  # fmt: skip
+    assert_user_error(proc, "the loss became", "lower --lr")
+    assert proc.returncode == 3
+    assert not list((tmp_path / "nan").glob("*.tmp"))
+    # The last good epoch stays resumable and loadable.
+    hist = json.loads((tmp_path / "nan" / "history.json").read_text())
+    assert [r["epoch"] for r in hist["epochs"]] == [1]
+    assert load_file(str(tmp_path / "nan" / "model.safetensors"))
+
+
+def test_recipe_with_flag_override(tmp_path):
+    recipe = tmp_path / "r.toml"
+    recipe.write_text('model = "model-c"\ndata = "mnist-mini"\nepochs = 3\nsubset = 400\nlr = 0.002\n')
+    proc = run_cli("train", "--recipe", recipe, "--epochs", "1", "--out", tmp_path / "r")
+    assert proc.returncode == 0, proc.stderr
+    config = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert config["model"] == "model-c" and config["epochs"] == 1 and config["lr"] == 0.002
+    recipe.write_text('model = "model-c"\nlearning_rate = 0.1\n')
+    assert_user_error(run_cli("train", "--recipe", recipe, "--out", tmp_path / "r2"), "unknown key 'learning_rate'")
