@@ -152,3 +152,19 @@ __all__ = [
     "build_model", "file_sha256", "load_last", "load_model", "read_checkpoint_metadata",
     "resolve_checkpoint", "save_last", "save_model", "versions",
 ]
+
+
+class TorchClassifier:
+    """A checkpoint behind the same interface as inference.OnnxClassifier (meta, prep, logits)."""
+
+    def __init__(self, target: str | Path, device: str = "cpu") -> None:
+        from cnnctl.metadata import preprocess_of
+
+        self.model, self.meta, path = load_model(target, device)
+        self.path, self.provider = str(path), f"torch-{device}"
+        self.prep = preprocess_of(self.meta)
+        self.device = device
+
+    def logits(self, x: Any) -> Any:
+        with torch.inference_mode():
+            return self.model(torch.from_numpy(x).to(self.device)).float().cpu().numpy()

@@ -145,16 +145,16 @@ def evaluate(
 ) -> EvalResult:
     """Run `model` over `batches` in inference mode. `tta_flip` averages with mirrored inputs."""
     model.eval()
-    device = next(model.parameters()).device
     loss_fn = loss_fn or (lambda logits, y: F.cross_entropy(logits.float(), y))
     all_logits, all_targets = [], []
     total_loss = 0.0
     start = time.perf_counter()
-    with torch.inference_mode(), autocast(device, amp):
+    with torch.inference_mode():
         for x, y in batches:
-            logits = model(x)
-            if tta_flip:
-                logits = (logits + model(x.flip(3))) / 2
+            with autocast(x.device, amp):
+                logits = model(x)
+                if tta_flip:
+                    logits = (logits + model(x.flip(3))) / 2
             logits = logits.float()
             total_loss += float(loss_fn(logits, y)) * y.shape[0]
             all_logits.append(logits.cpu())

@@ -56,6 +56,12 @@ class ExportError(CnnctlError):
     exit_code = 3
 
 
+class PartialFailure(CnnctlError):
+    """Some inputs failed (each already reported), the rest succeeded: exit 1."""
+
+    exit_code = 1
+
+
 class GateError(CnnctlError):
     """A quality gate failed (e.g. --min-accuracy): exit 1 so shell scripts can stop."""
 

@@ -24,6 +24,7 @@ from cnnctl.checkpoint import load_last, save_last, save_model, versions
 from cnnctl.config import TrainConfig, resolve
 from cnnctl.data import DataBundle, build
 from cnnctl.data.batches import Batches
+from cnnctl.data.sources import NAMED_SETS
 from cnnctl.engine import Interrupted, LoopState, Reporter, evaluate, fit, make_loss
 from cnnctl.errors import RunDirError, UsageError
 from cnnctl.io import RunLock, write_json
@@ -100,7 +101,13 @@ def checkpoint_metadata(cfg: TrainConfig, data: DataBundle, model_name: str) -> 
         "num_classes": len(data.classes),
         "class_names": data.classes,
         "preprocess": data.prep.to_dict(),
-        "data": {"name": cfg.data, "data_dir": cfg.data_dir, "val_split": cfg.val_split, "fingerprint": data.fingerprint},
+        "data": {
+            # Absolute paths, so `cnnctl eval` finds the data from any working directory.
+            "name": cfg.data if cfg.data in NAMED_SETS else os.path.abspath(cfg.data),
+            "data_dir": os.path.abspath(cfg.data_dir),
+            "val_split": cfg.val_split,
+            "fingerprint": data.fingerprint,
+        },
         "versions": versions(),
     }
 

@@ -42,9 +42,9 @@ def _root(
 
 
 def _register() -> None:
-    from cnnctl.cli import models, shapes, train
+    from cnnctl.cli import eval, export, models, predict, shapes, train
 
-    for module in (models, shapes, train):
+    for module in (models, shapes, train, eval, export, predict):
         module.register(app)
 
 

@@ -1,0 +1,88 @@
+"""`cnnctl eval TARGET`: metrics of a run directory, checkpoint or ONNX file."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Optional
+
+import typer
+
+from cnnctl.cli.common import out, print_json
+
+
+def eval_cmd(
+    target: Annotated[str, typer.Argument(help="Run directory, .safetensors checkpoint, or .onnx file.")],
+    data: Annotated[Optional[str], typer.Option("--data", help="Data set name or image folder (default: the one the model was trained on).")] = None,
+    data_dir: Annotated[Optional[str], typer.Option("--data-dir", help="Where torchvision data sets live (default: as at training).")] = None,
+    split: Annotated[str, typer.Option("--split", help="test, val or train.")] = "test",
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per inference batch.")] = 1024,
+    provider: Annotated[str, typer.Option("--provider", help="onnxruntime provider for .onnx files: auto, cpu, cuda.")] = "auto",
+    device: Annotated[str, typer.Option("--device", help="PyTorch device for checkpoints: cpu or cuda.")] = "cpu",
+    compare: Annotated[Optional[str], typer.Option("--compare", help="Evaluate another target on the same images and report agreement.")] = None,
+    misclassified: Annotated[int, typer.Option("--misclassified", min=0, help="List the N most confident mistakes.")] = 0,
+    min_accuracy: Annotated[Optional[float], typer.Option("--min-accuracy", min=0.0, max=1.0, help="Exit 1 when top-1 is below this (e.g. 0.98).")] = None,
+    tta_flip: Annotated[bool, typer.Option("--tta-flip", help="Average logits with horizontally flipped images (test-time augmentation).")] = False,
+    limit: Annotated[int, typer.Option("--limit", min=0, help="Evaluate only the first N images of the split (0 = all).")] = 0,
+    output: Annotated[Optional[str], typer.Option("--output", "-o", help="Write the report: JSON, or the per-class table as CSV for *.csv.")] = None,
+    json_: Annotated[bool, typer.Option("--json", help="Print the whole report as one JSON document.")] = False,
+) -> None:
+    """Loss, top-1/top-5, per-class precision/recall/F1 and the confusion matrix.
+
+    Preprocessing comes from the model's own metadata, never from flags.
+    """
+    from cnnctl.errors import GateError
+    from cnnctl.evaluation import run_eval, write_report
+
+    report = run_eval(
+        target, data=data, data_dir=data_dir, split=split, batch_size=batch_size, provider=provider,
+        device=device, compare=compare, misclassified=misclassified, tta_flip=tta_flip, limit=limit,
+    )  # fmt: skip
+    if output:
+        write_report(report, output)
+    if json_:
+        print_json(report)
+    else:
+        _render(report)
+    if min_accuracy is not None and report["top1"] < min_accuracy:
+        raise GateError(f"top-1 accuracy {report['top1']:.4f} is below --min-accuracy {min_accuracy:.4f} ({report['images']} images)")
+
+
+def _render(r: dict[str, Any]) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    console = out()
+    top5 = f"  top-5 {r['top5']:.4f}" if r["top5"] is not None else ""
+    console.print(
+        f"{escape(r['target'])} ({r['kind']}, {r['provider']}) on {escape(r['data'])} ({r['split']} split), {r['images']:,} images: "
+        f"top-1 [bold]{r['top1']:.4f}[/bold]{top5}  loss {r['loss']:.4f}  ({r['images_per_s']:,.0f} img/s)"
+    )
+    table = Table(title="per class")
+    for col in ("class", "precision", "recall", "f1", "support"):
+        table.add_column(col, justify="left" if col == "class" else "right")
+    for row in r["per_class"]:
+        table.add_row(escape(row["class"]), f"{row['precision']:.4f}", f"{row['recall']:.4f}", f"{row['f1']:.4f}", str(row["support"]))
+    for name, avg in r["averages"].items():
+        table.add_row(f"[i]{name} avg[/i]", f"{avg['precision']:.4f}", f"{avg['recall']:.4f}", f"{avg['f1']:.4f}", str(avg["support"]))
+    console.print(table)
+    if len(r["class_names"]) <= 20:
+        cm = Table(title="confusion matrix (rows: true, columns: predicted)")
+        cm.add_column("")
+        for name in r["class_names"]:
+            cm.add_column(name[:8], justify="right")
+        for name, row in zip(r["class_names"], r["confusion_matrix"]):
+            cm.add_row(name[:12], *[str(v) for v in row])
+        console.print(cm)
+    if r.get("misclassified"):
+        mt = Table(title="most confident mistakes")
+        for col in ("source", "true", "predicted", "probability"):
+            mt.add_column(col)
+        for m in r["misclassified"]:
+            mt.add_row(escape(m["source"]), escape(m["true"]), escape(m["predicted"]), f"{m['probability']:.4f}")
+        console.print(mt)
+    if r.get("compare"):
+        c = r["compare"]
+        console.print(f"compare {c['target']} ({c['kind']}): top-1 {c['top1']:.4f}, agreement {c['agreement']:.4%}, max |logit diff| {c['max_abs_logit_diff']:.3g}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("eval")(eval_cmd)

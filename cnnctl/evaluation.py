@@ -1,0 +1,175 @@
+"""`cnnctl eval`: metrics of a checkpoint or an ONNX file on a data split, via engine.evaluate().
+
+Preprocessing always comes from the file's own metadata; only the choice of images (data set,
+split) can come from flags.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from cnnctl.data.batches import Batches
+from cnnctl.data.bundle import split_off
+from cnnctl.data.sources import Split, load_source
+from cnnctl.engine import evaluate
+from cnnctl.errors import DataError, UsageError
+from cnnctl.inference import OnnxClassifier, softmax
+from cnnctl.metadata import preprocess_of
+from cnnctl.metrics import confusion_matrix, per_class
+
+
+class _OnnxModule(nn.Module):
+    """Lets engine.evaluate() drive an onnxruntime session like any model."""
+
+    def __init__(self, clf: OnnxClassifier) -> None:
+        super().__init__()
+        self.clf = clf
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self.clf.logits(x.detach().cpu().numpy()))
+
+
+class Target:
+    """A model to evaluate: its metadata, preprocessing and an nn.Module that yields logits."""
+
+    def __init__(self, path: str, provider: str = "auto", device: str = "cpu") -> None:
+        self.path = path
+        if str(path).endswith(".onnx"):
+            clf = OnnxClassifier(path, provider)
+            self.kind, self.provider, self.meta = "onnx", clf.provider, clf.meta
+            self.module: nn.Module = _OnnxModule(clf)
+            self.device = torch.device("cpu")
+        else:
+            from cnnctl.checkpoint import load_model
+
+            self.device = torch.device(device)
+            self.module, self.meta, resolved = load_model(path, self.device)
+            self.kind, self.provider, self.path = "pytorch", f"torch-{self.device.type}", str(resolved)
+            self.module = self.module.to(memory_format=torch.channels_last)
+        self.prep = preprocess_of(self.meta)
+
+    def batches(self, split: Split, batch_size: int) -> Batches:
+        return Batches(split, self.prep, batch_size, device=self.device, channels_last=self.kind == "pytorch")
+
+
+def load_split(meta: dict[str, Any], data: str | None, data_dir: str | None, split: str) -> tuple[Split, str, list[str]]:
+    """The images to evaluate on, decoded as the model's preprocessing says."""
+    info = meta.get("data", {}) if isinstance(meta.get("data"), dict) else {}
+    name = data or info.get("name")
+    if not name:
+        raise UsageError("the model does not record its data set; pass --data")
+    prep = preprocess_of(meta)
+    src = load_source(name, data_dir or info.get("data_dir", "./data"), False, prep.size, prep.channels == 1)
+    if (src.channels, tuple(src.size)) != (prep.channels, tuple(prep.size)):
+        raise DataError(f"{name} gives {src.channels}x{src.size[0]}x{src.size[1]} images, the model takes {prep.channels}x{prep.size[0]}x{prep.size[1]}")
+    if src.classes != meta["class_names"]:
+        raise DataError(
+            f"{name} has classes {src.classes[:5]}{'...' if len(src.classes) > 5 else ''} but the model was trained on "
+            f"{meta['class_names'][:5]}{'...' if len(meta['class_names']) > 5 else ''}; evaluate on the data set it was trained for"
+        )
+    if split == "test":
+        if src.test is None:
+            raise UsageError(f"{name} has no test split; use --split val")
+        return src.test, name, src.classes
+    train, val = (src.train, src.val) if src.val is not None else split_off(src.train, float(info.get("val_split", 0.1)))
+    if split == "val":
+        if val is None:
+            raise UsageError(f"{name} has no validation split (trained with --val-split 0); use --split test")
+        return val, name, src.classes
+    if split == "train":
+        return train, name, src.classes
+    raise UsageError(f"--split must be test, val or train, got {split!r}")
+
+
+def run_eval(
+    target: str,
+    *,
+    data: str | None = None,
+    data_dir: str | None = None,
+    split: str = "test",
+    batch_size: int = 1024,
+    provider: str = "auto",
+    device: str = "cpu",
+    compare: str | None = None,
+    misclassified: int = 0,
+    tta_flip: bool = False,
+    limit: int = 0,
+) -> dict[str, Any]:
+    """The full report of `target` on one split (see docs/eval.md)."""
+    model = Target(target, provider, device)
+    images, name, classes = load_split(model.meta, data, data_dir, split)
+    if limit:
+        images = images.take(torch.arange(min(limit, len(images))))
+    result = evaluate(model.module, model.batches(images, batch_size), tta_flip=tta_flip)
+    targets = result.targets.numpy()
+    preds = result.logits.argmax(1).numpy()
+    cm = confusion_matrix(targets, preds, len(classes))
+    report: dict[str, Any] = {
+        "target": model.path,
+        "kind": model.kind,
+        "provider": model.provider,
+        "data": name,
+        "split": split,
+        "images": int(len(targets)),
+        "loss": result.loss,
+        "top1": result.acc,
+        "top5": result.top5,
+        **per_class(cm, classes),
+        "class_names": classes,
+        "confusion_matrix": cm.tolist(),
+        "seconds": round(result.seconds, 3),
+        "images_per_s": round(result.images_per_s, 1),
+    }
+    if misclassified:
+        probs = softmax(result.logits.numpy().astype(np.float64))
+        wrong = np.nonzero(preds != targets)[0]
+        order = wrong[np.argsort(-probs[wrong, preds[wrong]], kind="stable")][:misclassified]
+        report["misclassified"] = [
+            {
+                "source": images.paths[i] if images.paths else f"{name}/{split}#{i}",
+                "true": classes[targets[i]],
+                "predicted": classes[preds[i]],
+                "probability": float(probs[i, preds[i]]),
+            }
+            for i in order
+        ]
+    if compare:
+        other = Target(compare, provider, device)
+        if other.meta["class_names"] != model.meta["class_names"] or other.prep.to_dict() != model.prep.to_dict():
+            raise UsageError(f"--compare {compare} has other classes or preprocessing than {target}; compare exports of the same model")
+        start = time.perf_counter()
+        theirs = evaluate(other.module, other.batches(images, batch_size))
+        report["compare"] = {
+            "target": other.path,
+            "kind": other.kind,
+            "top1": theirs.acc,
+            "agreement": float((theirs.logits.argmax(1) == result.logits.argmax(1)).float().mean()),
+            "max_abs_logit_diff": float((theirs.logits - result.logits).abs().max()),
+            "seconds": round(time.perf_counter() - start, 3),
+        }
+    return report
+
+
+def write_report(report: dict[str, Any], path: str) -> None:
+    """--output: the whole report as JSON, or the per-class table as CSV for a .csv name."""
+    import csv
+    import io
+
+    from cnnctl.io import write_bytes, write_json
+
+    if Path(path).suffix.lower() == ".csv":
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=["class", "precision", "recall", "f1", "support"])
+        writer.writeheader()
+        writer.writerows(report["per_class"])
+        for avg, values in report["averages"].items():
+            writer.writerow({"class": f"{avg} avg", **values})
+        write_bytes(path, buf.getvalue().encode())
+    else:
+        write_json(path, report)

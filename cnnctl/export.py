@@ -1,0 +1,229 @@
+"""torch -> ONNX, with the checkpoint's metadata, checked in onnxruntime before it is reported done.
+
+Every export is verified: `onnx.checker`, then onnxruntime against PyTorch on real training
+images (or seeded random input when the data is not at hand) at batch 1 and at a larger batch.
+An export that disagrees beyond the tolerance is deleted and reported as an error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from cnnctl.checkpoint import file_sha256, load_model, resolve_checkpoint, versions
+from cnnctl.errors import DataError, ExportError, UsageError
+from cnnctl.inference import OnnxClassifier
+from cnnctl.io import atomic_path
+from cnnctl.metadata import encode, preprocess_of
+from cnnctl.preprocess import Preprocess, normalize
+
+Log = Callable[[str], None]
+
+
+def _stderr_log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def sample_inputs(meta: dict[str, Any], prep: Preprocess, n: int, split: str = "train", log: Log = _stderr_log) -> tuple[np.ndarray, np.ndarray | None, str]:
+    """Up to `n` real images (normalised) from the model's own data set, else seeded noise."""
+    from cnnctl.data.bundle import split_off
+    from cnnctl.data.sources import load_source
+
+    info = meta.get("data") if isinstance(meta.get("data"), dict) else {}
+    try:
+        src = load_source(info["name"], info.get("data_dir", "./data"), False, prep.size, prep.channels == 1, log=lambda m: None)
+        train, val = (src.train, src.val) if src.val is not None else split_off(src.train, float(info.get("val_split", 0.1)))
+        pool = val if split == "val" and val is not None else train
+        idx = torch.randperm(len(pool), generator=torch.Generator().manual_seed(0))[:n]
+        pick = pool.take(idx)
+        return normalize(pick.x.numpy(), prep), pick.y.numpy(), f"{len(idx)} {split} images of {info['name']}"
+    except (DataError, KeyError, OSError) as exc:
+        log(f"training data not available ({getattr(exc, 'message', exc)}); checking on seeded random input")
+        rng = np.random.default_rng(0)
+        return rng.standard_normal((n, prep.channels, *prep.size), dtype=np.float32), None, f"{n} seeded random inputs"
+
+
+def _export_dynamo(model: torch.nn.Module, x: torch.Tensor, path: Path, opset: int, dynamic: bool) -> None:
+    shapes = ({0: torch.export.Dim.DYNAMIC},) if dynamic else None
+    torch.onnx.export(model, (x,), str(path), input_names=["input"], output_names=["logits"], opset_version=opset,
+                      dynamo=True, dynamic_shapes=shapes, external_data=False, verbose=False)  # fmt: skip
+
+
+def _export_torchscript(model: torch.nn.Module, x: torch.Tensor, path: Path, opset: int, dynamic: bool) -> None:
+    axes = {"input": {0: "batch"}, "logits": {0: "batch"}} if dynamic else None
+    torch.onnx.export(model, (x,), str(path), input_names=["input"], output_names=["logits"], opset_version=min(opset, 20),
+                      dynamo=False, dynamic_axes=axes)  # fmt: skip
+
+
+EXPORTERS = {"dynamo": _export_dynamo, "torchscript": _export_torchscript}
+
+
+def _quiet(fn: Callable[[], None]) -> str:
+    """Run an exporter with its chatter captured (stdout must stay clean for --json)."""
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fn()
+    return buf.getvalue()
+
+
+def _attach_metadata(path: Path, meta: dict[str, Any]) -> None:
+    import onnx
+
+    model = onnx.load(str(path))
+    del model.metadata_props[:]
+    for key, value in encode(meta).items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    model.doc_string = f"cnnctl export of {meta['model']} ({', '.join(meta['class_names'][:10])})"
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, str(path))
+
+
+def parity(clf: OnnxClassifier, model: torch.nn.Module, x: np.ndarray) -> dict[str, float]:
+    """Max |logit difference| and top-1 agreement of onnxruntime vs PyTorch on `x`."""
+    with torch.inference_mode():
+        ref = model(torch.from_numpy(x)).float().numpy()
+    got = clf.logits(x)
+    return {
+        "batch": int(x.shape[0]),
+        "max_abs_diff": float(np.abs(got - ref).max()),
+        "max_abs_logit": float(np.abs(ref).max()),
+        "top1_agreement": float((got.argmax(1) == ref.argmax(1)).mean()),
+    }
+
+
+def default_output(target: str | Path) -> Path:
+    p = Path(target)
+    return p / "model.onnx" if p.is_dir() else resolve_checkpoint(p).with_suffix(".onnx")
+
+
+def export(
+    target: str,
+    output: str | None = None,
+    *,
+    opset: int = 18,
+    dynamic: str = "batch",
+    batch: int = 1,
+    exporter: str = "auto",
+    tolerance: float = 1e-4,
+    int8: bool = False,
+    check_batch: int = 32,
+    log: Log = _stderr_log,
+) -> dict[str, Any]:
+    """Export `target` to ONNX and verify it; returns the report (see docs/export.md)."""
+    if dynamic not in ("batch", "none"):
+        raise UsageError(f"--dynamic must be batch or none, got {dynamic!r}")
+    if exporter not in ("auto", *EXPORTERS):
+        raise UsageError(f"--exporter must be auto, dynamo or torchscript, got {exporter!r}")
+    if not 7 <= opset <= 23:
+        raise UsageError(f"--opset {opset} is outside what cnnctl supports (7..23); 18 is a good default")
+    model, meta, ckpt = load_model(target, "cpu")
+    out = Path(output) if output else default_output(target)
+    if out.suffix != ".onnx":
+        raise UsageError(f"-o {out}: the output name must end in .onnx")
+    prep = preprocess_of(meta)
+    is_dynamic = dynamic == "batch"
+    n_check = max(2, check_batch) if is_dynamic else batch
+    x, _, source = sample_inputs(meta, prep, n_check, log=log)
+    meta = {**meta, "source_sha256": file_sha256(ckpt), "versions": {**meta.get("versions", {}), "export": versions()}}
+    order = ["dynamo", "torchscript"] if exporter == "auto" else [exporter]
+    report: dict[str, Any] = {"output": str(out), "checkpoint": str(ckpt), "check_inputs": source, "dynamic": dynamic}
+    dummy = torch.from_numpy(x[:batch] if not is_dynamic else x[:2])
+    with atomic_path(out) as tmp:
+        used, failures = None, []
+        for name in order:
+            try:
+                chatter = _quiet(lambda: EXPORTERS[name](model, dummy, tmp, opset, is_dynamic))
+                used = name
+                break
+            except Exception as exc:  # noqa: BLE001 - any exporter failure triggers the fallback
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                failures.append(f"{name}: {first[:200]}")
+                if len(order) > 1:
+                    log(f"the {name} exporter failed for {meta['model']} ({first[:200]}); falling back")
+        if used is None:
+            raise ExportError(f"could not export {meta['model']}: {'; '.join(failures)}")
+        del chatter
+        meta.update(exporter=used, opset=opset)
+        try:
+            _attach_metadata(tmp, meta)
+        except Exception as exc:  # noqa: BLE001 - onnx.checker raises several types
+            raise ExportError(f"the exported model fails onnx.checker: {str(exc).splitlines()[0][:200]}") from None
+        clf = OnnxClassifier(tmp, "cpu")
+        checks = [parity(clf, model, x[:1] if is_dynamic else x[:batch])]
+        if is_dynamic:
+            checks.append(parity(clf, model, x))
+        report.update(exporter=used, opset=opset, checks=checks)
+        for c in checks:
+            if c["max_abs_diff"] > tolerance * max(1.0, c["max_abs_logit"]) or c["top1_agreement"] < 1.0:
+                raise ExportError(
+                    f"onnxruntime disagrees with PyTorch at batch {c['batch']}: max |logit diff| {c['max_abs_diff']:.3g} "
+                    f"(tolerance {tolerance:g}), top-1 agreement {c['top1_agreement']:.2%}; nothing was written"
+                )
+    report["bytes"] = out.stat().st_size
+    if int8:
+        report["int8"] = quantize(out, model, meta, prep, log=log)
+    return report
+
+
+def quantize(float_path: Path, model: torch.nn.Module, meta: dict[str, Any], prep: Preprocess, *, calib: int = 256, log: Log = _stderr_log) -> dict[str, Any]:
+    """Static QDQ per-channel int8 quantization calibrated on training images, then measured."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    x_cal, _, source = sample_inputs(meta, prep, calib, log=log)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.items = iter([{"input": x_cal[i:i + 32]} for i in range(0, len(x_cal), 32)])
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self.items, None)
+
+    out = float_path.with_name(float_path.stem + ".int8.onnx")
+    with atomic_path(out) as tmp, atomic_path(float_path.with_name(float_path.stem + ".pre.onnx")) as pre:
+        _quiet(lambda: quant_pre_process(str(float_path), str(pre), skip_symbolic_shape=True))
+        _quiet(lambda: quantize_static(str(pre), str(tmp), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                                       activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8))  # fmt: skip
+        _attach_metadata(tmp, {**meta, "quantization": "int8 static QDQ per-channel"})
+    pre_path = float_path.with_name(float_path.stem + ".pre.onnx")
+    pre_path.unlink(missing_ok=True)
+    x_val, y_val, val_source = sample_inputs(meta, prep, 2000, split="val", log=log)
+    f_clf, q_clf = OnnxClassifier(float_path, "cpu"), OnnxClassifier(out, "cpu")
+    result: dict[str, Any] = {"output": str(out), "calibration": source, "validation": val_source}
+    if y_val is not None:
+        result["float_top1"] = float((f_clf.logits(x_val).argmax(1) == y_val).mean())
+        result["int8_top1"] = float((q_clf.logits(x_val).argmax(1) == y_val).mean())
+        result["top1_drop_points"] = 100 * (result["float_top1"] - result["int8_top1"])
+    bench = x_val[:64]
+    result["float_ms_batch64"] = _time_ms(f_clf, bench)
+    result["int8_ms_batch64"] = _time_ms(q_clf, bench)
+    result["speedup"] = result["float_ms_batch64"] / result["int8_ms_batch64"]
+    misses = []
+    if result["speedup"] < 1.25:
+        misses.append(f"speedup {result['speedup']:.2f}x < 1.25x")
+    if result.get("top1_drop_points", 0.0) > 0.5:
+        misses.append(f"top-1 drop {result['top1_drop_points']:.2f} points > 0.5")
+    result["meets_target"] = not misses
+    if misses:
+        log(f"int8 model misses the target ({'; '.join(misses)}); the float model is the safer choice")
+    return result
+
+
+def _time_ms(clf: OnnxClassifier, x: np.ndarray, repeats: int = 5) -> float:
+    clf.logits(x)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        clf.logits(x)
+        best = min(best, time.perf_counter() - start)
+    return best * 1000
