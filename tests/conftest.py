@@ -87,3 +87,22 @@ def cifar_small(tmp_path_factory, shared_data) -> Path:
                 members.append(m)
         tar.extractall(root, members=members, filter="data")
     return next(root.rglob("train")).parent
+
+
+QUICK = ["--epochs", "4", "--batch-size", "64", "--lr", "3e-3", "--scheduler", "onecycle"]
+
+
+@pytest.fixture(scope="session")
+def quick_run(tmp_path_factory) -> Path:
+    """The quickstart-style run on the built-in mnist-mini set, shared by train/eval/export tests."""
+    out = tmp_path_factory.mktemp("runs") / "quick"
+    proc = run_cli("train", "model-a", "--data", "mnist-mini", *QUICK, "--out", out, "--json")
+    assert proc.returncode == 0, proc.stderr
+    return out
+
+
+@pytest.fixture(scope="session")
+def quick_onnx(quick_run) -> Path:
+    proc = run_cli("export", quick_run, "--json")
+    assert proc.returncode == 0, proc.stderr
+    return quick_run / "model.onnx"

@@ -16,18 +16,6 @@ from safetensors.torch import load_file
 
 from tests.conftest import ROOT, assert_user_error, run_cli
 
-QUICK = ["--epochs", "4", "--batch-size", "64", "--lr", "3e-3", "--scheduler", "onecycle"]
-
-
-@pytest.fixture(scope="module")
-def quick_run(tmp_path_factory) -> Path:
-    """The quickstart-style run on the built-in mnist-mini set, shared by several tests."""
-    out = tmp_path_factory.mktemp("runs") / "quick"
-    proc = run_cli("train", "model-a", "--data", "mnist-mini", *QUICK, "--out", out, "--json")
-    assert proc.returncode == 0, proc.stderr
-    return out
-
-
 def test_quick_run_reaches_97_percent_on_the_test_digits(quick_run):
     hist = json.loads((quick_run / "history.json").read_text())
     assert hist["test"]["images"] == 2000
