@@ -1,0 +1,79 @@
+"""Inference speed of `tiny` (3x32x32): torch eager vs onnxruntime float and int8, side by side,
+at batch 1 and 64, plus the wall time of a cold `cnnctl predict model.onnx one.png`.
+
+The model is trained for one short epoch on real CIFAR-10 JPEGs so that int8 calibration and
+accuracy are meaningful.
+
+    python benchmarks/inference.py
+"""
+
+from __future__ import annotations
+
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from benchmarks._common import ROOT, cifar_folder
+
+
+def rate(fn, x: np.ndarray, seconds: float = 2.0) -> float:
+    fn(x)
+    done, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        fn(x)
+        done += x.shape[0]
+    return done / (time.perf_counter() - start)
+
+
+def main() -> None:
+    work = Path(tempfile.mkdtemp(prefix="cnnctl-infer-"))
+    folder = cifar_folder(200).parent
+    run = work / "run"
+    subprocess.run([sys.executable, "-m", "cnnctl", "train", "tiny", "--data", str(folder), "--epochs", "1",
+                    "--augment", "flip-crop", "--out", str(run), "--cache-dir", str(work / "cache")],
+                   check=True, capture_output=True)  # fmt: skip
+    from cnnctl.checkpoint import load_model
+    from cnnctl.export import export
+    from cnnctl.inference import OnnxClassifier
+
+    report = export(str(run), int8=True, log=lambda m: None)
+    model, _, _ = load_model(run)
+    fp = OnnxClassifier(run / "model.onnx", "cpu")
+    q8 = OnnxClassifier(run / "model.int8.onnx", "cpu")
+
+    def eager(x: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return model(torch.from_numpy(x)).numpy()
+
+    print(f"torch {torch.__version__} ({torch.get_num_threads()} threads); int8 top-1 drop {report['int8'].get('top1_drop_points', float('nan')):.2f} points")
+    rng = np.random.default_rng(0)
+    for batch in (1, 64):
+        x = rng.standard_normal((batch, 3, 32, 32), dtype=np.float32)
+        e, f, q = rate(eager, x), rate(fp.logits, x), rate(q8.logits, x)
+        print(f"batch {batch:3d}: torch eager {e:9.0f} img/s | onnxruntime float {f:9.0f} img/s ({f / e:4.2f}x eager) | "
+              f"int8 {q:9.0f} img/s ({q / f:4.2f}x float)")
+    from PIL import Image
+
+    img = work / "one.png"
+    Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(img)
+    cmd = [sys.executable, "-m", "cnnctl", "predict", str(run / "model.onnx"), str(img), "--json"]
+    walls = []
+    for _ in range(7):
+        start = time.perf_counter()
+        subprocess.run(cmd, check=True, capture_output=True, cwd=ROOT)
+        walls.append(time.perf_counter() - start)
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "pass"], check=True)
+    python_only = time.perf_counter() - start
+    print(f"cold `cnnctl predict model.onnx one.png`: median {statistics.median(walls):.3f} s over 7 runs "
+          f"(a bare `python -c pass` takes {python_only:.3f} s)")
+
+
+if __name__ == "__main__":
+    main()
