@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from cnnctl.errors import CheckpointError
-from cnnctl.io import write_json
+from cnnctl.io import read_json, write_json
 
 FORMAT = 1
 
@@ -18,12 +17,7 @@ def save(path: str | Path, epochs: list[dict[str, Any]], **extra: Any) -> None:
 
 def load(path: str | Path) -> dict[str, Any]:
     p = Path(path)
-    try:
-        data = json.loads(p.read_text())
-    except FileNotFoundError:
-        raise CheckpointError(f"{p} not found; is this a cnnctl run directory?") from None
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"{p} is not valid JSON ({exc}); the run directory is damaged") from None
+    data = read_json(p, CheckpointError, f"{p} not found; is this a cnnctl run directory?")
     if not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(data.get("epochs"), list):
         raise CheckpointError(f"{p} is not a cnnctl history (format {FORMAT})")
     return data

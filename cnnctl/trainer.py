@@ -233,16 +233,11 @@ def train(model: str | None, recipe: str | None, flags: dict[str, Any], *, out: 
     """Resolve the config (resumed run's config <- recipe <- flags) and run it."""
     base = None
     if resume:
-        import json
-
-        cfg_path = Path(resume) / "config.json"
-        try:
-            saved = json.loads(cfg_path.read_text())
-        except FileNotFoundError:
-            raise RunDirError(f"{resume} is not a cnnctl run directory (no config.json); nothing to resume") from None
-        except (OSError, ValueError) as exc:
-            raise RunDirError(f"{cfg_path} is damaged ({exc}); cannot resume") from None
         from cnnctl.config import FIELDS
+        from cnnctl.io import read_json
+
+        missing = f"{resume} is not a cnnctl run directory (no config.json); nothing to resume"
+        saved = read_json(Path(resume) / "config.json", RunDirError, missing)
 
         base = {k: v for k, v in saved.items() if k in FIELDS}
         if model and model != base.get("model"):

@@ -9,26 +9,26 @@ from typing import Any
 
 from rich.console import Console
 
-_out: Console | None = None
-_err: Console | None = None
+_consoles: dict[str, Console] = {}
+
+
+def _console(name: str) -> Console:
+    """A console on stdout or stderr; wide when not a terminal, so tables stay unwrapped in files."""
+    if name not in _consoles:
+        stream = sys.stdout if name == "out" else sys.stderr
+        width = None if stream.isatty() else int(os.environ.get("COLUMNS", "160"))
+        _consoles[name] = Console(file=stream, width=width, soft_wrap=name == "err")
+    return _consoles[name]
 
 
 def out() -> Console:
-    """Console for results (stdout). Wide when not a terminal, so tables stay unwrapped in files."""
-    global _out
-    if _out is None:
-        width = None if sys.stdout.isatty() else int(os.environ.get("COLUMNS", "160"))
-        _out = Console(file=sys.stdout, width=width, soft_wrap=False)
-    return _out
+    """Console for results (stdout)."""
+    return _console("out")
 
 
 def err() -> Console:
     """Console for progress and logs (stderr)."""
-    global _err
-    if _err is None:
-        width = None if sys.stderr.isatty() else int(os.environ.get("COLUMNS", "160"))
-        _err = Console(file=sys.stderr, width=width, soft_wrap=True)
-    return _err
+    return _console("err")
 
 
 def print_json(obj: Any) -> None:

@@ -23,41 +23,22 @@ def _mnist_tutorial(in_shape, num_classes, *, pool: str, padding: int) -> nn.Mod
     return Classifier(features, lambda n: nn.Linear(n, num_classes), in_shape)
 
 
-@register(
-    "model-a",
-    description="2x [Conv5 same, ReLU, MaxPool2] + Linear (MNIST tutorial model A)",
-    default_input=(1, 28, 28),
-    source=MNIST_TUTORIAL,
-)
-def model_a(in_shape, num_classes):
-    return _mnist_tutorial(in_shape, num_classes, pool="max", padding=2)
-
-
-@register(
-    "model-b",
-    description="model-a with average pooling (MNIST tutorial model B)",
-    default_input=(1, 28, 28),
-    source=MNIST_TUTORIAL,
-)
-def model_b(in_shape, num_classes):
-    return _mnist_tutorial(in_shape, num_classes, pool="avg", padding=2)
-
-
-@register(
-    "model-c",
-    description="model-a with valid padding, Linear 32*4*4 at 28x28 (MNIST tutorial model C)",
-    default_input=(1, 28, 28),
-    source=MNIST_TUTORIAL,
-)
-def model_c(in_shape, num_classes):
-    return _mnist_tutorial(in_shape, num_classes, pool="max", padding=0)
+_MNIST_VARIANTS = {
+    "model-a": ("max", 2, "2x [Conv5 same, ReLU, MaxPool2] + Linear (MNIST tutorial model A)"),
+    "model-b": ("avg", 2, "model-a with average pooling (MNIST tutorial model B)"),
+    "model-c": ("max", 0, "model-a with valid padding, Linear 32*4*4 at 28x28 (MNIST tutorial model C)"),
+}
+for _name, (_pool, _padding, _description) in _MNIST_VARIANTS.items():
+    register(_name, description=_description, default_input=(1, 28, 28), source=MNIST_TUTORIAL, pool=_pool, padding=_padding)(
+        _mnist_tutorial
+    )
 
 
 def _conv_relu(cin: int, cout: int) -> list[nn.Module]:
     return [nn.Conv2d(cin, cout, kernel_size=3, padding=1), nn.ReLU()]
 
 
-def _tiny(in_shape, num_classes, widths: tuple[int, ...]) -> nn.Module:
+def _tiny(in_shape, num_classes, *, widths: tuple[int, ...]) -> nn.Module:
     layers: list[nn.Module] = []
     cin = in_shape[0]
     for width in widths:
@@ -70,81 +51,62 @@ def _tiny(in_shape, num_classes, widths: tuple[int, ...]) -> nn.Module:
     return Classifier(nn.Sequential(*layers), head, in_shape)
 
 
-@register(
+register(
     "tiny",
     description="lesson-6 TinyCNN: 2 blocks of 2x Conv3 (32, 64 ch) + pool, Linear 256, dropout",
     default_input=(3, 32, 32),
     source="PyTorch CNN course, lesson 6 (TinyCNN on CIFAR-10)",
-)
-def tiny(in_shape, num_classes):
-    return _tiny(in_shape, num_classes, (32, 64))
-
-
-@register(
+    widths=(32, 64),
+)(_tiny)
+register(
     "tiny3",
     description="TinyCNN with a third block of two 128-channel convs and a pool",
     default_input=(3, 32, 32),
     source="PyTorch CNN course, lesson 6 (the deeper exercise variant)",
-)
-def tiny3(in_shape, num_classes):
-    return _tiny(in_shape, num_classes, (32, 64, 128))
+    widths=(32, 64, 128),
+)(_tiny)
 
 
-@register(
+def _conv_pool_mlp(in_shape, num_classes, *, convs: tuple[tuple[int, int], ...], hidden: tuple[int, ...]) -> nn.Module:
+    """[Conv(k, pad) ReLU MaxPool2] per (channels, padding) in `convs`, then an MLP of `hidden` widths."""
+    layers: list[nn.Module] = []
+    cin = in_shape[0]
+    for width, padding in convs:
+        layers += [nn.Conv2d(cin, width, kernel_size=5, padding=padding), nn.ReLU(), nn.MaxPool2d(2)]
+        cin = width
+
+    def head(n: int) -> nn.Module:
+        mlp: list[nn.Module] = []
+        for h in hidden:
+            mlp += [nn.Linear(n, h), nn.ReLU()]
+            n = h
+        return nn.Sequential(*mlp, nn.Linear(n, num_classes))
+
+    return Classifier(nn.Sequential(*layers), head, in_shape)
+
+
+register(
+    "fashion",
+    description="Conv5 6ch, Conv5 12ch (each ReLU + MaxPool2), Linear 120, 60, 10",
+    default_input=(1, 28, 28),
+    source="deeplizard 'Neural Network Programming - Deep Learning with PyTorch' (Fashion-MNIST)",
+    convs=((6, 0), (12, 0)),
+    hidden=(120, 60),
+)(_conv_pool_mlp)
+register(
+    "lenet5",
+    description="LeNet-5: Conv5 6ch (pad 2), Conv5 16ch, Linear 120, 84 (ReLU, max pooling)",
+    default_input=(1, 28, 28),
+    source="LeCun et al. 1998, as in most PyTorch tutorials (ReLU + max pooling, padded C1)",
+    convs=((6, 2), (16, 0)),
+    hidden=(120, 84),
+)(_conv_pool_mlp)
+register(
     "catdog",
     description="3x [Conv5, ReLU, MaxPool2] (32, 64, 128 ch), Linear 512, Linear 2; 50x50 gray",
     default_input=(1, 50, 50),
     num_classes=2,
     source="pythonprogramming.net 'Deep learning with PyTorch' cats-vs-dogs convnet",
-)
-def catdog(in_shape, num_classes):
-    layers: list[nn.Module] = []
-    cin = in_shape[0]
-    for width in (32, 64, 128):
-        layers += [nn.Conv2d(cin, width, kernel_size=5), nn.ReLU(), nn.MaxPool2d(2)]
-        cin = width
-
-    def head(n: int) -> nn.Module:
-        return nn.Sequential(nn.Linear(n, 512), nn.ReLU(), nn.Linear(512, num_classes))
-
-    return Classifier(nn.Sequential(*layers), head, in_shape)
-
-
-@register(
-    "fashion",
-    description="Conv5 6ch, Conv5 12ch (each ReLU + MaxPool2), Linear 120, 60, 10",
-    default_input=(1, 28, 28),
-    source="deeplizard 'Neural Network Programming - Deep Learning with PyTorch' (Fashion-MNIST)",
-)
-def fashion(in_shape, num_classes):
-    features = nn.Sequential(
-        nn.Conv2d(in_shape[0], 6, kernel_size=5), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(6, 12, kernel_size=5), nn.ReLU(), nn.MaxPool2d(2),
-    )  # fmt: skip
-
-    def head(n: int) -> nn.Module:
-        return nn.Sequential(
-            nn.Linear(n, 120), nn.ReLU(), nn.Linear(120, 60), nn.ReLU(), nn.Linear(60, num_classes)
-        )
-
-    return Classifier(features, head, in_shape)
-
-
-@register(
-    "lenet5",
-    description="LeNet-5: Conv5 6ch (pad 2), Conv5 16ch, Linear 120, 84 (ReLU, max pooling)",
-    default_input=(1, 28, 28),
-    source="LeCun et al. 1998, as in most PyTorch tutorials (ReLU + max pooling, padded C1)",
-)
-def lenet5(in_shape, num_classes):
-    features = nn.Sequential(
-        nn.Conv2d(in_shape[0], 6, kernel_size=5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(6, 16, kernel_size=5), nn.ReLU(), nn.MaxPool2d(2),
-    )  # fmt: skip
-
-    def head(n: int) -> nn.Module:
-        return nn.Sequential(
-            nn.Linear(n, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(), nn.Linear(84, num_classes)
-        )
-
-    return Classifier(features, head, in_shape)
+    convs=((32, 0), (64, 0), (128, 0)),
+    hidden=(512,),
+)(_conv_pool_mlp)
