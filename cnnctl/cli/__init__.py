@@ -42,9 +42,9 @@ def _root(
 
 
 def _register() -> None:
-    from cnnctl.cli import eval, export, models, predict, shapes, train
+    from cnnctl.cli import eval, export, models, plot, predict, shapes, train
 
-    for module in (models, shapes, train, eval, export, predict):
+    for module in (models, shapes, train, eval, export, predict, plot):
         module.register(app)
 
 

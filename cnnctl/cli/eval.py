@@ -22,6 +22,7 @@ def eval_cmd(
     min_accuracy: Annotated[Optional[float], typer.Option("--min-accuracy", min=0.0, max=1.0, help="Exit 1 when top-1 is below this (e.g. 0.98).")] = None,
     tta_flip: Annotated[bool, typer.Option("--tta-flip", help="Average logits with horizontally flipped images (test-time augmentation).")] = False,
     limit: Annotated[int, typer.Option("--limit", min=0, help="Evaluate only the first N images of the split (0 = all).")] = 0,
+    plot_confusion: Annotated[Optional[str], typer.Option("--plot-confusion", help="Draw the confusion matrix into this .png file.")] = None,
     output: Annotated[Optional[str], typer.Option("--output", "-o", help="Write the report: JSON, or the per-class table as CSV for *.csv.")] = None,
     json_: Annotated[bool, typer.Option("--json", help="Print the whole report as one JSON document.")] = False,
 ) -> None:
@@ -38,6 +39,10 @@ def eval_cmd(
     )  # fmt: skip
     if output:
         write_report(report, output)
+    if plot_confusion:
+        from cnnctl.plots import plot_confusion as draw
+
+        draw(report["confusion_matrix"], report["class_names"], plot_confusion)
     if json_:
         print_json(report)
     else:

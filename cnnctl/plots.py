@@ -1,0 +1,68 @@
+"""Training curves and confusion matrices as PNG files (matplotlib, from the `plot` extra)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from cnnctl.errors import UsageError
+from cnnctl.io import atomic_path
+
+
+def _pyplot() -> Any:
+    try:
+        import matplotlib
+    except ImportError:
+        raise UsageError("plotting needs matplotlib: pip install 'cnnctl[plot]'") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig: Any, path: str | Path) -> None:
+    if Path(path).suffix.lower() not in (".png", ".svg", ".pdf"):
+        raise UsageError(f"{path}: the plot file must end in .png, .svg or .pdf")
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format=Path(path).suffix[1:].lower(), dpi=120, bbox_inches="tight")
+
+
+def plot_histories(histories: dict[str, list[dict[str, Any]]], path: str | Path) -> None:
+    """Loss and accuracy per epoch, train dashed and validation solid, one colour per run."""
+    plt = _pyplot()
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for i, (name, epochs) in enumerate(histories.items()):
+        color = f"C{i % 10}"
+        x = [r["epoch"] for r in epochs]
+        for key, ax, style in (("train_loss", ax_loss, "--"), ("val_loss", ax_loss, "-"), ("train_acc", ax_acc, "--"), ("val_acc", ax_acc, "-")):
+            ys = [r.get(key) for r in epochs]
+            if any(v is not None for v in ys):
+                ax.plot(x, ys, style, color=color, marker="o", markersize=3, label=f"{name} {key.split('_')[0]}")
+    for ax, title in ((ax_loss, "loss"), (ax_acc, "accuracy")):
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle("train (dashed) vs validation (solid)")
+    _save(fig, path)
+    plt.close(fig)
+
+
+def plot_confusion(cm: list[list[int]], class_names: list[str], path: str | Path) -> None:
+    """The confusion matrix as a heat map with counts (rows: true class, columns: predicted)."""
+    plt = _pyplot()
+    n = len(class_names)
+    size = max(4.0, min(16.0, 0.45 * n + 2))
+    fig, ax = plt.subplots(figsize=(size, size))
+    ax.imshow(cm, cmap="Blues")
+    ax.set_xticks(range(n), class_names, rotation=90 if n > 10 else 0, fontsize=8)
+    ax.set_yticks(range(n), class_names, fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if n <= 30:
+        top = max(max(row) for row in cm) or 1
+        for i, row in enumerate(cm):
+            for j, v in enumerate(row):
+                ax.text(j, i, str(v), ha="center", va="center", fontsize=7, color="white" if v > top / 2 else "black")
+    _save(fig, path)
+    plt.close(fig)
