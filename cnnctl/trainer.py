@@ -171,6 +171,10 @@ def _run_locked(cfg: TrainConfig, run_dir: Path, resuming: bool, reporter: Repor
 
     state = LoopState()
     records: list[dict[str, Any]] = []
+    if resuming and not (run_dir / "last.safetensors").exists():
+        # Stopped before its first epoch finished: nothing to restore, start that epoch again.
+        reporter.log(f"{run_dir} has no finished epoch yet; starting from epoch 1")
+        resuming = False
     if resuming:
         saved = load_last(run_dir / "last.safetensors", model, optimizer)
         state = LoopState(**saved["loop"])
