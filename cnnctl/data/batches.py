@@ -64,8 +64,8 @@ class Batches:
         self.device = torch.device(device)
         self.channels_last = channels_last
         self.drop_last = drop_last and len(split) > batch_size
-        self.mean = torch.tensor(prep.mean or [0.0] * prep.channels, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
-        self.std = torch.tensor(prep.std or [1.0] * prep.channels, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
+        self.mean = torch.tensor(prep.mean or [0.0] * prep.channels, dtype=torch.float32, device=self.device).reshape(1, -1, 1, 1)
+        self.std = torch.tensor(prep.std or [1.0] * prep.channels, dtype=torch.float32, device=self.device).reshape(1, -1, 1, 1)
 
     def __len__(self) -> int:
         n = len(self.split)
