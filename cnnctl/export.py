@@ -142,7 +142,7 @@ def export(
         used, failures = None, []
         for name in order:
             try:
-                chatter = _quiet(lambda: EXPORTERS[name](model, dummy, tmp, opset, is_dynamic))
+                _quiet(lambda: EXPORTERS[name](model, dummy, tmp, opset, is_dynamic))
                 used = name
                 break
             except Exception as exc:  # noqa: BLE001 - any exporter failure triggers the fallback
@@ -152,7 +152,6 @@ def export(
                     log(f"the {name} exporter failed for {meta['model']} ({first[:200]}); falling back")
         if used is None:
             raise ExportError(f"could not export {meta['model']}: {'; '.join(failures)}")
-        del chatter
         meta.update(exporter=used, opset=opset)
         try:
             _attach_metadata(tmp, meta)

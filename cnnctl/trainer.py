@@ -9,8 +9,6 @@ from __future__ import annotations
 import math
 import os
 import signal
-import sys
-import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime

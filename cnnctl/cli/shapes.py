@@ -26,7 +26,7 @@ def shapes(
     """
     from cnnctl.errors import ShapeError
     from cnnctl.shapes import trace_target, visible_rows
-    from cnnctl.specs import format_shape, parse_input_shape
+    from cnnctl.specs import parse_input_shape
 
     shape = parse_input_shape(input) if input else None
     result = trace_target(model, shape, batch=batch, num_classes=num_classes, fit=fit)

@@ -37,7 +37,7 @@ def train(**kwargs: Any) -> None:
 
     --batch-size is the batch per optimizer step.
     """
-    from cnnctl.cli.common import out, print_json
+    from cnnctl.cli.common import print_json
     from cnnctl.cli.progress import TrainReporter
     from cnnctl.errors import InterruptedRun
     from cnnctl.trainer import RunInterrupted, train as run_training

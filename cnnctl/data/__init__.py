@@ -4,6 +4,6 @@
 class names, and the `Preprocess` (with train-split mean/std) that travels with the checkpoint.
 """
 
-from cnnctl.data.bundle import DataBundle, Split, build, build_for_eval
+from cnnctl.data.bundle import DataBundle, Split, build
 
-__all__ = ["DataBundle", "Split", "build", "build_for_eval"]
+__all__ = ["DataBundle", "Split", "build"]

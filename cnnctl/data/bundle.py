@@ -110,19 +110,3 @@ def build(cfg: TrainConfig, log: Callable[[str], None] = lambda m: print(m, file
             f"use --augment shift for {src.name}, or add --allow-flip if you really mean it"
         )
     return DataBundle(src.name, src.classes, train, val, src.test, prep, digits, _fingerprint(train, val), src.notes)
-
-
-def build_for_eval(
-    data: str, data_dir: str, prep: Preprocess, val_split: float, log: Callable[[str], None] = lambda m: print(m, file=sys.stderr)
-) -> tuple[Source, Split | None]:
-    """Load `data` decoded exactly as `prep` says (for eval); returns the source and its val split."""
-    src = load_source(data, data_dir, False, prep.size, prep.channels == 1, "", log)
-    if src.channels != prep.channels or tuple(src.size) != tuple(prep.size):
-        raise DataError(
-            f"{data} gives {src.channels}x{src.size[0]}x{src.size[1]} images but the model takes "
-            f"{prep.channels}x{prep.size[0]}x{prep.size[1]}"
-        )
-    val = src.val
-    if val is None:
-        _, val = split_off(src.train, val_split)
-    return src, val
