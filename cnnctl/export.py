@@ -145,6 +145,8 @@ def export(
                 _quiet(lambda: EXPORTERS[name](model, dummy, tmp, opset, is_dynamic))
                 used = name
                 break
+            except OSError as exc:  # the disk, not the exporter: no fallback can help
+                raise ExportError(f"cannot write {out}: {exc.strerror or exc} (disk full or read-only?)") from None
             except Exception as exc:  # noqa: BLE001 - any exporter failure triggers the fallback
                 first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                 failures.append(f"{name}: {first[:200]}")

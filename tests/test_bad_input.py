@@ -135,3 +135,31 @@ def test_bad_arguments_across_commands(args, needle, quick_run, quick_onnx, tmp_
     proc = run_cli(*full)
     assert_user_error(proc, needle)
     assert not (tmp_path / "o" / "model.safetensors").exists()
+
+
+def _small_disk(limit: int):
+    """preexec_fn: files this process writes may not grow past `limit` bytes (a full disk)."""
+    import resource
+    import signal
+
+    def apply() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # get EFBIG instead of being killed
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return apply
+
+
+@pytest.mark.parametrize("command", ["eval", "export"])
+def test_full_disk_leaves_nothing_behind(command, quick_run, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    target = tmp_path / ("report.json" if command == "eval" else "m.onnx")
+    args = [quick_run, "--output" if command == "eval" else "-o", target]
+    proc = subprocess.run([sys.executable, "-m", "cnnctl", command, *map(str, args)], cwd=ROOT, capture_output=True,
+                          text=True, preexec_fn=_small_disk(1024), env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})  # fmt: skip
+    assert_user_error(proc, "cannot write", "disk full")
+    assert list(tmp_path.iterdir()) == []
