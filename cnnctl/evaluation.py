@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -58,14 +58,17 @@ class Target:
         return Batches(split, self.prep, batch_size, device=self.device, channels_last=self.kind == "pytorch")
 
 
-def load_split(meta: dict[str, Any], data: str | None, data_dir: str | None, split: str) -> tuple[Split, str, list[str]]:
-    """The images to evaluate on, decoded as the model's preprocessing says."""
+def load_split(
+    meta: dict[str, Any], data: str | None, data_dir: str | None, split: str, log: Callable[[str], None] | None = None
+) -> tuple[Split, str, list[str]]:
+    """The images of one split (test, val, train), decoded as the model's preprocessing says."""
     info = meta.get("data", {}) if isinstance(meta.get("data"), dict) else {}
     name = data or info.get("name")
     if not name:
         raise UsageError("the model does not record its data set; pass --data")
     prep = preprocess_of(meta)
-    src = load_source(name, data_dir or info.get("data_dir", "./data"), False, prep.size, prep.channels == 1)
+    extra = {"log": log} if log is not None else {}
+    src = load_source(name, data_dir or info.get("data_dir", "./data"), False, prep.size, prep.channels == 1, **extra)
     if (src.channels, tuple(src.size)) != (prep.channels, tuple(prep.size)):
         raise DataError(f"{name} gives {src.channels}x{src.size[0]}x{src.size[1]} images, the model takes {prep.channels}x{prep.size[0]}x{prep.size[1]}")
     if src.classes != meta["class_names"]:

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from cnnctl.checkpoint import file_sha256, load_model, resolve_checkpoint, versions
-from cnnctl.errors import DataError, ExportError, UsageError
+from cnnctl.errors import CnnctlError, ExportError, UsageError
 from cnnctl.inference import OnnxClassifier
 from cnnctl.io import atomic_path
 from cnnctl.metadata import encode, preprocess_of
@@ -34,18 +34,21 @@ def _stderr_log(message: str) -> None:
 
 def sample_inputs(meta: dict[str, Any], prep: Preprocess, n: int, split: str = "train", log: Log = _stderr_log) -> tuple[np.ndarray, np.ndarray | None, str]:
     """Up to `n` real images (normalised) from the model's own data set, else seeded noise."""
-    from cnnctl.data.bundle import split_off
-    from cnnctl.data.sources import load_source
+    from cnnctl.evaluation import load_split
 
-    info = meta.get("data") if isinstance(meta.get("data"), dict) else {}
+    def quiet(message: str) -> None:
+        pass
+
     try:
-        src = load_source(info["name"], info.get("data_dir", "./data"), False, prep.size, prep.channels == 1, log=lambda m: None)
-        train, val = (src.train, src.val) if src.val is not None else split_off(src.train, float(info.get("val_split", 0.1)))
-        pool = val if split == "val" and val is not None else train
+        try:
+            pool, name, _ = load_split(meta, None, None, split, log=quiet)
+        except UsageError:  # no validation split (trained with --val-split 0): use training images
+            pool, name, _ = load_split(meta, None, None, "train", log=quiet)
+            split = "train"
         idx = torch.randperm(len(pool), generator=torch.Generator().manual_seed(0))[:n]
         pick = pool.take(idx)
-        return normalize(pick.x.numpy(), prep), pick.y.numpy(), f"{len(idx)} {split} images of {info['name']}"
-    except (DataError, KeyError, OSError) as exc:
+        return normalize(pick.x.numpy(), prep), pick.y.numpy(), f"{len(idx)} {split} images of {name}"
+    except (CnnctlError, OSError) as exc:
         log(f"training data not available ({getattr(exc, 'message', exc)}); checking on seeded random input")
         rng = np.random.default_rng(0)
         return rng.standard_normal((n, prep.channels, *prep.size), dtype=np.float32), None, f"{n} seeded random inputs"
