@@ -50,7 +50,7 @@ class TrainConfig:
     allow_flip: bool = _f(False, "Allow horizontal flips on digit data sets (refused by default: a flipped 2 is not a 2).")
     epochs: int = _f(10, "Number of epochs (ignored when --iters is set).")
     iters: int = _f(0, "Train for this many iterations (batches) instead of --epochs.")
-    batch_size: int = _f(128, "Batch size.")
+    batch_size: int = _f(128, "Batch size per optimizer step; under torchrun the global batch, split evenly over the processes.")
     eval_batch_size: int = _f(1024, "Batch size for validation and test passes.")
     optimizer: str = _f("adamw", "Optimizer: sgd, adam, adamw.")
     lr: float = _f(1e-3, "Learning rate (the peak rate for onecycle).")

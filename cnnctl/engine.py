@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cnnctl.distributed import Dist
 from cnnctl.errors import TrainingError
 
 
@@ -71,8 +72,14 @@ def train_one_epoch(
     scaler: Any = None,
     should_stop: Callable[[], bool] = lambda: False,
     reporter: Reporter | None = None,
+    dist: Dist | None = None,
 ) -> tuple[EpochStats, int]:
-    """One pass over `batches`; returns the stats and the new global step."""
+    """One pass over `batches`; returns the stats (summed over all ranks) and the new global step.
+
+    Under torchrun every rank runs this on its slice of the same global batches; the stop checks
+    after each step are agreed between ranks, so all of them leave the loop at the same step.
+    """
+    dist = dist or Dist()
     model.train()
     device = next(model.parameters()).device
     total_loss = torch.zeros((), dtype=torch.float64)
@@ -81,8 +88,6 @@ def train_one_epoch(
     truncated = False
     start = time.perf_counter()
     for x, y in batches:
-        if should_stop():
-            raise Interrupted()
         lr = lr_fn(step)
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -111,11 +116,16 @@ def train_one_epoch(
         step += 1
         if reporter is not None:
             reporter.batch(steps, float(loss_value), seen / max(1e-9, time.perf_counter() - start))
-        if (max_steps is not None and step >= max_steps) or (deadline is not None and time.monotonic() >= deadline):
+        stop, late = dist.any(should_stop(), deadline is not None and time.monotonic() >= deadline)
+        if stop:
+            raise Interrupted()
+        if late or (max_steps is not None and step >= max_steps):
             truncated = True
             break
     seconds = time.perf_counter() - start
-    stats = EpochStats(float(total_loss) / max(1, seen), float(correct) / max(1, seen), seen, steps, seconds, truncated)
+    loss_sum, correct_sum, seen = dist.sum([float(total_loss), float(correct), float(seen)])
+    seen = int(seen)
+    stats = EpochStats(loss_sum / max(1, seen), correct_sum / max(1, seen), seen, steps, seconds, truncated)
     return stats, step
 
 
@@ -208,22 +218,29 @@ def fit(
     should_stop: Callable[[], bool] = lambda: False,
     reporter: Reporter | None = None,
     on_epoch_end: Callable[[dict[str, Any], bool, LoopState], None] = lambda r, b, s: None,
+    dist: Dist | None = None,
+    eval_model: nn.Module | None = None,
 ) -> str:
     """Train from `state.epoch + 1` to `epochs`; validate with `evaluate` after every epoch.
 
     Each epoch reseeds torch's global RNG from (seed, epoch) and draws its shuffle from the same,
     so a resumed run repeats exactly what an uninterrupted one would do. Returns why it stopped.
+    Under torchrun, `model` is the DDP wrapper, `eval_model` the plain module (validated on this
+    rank's shard of `val_batches`, metrics summed over ranks), and every decision is taken from
+    numbers that are the same on all ranks.
     """
+    dist = dist or Dist()
+    eval_model = eval_model or model
     deadline = time.monotonic() + (time_limit - state.elapsed) if time_limit else None
     reason = "completed"
     for epoch in range(state.epoch + 1, epochs + 1):
-        torch.manual_seed(seed * 7919 + epoch)
+        torch.manual_seed(seed * 7919 + epoch + 104_729 * dist.rank)
         if reporter is not None:
             reporter.start_epoch(epoch, epochs, len(train_batches))
         stats, step = train_one_epoch(
             model, train_batches.epoch(epoch), optimizer, loss_fn, lr_fn, state.step,
             max_steps=max_steps, deadline=deadline, amp=amp, scaler=scaler,
-            should_stop=should_stop, reporter=reporter,
+            should_stop=should_stop, reporter=reporter, dist=dist,
         )  # fmt: skip
         record: dict[str, Any] = {
             "epoch": epoch,
@@ -235,10 +252,8 @@ def fit(
             "steps": step,
         }
         if val_batches is not None:
-            val = evaluate(model, val_batches, loss_fn, amp=amp)
-            record.update(val_loss=val.loss, val_acc=val.acc)
-            if val.top5 is not None:
-                record["val_top5"] = val.top5
+            dist.sync_buffers(eval_model)
+            record.update(_validate(eval_model, val_batches, loss_fn, amp, dist))
         if stats.truncated:
             record["truncated"] = True
         metric = record.get(monitor, record["train_acc"] if monitor == "val_acc" else record["train_loss"])
@@ -252,15 +267,29 @@ def fit(
         on_epoch_end(record, improved, state)
         if reporter is not None:
             reporter.end_epoch(record, improved)
+        late, stop = dist.any(deadline is not None and time.monotonic() >= deadline, should_stop())
         if max_steps is not None and step >= max_steps:
             reason = "iters"
             break
-        if deadline is not None and time.monotonic() >= deadline:
+        if late:
             reason = "time-limit"
             break
         if patience and state.bad_epochs >= patience:
             reason = "early-stopped"
             break
-        if should_stop():
+        if stop:
             raise Interrupted()
     return reason
+
+
+def _validate(model: nn.Module, batches: Any, loss_fn: Callable[..., torch.Tensor], amp: str, dist: Dist) -> dict[str, float]:
+    """Validation metrics over the whole split: this rank's shard, summed over ranks."""
+    val = evaluate(model, batches, loss_fn, amp=amp)
+    n = len(val.targets)
+    top5 = val.top5 if val.top5 is not None else 0.0
+    loss_sum, correct, top5_hits, total = dist.sum([val.loss * n, round(val.acc * n), round(top5 * n), n])
+    total = max(1.0, total)
+    record = {"val_loss": loss_sum / total, "val_acc": correct / total}
+    if val.top5 is not None:
+        record["val_top5"] = top5_hits / total
+    return record

@@ -16,6 +16,8 @@ class CnnctlError(Exception):
     def __init__(self, message: str, *, details: list[str] | None = None) -> None:
         super().__init__(message)
         self.message = message
+        # Set on torchrun ranks other than 0 for errors that rank 0 reports too: exit without a line.
+        self.quiet = False
         # Extra lines shown before the one-line message (e.g. a partial shape trace).
         self.details = details or []
 

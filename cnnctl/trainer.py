@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import os
 import signal
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -21,10 +21,11 @@ from cnnctl import history
 from cnnctl.checkpoint import load_last, save_last, save_model, versions
 from cnnctl.config import TrainConfig, resolve
 from cnnctl.data import DataBundle, build
-from cnnctl.data.batches import Batches
+from cnnctl.data.batches import Batches, shard
 from cnnctl.data.sources import NAMED_SETS
+from cnnctl.distributed import Dist, is_comm_error
 from cnnctl.engine import Interrupted, LoopState, Reporter, evaluate, fit, make_loss
-from cnnctl.errors import RunDirError, UsageError
+from cnnctl.errors import CnnctlError, RunDirError, UsageError
 from cnnctl.io import RunLock, write_json
 from cnnctl.models import create
 from cnnctl.schedule import lr_at
@@ -40,7 +41,12 @@ class RunResult:
     test: dict[str, Any] | None
 
 
-def pick_device(name: str) -> torch.device:
+def pick_device(name: str, dist: Dist | None = None) -> torch.device:
+    if dist is not None and dist.enabled and (name == "cuda" or (name == "auto" and torch.cuda.is_available())):
+        if dist.local_rank >= torch.cuda.device_count():
+            raise UsageError(f"LOCAL_RANK {dist.local_rank} but this node has {torch.cuda.device_count()} CUDA device(s); lower --nproc-per-node")
+        torch.cuda.set_device(dist.local_rank)
+        return torch.device("cuda", dist.local_rank)
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -117,8 +123,37 @@ def run(
     resume: str | None = None,
     overwrite: bool = False,
     reporter: Reporter,
+    dist: Dist | None = None,
 ) -> RunResult:
-    """Train `cfg` into a run directory (new, overwritten, or resumed)."""
+    """Train `cfg` into a run directory (new, overwritten, or resumed).
+
+    Under torchrun (`dist.enabled`) every rank calls this; rank 0 alone owns the run directory.
+    """
+    dist = dist or Dist()
+    dist.check_batch(cfg.batch_size)
+    device = pick_device(cfg.device, dist)
+    dist.start(device.type)
+    finished = False
+    try:
+        try:
+            run_dir = _prepare_run_dir(cfg, out, resume, overwrite) if dist.is_main else Path(resume or out or "")
+        except CnnctlError:
+            dist.agree(False)
+            raise
+        dist.agree(True)
+        with RunLock(run_dir) if dist.is_main else nullcontext():
+            if overwrite and not resume and dist.is_main:
+                for name in ("model.safetensors", "last.safetensors", "history.json", "config.json"):
+                    (run_dir / name).unlink(missing_ok=True)
+            dist.agree(True)  # the others read the run directory only after rank 0 holds it
+            result = _run_locked(cfg, run_dir, bool(resume), reporter, device, dist)
+        finished = True
+        return result
+    finally:
+        dist.stop(clean=finished)
+
+
+def _prepare_run_dir(cfg: TrainConfig, out: str | None, resume: str | None, overwrite: bool) -> Path:
     if resume:
         run_dir = Path(resume)
         if not (run_dir / "config.json").is_file():
@@ -133,18 +168,13 @@ def run(
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise RunDirError(f"cannot create {run_dir}: {exc.strerror}") from None
-    with RunLock(run_dir):
-        if overwrite and not resume:
-            for name in ("model.safetensors", "last.safetensors", "history.json", "config.json"):
-                (run_dir / name).unlink(missing_ok=True)
-        return _run_locked(cfg, run_dir, bool(resume), reporter)
+    return run_dir
 
 
-def _run_locked(cfg: TrainConfig, run_dir: Path, resuming: bool, reporter: Reporter) -> RunResult:
-    device = pick_device(cfg.device)
+def _run_locked(cfg: TrainConfig, run_dir: Path, resuming: bool, reporter: Reporter, device: torch.device, dist: Dist) -> RunResult:
     if cfg.amp != "none" and device.type != "cuda":
         raise UsageError(f"--amp {cfg.amp} needs a CUDA device (this run is on {device.type}); drop --amp")
-    torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
+    torch.set_num_threads(dist.threads(cfg.threads))
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -157,8 +187,13 @@ def _run_locked(cfg: TrainConfig, run_dir: Path, resuming: bool, reporter: Repor
         model = model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(cfg, model)
     loss_fn = make_loss(cfg.loss, len(data.classes), cfg.label_smoothing)
-    train_batches = Batches(data.train, data.prep, cfg.batch_size, shuffle=True, augment=cfg.augment, seed=cfg.seed, device=device, channels_last=cfg.channels_last)
-    val_batches = Batches(data.val, data.prep, cfg.eval_batch_size, device=device, channels_last=cfg.channels_last) if data.val else None
+    train_batches = Batches(data.train, data.prep, cfg.batch_size, shuffle=True, augment=cfg.augment, seed=cfg.seed,
+                            device=device, channels_last=cfg.channels_last, rank=dist.rank, world=dist.world_size)  # fmt: skip
+    if len(train_batches) == 0:
+        raise UsageError(f"{len(data.train)} training image(s) cannot feed {dist.world_size} processes; use more data or fewer processes")
+    val_batches = None
+    if data.val:
+        val_batches = Batches(shard(data.val, dist.rank, dist.world_size), data.prep, cfg.eval_batch_size, device=device, channels_last=cfg.channels_last)
     steps_per_epoch = len(train_batches)
     epochs = math.ceil(cfg.iters / steps_per_epoch) if cfg.iters else cfg.epochs
     total_steps = cfg.iters or epochs * steps_per_epoch
@@ -180,16 +215,20 @@ def _run_locked(cfg: TrainConfig, run_dir: Path, resuming: bool, reporter: Repor
         if state.epoch >= epochs:
             reporter.log(f"{run_dir} already finished {state.epoch} epoch(s); pass a larger --epochs to extend it")
     meta = checkpoint_metadata(cfg, data, cfg.model)
-    write_json(run_dir / "config.json", {
-        **cfg.to_dict(), "resolved_epochs": epochs, "total_steps": total_steps, "device": str(device),
-        "data_summary": data.describe(), "preprocess": data.prep.to_dict(), "versions": versions(),
-        "torch_threads": torch.get_num_threads(),
-    })  # fmt: skip
+    if dist.is_main:
+        write_json(run_dir / "config.json", {
+            **cfg.to_dict(), "resolved_epochs": epochs, "total_steps": total_steps, "device": str(device),
+            "data_summary": data.describe(), "preprocess": data.prep.to_dict(), "versions": versions(),
+            "torch_threads": torch.get_num_threads(), "world_size": dist.world_size,
+        })  # fmt: skip
     scaler = torch.amp.GradScaler("cuda") if cfg.amp == "fp16" else None
-    train_model = torch.compile(model) if cfg.compile else model
+    train_model = dist.wrap(model, device)
+    train_model = torch.compile(train_model) if cfg.compile else train_model
 
     def on_epoch_end(record: dict[str, Any], improved: bool, st: LoopState) -> None:
         records.append(record)
+        if not dist.is_main:
+            return
         metrics = {k: v for k, v in record.items() if k.startswith(("val_", "train_"))}
         if improved:
             save_model(run_dir / "model.safetensors", model, {**meta, "epoch": record["epoch"], "metrics": metrics})
@@ -204,10 +243,17 @@ def _run_locked(cfg: TrainConfig, run_dir: Path, resuming: bool, reporter: Repor
                 epochs=epochs, seed=cfg.seed, max_steps=cfg.iters or None, monitor=cfg.monitor,
                 patience=cfg.patience, time_limit=cfg.time_limit, amp=cfg.amp, scaler=scaler,
                 should_stop=lambda: bool(caught), reporter=reporter, on_epoch_end=on_epoch_end,
+                dist=dist, eval_model=model if dist.enabled else train_model,
             )  # fmt: skip
         except Interrupted:
             raise RunInterrupted(run_dir, state.epoch) from None
+        except Exception as exc:
+            if dist.enabled and not isinstance(exc, CnnctlError) and is_comm_error(exc):
+                raise dist.lost(exc) from None
+            raise
     test = None
+    if not dist.is_main:
+        return RunResult(run_dir, reason, records, state.best_epoch, state.best, None)
     if data.test is not None and (run_dir / "model.safetensors").is_file():
         from cnnctl.checkpoint import load_model
 
@@ -231,8 +277,17 @@ class RunInterrupted(Exception):
 
 
 def train(model: str | None, recipe: str | None, flags: dict[str, Any], *, out: str | None, resume: str | None,
-          overwrite: bool, reporter: Reporter) -> RunResult:
+          overwrite: bool, reporter: Reporter, dist: Dist | None = None) -> RunResult:
     """Resolve the config (resumed run's config <- recipe <- flags) and run it."""
+    dist = dist or Dist()
+    try:
+        return _train(model, recipe, flags, out=out, resume=resume, overwrite=overwrite, reporter=reporter, dist=dist)
+    except CnnctlError as exc:
+        raise dist.label(exc) from None
+
+
+def _train(model: str | None, recipe: str | None, flags: dict[str, Any], *, out: str | None, resume: str | None,
+           overwrite: bool, reporter: Reporter, dist: Dist) -> RunResult:
     base = None
     if resume:
         from cnnctl.config import FIELDS
@@ -245,4 +300,4 @@ def train(model: str | None, recipe: str | None, flags: dict[str, Any], *, out: 
         if model and model != base.get("model"):
             raise UsageError(f"--resume {resume} trained {base.get('model')}, not {model}; drop the model argument")
     cfg = resolve(model, recipe, flags, base)
-    return run(cfg, out=out, resume=resume, overwrite=overwrite, reporter=reporter)
+    return run(cfg, out=out, resume=resume, overwrite=overwrite, reporter=reporter, dist=dist)

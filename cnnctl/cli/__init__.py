@@ -68,6 +68,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         code = command.main(args=argv, prog_name="cnnctl", standalone_mode=False)
     except CnnctlError as exc:
+        if exc.quiet:
+            raise SystemExit(exc.exit_code)
         for line in exc.details:
             sys.stderr.write(line + "\n")
         fail(exc.message, exc.exit_code)

@@ -61,3 +61,22 @@ class TrainReporter:
         if self.progress is not None:
             self.progress.stop()
             self.progress = None
+
+
+class QuietReporter:
+    """The reporter of torchrun ranks other than 0: rank 0 speaks for the job."""
+
+    def start_epoch(self, epoch: int, epochs: int, batches: int) -> None:
+        pass
+
+    def batch(self, done: int, loss: float, images_per_s: float) -> None:
+        pass
+
+    def end_epoch(self, record: dict[str, Any], best: bool) -> None:
+        pass
+
+    def log(self, message: str) -> None:
+        pass
+
+    def close(self) -> None:
+        pass

@@ -35,26 +35,34 @@ def _option(name: str) -> Any:
 def train(**kwargs: Any) -> None:
     """Train a model: data -> epoch loop -> run directory (safetensors + JSON history).
 
-    --batch-size is the batch per optimizer step.
+    --batch-size is the batch per optimizer step. Under torchrun (`torchrun --nproc-per-node N
+    -m cnnctl train ...`) it is the global batch, split evenly over the N processes; rank 0
+    writes the run directory and prints (docs/distributed.md).
     """
     from cnnctl.cli.common import print_json
-    from cnnctl.cli.progress import TrainReporter
+    from cnnctl.cli.progress import QuietReporter, TrainReporter
+    from cnnctl.distributed import Dist
     from cnnctl.errors import InterruptedRun
     from cnnctl.trainer import RunInterrupted, train as run_training
 
     model = kwargs.pop("model")
     fixed = {k: kwargs.pop(k) for k in list(_FIXED)}
-    reporter = TrainReporter(json_lines=fixed["json_"])
+    dist = Dist.from_env()
+    reporter = TrainReporter(json_lines=fixed["json_"]) if dist.is_main else QuietReporter()
     try:
         result = run_training(model, fixed["recipe"], kwargs, out=fixed["out"], resume=fixed["resume"],
-                              overwrite=fixed["overwrite"], reporter=reporter)  # fmt: skip
+                              overwrite=fixed["overwrite"], reporter=reporter, dist=dist)  # fmt: skip
     except RunInterrupted as exc:
         reporter.close()
-        raise InterruptedRun(
-            f"interrupted; {exc.run_dir} is consistent at epoch {exc.epoch}. Resume with: cnnctl train --resume {exc.run_dir}"
-        ) from None
+        how = (f"relaunch the same torchrun command with --resume {exc.run_dir}" if dist.enabled
+               else f"Resume with: cnnctl train --resume {exc.run_dir}")  # fmt: skip
+        interrupted = InterruptedRun(f"interrupted; {exc.run_dir} is consistent at epoch {exc.epoch}. {how}")
+        interrupted.quiet = not dist.is_main
+        raise interrupted from None
     finally:
         reporter.close()
+    if not dist.is_main:
+        return
     summary = {
         "run_dir": str(result.run_dir),
         "stopped": result.reason,

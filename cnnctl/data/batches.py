@@ -3,6 +3,10 @@
 This replaces the tutorial's Dataset + per-sample transforms + DataLoader: no PIL and no Python
 work per image inside an epoch. Shuffling and augmentation draw from generators seeded by
 (seed, epoch), so an epoch is reproducible on its own, which is what makes resume exact.
+
+Under torchrun (`world > 1`) every rank draws the same global batch, shuffle and augmentation
+included, and keeps its own contiguous slice of it: N ranks see exactly the images one process
+would, split N ways.
 """
 
 from __future__ import annotations
@@ -55,6 +59,8 @@ class Batches:
         device: torch.device | str = "cpu",
         channels_last: bool = True,
         drop_last: bool = False,
+        rank: int = 0,
+        world: int = 1,
     ) -> None:
         self.split = split
         self.batch_size = batch_size
@@ -64,12 +70,14 @@ class Batches:
         self.device = torch.device(device)
         self.channels_last = channels_last
         self.drop_last = drop_last and len(split) > batch_size
+        self.rank, self.world = rank, world
         self.mean = torch.tensor(prep.mean or [0.0] * prep.channels, dtype=torch.float32, device=self.device).reshape(1, -1, 1, 1)
         self.std = torch.tensor(prep.std or [1.0] * prep.channels, dtype=torch.float32, device=self.device).reshape(1, -1, 1, 1)
 
     def __len__(self) -> int:
-        n = len(self.split)
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        full, rest = divmod(len(self.split), self.batch_size)
+        # A last batch smaller than the number of ranks cannot give every rank an image: dropped.
+        return full if self.drop_last or rest < self.world else full + 1
 
     def epoch(self, epoch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
@@ -86,6 +94,8 @@ class Batches:
                 x = random_translate(x, PAD[self.augment], gen)
             if self.augment in ("flip-crop", "flip"):
                 x = random_flip(x, gen)
+            if self.world > 1:
+                x, y = x.tensor_split(self.world)[self.rank], y.tensor_split(self.world)[self.rank]
             x = normalize(x.to(self.device, non_blocking=True), self.mean, self.std)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
@@ -94,3 +104,12 @@ class Batches:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         return self.epoch(0)
 
+
+
+def shard(split: Split, rank: int, world: int) -> Split:
+    """Rank `rank`'s contiguous share of `split` (for validation and test passes)."""
+    if world <= 1:
+        return split
+    lo, hi = len(split) * rank // world, len(split) * (rank + 1) // world
+    paths = split.paths[lo:hi] if split.paths is not None else None
+    return Split(split.x[lo:hi], split.y[lo:hi], paths)

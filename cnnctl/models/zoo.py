@@ -2,6 +2,7 @@
 
 from cnnctl.models import tutorials  # noqa: F401  (first: the tutorial nets lead the listing)
 from cnnctl.models import resnet  # noqa: F401
+from cnnctl.models import speedrun  # noqa: F401
 from cnnctl.models.torchvision_models import torchvision_entry
 
 __all__ = ["torchvision_entry"]

@@ -1,0 +1,68 @@
+"""Small BatchNorm nets in the style of the CIFAR-10 speed runs (Page's ResNet-9, Jordan's airbench).
+
+Each block is conv3 -> max-pool 2 -> BN -> GELU -> conv3 -> BN -> GELU: the pooling comes
+straight after the first conv, so two thirds of the convolutions run at the reduced
+resolution. The head is a global max-pool and a bias-free linear layer whose logits are
+scaled down (airbench's 1/9), which trains well with label smoothing.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from cnnctl.models.layers import Classifier
+from cnnctl.models.registry import register
+
+
+class ScaledLinear(nn.Linear):
+    """A bias-free linear layer whose outputs are multiplied by a constant."""
+
+    def __init__(self, in_features: int, out_features: int, scale: float) -> None:
+        super().__init__(in_features, out_features, bias=False)
+        self.scale = scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x) * self.scale
+
+
+def _conv_bn(cin: int, cout: int, *, pool: bool) -> list[nn.Module]:
+    layers: list[nn.Module] = [nn.Conv2d(cin, cout, 3, padding=1, bias=False)]
+    if pool:
+        layers.append(nn.MaxPool2d(2))
+    layers += [nn.BatchNorm2d(cout), nn.GELU()]
+    return layers
+
+
+def speedrun_net(in_shape, num_classes, *, widths: tuple[int, ...], stem: int) -> nn.Module:
+    layers: list[nn.Module] = [
+        nn.Conv2d(in_shape[0], stem, 3, padding=1, bias=False),
+        nn.BatchNorm2d(stem),
+        nn.GELU(),
+    ]
+    cin = stem
+    for width in widths:
+        layers += _conv_bn(cin, width, pool=True) + _conv_bn(width, width, pool=False)
+        cin = width
+    layers += [nn.AdaptiveMaxPool2d(1)]
+    return Classifier(
+        nn.Sequential(*layers), lambda f: ScaledLinear(f, num_classes, 1 / 9), in_shape
+    )
+
+
+for _name, _widths, _stem in (
+    ("fastnet", (64, 128, 128), 32),
+    ("fastnet-s", (32, 64, 128), 24),
+    ("fastnet-l", (64, 256, 256), 32),
+):
+    register(
+        _name,
+        description=(
+            f"CIFAR speed-run net: stem {_stem} ch, 3 blocks of [Conv3, MaxPool2, BN, GELU, Conv3, "
+            f"BN, GELU] ({'/'.join(map(str, _widths))} ch), global max-pool, scaled linear"
+        ),
+        default_input=(3, 32, 32),
+        source="after Keller Jordan's airbench (2024) and David Page's ResNet-9 (2018) CIFAR-10 speed runs",
+        widths=_widths,
+        stem=_stem,
+    )(speedrun_net)
