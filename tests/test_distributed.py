@@ -18,7 +18,7 @@ from cnnctl.data.sources import Split
 from cnnctl.distributed import Dist
 from cnnctl.errors import UsageError
 from cnnctl.preprocess import Preprocess
-from tests.conftest import ROOT, assert_user_error, run_cli
+from tests.conftest import ROOT, run_cli
 
 # Small and real: 2,000 training digits of mnist-mini (800 held out for validation), one epoch.
 ARGS = ["model-a", "--data", "mnist-mini", "--subset", "2000", "--epochs", "1", "--batch-size", "100",
@@ -114,14 +114,19 @@ def test_global_batch_must_split_evenly(tmp_path):
     assert not (tmp_path / "odd").exists()
 
 
+def _wait_for_first_epoch(proc: subprocess.Popen, out: Path) -> None:
+    """Until rank 0 has written epoch 1's history (the job is mid-training)."""
+    deadline = time.monotonic() + 90
+    while not (out / "history.json").exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1]
+        time.sleep(0.2)
+
+
 def test_ctrl_c_stops_every_rank_and_torchrun_resumes(tmp_path):
     out = tmp_path / "run"
     proc = torchrun("train", *ARGS, "--subset", "0", "--epochs", "4", "--out", out, wait=False)
     try:
-        deadline = time.monotonic() + 90
-        while not (out / "history.json").exists():
-            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1]
-            time.sleep(0.2)
+        _wait_for_first_epoch(proc, out)
         os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in the terminal does
         _, stderr = proc.communicate(timeout=90)
     finally:
@@ -166,10 +171,7 @@ def test_a_dead_rank_stops_the_job_with_a_clear_message(tmp_path):
     out = tmp_path / "run"
     proc = torchrun("train", *ARGS, "--subset", "0", "--epochs", "3", "--out", out, wait=False)
     try:
-        deadline = time.monotonic() + 90
-        while not (out / "history.json").exists():  # rank 0 finished epoch 1
-            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1]
-            time.sleep(0.2)
+        _wait_for_first_epoch(proc, out)
         victims = [pid for pid in _children(proc.pid) if _rank_of(pid) == 1]
         assert victims, "no rank-1 worker found"
         os.kill(victims[0], signal.SIGKILL)

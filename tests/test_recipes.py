@@ -19,13 +19,16 @@ NATIVE = {"mnist": (1, 28, 28), "mnist-mini": (1, 28, 28), "fashion-mnist": (1, 
 def test_there_are_recipes():
     names = {p.name for p in RECIPES}
     assert {"quickstart.toml", "mnist-model-a.toml", "mnist-model-b.toml", "mnist-model-c.toml", "cifar10-tiny.toml",
-            "cifar10-tiny3.toml", "catdog-50.toml", "fashion-mnist.toml"} <= names  # fmt: skip
+            "cifar10-tiny3.toml", "catdog-50.toml", "fashion-mnist.toml", "mnist-fast.toml", "cifar10-fast.toml",
+            "catdog-better.toml"} <= names  # fmt: skip
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)
 def test_recipe_parses_and_model_fits_its_data(path: Path):
     text = path.read_text()
     assert text.lstrip().startswith("#"), "every recipe starts with a comment block: source and results"
+    comment = "\n".join(line for line in text.splitlines() if line.startswith("#"))
+    assert "measured" in comment.lower(), f"{path.name}: the comment block says what was measured here"
     cfg = resolve(None, str(path), {})
     assert load_recipe(path)["model"] == cfg.model
     if cfg.data in NATIVE:
