@@ -42,19 +42,21 @@ class RunResult:
 
 
 def pick_device(name: str, dist: Dist | None = None) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda: no CUDA device is available here; use --device cpu or auto")
     if dist is not None and dist.enabled and (name == "cuda" or (name == "auto" and torch.cuda.is_available())):
         if dist.local_rank >= torch.cuda.device_count():
             raise UsageError(f"LOCAL_RANK {dist.local_rank} but this node has {torch.cuda.device_count()} CUDA device(s); lower --nproc-per-node")
         torch.cuda.set_device(dist.local_rank)
         return torch.device("cuda", dist.local_rank)
+    if dist is not None and dist.enabled and name == "auto":
+        return torch.device("cpu")  # DDP runs on CUDA (NCCL) or CPU (Gloo), not MPS
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
         if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda: no CUDA device is available here; use --device cpu or auto")
     if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise UsageError("--device mps: MPS is not available here; use --device cpu or auto")
     return torch.device(name)
