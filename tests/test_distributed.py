@@ -114,6 +114,18 @@ def test_global_batch_must_split_evenly(tmp_path):
     assert not (tmp_path / "odd").exists()
 
 
+def test_time_limit_stops_every_rank_at_the_same_step(tmp_path):
+    # Each rank's clock runs out at a slightly different moment; the ranks agree after every
+    # step, so they leave the epoch together (a disagreement would hang in the next all-reduce).
+    proc = torchrun("train", *ARGS, "--subset", "0", "--epochs", "50", "--time-limit", "3", "--patience", "3",
+                    "--out", tmp_path / "run", "--json")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout.splitlines()[-1])["summary"]
+    assert summary["stopped"] in ("time-limit", "early-stopped") and summary["epochs"] < 50
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert history["stopped"] == summary["stopped"] and history["test"]["acc"] > 0.9
+
+
 def _wait_for_first_epoch(proc: subprocess.Popen, out: Path) -> None:
     """Until rank 0 has written epoch 1's history (the job is mid-training)."""
     deadline = time.monotonic() + 90
