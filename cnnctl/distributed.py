@@ -18,27 +18,11 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from cnnctl.errors import CnnctlError, UsageError
+from cnnctl.errors import CnnctlError, DistributedError, PeerFailed, UsageError
 
 # How long a collective may wait for a silent peer before this rank gives up (seconds).
 TIMEOUT_ENV = "CNNCTL_DIST_TIMEOUT"
 DEFAULT_TIMEOUT = 600.0
-
-
-class DistributedError(CnnctlError):
-    """Another rank died or stopped answering; this rank stops too."""
-
-    exit_code = 3
-
-
-class PeerFailed(CnnctlError):
-    """Another rank failed during set-up and reports why itself; this rank exits quietly."""
-
-    exit_code = 2
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.quiet = True
 
 
 def _env_int(name: str, default: int) -> int:

@@ -74,3 +74,19 @@ class InterruptedRun(CnnctlError):
     """SIGINT/SIGTERM stopped a run; its directory is consistent and resumable. Exit 130."""
 
     exit_code = 130
+
+
+class DistributedError(CnnctlError):
+    """Another rank died or stopped answering; this rank stops too."""
+
+    exit_code = 3
+
+
+class PeerFailed(CnnctlError):
+    """Another rank failed during set-up and reports why itself; this rank exits quietly."""
+
+    exit_code = 2
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.quiet = True

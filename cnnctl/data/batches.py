@@ -105,7 +105,6 @@ class Batches:
         return self.epoch(0)
 
 
-
 def shard(split: Split, rank: int, world: int) -> Split:
     """Rank `rank`'s contiguous share of `split` (for validation and test passes)."""
     if world <= 1:
