@@ -34,15 +34,17 @@ for _name, (_pool, _padding, _description) in _MNIST_VARIANTS.items():
     )
 
 
-def _conv_relu(cin: int, cout: int) -> list[nn.Module]:
+def _conv_relu(cin: int, cout: int, bn: bool = False) -> list[nn.Module]:
+    if bn:  # the conv bias is redundant before BatchNorm's shift
+        return [nn.Conv2d(cin, cout, kernel_size=3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
     return [nn.Conv2d(cin, cout, kernel_size=3, padding=1), nn.ReLU()]
 
 
-def _tiny(in_shape, num_classes, *, widths: tuple[int, ...]) -> nn.Module:
+def _tiny(in_shape, num_classes, *, widths: tuple[int, ...], bn: bool = False) -> nn.Module:
     layers: list[nn.Module] = []
     cin = in_shape[0]
     for width in widths:
-        layers += _conv_relu(cin, width) + _conv_relu(width, width) + [nn.MaxPool2d(2)]
+        layers += _conv_relu(cin, width, bn) + _conv_relu(width, width, bn) + [nn.MaxPool2d(2)]
         cin = width
 
     def head(n: int) -> nn.Module:
@@ -64,6 +66,14 @@ register(
     default_input=(3, 32, 32),
     source="PyTorch CNN course, lesson 6 (the deeper exercise variant)",
     widths=(32, 64, 128),
+)(_tiny)
+register(
+    "tiny-bn",
+    description="tiny with BatchNorm after every conv (the control for tiny's underfitting)",
+    default_input=(3, 32, 32),
+    source="PyTorch CNN course, lesson 6 TinyCNN + BatchNorm (cnnctl's variant)",
+    widths=(32, 64),
+    bn=True,
 )(_tiny)
 
 

@@ -71,3 +71,13 @@ def test_too_small_input_is_a_model_error():
 def test_list_models_wildcards():
     assert list_models("resnet*") == ["resnet8", "resnet20", "resnet32", "resnet56"]
     assert "tv:resnet18" in list_models("tv:resnet*")
+
+
+def test_tiny_bn_is_tiny_with_batchnorm_after_every_conv():
+    plain, bn = create("tiny"), create("tiny-bn")
+    convs = [m for m in plain.modules() if isinstance(m, torch.nn.Conv2d)]
+    bn_convs = [m for m in bn.modules() if isinstance(m, torch.nn.Conv2d)]
+    norms = [m for m in bn.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert [c.weight.shape for c in convs] == [c.weight.shape for c in bn_convs]
+    assert [n.num_features for n in norms] == [c.out_channels for c in bn_convs]
+    assert all(c.bias is None for c in bn_convs) and all(c.bias is not None for c in convs)
