@@ -53,28 +53,17 @@ def _tiny(in_shape, num_classes, *, widths: tuple[int, ...], bn: bool = False) -
     return Classifier(nn.Sequential(*layers), head, in_shape)
 
 
-register(
-    "tiny",
-    description="lesson-6 TinyCNN: 2 blocks of 2x Conv3 (32, 64 ch) + pool, Linear 256, dropout",
-    default_input=(3, 32, 32),
-    source="PyTorch CNN course, lesson 6 (TinyCNN on CIFAR-10)",
-    widths=(32, 64),
-)(_tiny)
-register(
-    "tiny3",
-    description="TinyCNN with a third block of two 128-channel convs and a pool",
-    default_input=(3, 32, 32),
-    source="PyTorch CNN course, lesson 6 (the deeper exercise variant)",
-    widths=(32, 64, 128),
-)(_tiny)
-register(
-    "tiny-bn",
-    description="tiny with BatchNorm after every conv (the control for tiny's underfitting)",
-    default_input=(3, 32, 32),
-    source="PyTorch CNN course, lesson 6 TinyCNN + BatchNorm (cnnctl's variant)",
-    widths=(32, 64),
-    bn=True,
-)(_tiny)
+LESSON_6 = "PyTorch CNN course, lesson 6"
+_TINY_VARIANTS = {
+    "tiny": ((32, 64), False, "lesson-6 TinyCNN: 2 blocks of 2x Conv3 (32, 64 ch) + pool, Linear 256, dropout",
+             f"{LESSON_6} (TinyCNN on CIFAR-10)"),
+    "tiny3": ((32, 64, 128), False, "TinyCNN with a third block of two 128-channel convs and a pool",
+              f"{LESSON_6} (the deeper exercise variant)"),
+    "tiny-bn": ((32, 64), True, "tiny with BatchNorm after every conv (the control for tiny's underfitting)",
+                f"{LESSON_6} TinyCNN + BatchNorm (cnnctl's variant)"),
+}
+for _name, (_widths, _bn, _description, _source) in _TINY_VARIANTS.items():
+    register(_name, description=_description, default_input=(3, 32, 32), source=_source, widths=_widths, bn=_bn)(_tiny)
 
 
 def _conv_pool_mlp(in_shape, num_classes, *, convs: tuple[tuple[int, int], ...], hidden: tuple[int, ...]) -> nn.Module:
