@@ -17,6 +17,7 @@ from torch import nn
 
 from cnnctl.distributed import Dist
 from cnnctl.errors import TrainingError
+from cnnctl.schedule import steps_within_budget
 
 
 class Interrupted(Exception):
@@ -196,6 +197,7 @@ class LoopState:
     best_epoch: int = 0
     bad_epochs: int = 0
     elapsed: float = 0.0
+    planned_steps: int = 0  # the schedule's length after fitting it to --time-limit (0: as configured)
 
 
 def fit(
@@ -210,6 +212,7 @@ def fit(
     epochs: int,
     seed: int,
     max_steps: int | None = None,
+    total_steps: int = 0,
     monitor: str = "val_acc",
     patience: int = 0,
     time_limit: float = 0.0,
@@ -228,6 +231,11 @@ def fit(
     Under torchrun, `model` is the DDP wrapper, `eval_model` the plain module (validated on this
     rank's shard of `val_batches`, metrics summed over ranks), and every decision is taken from
     numbers that are the same on all ranks.
+
+    With a `time_limit`, the schedule is fitted to the budget after every epoch: from the measured
+    seconds per step, `state.planned_steps` becomes the number of steps that still fit (at most
+    `total_steps`), `lr_fn` is expected to read it, and training ends there, so an annealing
+    schedule finishes its decay inside the budget on a slower or busier machine.
     """
     dist = dist or Dist()
     eval_model = eval_model or model
@@ -237,9 +245,12 @@ def fit(
         torch.manual_seed(seed * 7919 + epoch + 104_729 * dist.rank)
         if reporter is not None:
             reporter.start_epoch(epoch, epochs, len(train_batches))
+        epoch_start = time.monotonic()
+        limits = [s for s in (max_steps, state.planned_steps) if s]
+        stop_at = min(limits) if limits else None
         stats, step = train_one_epoch(
             model, train_batches.epoch(epoch), optimizer, loss_fn, lr_fn, state.step,
-            max_steps=max_steps, deadline=deadline, amp=amp, scaler=scaler,
+            max_steps=stop_at, deadline=deadline, amp=amp, scaler=scaler,
             should_stop=should_stop, reporter=reporter, dist=dist,
         )  # fmt: skip
         record: dict[str, Any] = {
@@ -256,6 +267,13 @@ def fit(
             record.update(_validate(eval_model, val_batches, loss_fn, amp, dist))
         if stats.truncated:
             record["truncated"] = True
+        if deadline is not None and total_steps and stats.steps:
+            per_step = (time.monotonic() - epoch_start) / stats.steps
+            fits = steps_within_budget(step, total_steps, deadline - time.monotonic(), per_step)
+            # Every rank must follow the same schedule: take the mean of their estimates.
+            state.planned_steps = int(dist.sum([float(fits)])[0] / dist.world_size)
+            if state.planned_steps < total_steps:
+                record["planned_steps"] = state.planned_steps
         metric = record.get(monitor, record["train_acc"] if monitor == "val_acc" else record["train_loss"])
         improved = is_better(metric, state.best, monitor)
         state.epoch, state.step = epoch, step
@@ -271,7 +289,8 @@ def fit(
         if max_steps is not None and step >= max_steps:
             reason = "iters"
             break
-        if late:
+        budget_spent = 0 < state.planned_steps < total_steps and step >= state.planned_steps
+        if late or budget_spent:
             reason = "time-limit"
             break
         if patience and state.bad_epochs >= patience:

@@ -30,3 +30,16 @@ def lr_at(step: int, *, base_lr: float, kind: str, total_steps: int, steps_per_e
         frac = min(1.0, max(0.0, (step - warm) / max(1.0, total - warm)))
         return base_lr * factor * 0.5 * (1.0 + math.cos(math.pi * frac))
     raise ValueError(f"unknown schedule {kind!r}")
+
+
+def steps_within_budget(step: int, planned: int, remaining_s: float, seconds_per_step: float) -> int:
+    """How many steps the schedule should span so that it ends when the time budget does.
+
+    `step` steps are done, each costing `seconds_per_step` (validation included); the result never
+    exceeds `planned` (the configured length) and never falls below `step` (it cannot undo steps).
+    Schedules that anneal (onecycle, cosine) then reach their final learning rate as the time
+    runs out instead of being cut off halfway down.
+    """
+    if seconds_per_step <= 0:
+        return planned
+    return max(step, min(planned, step + int(max(0.0, remaining_s) / seconds_per_step)))

@@ -201,7 +201,8 @@ def _run_locked(cfg: TrainConfig, run_dir: Path, resuming: bool, reporter: Repor
     total_steps = cfg.iters or epochs * steps_per_epoch
 
     def lr_fn(step: int) -> float:
-        return lr_at(step, base_lr=cfg.lr, kind=cfg.scheduler, total_steps=total_steps, steps_per_epoch=steps_per_epoch,
+        # A run with --time-limit may fit its schedule to the budget (fit() sets state.planned_steps).
+        return lr_at(step, base_lr=cfg.lr, kind=cfg.scheduler, total_steps=state.planned_steps or total_steps, steps_per_epoch=steps_per_epoch,
                      warmup_epochs=cfg.warmup, step_size=cfg.step_size, gamma=cfg.gamma)  # fmt: skip
 
     state = LoopState()
@@ -242,7 +243,7 @@ def _run_locked(cfg: TrainConfig, run_dir: Path, resuming: bool, reporter: Repor
         try:
             reason = fit(
                 train_model, train_batches, val_batches, optimizer, loss_fn, lr_fn, state,
-                epochs=epochs, seed=cfg.seed, max_steps=cfg.iters or None, monitor=cfg.monitor,
+                epochs=epochs, seed=cfg.seed, max_steps=cfg.iters or None, total_steps=total_steps, monitor=cfg.monitor,
                 patience=cfg.patience, time_limit=cfg.time_limit, amp=cfg.amp, scaler=scaler,
                 should_stop=lambda: bool(caught), reporter=reporter, on_epoch_end=on_epoch_end,
                 dist=dist, eval_model=model if dist.enabled else train_model,

@@ -196,3 +196,22 @@ def test_recipe_with_flag_override(tmp_path):
     assert config["model"] == "model-c" and config["epochs"] == 1 and config["lr"] == 0.002
     recipe.write_text('model = "model-c"\nlearning_rate = 0.1\n')
     assert_user_error(run_cli("train", "--recipe", recipe, "--out", tmp_path / "r2"), "unknown key 'learning_rate'")
+
+
+def test_time_limit_fits_the_onecycle_schedule_to_the_budget(tmp_path):
+    # 60 epochs cannot fit in 8 s: the schedule is shortened to what fits after every epoch, so
+    # the learning rate has annealed to near its floor when time runs out, not stopped at its peak.
+    proc = run_cli("train", "model-a", "--data", "mnist-mini", "--subset", "2000", "--epochs", "60",
+                   "--scheduler", "onecycle", "--lr", "0.004", "--time-limit", "8", "--threads", "1",
+                   "--out", tmp_path / "run", "--json")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    hist = json.loads((tmp_path / "run" / "history.json").read_text())
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    epochs = hist["epochs"]
+    assert hist["stopped"] == "time-limit" and len(epochs) < 60
+    planned = [r["planned_steps"] for r in epochs if "planned_steps" in r]
+    assert planned and all(p < config["total_steps"] for p in planned)
+    assert epochs[-1]["steps"] <= planned[-1] or epochs[-1].get("truncated")
+    # Without fitting, the rate at 8 s would still be above 90% of its peak.
+    assert epochs[-1]["lr"] < 0.25 * 0.004, [r["lr"] for r in epochs]
+    assert hist["test"]["acc"] > 0.9
