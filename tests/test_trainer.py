@@ -214,4 +214,5 @@ def test_time_limit_fits_the_onecycle_schedule_to_the_budget(tmp_path):
     assert epochs[-1]["steps"] <= planned[-1] or epochs[-1].get("truncated")
     # Without fitting, the rate at 8 s would still be above 90% of its peak.
     assert epochs[-1]["lr"] < 0.25 * 0.004, [r["lr"] for r in epochs]
+    assert f"schedule fitted to the time limit: {planned[-1]} steps" in proc.stderr
     assert hist["test"]["acc"] > 0.9

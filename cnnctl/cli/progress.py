@@ -17,6 +17,8 @@ def format_record(r: dict[str, Any]) -> str:
     if "val_loss" in r:
         parts += [f"val_loss {r['val_loss']:.4f}", f"val_acc {r['val_acc']:.4f}"]
     parts += [f"lr {r['lr']:.3g}", f"{r['seconds']:.1f}s", f"{r['images_per_s']:.0f} img/s"]
+    if "planned_steps" in r:
+        parts.append(f"schedule fitted to the time limit: {r['planned_steps']} steps")
     return "  ".join(parts)
 
 
