@@ -25,16 +25,24 @@ def matmul_gflops(n: int = 1024, seconds: float = 2.0) -> float:
     return 2 * n**3 * done / (time.perf_counter() - start) / 1e9
 
 
-def cifar_folder(per_class: int = 500) -> Path:
-    """Extract a per-class subset of the real CIFAR-10 JPEGs into a temporary ImageFolder."""
+def cifar_folder(per_class: int | None = 500) -> Path:
+    """Extract the real CIFAR-10 JPEGs into a temporary ImageFolder; returns its train/ folder.
+
+    `per_class` training images of each class, or with None every image of both splits (train/
+    and its sibling test/).
+    """
     root = Path(tempfile.mkdtemp(prefix="cnnctl-bench-"))
     counts: dict[str, int] = {}
     with tarfile.open(SHARED / "cifar10-jpg.tar.gz") as tar:
         members = []
         for m in tar:
             parts = Path(m.name).parts
-            if m.isfile() and len(parts) >= 3 and parts[-3] == "train" and counts.get(parts[-2], 0) < per_class:
+            if not m.isfile():
+                continue
+            if per_class is not None:
+                if len(parts) < 3 or parts[-3] != "train" or counts.get(parts[-2], 0) >= per_class:
+                    continue
                 counts[parts[-2]] = counts.get(parts[-2], 0) + 1
-                members.append(m)
+            members.append(m)
         tar.extractall(root, members=members, filter="data")
     return next(root.rglob("train"))

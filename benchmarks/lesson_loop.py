@@ -20,7 +20,6 @@ import argparse
 import json
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -28,18 +27,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from benchmarks._common import ROOT, SHARED
+from benchmarks._common import ROOT, cifar_folder
 from cnnctl.models import create
 
 # Mean and std of the CIFAR-10 training images (the lesson normalises with train-split numbers).
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
-
-
-def extract() -> Path:
-    root = Path(tempfile.mkdtemp(prefix="cnnctl-lesson-"))
-    with tarfile.open(SHARED / "cifar10-jpg.tar.gz") as tar:
-        tar.extractall(root, filter="data")
-    return next(p.parent for p in root.rglob("train") if (p.parent / "test").is_dir())
 
 
 def lesson_loop(data: Path, epochs: int, seed: int) -> list[tuple[float, float]]:
@@ -98,7 +90,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data", type=Path, help="an extracted cifar10-jpg folder (default: extract the tarball)")
     args = parser.parse_args()
-    data = args.data or extract()
+    data = args.data or cifar_folder(None).parent
     ours = cnnctl_run(data, args.epochs, args.seed)
     lesson = lesson_loop(data, args.epochs, args.seed)
     print(f"tiny on CIFAR-10 JPEGs (45,000 train / 5,000 val), {torch.get_num_threads()} threads")
