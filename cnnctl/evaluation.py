@@ -6,6 +6,8 @@ split) can come from flags.
 
 from __future__ import annotations
 
+import os
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -16,12 +18,13 @@ from torch import nn
 
 from cnnctl.data.batches import Batches
 from cnnctl.data.bundle import split_off
-from cnnctl.data.sources import Split, load_source
+from cnnctl.data.sources import NAMED_SETS, Split, default_cache_dir, folder_layout, folder_split, load_source
 from cnnctl.engine import evaluate
 from cnnctl.errors import DataError, UsageError
 from cnnctl.inference import OnnxClassifier, softmax
 from cnnctl.metadata import preprocess_of
 from cnnctl.metrics import confusion_matrix, per_class
+from cnnctl.preprocess import Preprocess
 
 
 class _OnnxModule(nn.Module):
@@ -60,34 +63,85 @@ class Target:
 
 def load_split(
     meta: dict[str, Any], data: str | None, data_dir: str | None, split: str, log: Callable[[str], None] | None = None
-) -> tuple[Split, str, list[str]]:
-    """The images of one split (test, val, train), decoded as the model's preprocessing says."""
+) -> tuple[Split, str, list[str], str]:
+    """The images of one split, decoded as the model's preprocessing says, labelled by class name.
+
+    Returns (images, data name, the model's classes, the split actually read). A named data set
+    must have exactly the model's classes. An image folder's class folders are matched to the
+    model's classes by name (a folder with fewer classes is fine, one the model does not know is
+    refused); a plain folder of class subfolders is evaluated whole ("all"), unless it is the very
+    folder the model was trained on, whose "val" split is the one it was selected on.
+    """
     info = meta.get("data", {}) if isinstance(meta.get("data"), dict) else {}
     name = data or info.get("name")
     if not name:
         raise UsageError("the model does not record its data set; pass --data")
+    if split not in SPLITS:
+        raise UsageError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
     prep = preprocess_of(meta)
-    extra = {"log": log} if log is not None else {}
-    src = load_source(name, data_dir or info.get("data_dir", "./data"), False, prep.size, prep.channels == 1, **extra)
+    classes = list(meta["class_names"])
+    log = log or (lambda m: print(m, file=sys.stderr, flush=True))
+    val_split = float(info.get("val_split", 0.1))
+    if name not in NAMED_SETS:
+        return _folder_split(name, info, split, classes, prep, val_split, log)
+    src = load_source(name, data_dir or info.get("data_dir", "./data"), False, prep.size, prep.channels == 1, log=log)
     if (src.channels, tuple(src.size)) != (prep.channels, tuple(prep.size)):
         raise DataError(f"{name} gives {src.channels}x{src.size[0]}x{src.size[1]} images, the model takes {prep.channels}x{prep.size[0]}x{prep.size[1]}")
-    if src.classes != meta["class_names"]:
+    if src.classes != classes:
         raise DataError(
             f"{name} has classes {src.classes[:5]}{'...' if len(src.classes) > 5 else ''} but the model was trained on "
-            f"{meta['class_names'][:5]}{'...' if len(meta['class_names']) > 5 else ''}; evaluate on the data set it was trained for"
+            f"{classes[:5]}{'...' if len(classes) > 5 else ''}; evaluate on the data set it was trained for"
         )
+    if split == "all":
+        raise UsageError(f"--split all is for image folders; {name} has test, val and train splits")
     if split == "test":
         if src.test is None:
             raise UsageError(f"{name} has no test split; use --split val")
-        return src.test, name, src.classes
-    train, val = (src.train, src.val) if src.val is not None else split_off(src.train, float(info.get("val_split", 0.1)))
+        return src.test, name, classes, "test"
+    train, val = (src.train, src.val) if src.val is not None else split_off(src.train, val_split)
     if split == "val":
         if val is None:
             raise UsageError(f"{name} has no validation split (trained with --val-split 0); use --split test")
-        return val, name, src.classes
-    if split == "train":
-        return train, name, src.classes
-    raise UsageError(f"--split must be test, val or train, got {split!r}")
+        return val, name, classes, split
+    return train, name, classes, split
+
+
+SPLITS = ("test", "val", "train", "all")
+
+
+def _folder_split(name: str, info: dict[str, Any], split: str, classes: list[str], prep: Preprocess, val_split: float,
+                  log: Callable[[str], None]) -> tuple[Split, str, list[str], str]:  # fmt: skip
+    layout = folder_layout(name)
+    cache = default_cache_dir()
+    owner = "the model"
+
+    def read(directory: Path) -> Split:
+        return folder_split(directory, classes, prep, cache, log, owner)
+
+    if layout.splits:
+        if split in layout.splits:
+            return read(layout.splits[split]), name, classes, split
+        if split in ("val", "train") and "train" in layout.splits and "val" not in layout.splits:
+            train, val = split_off(read(layout.splits["train"]), val_split)
+            chosen = val if split == "val" else train
+            if chosen is None:
+                raise UsageError(f"{name} has no validation split (trained with --val-split 0); use --split test")
+            return chosen, name, classes, split
+        raise UsageError(f"{name} has no {split}/ folder; use --split {' or '.join(layout.splits)}")
+    own = bool(info.get("name")) and os.path.realpath(name) == os.path.realpath(str(info["name"]))
+    if split == "all" or (split == "test" and not own):
+        return read(layout.root), name, classes, "all"
+    if split == "test":
+        raise UsageError(
+            f"{name} is the folder this model was trained on and has no test split; use --split val "
+            f"(the images it was selected on), or give --data a folder of images it never saw"
+        )
+    train, val = split_off(read(layout.root), val_split)
+    if split == "val":
+        if val is None:
+            raise UsageError(f"{name}: the model was trained on all of it (--val-split 0); give --data a folder of images it never saw")
+        return val, name, classes, split
+    return train, name, classes, split
 
 
 def run_eval(
@@ -106,7 +160,7 @@ def run_eval(
 ) -> dict[str, Any]:
     """The full report of `target` on one split (see docs/eval.md)."""
     model = Target(target, provider, device)
-    images, name, classes = load_split(model.meta, data, data_dir, split)
+    images, name, classes, split = load_split(model.meta, data, data_dir, split)
     if limit:
         images = images.take(torch.arange(min(limit, len(images))))
     result = evaluate(model.module, model.batches(images, batch_size), tta_flip=tta_flip)

@@ -41,13 +41,13 @@ def sample_inputs(meta: dict[str, Any], prep: Preprocess, n: int, split: str = "
 
     try:
         try:
-            pool, name, _ = load_split(meta, None, None, split, log=quiet)
+            pool, name, _, _ = load_split(meta, None, None, split, log=quiet)
         except UsageError:  # no validation split (trained with --val-split 0): use training images
-            pool, name, _ = load_split(meta, None, None, "train", log=quiet)
+            pool, name, _, _ = load_split(meta, None, None, "train", log=quiet)
             split = "train"
         idx = torch.randperm(len(pool), generator=torch.Generator().manual_seed(0))[:n]
         pick = pool.take(idx)
-        return normalize(pick.x.numpy(), prep), pick.y.numpy(), f"{len(idx)} {split} images of {name}"
+        return normalize(pick.images().numpy(), prep), pick.y.numpy(), f"{len(idx)} {split} images of {name}"
     except (CnnctlError, OSError) as exc:
         log(f"training data not available ({getattr(exc, 'message', exc)}); checking on seeded random input")
         rng = np.random.default_rng(0)

@@ -10,22 +10,28 @@ import numpy as np
 import torch
 
 from cnnctl.data.batches import Batches
-from cnnctl.data.sources import Split, _load_folder_split
+from cnnctl.data.sources import Split, folder_split
 from cnnctl.inference import iter_batches
 from cnnctl.preprocess import Preprocess, load_image, normalize
-from tests.conftest import ROOT, run_cli, write_mnist_pngs
+from tests.conftest import PETS_MINI, ROOT, run_cli, write_mnist_pngs
 
 
-def test_predict_preprocessing_equals_the_training_pipeline(tmp_path, shared_data):
-    import tarfile
+def test_predict_preprocessing_equals_the_training_pipeline(tmp_path):
+    import shutil
 
-    # Real cats-vs-dogs photos: resize to 50x50 and grayscale, as the tutorial does.
-    with tarfile.open(shared_data / "petimages-2k.tar.gz") as tar:
-        members = [m for m in tar if m.isfile() and m.name.endswith(("Cat/1.jpg", "Cat/2.jpg", "Dog/3.jpg"))]
-        tar.extractall(tmp_path, members=members, filter="data")
-    root = next(tmp_path.rglob("Cat")).parent
+    from PIL import Image
+
+    # Real cats-vs-dogs photos, resized to 50x50 and grayscale as the tutorial does; two of them
+    # cropped to non-square shapes (portrait and landscape), as users' photos are.
+    for cls, name in (("Cat", "1.jpg"), ("Cat", "2.jpg"), ("Dog", "3.jpg")):
+        (tmp_path / cls).mkdir(exist_ok=True)
+        shutil.copy(PETS_MINI / cls / name, tmp_path / cls / name)
+    with Image.open(PETS_MINI / "Dog" / "4.jpg") as img:
+        img.crop((10, 0, 130, 180)).save(tmp_path / "Dog" / "portrait.jpg", quality=92)
+        img.crop((0, 30, 180, 120)).save(tmp_path / "Dog" / "landscape.png")
     prep = Preprocess(channels=1, size=(50, 50), mean=[0.48], std=[0.26])
-    split = _load_folder_split(root, ["Cat", "Dog"], prep, None, lambda m: None)
+    split = folder_split(tmp_path, ["Cat", "Dog"], prep, None, lambda m: None)
+    assert len(split) == 5
     train_x, _ = next(iter(Batches(split, prep, 8, channels_last=False)))
     errors: list[str] = []
     names, predict_x = next(iter_batches(split.paths, prep, 8, errors))

@@ -138,7 +138,7 @@ def test_cifar_folder_trains_tiny_with_flip_crop(cifar_small, tmp_path):
                    "--out", tmp_path / "c", "--cache-dir", tmp_path / "cache", "--json")  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout.splitlines()[-1])["summary"]
-    assert summary["test"]["images"] == 300
+    assert summary["test"]["images"] == 50
     with safe_open(str(tmp_path / "c" / "model.safetensors"), framework="pt") as f:
         m = {k: json.loads(v) for k, v in f.metadata().items()}
     assert m["input_shape"] == [3, 32, 32] and m["class_names"][0] == "airplane"

@@ -13,7 +13,7 @@ def eval_cmd(
     target: Annotated[str, typer.Argument(help="Run directory, .safetensors checkpoint, or .onnx file.")],
     data: Annotated[Optional[str], typer.Option("--data", help="Data set name or image folder (default: the one the model was trained on).")] = None,
     data_dir: Annotated[Optional[str], typer.Option("--data-dir", help="Where torchvision data sets live (default: as at training).")] = None,
-    split: Annotated[str, typer.Option("--split", help="test, val or train.")] = "test",
+    split: Annotated[str, typer.Option("--split", help="test, val, train, or all. A folder of class subfolders (no train/test inside) is evaluated whole.")] = "test",
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per inference batch.")] = 1024,
     provider: Annotated[str, typer.Option("--provider", help="onnxruntime provider for .onnx files: auto, cpu, cuda.")] = "auto",
     device: Annotated[str, typer.Option("--device", help="PyTorch device for checkpoints: cpu or cuda.")] = "cpu",

@@ -7,20 +7,17 @@ no per-sample PIL work happens inside an epoch.
 from __future__ import annotations
 
 import gzip
-import hashlib
-import json
 import os
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
 
 from cnnctl.errors import DataError
-from cnnctl.preprocess import IMAGE_SUFFIXES, Preprocess, decode, load_image
+from cnnctl.preprocess import IMAGE_SUFFIXES, Preprocess, decode
 
 BUILTIN = Path(__file__).parent / "builtin"
 TORCHVISION_SETS = {
@@ -37,18 +34,47 @@ NAMED_SETS = ("mnist-mini", *TORCHVISION_SETS)
 
 @dataclass
 class Split:
-    """uint8 images (N, C, H, W), int64 labels, and file paths where the images came from files."""
+    """Images (uint8, N x C x H x W) with int64 labels, and the files they came from, if any.
 
-    x: torch.Tensor
+    `store` holds the pixels, in memory or memory-mapped from the decode cache; `rows`, when set,
+    picks this split's images out of it, so splitting, sub-setting and sharding copy no pixels.
+    Read images with `images(idx)`, which gathers only what is asked for. `identity` names the
+    store's content (the cache key) so a fingerprint need not hash every pixel.
+    """
+
+    store: torch.Tensor
     y: torch.Tensor
     paths: list[str] | None = None
+    rows: torch.Tensor | None = None
+    identity: str | None = None
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
 
+    def images(self, idx: torch.Tensor | slice | None = None) -> torch.Tensor:
+        """The uint8 images at `idx` (all of them for None): a copy of just those."""
+        if self.rows is None:
+            return self.store if idx is None else self.store[idx]
+        return self.store[self.rows if idx is None else self.rows[idx]]
+
+    @property
+    def x(self) -> torch.Tensor:
+        """Every image of the split as one tensor (materialised: for small splits and tests)."""
+        return self.images()
+
     def take(self, idx: torch.Tensor) -> Split:
+        """The images at `idx`, sharing this split's store."""
+        idx = torch.as_tensor(idx, dtype=torch.int64)
         paths = [self.paths[i] for i in idx.tolist()] if self.paths is not None else None
-        return Split(self.x[idx], self.y[idx], paths)
+        rows = idx if self.rows is None else self.rows[idx]
+        return Split(self.store, self.y[idx], paths, rows, self.identity)
+
+    def chunks(self, max_bytes: int = 64 << 20) -> Iterator[torch.Tensor]:
+        """The images in consecutive uint8 chunks of at most ~`max_bytes`: bounded memory."""
+        per_image = max(1, int(np.prod(self.store.shape[1:])))
+        step = max(1, max_bytes // per_image)
+        for start in range(0, len(self), step):
+            yield self.images(slice(start, min(len(self), start + step)))
 
 
 @dataclass
@@ -117,6 +143,9 @@ def torchvision_set(name: str, data_dir: str, download: bool) -> Source:
     return Source(name, classes, splits[0], splits[1], None, channels, (side, side))
 
 
+SPLIT_DIRS = ("train", "val", "test")
+
+
 def _class_dirs(root: Path) -> list[Path]:
     try:
         return sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")), key=lambda p: p.name)
@@ -124,11 +153,51 @@ def _class_dirs(root: Path) -> list[Path]:
         raise DataError(f"{root}: permission denied") from exc
 
 
-def _list_files(root: Path, classes: list[str]) -> tuple[list[str], list[int]]:
+def _short(names: list[str]) -> str:
+    return f"{names[:5]}{'...' if len(names) > 5 else ''}"
+
+
+@dataclass
+class FolderLayout:
+    """An image folder as found on disk: ROOT/<class>/... (plain) or ROOT/{train,val,test}/<class>/..."""
+
+    root: Path
+    splits: dict[str, Path]  # empty for a plain folder of class subfolders
+
+    def classes_of(self, directory: Path) -> list[str]:
+        return [p.name for p in _class_dirs(directory)]
+
+
+def folder_layout(path: str) -> FolderLayout:
+    """Look at a folder and say how it is laid out; refuse layouts whose classes would be guessed.
+
+    A subfolder named train, val or test counts as a split when it holds class subfolders itself;
+    a folder that mixes such splits with other subfolders is refused rather than read one way
+    (the other subfolders as classes, the splits as classes too) that mislabels every image.
+    """
+    root = Path(path)
+    if not root.is_dir():
+        raise DataError(
+            f"data {path!r} is neither a known data set ({', '.join(NAMED_SETS)}) nor a folder; "
+            f"give an image folder with one subfolder per class"
+        )
+    dirs = _class_dirs(root)
+    splits = {p.name: p for p in dirs if p.name in SPLIT_DIRS and _class_dirs(p)}
+    others = [p.name for p in dirs if p.name not in splits]
+    if splits and others:
+        raise DataError(
+            f"{root} mixes split folders ({', '.join(splits)}) with other folders ({', '.join(others[:5])}); "
+            f"put the class folders under {root}/train/ (and val/, test/), or point --data at one folder of class subfolders"
+        )
+    return FolderLayout(root, splits)
+
+
+def _list_files(root: Path, classes: list[str], labels_of: list[int]) -> tuple[list[str], list[int]]:
+    """Image files under root/<class>/ (recursively, sorted), labelled `labels_of[i]` for classes[i]."""
     # Plain strings and os.walk: pathlib costs seconds on 60,000 files.
     files: list[str] = []
     labels: list[int] = []
-    for label, name in enumerate(classes):
+    for label, name in zip(labels_of, classes):
         class_dir = os.path.join(root, name)
         if not os.path.isdir(class_dir):
             continue
@@ -141,69 +210,34 @@ def _list_files(root: Path, classes: list[str]) -> tuple[list[str], list[int]]:
     return files, labels
 
 
-def _decode_files(files: list[str], prep: Preprocess, log: Callable[[str], None]) -> tuple[np.ndarray, list[int]]:
-    """Decode files in parallel threads -> (uint8 array, indices that decoded)."""
+def folder_split(directory: Path, classes: list[str], prep: Preprocess, cache_dir: Path | None, log: Callable[[str], None],
+                 owner: str = "") -> Split:  # fmt: skip
+    """Every image under directory/<class>/, labelled by the position of <class> in `classes`.
 
-    def one(path: str) -> np.ndarray | str:
-        try:
-            return load_image(path, prep)
-        except DataError as exc:
-            return exc.message
-
-    out = np.empty((len(files), prep.channels, *prep.size), dtype=np.uint8)
-    ok: list[int] = []
-    bad: list[str] = []
-    with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) * 2)) as pool:
-        for i, result in enumerate(pool.map(one, files, chunksize=64)):
-            if isinstance(result, str):
-                bad.append(result)
-            else:
-                out[i] = result
-                ok.append(i)
-    if bad:
-        shown = "; ".join(bad[:3])
-        log(f"skipped {len(bad)} unreadable image(s) of {len(files)}: {shown}" + (" ..." if len(bad) > 3 else ""))
-    return out, ok
-
-
-def _cache_key(files: list[str], prep: Preprocess) -> str:
-    h = hashlib.sha256(json.dumps(prep.to_dict(), sort_keys=True).encode())
-    for f in files:
-        st = os.stat(f)
-        h.update(f"{f}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-    return h.hexdigest()[:32]
-
-
-def _load_folder_split(root: Path, classes: list[str], prep: Preprocess, cache_dir: Path | None, log: Callable[[str], None]) -> Split:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file, save_file
-
-    files, labels = _list_files(root, classes)
+    Labels come from this listing, now: the decode cache holds pixels only. Class folders that
+    `classes` lacks are refused (`owner` names whose class list it is, for the message).
+    """
+    present = [p.name for p in _class_dirs(directory)]
+    if not present:
+        raise DataError(f"{directory}: no class subfolders; put images in {directory}/<class name>/")
+    unknown = [c for c in present if c not in classes]
+    if unknown:
+        raise DataError(f"{directory} has classes {_short(unknown)} that {owner or 'the class list'} lacks (it has {_short(classes)})")
+    files, labels = _list_files(directory, present, [classes.index(c) for c in present])
     if not files:
-        raise DataError(f"{root}: no image files ({', '.join(IMAGE_SUFFIXES[:4])}, ...) in its class folders")
-    cache = cache_dir / f"folder-{_cache_key(files, prep)}.safetensors" if cache_dir else None
-    if cache is not None and cache.exists():
-        try:
-            tensors = load_file(str(cache))
-            paths = json.loads(cache.with_suffix(".json").read_text())
-            return Split(tensors["x"], tensors["y"], paths)
-        except (OSError, SafetensorError, ValueError, KeyError):
-            log(f"ignoring a damaged cache file {cache}")
-    x, ok = _decode_files(files, prep, log)
-    if not ok:
-        raise DataError(f"{root}: none of the {len(files)} image files could be read")
-    idx = np.asarray(ok)
-    split = Split(torch.from_numpy(x[idx]), torch.as_tensor(np.asarray(labels)[idx], dtype=torch.int64), [files[i] for i in ok])
-    if cache is not None:
-        from cnnctl.io import atomic_path, write_json
+        raise DataError(f"{directory}: no image files ({', '.join(IMAGE_SUFFIXES[:4])}, ...) in its class folders")
+    from cnnctl.data.cache import load_pixels
 
-        try:
-            write_json(cache.with_suffix(".json"), split.paths)
-            with atomic_path(cache) as tmp:
-                save_file({"x": split.x.contiguous(), "y": split.y}, str(tmp))
-        except Exception as exc:  # noqa: BLE001 - a cache that cannot be written is not fatal
-            log(f"could not write the decode cache ({exc}); continuing without it")
-    return split
+    pixels = load_pixels(files, prep, cache_dir, log)
+    if pixels.failed:
+        shown = "; ".join(list(pixels.failed.values())[:3])
+        log(f"skipped {len(pixels.failed)} unreadable image(s) of {len(files)}: {shown}" + (" ..." if len(pixels.failed) > 3 else ""))
+    ok = pixels.ok_rows
+    if not ok:
+        raise DataError(f"{directory}: none of the {len(files)} image files could be read")
+    rows = torch.as_tensor(ok, dtype=torch.int64) if pixels.failed else None
+    y = torch.as_tensor(np.asarray(labels, dtype=np.int64)[ok])
+    return Split(pixels.array, y, [files[i] for i in ok], rows, pixels.key)
 
 
 def _first_image_size(files: list[str]) -> tuple[int, int]:
@@ -218,6 +252,10 @@ def _first_image_size(files: list[str]) -> tuple[int, int]:
     raise DataError(f"could not read any of the first images near {files[0]}; check the folder")
 
 
+def default_cache_dir(cache_dir: str = "") -> Path:
+    return Path(cache_dir or os.environ.get("CNNCTL_CACHE", Path.home() / ".cache" / "cnnctl")).expanduser()
+
+
 def image_folder(
     path: str,
     image_size: tuple[int, int] | None,
@@ -225,34 +263,31 @@ def image_folder(
     cache_dir: Path | None,
     log: Callable[[str], None],
 ) -> Source:
-    """An ImageFolder: PATH/<class>/*.jpg, or PATH/train/<class> with PATH/val or PATH/test."""
-    root = Path(path)
-    if not root.is_dir():
+    """An ImageFolder for training: PATH/<class>/*.jpg, or PATH/train/<class> with PATH/val, PATH/test."""
+    layout = folder_layout(path)
+    root = layout.root
+    if layout.splits and "train" not in layout.splits:
         raise DataError(
-            f"data {path!r} is neither a known data set ({', '.join(NAMED_SETS)}) nor a folder; "
-            f"give an image folder with one subfolder per class"
+            f"{root} has {'/'.join(layout.splits)}/ but no train/ folder; training needs {root}/train/<class>/ "
+            f"(or a folder of class subfolders)"
         )
-    parts = {p.name: p for p in _class_dirs(root) if p.name in ("train", "val", "test")}
-    train_root = parts.get("train", root)
-    classes = [p.name for p in _class_dirs(train_root)]
+    train_root = layout.splits.get("train", root)
+    classes = layout.classes_of(train_root)
     if not classes:
         raise DataError(f"{train_root}: no class subfolders; put images in {train_root}/<class name>/")
-    files, _ = _list_files(train_root, classes)
-    if not files:
-        raise DataError(f"{train_root}: no image files in its class folders")
     notes = []
     if image_size is None:
+        files, _ = _list_files(train_root, classes, list(range(len(classes))))
+        if not files:
+            raise DataError(f"{train_root}: no image files in its class folders")
         image_size = _first_image_size(files)
         notes.append(f"images resized to {image_size[0]}x{image_size[1]} (the first image's size; set --image-size to choose)")
     prep = Preprocess(channels=1 if grayscale else 3, size=image_size)
-    train = _load_folder_split(train_root, classes, prep, cache_dir, log)
+    train = folder_split(train_root, classes, prep, cache_dir, log, str(train_root))
     splits: dict[str, Split | None] = {"val": None, "test": None}
     for name in ("val", "test"):
-        if name in parts:
-            other = [p.name for p in _class_dirs(parts[name])]
-            if not set(other) <= set(classes):
-                raise DataError(f"{parts[name]} has classes {sorted(set(other) - set(classes))} that {train_root} lacks")
-            splits[name] = _load_folder_split(parts[name], classes, prep, cache_dir, log)
+        if name in layout.splits:
+            splits[name] = folder_split(layout.splits[name], classes, prep, cache_dir, log, str(train_root))
     return Source(str(root), classes, train, splits["test"], splits["val"], prep.channels, image_size, notes)
 
 
@@ -271,8 +306,7 @@ def load_source(
     elif data in TORCHVISION_SETS:
         src = torchvision_set(data, data_dir, download)
     else:
-        cache = Path(cache_dir or os.environ.get("CNNCTL_CACHE", Path.home() / ".cache" / "cnnctl")).expanduser()
-        return image_folder(data, image_size, grayscale, cache, log)
+        return image_folder(data, image_size, grayscale, default_cache_dir(cache_dir), log)
     channels = 1 if grayscale else src.channels
     size = image_size or src.size
     if (channels, size) != (src.channels, src.size):

@@ -1,0 +1,215 @@
+"""The decode cache: an image folder's uint8 pixels in one memory-mapped file, shared by processes.
+
+What it holds is pixels only, one row per listed file, in listing order. It never holds labels:
+those are derived from the current folder listing at every run, so the same files read under
+another class mapping can never come back with old labels.
+
+The key is the identity of the files (path, size, mtime, in order) plus the decode settings
+(channels, size, interpolation, resize mode). A cache entry is two files in the cache folder:
+
+    pixels-<key>.u8     raw uint8, shape (N, C, H, W), C-contiguous, no header
+    pixels-<key>.json   {"format", "key", "shape", "failed": {row: reason}}: written last
+
+An entry is complete only when the JSON exists, names the same key and shape, and the data file
+has exactly N*C*H*W bytes. Decoding writes to a temporary file that is renamed into place, under
+an exclusive lock (flock) on `pixels-<key>.lock`: a second process (another torchrun rank, a
+parallel eval) waits for the first and then maps the same file, so the pixels sit once in the
+page cache whatever the number of processes; a kill during decoding leaves no entry that looks
+complete, and the next run decodes again.
+
+The mapping is private (copy-on-write) and never written, so its pages are file-backed: they do not
+count towards a process's anonymous memory, and the kernel can drop them under pressure.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from cnnctl.errors import DataError
+from cnnctl.preprocess import Preprocess, load_image
+
+FORMAT = 2
+# Files decoded per window of work handed to the thread pool: bounds the futures held at once.
+WINDOW = 512
+
+Log = Callable[[str], None]
+
+
+def cache_key(files: list[str], prep: Preprocess) -> str:
+    """The identity of a decode: the files (path, size, mtime, order) and how they are decoded."""
+    decode = {"format": FORMAT, "channels": prep.channels, "size": list(prep.size),
+              "interpolation": prep.interpolation, "resize": prep.resize}  # fmt: skip
+    h = hashlib.sha256(json.dumps(decode, sort_keys=True).encode())
+    for f in files:
+        try:
+            st = os.stat(f)
+        except OSError:  # vanished since the listing: decoding reports it as unreadable
+            h.update(f"{f}\0missing\n".encode())
+            continue
+        h.update(f"{f}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:32]
+
+
+class Pixels:
+    """Decoded pixels of a list of files: `array` (N, C, H, W) uint8 and the rows that failed."""
+
+    def __init__(self, array: torch.Tensor, failed: dict[int, str], key: str, path: Path | None) -> None:
+        self.array = array
+        self.failed = failed
+        self.key = key
+        self.path = path  # the mapped cache file, or None when decoded into memory
+
+    @property
+    def ok_rows(self) -> list[int]:
+        return [i for i in range(self.array.shape[0]) if i not in self.failed]
+
+
+def load_pixels(files: list[str], prep: Preprocess, cache_dir: Path | None, log: Log) -> Pixels:
+    """Pixels of `files` decoded with `prep`: from the cache if complete, else decoded (and cached)."""
+    key = cache_key(files, prep)
+    shape = (len(files), prep.channels, *prep.size)
+    if cache_dir is None:
+        return _decode_in_memory(files, prep, key, log)
+    data = cache_dir / f"pixels-{key}.u8"
+    hit = _open_complete(data, key, shape)
+    if hit is not None:
+        return hit
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        lock_fd = os.open(cache_dir / f"pixels-{key}.lock", os.O_CREAT | os.O_RDWR, 0o666)
+    except OSError as exc:
+        log(f"cannot use the decode cache in {cache_dir} ({exc.strerror or exc}); decoding into memory")
+        return _decode_in_memory(files, prep, key, log)
+    try:
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log(f"waiting for another process that is decoding these images into {data.name}")
+            fcntl.flock(lock_fd, fcntl.LOCK_EX)
+        hit = _open_complete(data, key, shape)  # the process we waited for may have written it
+        if hit is not None:
+            return hit
+        try:
+            failed = _decode_to_file(files, prep, data, shape, log)
+        except OSError as exc:
+            log(f"could not write the decode cache {data} ({exc.strerror or exc}); decoding into memory")
+            return _decode_in_memory(files, prep, key, log)
+        from cnnctl.io import write_json
+
+        write_json(data.with_suffix(".json"), {"format": FORMAT, "key": key, "shape": list(shape),
+                                               "failed": {str(i): m for i, m in failed.items()}})  # fmt: skip
+        hit = _open_complete(data, key, shape)
+        if hit is None:
+            raise DataError(f"the decode cache {data} could not be read back after writing it; remove {cache_dir} and retry")
+        return hit
+    finally:
+        os.close(lock_fd)  # releases the flock
+
+
+def _open_complete(data: Path, key: str, shape: tuple[int, ...]) -> Pixels | None:
+    """Map a complete cache entry, or None (absent, partial, or not this key's)."""
+    try:
+        info = json.loads(data.with_suffix(".json").read_text())
+        size = data.stat().st_size
+    except (OSError, ValueError):
+        return None
+    nbytes = int(np.prod(shape))
+    if not isinstance(info, dict) or info.get("format") != FORMAT or info.get("key") != key or info.get("shape") != list(shape) or size != nbytes:
+        return None
+    try:
+        failed = {int(k): str(v) for k, v in info.get("failed", {}).items()}
+    except (AttributeError, ValueError):
+        return None
+    array = torch.from_file(str(data), shared=False, size=nbytes, dtype=torch.uint8).view(shape) if nbytes else torch.zeros(shape, dtype=torch.uint8)
+    return Pixels(array, failed, key, data)
+
+
+def _decode_to_file(files: list[str], prep: Preprocess, data: Path, shape: tuple[int, ...], log: Log) -> dict[int, str]:
+    """Decode into a temporary file beside `data`, fsync it and rename it into place."""
+    for stale in data.parent.glob(f".{data.name}.*.partial"):  # left by a killed decoder; we hold the lock
+        stale.unlink(missing_ok=True)
+    tmp = data.with_name(f".{data.name}.{os.getpid()}.partial")
+    nbytes = int(np.prod(shape))
+    try:
+        with open(tmp, "wb") as fh:
+            if nbytes:
+                # Reserve the blocks now: a full disk is an OSError here, not a SIGBUS mid-decode.
+                os.posix_fallocate(fh.fileno(), 0, nbytes)
+        out = np.memmap(tmp, dtype=np.uint8, mode="r+", shape=shape) if nbytes else np.zeros(shape, np.uint8)
+        failed = _decode_into(out, files, prep, log, str(data.parent))
+        if nbytes:
+            out.flush()
+        del out
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, data)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return failed
+
+
+def _decode_in_memory(files: list[str], prep: Preprocess, key: str, log: Log) -> Pixels:
+    out = np.empty((len(files), prep.channels, *prep.size), dtype=np.uint8)
+    failed = _decode_into(out, files, prep, log, "memory")
+    return Pixels(torch.from_numpy(out), failed, key, None)
+
+
+def _decode_into(out: np.ndarray, files: list[str], prep: Preprocess, log: Log, where: str) -> dict[int, str]:
+    """Decode `files[i]` into `out[i]` on a thread pool (PIL releases the GIL while decoding)."""
+
+    def one(i: int) -> str | None:
+        try:
+            out[i] = load_image(files[i], prep)
+        except DataError as exc:
+            return exc.message
+        return None
+
+    failed: dict[int, str] = {}
+    meter = _Meter(len(files), where)
+    workers = max(1, min(16, (os.cpu_count() or 1) * 2))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for start in range(0, len(files), WINDOW):
+            rows = range(start, min(len(files), start + WINDOW))
+            for i, message in zip(rows, pool.map(one, rows)):
+                if message is not None:
+                    failed[i] = message
+            meter.update(rows.stop)
+    log(meter.summary())
+    return failed
+
+
+class _Meter:
+    """Decode progress: a self-rewriting line on a terminal (images/s, ETA), nothing otherwise."""
+
+    def __init__(self, total: int, where: str) -> None:
+        self.total, self.where = total, where
+        self.start = self.last = time.perf_counter()
+        self.tty = sys.stderr.isatty()
+
+    def update(self, done: int) -> None:
+        now = time.perf_counter()
+        if not self.tty or (now - self.last < 0.25 and done < self.total):
+            return
+        self.last = now
+        rate = done / max(1e-9, now - self.start)
+        eta = (self.total - done) / max(1e-9, rate)
+        sys.stderr.write(f"\rdecoding images {done}/{self.total}  {rate:.0f} img/s  ETA {eta:.0f}s ")
+        if done >= self.total:
+            sys.stderr.write("\r\033[K")
+        sys.stderr.flush()
+
+    def summary(self) -> str:
+        seconds = time.perf_counter() - self.start
+        return f"decoded {self.total} images in {seconds:.1f}s ({self.total / max(1e-9, seconds):.0f} img/s) into {self.where}"
