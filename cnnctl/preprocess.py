@@ -84,18 +84,22 @@ def to_mode(img: Image.Image, channels: int) -> Image.Image:
     return img.convert(want) if img.mode != want else img
 
 
-def decode(img: Image.Image, prep: Preprocess) -> np.ndarray:
-    """A PIL image -> uint8 array (C, H, W) at `prep.size`."""
+def decode(img: Image.Image, prep: Preprocess, out: np.ndarray | None = None) -> np.ndarray:
+    """A PIL image -> uint8 array (C, H, W) at `prep.size`, written into `out` when given."""
     img = to_mode(img, prep.channels)
     h, w = prep.size
     if img.size != (w, h):
         img = img.resize((w, h), _RESAMPLE[prep.interpolation])
     arr = np.asarray(img, dtype=np.uint8)
-    return arr[None, :, :].copy() if arr.ndim == 2 else np.ascontiguousarray(arr.transpose(2, 0, 1))
+    chw = arr[None, :, :] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+    if out is None:
+        return np.ascontiguousarray(chw) if arr.ndim == 3 else chw.copy()
+    out[...] = chw  # one copy, straight into the destination (e.g. a row of the mapped cache)
+    return out
 
 
-def load_image(path: str | Path, prep: Preprocess) -> np.ndarray:
-    """Read an image file -> uint8 (C, H, W). Unreadable files raise DataError with the reason."""
+def load_image(path: str | Path, prep: Preprocess, out: np.ndarray | None = None) -> np.ndarray:
+    """Read an image file -> uint8 (C, H, W), into `out` when given. Unreadable files raise DataError."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -103,7 +107,7 @@ def load_image(path: str | Path, prep: Preprocess) -> np.ndarray:
                 if img.width * img.height > MAX_PIXELS:
                     raise DataError(f"{path}: {img.width}x{img.height} exceeds the {MAX_PIXELS:,}-pixel limit")
                 img.load()
-                return decode(img, prep)
+                return decode(img, prep, out)
     except DataError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
