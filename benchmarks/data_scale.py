@@ -107,20 +107,18 @@ def _children(pid: int) -> list[int]:
     return out
 
 
-def run_measured(cmd: list[str], env: dict[str, str]) -> tuple[subprocess.CompletedProcess, dict[int, int]]:
-    """Run `cmd`; sample RssAnon of it and its descendants every 20 ms -> (result, peak per pid)."""
+def run_measured(cmd: list[str], env: dict[str, str]) -> tuple[subprocess.CompletedProcess, dict[int, tuple[int, int]]]:
+    """Run `cmd`; sample RssAnon of it and its descendants every 20 ms -> (result, {pid: (parent, peak)})."""
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    peaks: dict[int, int] = {}
+    peaks: dict[int, tuple[int, int]] = {}
 
     def watch() -> None:
         while proc.poll() is None:
-            todo, tree = [proc.pid], []
+            todo = [(proc.pid, 0)]
             while todo:
-                pid = todo.pop()
-                tree.append(pid)
-                todo.extend(_children(pid))
-            for pid in tree:
-                peaks[pid] = max(peaks.get(pid, 0), _rss_anon(pid))
+                pid, parent = todo.pop()
+                peaks[pid] = (parent, max(peaks.get(pid, (0, 0))[1], _rss_anon(pid)))
+                todo.extend((child, pid) for child in _children(pid))
             time.sleep(0.02)
 
     watcher = threading.Thread(target=watch, daemon=True)
@@ -128,6 +126,14 @@ def run_measured(cmd: list[str], env: dict[str, str]) -> tuple[subprocess.Comple
     out, err = proc.communicate()
     watcher.join()
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err), peaks
+
+
+def _main_pid(peaks: dict[int, tuple[int, int]]) -> int:
+    return next(pid for pid, (parent, _) in peaks.items() if parent == 0)
+
+
+def _mib(values: list[int]) -> str:
+    return ", ".join(f"{v / 2**20:.0f} MiB" for v in values) or "-"
 
 
 def train_throughput(folder: Path, size: int, cache: Path, iters: int) -> tuple[float, float]:
@@ -181,8 +187,9 @@ def main() -> None:
         decoded = next(line for line in single.stderr.splitlines() if line.startswith("decoded "))
         rate = float(decoded.split("(")[1].split()[0])
         print(f"decode: torchvision ImageFolder + DataLoader({os.cpu_count()} workers) {base:.0f} img/s | cnnctl cache {rate:.0f} img/s | ratio {rate / base:.2f}x")
-        print(f"cnnctl train (decode + {args.iters} iterations, mobilenet_v3_small, batch 16): peak RssAnon {max(peaks.values()) / 2**20:.0f} MiB "
-              f"for a {cache_gb:.2f} GB cache")  # fmt: skip
+        workers = [peak for pid, (_, peak) in peaks.items() if pid != _main_pid(peaks)]
+        print(f"cnnctl train (decode + {args.iters} iterations, mobilenet_v3_small, batch 16): peak RssAnon {_mib([peaks[_main_pid(peaks)][1]])} "
+              f"for a {cache_gb:.2f} GB cache (forked decode workers, sharing the parent's pages: {_mib(sorted(workers)[-1:])})")  # fmt: skip
 
         mapped, memory = train_throughput(folder, args.size, work / "cache1", args.iters)
         print(f"training from the mapped cache {mapped:.1f} img/s | from memory {memory:.1f} img/s | mapped/memory {mapped / memory:.2f}")
@@ -192,9 +199,10 @@ def main() -> None:
         ddp, peaks = run_measured(torchrun, {**env, "OMP_NUM_THREADS": "1"})
         if ddp.returncode != 0:
             sys.exit(ddp.stderr)
-        ranks = sorted(peaks.items(), key=lambda kv: -kv[1])[:2]
+        launcher = _main_pid(peaks)
+        ranks = [peak for pid, (parent, peak) in peaks.items() if parent == launcher]
         caches = list((work / "cache2").glob("pixels-*.u8"))
-        print(f"torchrun 2 processes: peak RssAnon {', '.join(f'{v / 2**20:.0f} MiB' for _, v in ranks)} per rank; "
+        print(f"torchrun 2 processes: peak RssAnon {_mib(ranks)} per rank (launcher {_mib([peaks[launcher][1]])}); "
               f"{len(caches)} cache file(s) of {sum(c.stat().st_size for c in caches) / 1e9:.2f} GB, decoded once")
     finally:
         shutil.rmtree(work, ignore_errors=True)

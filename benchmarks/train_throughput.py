@@ -26,7 +26,7 @@ from cnnctl.data import build
 from cnnctl.data.batches import Batches
 from cnnctl.engine import make_loss, train_one_epoch
 from cnnctl.models import create
-from cnnctl.shapes import trace_model
+from cnnctl.models.tracing import trace_model
 
 
 def tutorial_loop(model, loader, batches: int) -> float:

@@ -85,6 +85,19 @@ class TrainConfig:
 
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 
+# Where each option shows in `cnnctl train --help`, in this order; every CLI field has one panel.
+PANELS: dict[str, tuple[str, ...]] = {
+    "Data": ("data", "data_dir", "download", "val_split", "subset", "image_size", "grayscale", "mean", "std", "cache_dir"),
+    "Model & start": (),
+    "Optimisation": ("epochs", "iters", "batch_size", "eval_batch_size", "optimizer", "lr", "momentum", "nesterov",
+                     "weight_decay", "loss", "label_smoothing"),
+    "Schedule & stopping": ("scheduler", "warmup", "step_size", "gamma", "patience", "monitor", "time_limit"),
+    "Augmentation": ("augment", "allow_flip"),
+    "Run & output": ("seed",),
+    "Hardware": ("device", "amp", "compile", "deterministic", "channels_last", "threads"),
+}
+PANEL_OF = {name: panel for panel, names in PANELS.items() for name in names}
+
 
 def _coerce(name: str, value: Any, where: str) -> Any:
     f = FIELDS[name]

@@ -57,12 +57,31 @@ def check_consistent(run: Path) -> int:
     return epochs
 
 
+def _started(proc: subprocess.Popen, run: Path, timeout: float = 120) -> float:
+    """Wait until the run holds its lock (start-up done, training begins); returns the seconds waited."""
+    start = time.perf_counter()
+    while not (run / ".lock").exists() and proc.poll() is None:
+        if time.perf_counter() - start > timeout:
+            raise TimeoutError(f"{run}: training did not start within {timeout} s")
+        time.sleep(0.005)
+    return time.perf_counter() - start
+
+
 def run_trials(trials: int, work: Path, *, kills_per_trial: int = 2, seed: int = 0, log=print) -> list[dict]:
+    """Kill each trial `kills_per_trial` times at random moments of its training, then let it finish.
+
+    The moment is drawn from the training time still left (measured on an uninterrupted run), so
+    a kill lands while the process trains or writes a checkpoint, not after it has exited; each
+    kill records whether it did (`killed_while_running`) and how many epochs were done then.
+    """
     rng = random.Random(seed)
     reference = work / "reference"
+    proc = subprocess.Popen(_cli(reference), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    startup = _started(proc, reference)
     start = time.perf_counter()
-    subprocess.run(_cli(reference), check=True, capture_output=True)
-    total = time.perf_counter() - start
+    assert proc.wait() == 0, "the reference run failed"
+    training = time.perf_counter() - start
+    epochs = int(ARGS[ARGS.index("--epochs") + 1])
     ref = _weights(reference)
     results = []
     for t in range(trials):
@@ -71,8 +90,12 @@ def run_trials(trials: int, work: Path, *, kills_per_trial: int = 2, seed: int =
         for k in range(kills_per_trial):
             cmd = _cli(out) if not (out / "config.json").exists() else [sys.executable, "-m", "cnnctl", "train", "--resume", str(out)]
             proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            # Start-up (imports, data) takes ~3 s of `total`; most kills land in training or a write.
-            delay = rng.uniform(0.35 * total, 0.95 * total)
+            if k == 0 and rng.random() < 0.15:
+                delay = rng.uniform(0.2, 0.9) * startup  # now and then during start-up (imports, data)
+            else:
+                _started(proc, out)
+                left = training * (1 - check_consistent(out) / epochs) if (out / "last.safetensors").exists() else training
+                delay = rng.uniform(0.05, 0.8) * left
             time.sleep(delay)
             alive = proc.poll() is None
             if alive:

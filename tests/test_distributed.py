@@ -203,3 +203,50 @@ def test_a_dead_rank_stops_the_job_with_a_clear_message(tmp_path):
     resumed = run_cli("train", "--resume", out, "--epochs", "2", timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     assert [r["epoch"] for r in json.loads((out / "history.json").read_text())["epochs"]] == [1, 2]
+
+
+def _descendants(pid: int) -> list[int]:
+    found, todo = [], [pid]
+    while todo:
+        parent = todo.pop()
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    stat = Path(f"/proc/{entry}/stat").read_text()
+                except OSError:
+                    continue
+                if int(stat.rsplit(")", 1)[1].split()[1]) == parent:
+                    found.append(int(entry))
+                    todo.append(int(entry))
+    return found
+
+
+def test_ranks_on_one_machine_map_one_decode_cache(tmp_path):
+    from tests.conftest import PETS_MINI
+
+    cache = tmp_path / "cache"
+    proc = torchrun("train", "fastnet-s", "--data", PETS_MINI, "--image-size", "64", "--epochs", "6", "--batch-size", "8",
+                    "--threads", "1", "--cache-dir", cache, "--out", tmp_path / "run", wait=False)  # fmt: skip
+    mapped: dict[int, set[str]] = {}
+    try:
+        while proc.poll() is None and len(mapped) < 2:
+            for pid in _descendants(proc.pid):
+                try:
+                    maps = Path(f"/proc/{pid}/maps").read_text()
+                except OSError:
+                    continue
+                lines = {line.split(maxsplit=5)[-1] for line in maps.splitlines() if "pixels-" in line and ".u8" in line}
+                if lines:
+                    mapped[pid] = lines
+            time.sleep(0.05)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0, err
+    # Both ranks map the same file, and neither's mapping was replaced by a second decode.
+    assert len(mapped) == 2, mapped
+    files = set.union(*mapped.values())
+    assert len(files) == 1 and not any("(deleted)" in f for f in files), mapped
+    assert [p.name for p in cache.glob("pixels-*.u8")] == [Path(next(iter(files))).name]
+    assert err.count("decoded 60 images") <= 1

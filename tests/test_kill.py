@@ -13,6 +13,9 @@ from tests.conftest import assert_user_error, run_cli
 def test_sigkill_at_random_moments_then_resume_is_exact(tmp_path):
     results = run_trials(2, tmp_path, kills_per_trial=2, seed=1, log=lambda m: None)
     assert all(r["identical"] for r in results)
+    # Every trial was really interrupted: a SIGKILL landed on a live process before its training ended.
+    for r in results:
+        assert any(k["killed_while_running"] and k["epochs_done"] < 3 for k in r["kills"]), r
 
 
 def test_second_writer_is_refused_and_a_dead_owner_lock_is_taken_over(tmp_path):

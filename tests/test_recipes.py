@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from cnnctl.config import load_recipe, resolve
-from cnnctl.shapes import trace_model
+from cnnctl.models.tracing import trace_model
 from cnnctl.specs import parse_image_size
 from tests.conftest import ROOT
 

@@ -7,7 +7,8 @@ import json
 import pytest
 from torch import nn
 
-from cnnctl.shapes import trace, trace_model, visible_rows
+from cnnctl.models.tracing import trace_model
+from cnnctl.shapes import trace, visible_rows
 from tests.conftest import assert_user_error, run_cli
 
 
@@ -77,3 +78,12 @@ def test_json_and_explain_and_depth():
 )
 def test_bad_arguments_are_one_line(args, needle):
     assert_user_error(run_cli("shapes", *args), needle)
+
+
+def test_shapes_of_a_run_directory_and_checkpoint(quick_run):
+    proc = run_cli("shapes", quick_run, "--json")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["model"] == "model-a" and report["input_shape"] == [1, 28, 28] and report["rows"][-1]["output_shape"] == [1, 10]
+    proc = run_cli("shapes", quick_run / "model.safetensors", "--input", "1x32x32")
+    assert_user_error(proc, "expects", "1x28x28")

@@ -25,15 +25,16 @@ def shapes(
     model, the trace stops at the failing layer and says what would fit.
     """
     from cnnctl.errors import ShapeError
-    from cnnctl.shapes import trace_target, visible_rows
+    from cnnctl.models.tracing import trace_target
+    from cnnctl.shapes import visible_rows
     from cnnctl.specs import parse_input_shape
 
     shape = parse_input_shape(input) if input else None
-    result = trace_target(model, shape, batch=batch, num_classes=num_classes, fit=fit)
+    name, result = trace_target(model, shape, batch=batch, num_classes=num_classes, fit=fit)
     if json_:
-        print_json({"model": model, **result.to_dict()})
+        print_json({"model": name, **result.to_dict()})
     else:
-        _render(model, result, visible_rows(result.rows, depth), explain)
+        _render(name, result, visible_rows(result.rows, depth), explain)
     if result.diagnosis:
         raise ShapeError(result.diagnosis)
 

@@ -7,33 +7,44 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from cnnctl.config import CHOICES, FIELDS
+from cnnctl.config import CHOICES, FIELDS, PANEL_OF, PANELS
 
+_START, _RUN = "Model & start", "Run & output"
 _FIXED = {
-    "recipe": (Optional[str], typer.Option("--recipe", "-r", help="TOML recipe (recipes/*.toml); flags given here override it.")),
-    "out": (Optional[str], typer.Option("--out", "-o", help="Run directory (default: runs/MODEL-DATA-TIME).")),
-    "resume": (Optional[str], typer.Option("--resume", help="Continue the run in this directory (a larger --epochs extends it).")),
-    "overwrite": (bool, typer.Option("--overwrite", help="Replace the files of an existing --out.")),
-    "json_": (bool, typer.Option("--json", help="Print one JSON record per epoch and a JSON summary on stdout.")),
+    "recipe": (Optional[str], typer.Option("--recipe", "-r", help="TOML recipe (recipes/*.toml); flags given here override it.", rich_help_panel=_START)),
+    "resume": (Optional[str], typer.Option("--resume", help="Continue the run in this directory (a larger --epochs extends it).", rich_help_panel=_START)),
+    "out": (Optional[str], typer.Option("--out", "-o", help="Run directory (default: runs/MODEL-DATA-TIME).", rich_help_panel=_RUN)),
+    "overwrite": (bool, typer.Option("--overwrite", help="Replace the files of an existing --out.", rich_help_panel=_RUN)),
+    "json_": (bool, typer.Option("--json", help="Print one JSON record per epoch and a JSON summary on stdout.", rich_help_panel=_RUN)),
 }
 
 
 def _option(name: str) -> Any:
+    """A typer option from a TrainConfig field: its panel, its choices, and one default."""
     f = FIELDS[name]
     flag = "--" + name.replace("_", "-")
     default = f.default
     help_text = f.metadata["help"]
-    if name in CHOICES:
-        help_text += f" (default: {default})"
-    elif not isinstance(default, bool):
-        help_text += f" (default: {default if default != '' else 'auto'})"
+    panel = PANEL_OF[name]
+    if "default" not in help_text.lower():  # a help text that explains its default keeps just that
+        shown = ("on" if default else "off") if isinstance(default, bool) else (default if default != "" else "auto")
+        help_text += f" (default: {shown})"
     if isinstance(default, bool):
-        return Optional[bool], typer.Option(f"{flag}/--no-{flag[2:]}", help=help_text + f" (default: {'on' if default else 'off'})", show_default=False)
-    return Optional[type(default)], typer.Option(flag, help=help_text, show_default=False)
+        return Optional[bool], typer.Option(f"{flag}/--no-{flag[2:]}", help=help_text, show_default=False, rich_help_panel=panel)
+    metavar = "[" + "|".join(CHOICES[name]) + "]" if name in CHOICES else None
+    return Optional[type(default)], typer.Option(flag, help=help_text, show_default=False, metavar=metavar, rich_help_panel=panel)
 
 
 def train(**kwargs: Any) -> None:
     """Train a model: data -> epoch loop -> run directory (safetensors + JSON history).
+
+    Examples:
+
+    $ cnnctl train model-a --data mnist-mini --epochs 3 --out runs/digits
+
+    $ cnnctl train tiny --data photos/ --image-size 64 --augment flip-crop --scheduler onecycle
+
+    $ cnnctl train --recipe recipes/cifar10-fast.toml --data cifar10-jpg/
 
     --batch-size is the batch per optimizer step. Under torchrun (`torchrun --nproc-per-node N
     -m cnnctl train ...`) it is the global batch, split evenly over the N processes; rank 0
@@ -104,13 +115,16 @@ def _signature() -> inspect.Signature:
             annotation=Annotated[Optional[str], typer.Argument(help="Model name (`cnnctl models`); may come from --recipe or --resume.", show_default=False)],
         )  # fmt: skip
     ]
-    for name, (typ, opt) in _FIXED.items():
-        default = False if typ is bool else None
-        params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=Annotated[typ, opt]))
-    for name, f in FIELDS.items():
-        if f.metadata["cli"]:
-            typ, opt = _option(name)
-            params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[typ, opt]))
+    fixed_panel = {"recipe": _START, "resume": _START, "out": _RUN, "overwrite": _RUN, "json_": _RUN}
+    for panel, names in PANELS.items():  # the panels show in this order
+        for name, (typ, opt) in _FIXED.items():
+            if fixed_panel[name] == panel:
+                default = False if typ is bool else None
+                params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=Annotated[typ, opt]))
+        for name in names:
+            if FIELDS[name].metadata["cli"]:
+                typ, opt = _option(name)
+                params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[typ, opt]))
     return inspect.Signature(params)
 
 

@@ -14,10 +14,15 @@ MODELS = list_models()
 
 
 def test_registry_holds_the_tutorial_models():
-    for name in ("model-a", "model-b", "model-c", "tiny", "tiny3", "catdog", "fashion", "lenet5", "resnet20"):
-        assert name in MODELS
-        entry = get_entry(name)
-        assert entry.description and entry.source
+    assert {"model-a", "model-b", "model-c", "tiny", "tiny3", "catdog", "fashion", "lenet5", "resnet20"} <= set(MODELS)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_every_registered_model_describes_itself(name):
+    entry = get_entry(name)
+    assert entry.name == name and entry.description and entry.source
+    c, h, w = entry.default_input
+    assert c in (1, 3) and h >= 8 and w >= 8 and entry.num_classes >= 2
 
 
 @pytest.mark.parametrize("name", MODELS)
