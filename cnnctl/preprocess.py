@@ -10,7 +10,7 @@ from __future__ import annotations
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 from PIL import Image
@@ -98,29 +98,33 @@ def decode(img: Image.Image, prep: Preprocess, out: np.ndarray | None = None) ->
     return out
 
 
-def load_image(path: str | Path, prep: Preprocess, out: np.ndarray | None = None) -> np.ndarray:
-    """Read an image file -> uint8 (C, H, W), into `out` when given. Unreadable files raise DataError."""
+def load_image(path: str | Path | IO[bytes], prep: Preprocess, out: np.ndarray | None = None, *, name: str | None = None) -> np.ndarray:
+    """Read an image file (or file object) -> uint8 (C, H, W), into `out` when given.
+
+    Unreadable input raises DataError naming `name` (default: the path) and the reason.
+    """
+    label = name if name is not None else str(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as img:
                 if img.width * img.height > MAX_PIXELS:
-                    raise DataError(f"{path}: {img.width}x{img.height} exceeds the {MAX_PIXELS:,}-pixel limit")
+                    raise DataError(f"{label}: {img.width}x{img.height} exceeds the {MAX_PIXELS:,}-pixel limit")
                 img.load()
                 return decode(img, prep, out)
     except DataError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise DataError(f"{path}: refused, too many pixels (decompression bomb?): {exc}") from exc
+        raise DataError(f"{label}: refused, too many pixels (decompression bomb?): {exc}") from exc
     except FileNotFoundError as exc:
-        raise DataError(f"{path}: no such file") from exc
+        raise DataError(f"{label}: no such file") from exc
     except IsADirectoryError as exc:
-        raise DataError(f"{path}: is a directory") from exc
+        raise DataError(f"{label}: is a directory") from exc
     except PermissionError as exc:
-        raise DataError(f"{path}: permission denied") from exc
+        raise DataError(f"{label}: permission denied") from exc
     except (OSError, ValueError, SyntaxError) as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise DataError(f"{path}: not a readable image ({first})") from exc
+        first = str(exc).splitlines()[0].replace(repr(path), "it") if str(exc) else type(exc).__name__
+        raise DataError(f"{label}: not a readable image ({first})") from exc
 
 
 def normalize(batch: np.ndarray, prep: Preprocess) -> np.ndarray:

@@ -26,18 +26,60 @@ def pytest_configure(config) -> None:
         os.environ["CNNCTL_CACHE"] = tempfile.mkdtemp(prefix="cnnctl-test-cache-")
 
 
-def run_cli(*args: str, cwd: Path | None = None, input: str | None = None, timeout: float = 600, env: dict | None = None) -> subprocess.CompletedProcess:
-    """Run `python -m cnnctl ARGS` as a user would, capturing stdout and stderr separately."""
-    full_env = {**os.environ, "COLUMNS": "200", **(env or {})}
-    return subprocess.run(
-        [sys.executable, "-m", "cnnctl", *map(str, args)],
-        cwd=cwd or ROOT,
-        input=input,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=full_env,
-    )
+def run_cli(*args: str, cwd: Path | None = None, input: str | None = None, timeout: float = 600, env: dict | None = None,
+            subprocess_: bool = False) -> subprocess.CompletedProcess:  # fmt: skip
+    """Run `cnnctl ARGS` as a user would, capturing stdout and stderr separately.
+
+    In this process by default (cnnctl's own `main()`, the same code path as the console script,
+    without paying ~2 s of interpreter and torch start-up per call); in a real subprocess with
+    `subprocess_=True`, with `cwd` or `input`, or for every call when CNNCTL_TEST_SUBPROCESS=1.
+    Tests about process behaviour (signals, imports, exit on kill) start their own processes.
+    """
+    if subprocess_ or cwd is not None or input is not None or os.environ.get("CNNCTL_TEST_SUBPROCESS") == "1":
+        full_env = {**os.environ, "COLUMNS": "200", **(env or {})}
+        return subprocess.run(
+            [sys.executable, "-m", "cnnctl", *map(str, args)],
+            cwd=cwd or ROOT,
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=full_env,
+        )
+    return _run_in_process([str(a) for a in args], env or {})
+
+
+def _run_in_process(argv: list[str], env: dict) -> subprocess.CompletedProcess:
+    import contextlib
+    import io
+    import traceback
+
+    import torch
+
+    from cnnctl.cli import common, main
+
+    saved_env, saved_threads = dict(os.environ), torch.get_num_threads()
+    saved_det = torch.are_deterministic_algorithms_enabled()
+    os.environ.update({"COLUMNS": "200", **{k: str(v) for k, v in env.items()}})
+    common._consoles.clear()  # consoles bind to the streams current when first made
+    stdout, stderr = io.StringIO(), io.StringIO()
+    code = 0
+    try:
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            try:
+                main(argv)
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+            except Exception:  # what a real process would print before exiting 1
+                traceback.print_exc()
+                code = 1
+    finally:
+        common._consoles.clear()
+        os.environ.clear()
+        os.environ.update(saved_env)
+        torch.set_num_threads(saved_threads)
+        torch.use_deterministic_algorithms(saved_det)
+    return subprocess.CompletedProcess(["cnnctl", *argv], code, stdout.getvalue(), stderr.getvalue())
 
 
 def assert_user_error(proc: subprocess.CompletedProcess, *needles: str) -> None:

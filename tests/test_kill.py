@@ -22,7 +22,7 @@ def test_second_writer_is_refused_and_a_dead_owner_lock_is_taken_over(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     (run / ".lock").write_text(str(os.getpid()))  # a live process (this test) holds it
-    proc = run_cli("train", "model-c", "--subset", "200", "--epochs", "1", "--out", run)
+    proc = run_cli("train", "model-c", "--subset", "200", "--epochs", "1", "--out", run, subprocess_=True)  # another pid
     assert_user_error(proc, "in use by another cnnctl process")
     (run / ".lock").write_text("999999999")  # no such process: stale
     proc = run_cli("train", "model-c", "--subset", "200", "--epochs", "1", "--out", run)
@@ -35,7 +35,7 @@ def test_second_writer_is_refused_and_a_dead_owner_lock_is_taken_over(tmp_path):
 def test_same_seed_twice_gives_identical_histories_and_weights(tmp_path):
     from safetensors.torch import load_file
 
-    args = ["train", "tiny", "--subset", "600", "--epochs", "2", "--augment", "shift", "--seed", "4"]
+    args = ["train", "tiny", "--subset", "300", "--epochs", "2", "--augment", "shift", "--seed", "4"]
     for name in ("a", "b"):
         assert run_cli(*args, "--out", tmp_path / name).returncode == 0
     wa, wb = (load_file(str(tmp_path / n / "model.safetensors")) for n in ("a", "b"))

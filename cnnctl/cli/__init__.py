@@ -42,9 +42,9 @@ def _root(
 
 
 def _register() -> None:
-    from cnnctl.cli import eval, export, models, plot, predict, shapes, train
+    from cnnctl.cli import eval, export, models, plot, predict, serve, shapes, train
 
-    for module in (models, shapes, train, eval, export, predict, plot):
+    for module in (models, shapes, train, eval, export, predict, serve, plot):
         module.register(app)
 
 
@@ -69,6 +69,11 @@ def main(argv: list[str] | None = None) -> None:
         code = command.main(args=argv, prog_name="cnnctl", standalone_mode=False)
     except CnnctlError as exc:
         if exc.quiet:
+            # A torchrun rank other than 0, with an error rank 0 reports too: torchrun stops every
+            # rank as soon as one exits, so give rank 0 the moment it needs to print its line.
+            import time
+
+            time.sleep(3.0)
             raise SystemExit(exc.exit_code)
         for line in exc.details:
             sys.stderr.write(line + "\n")
