@@ -25,6 +25,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "device": ("auto", "cpu", "cuda", "mps"),
     "amp": ("none", "bf16", "fp16"),
     "monitor": ("val_acc", "val_loss"),
+    "freeze": ("none", "backbone"),
 }
 
 
@@ -46,6 +47,11 @@ class TrainConfig:
     grayscale: bool = _f(False, "Convert images to 1-channel grayscale (image folders).")
     mean: str = _f("", "Per-channel mean, e.g. 0.5,0.5,0.5 (default: computed on the training split).")
     std: str = _f("", "Per-channel std, e.g. 0.25,0.25,0.25 (default: computed on the training split).")
+    init: str = _f("", "Start from the weights of a cnnctl run directory or checkpoint, or a safetensors state dict: "
+                       "tensors whose names and shapes match are loaded, the rest (usually the head) start fresh.")
+    freeze: str = _f("none", "none, or backbone: train only the head (a linear probe; frozen BatchNorm statistics stay as they are).")
+    unfreeze_at: int = _f(0, "With --freeze backbone: train the whole network from this epoch on (probe, then fine-tune); 0 = never.")
+    backbone_lr_scale: float = _f(1.0, "Learning-rate factor for all but the head, e.g. 0.1 when fine-tuning from --init.")
     augment: str = _f("none", "Augmentation: none, flip-crop (pad-4 crop + h-flip), shift (+-2 px, for digits), flip.")
     allow_flip: bool = _f(False, "Allow horizontal flips on digit data sets (refused by default: a flipped 2 is not a 2).")
     epochs: int = _f(10, "Number of epochs (ignored when --iters is set).")
@@ -88,7 +94,7 @@ FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 # Where each option shows in `cnnctl train --help`, in this order; every CLI field has one panel.
 PANELS: dict[str, tuple[str, ...]] = {
     "Data": ("data", "data_dir", "download", "val_split", "subset", "image_size", "grayscale", "mean", "std", "cache_dir"),
-    "Model & start": (),
+    "Model & start": ("init", "freeze", "unfreeze_at", "backbone_lr_scale"),
     "Optimisation": ("epochs", "iters", "batch_size", "eval_batch_size", "optimizer", "lr", "momentum", "nesterov",
                      "weight_decay", "loss", "label_smoothing"),
     "Schedule & stopping": ("scheduler", "warmup", "step_size", "gamma", "patience", "monitor", "time_limit"),
@@ -135,6 +141,10 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         raise UsageError(f"--lr must be a positive number (e.g. 1e-3), got {cfg.lr}")
     if cfg.weight_decay < 0 or not 0 <= cfg.label_smoothing < 1 or cfg.momentum < 0 or cfg.warmup < 0:
         raise UsageError("--weight-decay, --momentum and --warmup must be >= 0 and --label-smoothing in [0, 1)")
+    if cfg.unfreeze_at < 0 or cfg.backbone_lr_scale < 0:
+        raise UsageError("--unfreeze-at and --backbone-lr-scale cannot be negative")
+    if cfg.unfreeze_at and cfg.freeze == "none":
+        raise UsageError("--unfreeze-at needs --freeze backbone (it says when the frozen backbone starts training)")
     if cfg.loss == "mse" and cfg.label_smoothing:
         raise UsageError("--label-smoothing applies to --loss ce only")
     for name in ("mean", "std"):

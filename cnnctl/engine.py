@@ -92,7 +92,7 @@ def train_one_epoch(
     for x, y in batches:
         lr = lr_fn(step)
         for group in optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         optimizer.zero_grad(set_to_none=True)
         with autocast(device, amp):
             logits = model(x)
@@ -224,6 +224,7 @@ def fit(
     on_epoch_end: Callable[[dict[str, Any], bool, LoopState], None] = lambda r, b, s: None,
     dist: Dist | None = None,
     eval_model: nn.Module | None = None,
+    on_epoch_start: Callable[[int], None] = lambda epoch: None,
 ) -> str:
     """Train from `state.epoch + 1` to `epochs`; validate with `evaluate` after every epoch.
 
@@ -244,6 +245,7 @@ def fit(
     reason = "completed"
     for epoch in range(state.epoch + 1, epochs + 1):
         torch.manual_seed(seed * 7919 + epoch + 104_729 * dist.rank)
+        on_epoch_start(epoch)
         if reporter is not None:
             reporter.start_epoch(epoch, epochs, len(train_batches))
         epoch_start = time.monotonic()

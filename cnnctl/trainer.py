@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import signal
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from cnnctl.errors import CnnctlError, RunDirError, UsageError
 from cnnctl.io import RunLock, write_json
 from cnnctl.models import create
 from cnnctl.schedule import lr_at
+from cnnctl.start import Freezer, init_from, param_groups
 
 
 @dataclass
@@ -62,8 +64,8 @@ def pick_device(name: str, dist: Dist | None = None) -> torch.device:
     return torch.device(name)
 
 
-def make_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
+def make_optimizer(cfg: TrainConfig, params: list[dict[str, Any]]) -> torch.optim.Optimizer:
+    """The optimizer over parameter groups (each with an `lr_scale` the epoch loop applies)."""
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "adam":
@@ -136,19 +138,26 @@ def run(
     device = pick_device(cfg.device, dist)
     dist.start(device.type)
     finished = False
+    fresh = False  # a directory this run created: removed again if the run fails before writing to it
     try:
         try:
+            fresh = dist.is_main and not resume and (out is None or not Path(out).exists())
             run_dir = _prepare_run_dir(cfg, out, resume, overwrite) if dist.is_main else Path(resume or out or "")
         except CnnctlError:
             dist.agree(False)
             raise
         dist.agree(True)
-        with RunLock(run_dir) if dist.is_main else nullcontext():
-            if overwrite and not resume and dist.is_main:
-                for name in ("model.safetensors", "last.safetensors", "history.json", "config.json"):
-                    (run_dir / name).unlink(missing_ok=True)
-            dist.agree(True)  # the others read the run directory only after rank 0 holds it
-            result = _run_locked(cfg, run_dir, bool(resume), reporter, device, dist)
+        try:
+            with RunLock(run_dir) if dist.is_main else nullcontext():
+                if overwrite and not resume and dist.is_main:
+                    for name in ("model.safetensors", "last.safetensors", "history.json", "config.json"):
+                        (run_dir / name).unlink(missing_ok=True)
+                dist.agree(True)  # the others read the run directory only after rank 0 holds it
+                result = _run_locked(cfg, run_dir, bool(resume), reporter, device, dist)
+        except CnnctlError:
+            if fresh and not (run_dir / "config.json").exists():
+                shutil.rmtree(run_dir, ignore_errors=True)  # refused during setup: leave nothing behind
+            raise
         finished = True
         return result
     finally:
@@ -184,10 +193,18 @@ def _run_locked(cfg: TrainConfig, run_dir: Path, resuming: bool, reporter: Repor
     for note in data.notes:
         reporter.log(note)
     torch.manual_seed(cfg.seed)
-    model = create(cfg.model, data.input_shape, len(data.classes)).to(device)
+    model = create(cfg.model, data.input_shape, len(data.classes))
+    init_report = None
+    if cfg.init:
+        init_report = init_from(model, cfg.init)
+        reporter.log(init_report.summary())
+    model = model.to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = make_optimizer(cfg, model)
+    freezer = Freezer(model, cfg.freeze, cfg.unfreeze_at) if cfg.freeze != "none" else None
+    if freezer is not None and cfg.unfreeze_at and dist.enabled:
+        raise UsageError("--unfreeze-at under torchrun is not supported yet (DDP fixes its trainable set at the start); train the probe and the fine-tune as two runs, the second with --init")
+    optimizer = make_optimizer(cfg, param_groups(model, freezer, cfg.backbone_lr_scale))
     loss_fn = make_loss(cfg.loss, len(data.classes), cfg.label_smoothing)
     train_batches = Batches(data.train, data.prep, cfg.batch_size, shuffle=True, augment=cfg.augment, seed=cfg.seed,
                             device=device, channels_last=cfg.channels_last, rank=dist.rank, world=dist.world_size)  # fmt: skip
@@ -218,9 +235,12 @@ def _run_locked(cfg: TrainConfig, run_dir: Path, resuming: bool, reporter: Repor
         if state.epoch >= epochs:
             reporter.log(f"{run_dir} already finished {state.epoch} epoch(s); pass a larger --epochs to extend it")
     meta = checkpoint_metadata(cfg, data, cfg.model)
+    if freezer is not None:
+        freezer.apply(state.epoch + 1)  # before DDP wraps the model: it keeps the trainable set it sees
     if dist.is_main:
         write_json(run_dir / "config.json", {
-            **cfg.to_dict(), "resolved_epochs": epochs, "total_steps": total_steps, "device": str(device),
+            **cfg.to_dict(), "init_report": init_report.to_dict() if init_report else None,
+            "resolved_epochs": epochs, "total_steps": total_steps, "device": str(device),
             "data_summary": data.describe(), "preprocess": data.prep.to_dict(), "versions": versions(),
             "torch_threads": torch.get_num_threads(), "world_size": dist.world_size,
         })  # fmt: skip
@@ -239,6 +259,10 @@ def _run_locked(cfg: TrainConfig, run_dir: Path, resuming: bool, reporter: Repor
                   {"loop": st.__dict__.copy(), "history": records}, {**meta, "epoch": record["epoch"], "metrics": metrics})  # fmt: skip
         history.save(run_dir / "history.json", records)
 
+    def on_epoch_start(epoch: int) -> None:
+        if freezer is not None and freezer.apply(epoch):
+            reporter.log(f"epoch {epoch}: the backbone {'is frozen' if freezer.frozen else 'trains from now on'} (--unfreeze-at {cfg.unfreeze_at})")
+
     with _signals() as caught:
         try:
             reason = fit(
@@ -246,7 +270,7 @@ def _run_locked(cfg: TrainConfig, run_dir: Path, resuming: bool, reporter: Repor
                 epochs=epochs, seed=cfg.seed, max_steps=cfg.iters or None, total_steps=total_steps, monitor=cfg.monitor,
                 patience=cfg.patience, time_limit=cfg.time_limit, amp=cfg.amp, scaler=scaler,
                 should_stop=lambda: bool(caught), reporter=reporter, on_epoch_end=on_epoch_end,
-                dist=dist, eval_model=model if dist.enabled else train_model,
+                dist=dist, eval_model=model if dist.enabled else train_model, on_epoch_start=on_epoch_start,
             )  # fmt: skip
         except Interrupted:
             raise RunInterrupted(run_dir, state.epoch) from None

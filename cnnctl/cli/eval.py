@@ -13,10 +13,10 @@ def eval_cmd(
     target: Annotated[str, typer.Argument(help="Run directory, .safetensors checkpoint, or .onnx file.")],
     data: Annotated[Optional[str], typer.Option("--data", help="Data set name or image folder (default: the one the model was trained on).")] = None,
     data_dir: Annotated[Optional[str], typer.Option("--data-dir", help="Where torchvision data sets live (default: as at training).")] = None,
-    split: Annotated[str, typer.Option("--split", help="test, val, train, or all. A folder of class subfolders (no train/test inside) is evaluated whole.")] = "test",
+    split: Annotated[str, typer.Option("--split", metavar="[test|val|train|all]", help="test, val, train, or all. A folder of class subfolders (no train/test inside) is evaluated whole.")] = "test",
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per inference batch.")] = 1024,
-    provider: Annotated[str, typer.Option("--provider", help="onnxruntime provider for .onnx files: auto, cpu, cuda.")] = "auto",
-    device: Annotated[str, typer.Option("--device", help="PyTorch device for checkpoints: cpu or cuda.")] = "cpu",
+    provider: Annotated[str, typer.Option("--provider", metavar="[auto|cpu|cuda]", help="onnxruntime provider for .onnx files.")] = "auto",
+    device: Annotated[str, typer.Option("--device", metavar="[cpu|cuda]", help="PyTorch device for checkpoints.")] = "cpu",
     compare: Annotated[Optional[str], typer.Option("--compare", help="Evaluate another target on the same images and report agreement.")] = None,
     misclassified: Annotated[int, typer.Option("--misclassified", min=0, help="List the N most confident mistakes.")] = 0,
     min_accuracy: Annotated[Optional[float], typer.Option("--min-accuracy", min=0.0, max=1.0, help="Exit 1 when top-1 is below this (e.g. 0.98).")] = None,
@@ -27,6 +27,14 @@ def eval_cmd(
     json_: Annotated[bool, typer.Option("--json", help="Print the whole report as one JSON document.")] = False,
 ) -> None:
     """Loss, top-1/top-5, per-class precision/recall/F1 and the confusion matrix.
+
+    Examples:
+
+    $ cnnctl eval runs/digits --min-accuracy 0.98
+
+    $ cnnctl eval runs/pets/model.onnx --data new-photos/ --misclassified 10
+
+    $ cnnctl eval runs/c10 --tta-flip --compare runs/c10/model.int8.onnx --json
 
     Preprocessing comes from the model's own metadata, never from flags.
     """

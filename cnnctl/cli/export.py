@@ -13,14 +13,21 @@ def export_cmd(
     target: Annotated[str, typer.Argument(help="Run directory or .safetensors checkpoint.")],
     output: Annotated[Optional[str], typer.Option("--output", "-o", help="Output .onnx (default: model.onnx in the run directory).")] = None,
     opset: Annotated[int, typer.Option("--opset", help="ONNX opset.")] = 18,
-    dynamic: Annotated[str, typer.Option("--dynamic", help="batch: dynamic batch axis; none: fixed --batch.")] = "batch",
+    dynamic: Annotated[str, typer.Option("--dynamic", metavar="[batch|none]", help="batch: dynamic batch axis; none: fixed --batch.")] = "batch",
     batch: Annotated[int, typer.Option("--batch", min=1, max=4096, help="Batch size of a --dynamic none export.")] = 1,
-    exporter: Annotated[str, typer.Option("--exporter", help="auto (dynamo, falling back to torchscript), dynamo, torchscript.")] = "auto",
+    exporter: Annotated[str, typer.Option("--exporter", metavar="[auto|dynamo|torchscript]", help="auto: dynamo, falling back to torchscript.")] = "auto",
     tolerance: Annotated[float, typer.Option("--tolerance", help="Largest |logit difference| accepted (scaled by max |logit| when that is above 1).")] = 1e-4,
     int8: Annotated[bool, typer.Option("--int8", help="Also write a static int8 (QDQ, per-channel) model calibrated on training images.")] = False,
     json_: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
-    """Export to ONNX with the checkpoint's metadata, then prove it matches PyTorch."""
+    """Export to ONNX with the checkpoint's metadata, then prove it matches PyTorch.
+
+    Examples:
+
+    $ cnnctl export runs/digits                     (writes runs/digits/model.onnx)
+
+    $ cnnctl export runs/c10 --int8 -o c10.onnx      (and c10.int8.onnx, calibrated on training images)
+    """
     from cnnctl.export import export
 
     report = export(target, output, opset=opset, dynamic=dynamic, batch=batch, exporter=exporter, tolerance=tolerance, int8=int8)

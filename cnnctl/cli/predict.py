@@ -16,11 +16,20 @@ def predict(
     inputs: Annotated[list[str], typer.Argument(help="Image files, folders (recursive), globs, or - to read paths from stdin.")],
     top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Labels to show per image.")] = 1,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, max=65536, help="Images per inference batch.")] = 64,
-    provider: Annotated[str, typer.Option("--provider", help="onnxruntime provider: auto (CUDA when available), cpu, cuda.")] = "auto",
+    provider: Annotated[str, typer.Option("--provider", metavar="[auto|cpu|cuda]", help="onnxruntime provider (auto: CUDA when available).")] = "auto",
     threads: Annotated[int, typer.Option("--threads", min=0, help="onnxruntime intra-op threads (0 = its default).")] = 0,
     json_: Annotated[bool, typer.Option("--json", help="One JSON line per image: path and top-k labels with probabilities.")] = False,
 ) -> None:
-    """Predict classes with the preprocessing stored in the model's metadata."""
+    """Predict classes with the preprocessing stored in the model's metadata.
+
+    Examples:
+
+    $ cnnctl predict runs/pets/model.onnx photo.jpg
+
+    $ cnnctl predict runs/pets/model.onnx photos/ 'more/*.png' --top-k 3 --json
+
+    $ find photos -name '*.jpg' | cnnctl predict runs/pets/model.onnx -
+    """
     from cnnctl.errors import PartialFailure
     from cnnctl.inference import OnnxClassifier, expand_inputs, predict_paths
 

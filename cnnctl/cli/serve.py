@@ -16,7 +16,7 @@ def serve(
     max_wait_ms: Annotated[float, typer.Option("--max-wait-ms", min=0.0, max=10_000.0, help="Longest a request waits for a batch to fill.")] = 5.0,
     max_bytes: Annotated[int, typer.Option("--max-bytes", min=1, help="Largest request body accepted (bytes); larger ones get 413.")] = 10 << 20,
     top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Labels per image unless the request asks ?top_k=N.")] = 5,
-    provider: Annotated[str, typer.Option("--provider", help="onnxruntime provider: auto (CUDA when available), cpu, cuda.")] = "auto",
+    provider: Annotated[str, typer.Option("--provider", metavar="[auto|cpu|cuda]", help="onnxruntime provider (auto: CUDA when available).")] = "auto",
     threads: Annotated[int, typer.Option("--threads", min=0, help="onnxruntime intra-op threads per worker (0 = its default).")] = 0,
 ) -> None:
     """Serve a model over HTTP: POST /predict, GET /health, GET /metadata, and a page at /.
@@ -24,8 +24,13 @@ def serve(
     Images are preprocessed exactly as `cnnctl predict` does, from the model's own metadata.
     Concurrent requests are batched together. Ctrl-C or SIGTERM finishes requests in flight.
 
-    Example: cnnctl serve runs/x/model.onnx --port 8000, then
-    curl -s --data-binary @cat.jpg -H 'content-type: image/jpeg' localhost:8000/predict
+    Examples:
+
+    $ cnnctl serve runs/pets/model.onnx --port 8000
+
+    $ curl -s --data-binary @cat.jpg -H 'content-type: image/jpeg' localhost:8000/predict
+
+    $ curl -s -F file=@a.jpg -F file=@b.jpg 'localhost:8000/predict?top_k=3'
     """
     try:
         import starlette  # noqa: F401

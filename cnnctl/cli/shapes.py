@@ -23,6 +23,14 @@ def shapes(
 
     Ends "mat1 and mat2 shapes cannot be multiplied": when an input cannot pass through the
     model, the trace stops at the failing layer and says what would fit.
+
+    Examples:
+
+    $ cnnctl shapes tiny --input 3x32x32 --explain
+
+    $ cnnctl shapes catdog --input 1x64x64          (diagnoses the Linear that does not fit)
+
+    $ cnnctl shapes runs/digits                     (the trained model, as built for its data)
     """
     from cnnctl.errors import ShapeError
     from cnnctl.models.tracing import trace_target

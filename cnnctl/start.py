@@ -1,0 +1,181 @@
+"""Where a run's weights start, and which of them train: `--init`, `--freeze`, per-group rates.
+
+- `init_from(model, source)` loads every tensor of `source` whose name and shape match the
+  model's (a cnnctl run directory or checkpoint, or any safetensors file holding a plain state
+  dict, as timm and the Hugging Face hub publish); the others (usually the head, when the number
+  of classes differs) keep their fresh initialisation. A source that covers less than half of the
+  model's parameters is refused: it is another architecture.
+- `Freezer` freezes everything but the head (a linear probe): no gradients, and BatchNorm layers
+  in eval mode so their running statistics stay as they were; `unfreeze_at` epoch N releases
+  them (probe, then fine-tune). Frozen tensors come out bit-identical.
+- `param_groups` gives the head the base learning rate and the rest `backbone_lr_scale` times it;
+  the epoch loop multiplies each group's `lr_scale` into the scheduled rate.
+"""
+
+from __future__ import annotations
+
+import types
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from cnnctl.errors import CheckpointError, UsageError
+
+HEAD_NAMES = ("classifier", "fc", "head", "heads")
+# Prefixes that wrappers add to state-dict names (DDP, torch.compile, Lightning, some hubs).
+PREFIXES = ("module.", "_orig_mod.", "model.")
+
+
+@dataclass
+class InitReport:
+    source: str
+    loaded: list[str] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)  # model tensor -> why it kept its fresh init
+    unused: int = 0  # source tensors the model has no place for
+
+    def summary(self) -> str:
+        kept = ", ".join(f"{k} ({v})" for k, v in list(self.skipped.items())[:4])
+        more = f" and {len(self.skipped) - 4} more" if len(self.skipped) > 4 else ""
+        fresh = f"; initialised anew: {kept}{more}" if self.skipped else ""
+        return f"--init {self.source}: loaded {len(self.loaded)} of {len(self.loaded) + len(self.skipped)} tensors{fresh}" + (
+            f"; {self.unused} tensor(s) of the source unused" if self.unused else "")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"source": self.source, "loaded": len(self.loaded), "initialised_anew": self.skipped, "unused": self.unused}
+
+
+def read_state(source: str) -> dict[str, torch.Tensor]:
+    """Tensors of a run directory, a cnnctl checkpoint, or a plain safetensors state dict."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    p = Path(source)
+    if p.is_dir():
+        if not (p / "model.safetensors").is_file():
+            raise CheckpointError(f"--init {source}: no model.safetensors in it; give a cnnctl run directory or a .safetensors file")
+        p = p / "model.safetensors"
+    if p.suffix in (".pt", ".pth", ".ckpt", ".pkl", ".bin"):
+        raise CheckpointError(f"--init {source}: pickled PyTorch files are refused (loading them can run code); convert it to .safetensors")
+    if not p.is_file():
+        raise CheckpointError(f"--init {source}: no such file or directory")
+    try:
+        state = load_file(str(p))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"--init {source}: not a readable safetensors file ({str(exc).splitlines()[0]})") from None
+    # last.safetensors-style files keep the weights under model/ beside optimizer and RNG state.
+    if any(k.startswith("model/") for k in state):
+        state = {k.removeprefix("model/"): v for k, v in state.items() if k.startswith("model/")}
+    return state
+
+
+def _strip(name: str) -> str:
+    for prefix in PREFIXES:
+        if name.startswith(prefix):
+            return name[len(prefix):]
+    return name
+
+
+def init_from(model: nn.Module, source: str) -> InitReport:
+    """Copy the matching tensors of `source` into `model` (in place) and say what happened."""
+    state = read_state(source)
+    target = model.state_dict()
+    by_name = {k: v for k, v in state.items()}
+    if not set(by_name) & set(target):  # try without wrapper prefixes
+        by_name = {_strip(k): v for k, v in state.items()}
+    report = InitReport(source)
+    matched: dict[str, torch.Tensor] = {}
+    for name, tensor in target.items():
+        src = by_name.get(name)
+        if src is None:
+            report.skipped[name] = "not in the source"
+        elif tuple(src.shape) != tuple(tensor.shape):
+            report.skipped[name] = f"shape {list(src.shape)} in the source, {list(tensor.shape)} here"
+        else:
+            matched[name] = src
+            report.loaded.append(name)
+    report.unused = len(set(by_name) - set(target))
+    params = {n for n, _ in model.named_parameters()}
+    total = sum(t.numel() for n, t in target.items() if n in params)
+    covered = sum(matched[n].numel() for n in matched if n in params)
+    if total and covered < 0.5 * total:
+        raise CheckpointError(
+            f"--init {source} matches only {covered / total:.0%} of the model's parameters "
+            f"({len(report.loaded)} of {len(target)} tensors by name and shape): it is another architecture; "
+            f"start from a checkpoint of the same model"
+        )
+    with torch.no_grad():
+        for name, src in matched.items():
+            target[name].copy_(src.to(target[name].dtype))
+    return report
+
+
+def head_of(model: nn.Module) -> tuple[str, nn.Module]:
+    """The classifier head: the first of `classifier`, `fc`, `head`, `heads` the model has."""
+    for name in HEAD_NAMES:
+        module = getattr(model, name, None)
+        if isinstance(module, nn.Module):
+            return name, module
+    last = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if not last:
+        raise UsageError("--freeze backbone: this model has no classifier head (no Linear layer) to keep training")
+    return last[-1]
+
+
+def _stay_eval(self: nn.Module, mode: bool = True) -> nn.Module:
+    return nn.Module.train(self, False)
+
+
+class Freezer:
+    """Freeze all but the head until epoch `unfreeze_at` (0: for the whole run)."""
+
+    def __init__(self, model: nn.Module, mode: str, unfreeze_at: int = 0) -> None:
+        self.model, self.mode, self.unfreeze_at = model, mode, unfreeze_at
+        self.head_name, head = head_of(model) if mode != "none" else ("", None)
+        self.head_params = {id(p) for p in head.parameters()} if head is not None else set()
+        self.frozen = False
+
+    def frozen_at(self, epoch: int) -> bool:
+        return self.mode == "backbone" and (self.unfreeze_at <= 0 or epoch < self.unfreeze_at)
+
+    def apply(self, epoch: int) -> bool:
+        """Set the state for `epoch`; returns True when it changed."""
+        want = self.frozen_at(epoch)
+        if want == self.frozen:
+            return False
+        head_modules = {id(m) for m in dict(self.model.named_modules())[self.head_name].modules()} if self.head_name else set()
+        for p in self.model.parameters():
+            if id(p) not in self.head_params:
+                p.requires_grad_(not want)
+        for m in self.model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and id(m) not in head_modules:
+                if want:
+                    m.train = types.MethodType(_stay_eval, m)  # model.train() leaves it in eval mode
+                    m.eval()
+                else:
+                    m.__dict__.pop("train", None)
+        self.frozen = want
+        return True
+
+
+def param_groups(model: nn.Module, freezer: Freezer | None, backbone_lr_scale: float) -> list[dict[str, Any]]:
+    """Optimizer groups: the head at the base rate, the backbone at `backbone_lr_scale` times it.
+
+    Frozen parameters are in the backbone group too (they get no gradients while frozen, so the
+    optimizer leaves them untouched), so unfreezing needs no new optimizer.
+    """
+    if freezer is None or not freezer.head_params:
+        if backbone_lr_scale != 1.0:
+            head = {id(p) for p in head_of(model)[1].parameters()}
+        else:
+            return [{"params": list(model.parameters()), "lr_scale": 1.0}]
+    else:
+        head = freezer.head_params
+    head_params = [p for p in model.parameters() if id(p) in head]
+    rest = [p for p in model.parameters() if id(p) not in head]
+    groups = [{"params": head_params, "lr_scale": 1.0, "name": "head"}]
+    if rest:
+        groups.append({"params": rest, "lr_scale": backbone_lr_scale, "name": "backbone"})
+    return groups
