@@ -2,10 +2,11 @@
 
 Baseline: one process reads each image, preprocesses it (`load_image` + `normalize`, what
 predict does) and calls the onnxruntime session with a batch of 1, one image after another.
-Server: `cnnctl serve MODEL` in its own process; an asyncio client keeps C requests in flight
-(C = 1, 8, 32), one image per request (raw JPEG body), and records each request's latency.
-Every run is bounded: `--requests` per level or `--seconds`, whichever comes first. Only the
-loopback address is used.
+Server: `cnnctl serve MODEL` in its own process. The load comes from `wrk` (Debian's package: a
+C client that costs the shared CPU little) keeping C connections busy (C = 1, 8, 32) for
+`--seconds` each, POSTing one real JPEG per request; without wrk, an asyncio httpx client does
+the same with the distinct JPEGs for at most `--requests` per level (httpx costs ~1 ms of CPU per
+request itself, so its numbers understate the server). Only the loopback address is used.
 
     python -m benchmarks.serve [--model X.onnx] [--requests 600] [--seconds 20]
 
@@ -80,6 +81,25 @@ async def load(url: str, concurrency: int, n: int, seconds: float) -> tuple[floa
         return len(lat) / (time.perf_counter() - start), lat
 
 
+def load_wrk(url: str, concurrency: int, seconds: float) -> tuple[float, float, float]:
+    """(requests/s, p50 ms, p99 ms) from wrk posting one JPEG for `seconds`."""
+    import os
+    import re
+    import shutil
+
+    script = Path(tempfile.mkdtemp()) / "post.lua"
+    script.write_text('wrk.method = "POST"\nwrk.headers["Content-Type"] = "image/jpeg"\n'
+                      'local f = io.open(os.getenv("IMG"), "rb"); wrk.body = f:read("*a"); f:close()\n')  # fmt: skip
+    out = subprocess.run([shutil.which("wrk") or "wrk", "-t1", f"-c{concurrency}", f"-d{int(seconds)}s", "--latency", "-s", str(script),
+                          url + "/predict"], env={**os.environ, "IMG": str(IMAGES[0])}, capture_output=True, text=True, check=True).stdout  # fmt: skip
+
+    def ms(label: str) -> float:
+        value, unit = re.search(rf"{label}\s+([\d.]+)(us|ms|s)", out).groups()
+        return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
+
+    return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)), ms("50%"), ms("99%")
+
+
 def pct(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100)[int(q) - 1] * 1000 if len(values) > 1 else values[0] * 1000
 
@@ -113,9 +133,16 @@ def main() -> None:
                     break
             except httpx.HTTPError:
                 time.sleep(0.1)
+        import shutil
+
+        client = "wrk" if shutil.which("wrk") else "httpx"
         for c in (1, 8, 32):
-            rps, lat = asyncio.run(load(url, c, args.requests, args.seconds))
-            print(f"cnnctl serve, concurrency {c:2d}:        {rps:7.1f} req/s  p50 {pct(lat, 50):6.2f} ms  p99 {pct(lat, 99):6.2f} ms"
+            if client == "wrk":
+                rps, p50, p99 = load_wrk(url, c, args.seconds)
+            else:
+                rps, lat = asyncio.run(load(url, c, args.requests, args.seconds))
+                p50, p99 = pct(lat, 50), pct(lat, 99)
+            print(f"cnnctl serve, concurrency {c:2d} ({client}): {rps:7.1f} req/s  p50 {p50:6.2f} ms  p99 {p99:6.2f} ms"
                   f"  ({rps / rate:.2f}x the sequential loop)")  # fmt: skip
         sizes = httpx.get(url + "/metadata").json()["batch_sizes"]
         print(f"batch sizes formed (size: count): {sizes}")

@@ -64,7 +64,12 @@ class Stats:
 
 
 class Batcher:
-    """Runs the model on batches gathered from concurrent requests (one onnxruntime call at a time)."""
+    """Runs the model on batches gathered from concurrent requests (one onnxruntime call at a time).
+
+    A batch takes every image already queued; it waits (at most `max_wait_ms`) for more only
+    while other requests are still being decoded, so a lone request never waits for company that
+    is not coming, and under load the images that arrive during one call form the next batch.
+    """
 
     def __init__(self, clf: OnnxClassifier, max_batch: int, max_wait_ms: float, stats: Stats) -> None:
         self.clf, self.max_batch, self.max_wait = clf, max_batch, max_wait_ms / 1000.0
@@ -72,6 +77,8 @@ class Batcher:
         self.queue: asyncio.Queue[tuple[np.ndarray, asyncio.Future[np.ndarray]]] = asyncio.Queue()
         self.runner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cnnctl-infer")
         self.task: asyncio.Task[None] | None = None
+        self.decoding = 0  # images of accepted requests not yet queued
+        self.arrived = asyncio.Event()
 
     def start(self) -> None:
         self.task = asyncio.get_running_loop().create_task(self._loop())
@@ -88,7 +95,8 @@ class Batcher:
     async def probabilities(self, x: np.ndarray) -> np.ndarray:
         """Class probabilities for one normalised image (C, H, W), computed in some batch."""
         future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
-        await self.queue.put((x, future))
+        self.queue.put_nowait((x, future))
+        self.arrived.set()
         return await future
 
     async def _loop(self) -> None:
@@ -97,11 +105,14 @@ class Batcher:
             items = [await self.queue.get()]
             deadline = loop.time() + self.max_wait
             while len(items) < self.max_batch:
+                while not self.queue.empty() and len(items) < self.max_batch:
+                    items.append(self.queue.get_nowait())
                 timeout = deadline - loop.time()
-                if timeout <= 0:
+                if len(items) >= self.max_batch or self.decoding <= 0 or timeout <= 0:
                     break
+                self.arrived.clear()
                 try:
-                    items.append(await asyncio.wait_for(self.queue.get(), timeout))
+                    await asyncio.wait_for(self.arrived.wait(), timeout)
                 except asyncio.TimeoutError:
                     break
             batch = np.stack([x for x, _ in items])
@@ -211,7 +222,11 @@ def create_app(cfg: ServeConfig, clf: OnnxClassifier | None = None) -> Any:
         k = max(1, min(k, len(classes)))
         files = await uploads(request)
         loop = asyncio.get_running_loop()
-        images = await asyncio.gather(*(loop.run_in_executor(decoder, decode, n, d) for n, d in files))
+        batcher.decoding += len(files)
+        try:
+            images = await asyncio.gather(*(loop.run_in_executor(decoder, decode, n, d) for n, d in files))
+        finally:
+            batcher.decoding -= len(files)
         probs = await asyncio.gather(*(batcher.probabilities(x) for x in images))
         rows = [{"path": name, "top": [{"label": label, "prob": round(p, 6)} for label, p in top]}
                 for (name, _), top in zip(files, top_k(np.stack(probs), classes, k))]  # fmt: skip
