@@ -179,7 +179,7 @@ def main() -> None:
         base = dataloader_decode(folder, args.size)
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         train = ["train", "tv:mobilenet_v3_small", "--data", str(folder), "--image-size", str(args.size), "--iters", str(args.iters),
-                 "--batch-size", "16", "--val-split", "0.01", "--eval-batch-size", "64", "--augment", "flip-crop"]  # fmt: skip
+                 "--batch-size", "16", "--val-split", "0.01", "--eval-batch-size", "16", "--augment", "flip-crop"]  # fmt: skip
         single, peaks = run_measured([sys.executable, "-m", "cnnctl", *train, "--cache-dir", str(work / "cache1"),
                                       "--out", str(work / "run1")], env)  # fmt: skip
         if single.returncode != 0:
@@ -200,7 +200,7 @@ def main() -> None:
         if ddp.returncode != 0:
             sys.exit(ddp.stderr)
         launcher = _main_pid(peaks)
-        ranks = [peak for pid, (parent, peak) in peaks.items() if parent == launcher]
+        ranks = [peak for pid, (parent, peak) in peaks.items() if parent == launcher and peak > 0]
         caches = list((work / "cache2").glob("pixels-*.u8"))
         print(f"torchrun 2 processes: peak RssAnon {_mib(ranks)} per rank (launcher {_mib([peaks[launcher][1]])}); "
               f"{len(caches)} cache file(s) of {sum(c.stat().st_size for c in caches) / 1e9:.2f} GB, decoded once")

@@ -123,7 +123,7 @@ def load_image(path: str | Path | IO[bytes], prep: Preprocess, out: np.ndarray |
     except PermissionError as exc:
         raise DataError(f"{label}: permission denied") from exc
     except (OSError, ValueError, SyntaxError) as exc:
-        first = str(exc).splitlines()[0].replace(repr(path), "it") if str(exc) else type(exc).__name__
+        first = str(exc).splitlines()[0].replace(" " + repr(path), "") if str(exc) else type(exc).__name__
         raise DataError(f"{label}: not a readable image ({first})") from exc
 
 

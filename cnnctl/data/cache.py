@@ -184,9 +184,9 @@ def _worker_init() -> None:
 def _decode_rows_in_processes(files: list[str], prep: Preprocess, tmp: Path, shape: tuple[int, ...], log: Log, where: str) -> dict[int, str]:
     """Decode on every core: worker processes write their rows straight into the mapped file.
 
-    Processes, not threads: PIL holds the GIL for part of the work on every image, and a thread
-    pool decoded at 0.64x the speed of torchvision's DataLoader with as many worker processes
-    (docs/benchmarks.md).
+    Processes, not threads: PIL holds the GIL for part of the work on every image; a thread pool
+    measured 0.64x torchvision's DataLoader with as many worker processes, these 0.83-0.89x while
+    also writing the cache (docs/benchmarks.md).
     """
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
