@@ -47,6 +47,8 @@ class TrainConfig:
     grayscale: bool = _f(False, "Convert images to 1-channel grayscale (image folders).")
     mean: str = _f("", "Per-channel mean, e.g. 0.5,0.5,0.5 (default: computed on the training split).")
     std: str = _f("", "Per-channel std, e.g. 0.25,0.25,0.25 (default: computed on the training split).")
+    pretrained: bool = _f(False, "tv:NAME models: start from torchvision's DEFAULT weights (torch hub cache, TORCH_HOME); their mean/std become the run's.")
+    weights: str = _f("", "tv:NAME models: start from these torchvision weights, e.g. IMAGENET1K_V1 (implies --pretrained).")
     init: str = _f("", "Start from the weights of a cnnctl run directory or checkpoint, or a safetensors state dict: "
                        "tensors whose names and shapes match are loaded, the rest (usually the head) start fresh.")
     freeze: str = _f("none", "none, or backbone: train only the head (a linear probe; frozen BatchNorm statistics stay as they are).")
@@ -94,7 +96,7 @@ FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 # Where each option shows in `cnnctl train --help`, in this order; every CLI field has one panel.
 PANELS: dict[str, tuple[str, ...]] = {
     "Data": ("data", "data_dir", "download", "val_split", "subset", "image_size", "grayscale", "mean", "std", "cache_dir"),
-    "Model & start": ("init", "freeze", "unfreeze_at", "backbone_lr_scale"),
+    "Model & start": ("pretrained", "weights", "init", "freeze", "unfreeze_at", "backbone_lr_scale"),
     "Optimisation": ("epochs", "iters", "batch_size", "eval_batch_size", "optimizer", "lr", "momentum", "nesterov",
                      "weight_decay", "loss", "label_smoothing"),
     "Schedule & stopping": ("scheduler", "warmup", "step_size", "gamma", "patience", "monitor", "time_limit"),
@@ -141,6 +143,8 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         raise UsageError(f"--lr must be a positive number (e.g. 1e-3), got {cfg.lr}")
     if cfg.weight_decay < 0 or not 0 <= cfg.label_smoothing < 1 or cfg.momentum < 0 or cfg.warmup < 0:
         raise UsageError("--weight-decay, --momentum and --warmup must be >= 0 and --label-smoothing in [0, 1)")
+    if (cfg.pretrained or cfg.weights) and cfg.init:
+        raise UsageError("--pretrained/--weights and --init both choose the start weights; give one of them")
     if cfg.unfreeze_at < 0 or cfg.backbone_lr_scale < 0:
         raise UsageError("--unfreeze-at and --backbone-lr-scale cannot be negative")
     if cfg.unfreeze_at and cfg.freeze == "none":

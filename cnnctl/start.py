@@ -79,10 +79,14 @@ def _strip(name: str) -> str:
 
 
 def init_from(model: nn.Module, source: str) -> InitReport:
-    """Copy the matching tensors of `source` into `model` (in place) and say what happened."""
-    state = read_state(source)
+    """Copy the matching tensors of `source` (a file or run directory) into `model`; say what happened."""
+    return load_matching(model, read_state(source), f"--init {source}", source)
+
+
+def load_matching(model: nn.Module, state: dict[str, torch.Tensor], what: str, source: str) -> InitReport:
+    """Copy the tensors of `state` whose names and shapes match into `model` (in place)."""
     target = model.state_dict()
-    by_name = {k: v for k, v in state.items()}
+    by_name = dict(state)
     if not set(by_name) & set(target):  # try without wrapper prefixes
         by_name = {_strip(k): v for k, v in state.items()}
     report = InitReport(source)
@@ -102,7 +106,7 @@ def init_from(model: nn.Module, source: str) -> InitReport:
     covered = sum(matched[n].numel() for n in matched if n in params)
     if total and covered < 0.5 * total:
         raise CheckpointError(
-            f"--init {source} matches only {covered / total:.0%} of the model's parameters "
+            f"{what} matches only {covered / total:.0%} of the model's parameters "
             f"({len(report.loaded)} of {len(target)} tensors by name and shape): it is another architecture; "
             f"start from a checkpoint of the same model"
         )
@@ -110,6 +114,70 @@ def init_from(model: nn.Module, source: str) -> InitReport:
         for name, src in matched.items():
             target[name].copy_(src.to(target[name].dtype))
     return report
+
+
+@dataclass
+class Pretrained:
+    """torchvision weights for a `tv:NAME` model: where they live, and the preprocessing they expect."""
+
+    name: str  # e.g. ResNet18_Weights.IMAGENET1K_V1
+    url: str
+    file: Path  # the torch hub cache file ($TORCH_HOME/hub/checkpoints/...)
+    mean: list[float]
+    std: list[float]
+    crop_size: int
+    resize_size: int
+    interpolation: str
+
+
+def pretrained_weights(model_name: str, choice: str) -> Pretrained:
+    """Look up torchvision's weights enum for `tv:NAME` (`choice`: DEFAULT or a member name)."""
+    import os
+    from urllib.parse import urlparse
+
+    import torchvision.models as tvm
+
+    if not model_name.startswith("tv:"):
+        raise UsageError(f"--pretrained/--weights take torchvision's weights, for tv:NAME models; for {model_name} use --init with a checkpoint")
+    tv_name = model_name[3:]
+    try:
+        enum = tvm.get_model_weights(tv_name)
+    except (ValueError, KeyError):
+        raise UsageError(f"torchvision publishes no weights for {tv_name}") from None
+    members = [m for m in enum.__members__ if m != "DEFAULT"]
+    try:
+        weights = enum[choice]
+    except KeyError:
+        raise UsageError(f"--weights {choice!r}: {enum.__name__} has {', '.join(['DEFAULT', *members])}") from None
+    transform = weights.transforms()
+    hub = Path(torch.hub.get_dir()) / "checkpoints"
+    return Pretrained(
+        name=str(weights), url=weights.url, file=hub / os.path.basename(urlparse(weights.url).path),
+        mean=[float(v) for v in transform.mean], std=[float(v) for v in transform.std],
+        crop_size=int(transform.crop_size[0]), resize_size=int(transform.resize_size[0]),
+        interpolation=str(transform.interpolation.value),
+    )  # fmt: skip
+
+
+def load_pretrained(model: nn.Module, weights: Pretrained) -> InitReport:
+    """Load torchvision's weights from the torch hub cache (downloading them when possible)."""
+    if not weights.file.is_file():
+        try:
+            torch.hub.download_url_to_file(weights.url, str(weights.file), progress=False)
+        except Exception as exc:  # noqa: BLE001 - URLError, HTTPError, OSError, timeouts
+            weights.file.with_suffix(weights.file.suffix + ".partial").unlink(missing_ok=True)
+            raise CheckpointError(
+                f"{weights.name} is not in the torch hub cache and could not be downloaded ({type(exc).__name__}); "
+                f"fetch {weights.url} and save it as {weights.file} (TORCH_HOME sets the cache folder)"
+            ) from None
+    try:
+        # weights_only: the restricted unpickler that loads tensors and plain containers, no code.
+        state = torch.load(str(weights.file), map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - damaged or foreign file
+        raise CheckpointError(f"{weights.file}: not readable as {weights.name} ({str(exc).splitlines()[0][:200]}); delete it and retry") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{weights.file}: holds no state dict; delete it and retry")
+    return load_matching(model, state, f"--pretrained {weights.name}", weights.name)
 
 
 def head_of(model: nn.Module) -> tuple[str, nn.Module]:

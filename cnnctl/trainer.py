@@ -6,6 +6,7 @@ the run directory holds a consistent `last.safetensors` + `history.json` to resu
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import shutil
@@ -30,7 +31,7 @@ from cnnctl.errors import CnnctlError, RunDirError, UsageError
 from cnnctl.io import RunLock, write_json
 from cnnctl.models import create
 from cnnctl.schedule import lr_at
-from cnnctl.start import Freezer, init_from, param_groups
+from cnnctl.start import Freezer, init_from, load_pretrained, param_groups, pretrained_weights
 
 
 @dataclass
@@ -189,13 +190,26 @@ def _run_locked(cfg: TrainConfig, run_dir: Path, resuming: bool, reporter: Repor
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    # A resumed run takes its weights from last.safetensors; the start weights matter only once.
+    fresh_start = not (resuming and (run_dir / "last.safetensors").exists())
+    weights = pretrained_weights(cfg.model, cfg.weights or "DEFAULT") if (cfg.pretrained or cfg.weights) else None
+    if weights is not None and not cfg.mean and not cfg.std:
+        # The weights' normalisation becomes the run's (and so the checkpoint's, the export's, predict's).
+        mean, std = weights.mean, weights.std
+        if cfg.grayscale:
+            mean, std = [sum(mean) / 3], [sum(std) / 3]
+        cfg = dataclasses.replace(cfg, mean=",".join(map(str, mean)), std=",".join(map(str, std)))
     data = build(cfg, reporter.log)
     for note in data.notes:
         reporter.log(note)
     torch.manual_seed(cfg.seed)
     model = create(cfg.model, data.input_shape, len(data.classes))
     init_report = None
-    if cfg.init:
+    if weights is not None and fresh_start:
+        init_report = load_pretrained(model, weights)
+        reporter.log(init_report.summary().replace("--init ", "--pretrained ", 1)
+                     + f"; torchvision trained them on {weights.crop_size}x{weights.crop_size} crops of images resized to {weights.resize_size}")  # fmt: skip
+    if cfg.init and fresh_start:
         init_report = init_from(model, cfg.init)
         reporter.log(init_report.summary())
     model = model.to(device)

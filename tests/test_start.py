@@ -107,3 +107,45 @@ def test_param_groups_give_the_backbone_its_own_rate():
     assert [g["name"] for g in groups] == ["head", "backbone"] and groups[1]["lr_scale"] == 0.1
     assert freezer.apply(1) and not any(p.requires_grad for p in model.features.parameters())
     assert all(p.requires_grad for p in model.classifier.parameters())
+
+
+def _fake_torchvision_weights(torch_home: Path) -> tuple[Path, dict[str, torch.Tensor]]:
+    """resnet18 weights (seeded, not ImageNet's) under the name torchvision's API expects in the hub cache."""
+    import torchvision
+
+    torch.manual_seed(7)
+    state = torchvision.models.resnet18(weights=None).state_dict()
+    path = torch_home / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
+    path.parent.mkdir(parents=True)
+    torch.save(state, path)  # the format torchvision publishes; cnnctl reads it with weights_only=True
+    return path, state
+
+
+def test_pretrained_torchvision_weights_come_from_the_torch_hub_cache(tmp_path):
+    from tests.conftest import PETS_MINI
+
+    _, state = _fake_torchvision_weights(tmp_path / "torch")
+    out = tmp_path / "run"
+    proc = run_cli("train", "tv:resnet18", "--pretrained", "--data", PETS_MINI, "--image-size", "64", "--iters", "2",
+                   "--batch-size", "8", "--freeze", "backbone", "--out", out, env={"TORCH_HOME": str(tmp_path / "torch")})  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "--pretrained ResNet18_Weights.IMAGENET1K_V1: loaded 120 of 122 tensors; initialised anew: fc.weight" in proc.stderr
+    got = last_weights(out)
+    assert got["conv1.weight"].equal(state["conv1.weight"]) and got["layer4.1.bn2.running_var"].equal(state["layer4.1.bn2.running_var"])
+    assert got["fc.weight"].shape == (2, 512)
+    meta = json.loads((out / "config.json").read_text())
+    assert meta["preprocess"]["mean"] == [0.485, 0.456, 0.406] and meta["preprocess"]["std"] == [0.229, 0.224, 0.225]
+
+
+def test_pretrained_offline_without_the_file_is_one_line_and_leaves_nothing(tmp_path):
+    from tests.conftest import PETS_MINI
+
+    # No network here, and an unroutable proxy makes sure of it elsewhere: the download must fail.
+    env = {"TORCH_HOME": str(tmp_path / "empty"), "HTTPS_PROXY": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9"}
+    proc = run_cli("train", "tv:resnet18", "--pretrained", "--data", PETS_MINI, "--image-size", "64", "--iters", "1",
+                   "--out", tmp_path / "run", env=env)  # fmt: skip
+    assert_user_error(proc, "https://download.pytorch.org/models/resnet18-f37072fd.pth",
+                      str(tmp_path / "empty" / "hub" / "checkpoints" / "resnet18-f37072fd.pth"))
+    assert proc.returncode == 2 and not (tmp_path / "run").exists()
+    assert_user_error(run_cli("train", "model-a", "--pretrained"), "tv:NAME")
+    assert_user_error(run_cli("train", "tv:resnet18", "--weights", "IMAGENET9K"), "IMAGENET1K_V1")
