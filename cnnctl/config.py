@@ -18,7 +18,7 @@ from typing import Any
 from cnnctl.errors import UsageError
 
 CHOICES: dict[str, tuple[str, ...]] = {
-    "augment": ("none", "flip-crop", "shift", "flip"),
+    "augment": ("none", "flip-crop", "shift", "flip", "rrc-flip"),
     "optimizer": ("sgd", "adam", "adamw"),
     "loss": ("ce", "mse"),
     "scheduler": ("none", "step", "cosine", "onecycle"),
@@ -26,6 +26,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "amp": ("none", "bf16", "fp16"),
     "monitor": ("val_acc", "val_loss"),
     "freeze": ("none", "backbone"),
+    "resize": ("auto", "stretch", "crop"),
 }
 
 
@@ -54,7 +55,11 @@ class TrainConfig:
     freeze: str = _f("none", "none, or backbone: train only the head (a linear probe; frozen BatchNorm statistics stay as they are).")
     unfreeze_at: int = _f(0, "With --freeze backbone: train the whole network from this epoch on (probe, then fine-tune); 0 = never.")
     backbone_lr_scale: float = _f(1.0, "Learning-rate factor for all but the head, e.g. 0.1 when fine-tuning from --init.")
-    augment: str = _f("none", "Augmentation: none, flip-crop (pad-4 crop + h-flip), shift (+-2 px, for digits), flip.")
+    resize: str = _f("auto", "Image folders: stretch to --image-size (the tutorials), or crop: keep the aspect ratio, resize the "
+                         "shorter side to --image-size / --crop-pct and cut out the centre (photos; auto: crop with --pretrained, else stretch).")
+    crop_pct: float = _f(0.875, "With --resize crop: the share of the resized shorter side kept by the centre crop (timm's crop_pct).")
+    augment: str = _f("none", "Augmentation: none, flip-crop (pad-4 crop + h-flip), shift (+-2 px, for digits), flip, "
+                              "rrc-flip (random-resized-crop + h-flip; with --resize crop).")
     allow_flip: bool = _f(False, "Allow horizontal flips on digit data sets (refused by default: a flipped 2 is not a 2).")
     epochs: int = _f(10, "Number of epochs (ignored when --iters is set).")
     iters: int = _f(0, "Train for this many iterations (batches) instead of --epochs.")
@@ -88,14 +93,15 @@ class TrainConfig:
 
     @property
     def flip(self) -> bool:
-        return self.augment in ("flip-crop", "flip")
+        return self.augment in ("flip-crop", "flip", "rrc-flip")
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 
 # Where each option shows in `cnnctl train --help`, in this order; every CLI field has one panel.
 PANELS: dict[str, tuple[str, ...]] = {
-    "Data": ("data", "data_dir", "download", "val_split", "subset", "image_size", "grayscale", "mean", "std", "cache_dir"),
+    "Data": ("data", "data_dir", "download", "val_split", "subset", "image_size", "resize", "crop_pct", "grayscale", "mean", "std",
+             "cache_dir"),
     "Model & start": ("pretrained", "weights", "init", "freeze", "unfreeze_at", "backbone_lr_scale"),
     "Optimisation": ("epochs", "iters", "batch_size", "eval_batch_size", "optimizer", "lr", "momentum", "nesterov",
                      "weight_decay", "loss", "label_smoothing"),
@@ -143,6 +149,10 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         raise UsageError(f"--lr must be a positive number (e.g. 1e-3), got {cfg.lr}")
     if cfg.weight_decay < 0 or not 0 <= cfg.label_smoothing < 1 or cfg.momentum < 0 or cfg.warmup < 0:
         raise UsageError("--weight-decay, --momentum and --warmup must be >= 0 and --label-smoothing in [0, 1)")
+    if not 0.1 <= cfg.crop_pct <= 1.0:
+        raise UsageError(f"--crop-pct must be in [0.1, 1], got {cfg.crop_pct}")
+    if cfg.augment == "rrc-flip" and cfg.resize == "stretch":
+        raise UsageError("--augment rrc-flip crops from images stored larger than the model's input: use it with --resize crop")
     if (cfg.pretrained or cfg.weights) and cfg.init:
         raise UsageError("--pretrained/--weights and --init both choose the start weights; give one of them")
     if cfg.unfreeze_at < 0 or cfg.backbone_lr_scale < 0:

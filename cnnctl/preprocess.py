@@ -28,8 +28,11 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".ti
 class Preprocess:
     """Everything needed to turn an image file into the model's input tensor.
 
-    `size` is (H, W); images of another size are resized to it (aspect ratio not kept, as the
-    tutorials do) with `interpolation`. `channels` 1 means grayscale ("L"), 3 means RGB.
+    `size` is (H, W). `resize` "stretch": images of another size are resized to it, aspect ratio
+    not kept, as the tutorials do. `resize` "crop": the shorter side is resized to `resize_size`
+    (aspect ratio kept), then the centre `size` is cut out, as torchvision's weights transforms
+    (`Resize(256)` + `CenterCrop(224)`) and timm's `crop_pct` do, with the same rounding. Both
+    with `interpolation`. `channels` 1 means grayscale ("L"), 3 means RGB.
     """
 
     channels: int
@@ -38,6 +41,7 @@ class Preprocess:
     std: list[float] = field(default_factory=list)
     interpolation: str = "bilinear"
     resize: str = "stretch"
+    resize_size: int = 0  # "crop": the shorter side before the centre crop
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -54,6 +58,7 @@ class Preprocess:
                 std=[float(v) for v in d.get("std", [])],
                 interpolation=str(d.get("interpolation", "bilinear")),
                 resize=str(d.get("resize", "stretch")),
+                resize_size=int(d.get("resize_size", 0)),
             )
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise DataError(f"preprocessing metadata is malformed ({exc!r}); re-export the model") from exc
@@ -61,6 +66,10 @@ class Preprocess:
             raise DataError("preprocessing metadata is inconsistent (channels/mean/std); re-export the model")
         if any(s <= 0 for s in prep.std) or min(prep.size) < 1:
             raise DataError("preprocessing metadata has a zero std or an empty size; re-export the model")
+        if prep.resize not in ("stretch", "crop") or prep.interpolation not in _RESAMPLE or (
+                prep.resize == "crop" and prep.resize_size < max(prep.size)):  # fmt: skip
+            raise DataError(f"preprocessing metadata names an unknown resize ({prep.resize!r}, {prep.interpolation!r}, "
+                            f"resize_size {prep.resize_size}); re-export the model with this cnnctl")  # fmt: skip
         return prep
 
 
@@ -88,7 +97,9 @@ def decode(img: Image.Image, prep: Preprocess, out: np.ndarray | None = None) ->
     """A PIL image -> uint8 array (C, H, W) at `prep.size`, written into `out` when given."""
     img = to_mode(img, prep.channels)
     h, w = prep.size
-    if img.size != (w, h):
+    if prep.resize == "crop":
+        img = _resize_shorter_then_centre_crop(img, prep.resize_size, h, w, _RESAMPLE[prep.interpolation])
+    elif img.size != (w, h):
         img = img.resize((w, h), _RESAMPLE[prep.interpolation])
     arr = np.asarray(img, dtype=np.uint8)
     chw = arr[None, :, :] if arr.ndim == 2 else arr.transpose(2, 0, 1)
@@ -96,6 +107,19 @@ def decode(img: Image.Image, prep: Preprocess, out: np.ndarray | None = None) ->
         return np.ascontiguousarray(chw) if arr.ndim == 3 else chw.copy()
     out[...] = chw  # one copy, straight into the destination (e.g. a row of the mapped cache)
     return out
+
+
+def _resize_shorter_then_centre_crop(img: Image.Image, shorter: int, h: int, w: int, resample: Image.Resampling) -> Image.Image:
+    """torchvision's Resize(shorter) then CenterCrop((h, w)) on a PIL image, to the pixel."""
+    iw, ih = img.size
+    if iw <= ih:
+        nw, nh = shorter, int(shorter * ih / iw)
+    else:
+        nh, nw = shorter, int(shorter * iw / ih)
+    if (nw, nh) != (iw, ih):
+        img = img.resize((nw, nh), resample)
+    top, left = int(round((nh - h) / 2.0)), int(round((nw - w) / 2.0))
+    return img.crop((left, top, left + w, top + h))
 
 
 def load_image(path: str | Path | IO[bytes], prep: Preprocess, out: np.ndarray | None = None, *, name: str | None = None) -> np.ndarray:

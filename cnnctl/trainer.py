@@ -193,12 +193,19 @@ def _run_locked(cfg: TrainConfig, run_dir: Path, resuming: bool, reporter: Repor
     # A resumed run takes its weights from last.safetensors; the start weights matter only once.
     fresh_start = not (resuming and (run_dir / "last.safetensors").exists())
     weights = pretrained_weights(cfg.model, cfg.weights or "DEFAULT") if (cfg.pretrained or cfg.weights) else None
-    if weights is not None and not cfg.mean and not cfg.std:
-        # The weights' normalisation becomes the run's (and so the checkpoint's, the export's, predict's).
-        mean, std = weights.mean, weights.std
-        if cfg.grayscale:
-            mean, std = [sum(mean) / 3], [sum(std) / 3]
-        cfg = dataclasses.replace(cfg, mean=",".join(map(str, mean)), std=",".join(map(str, std)))
+    if weights is not None:
+        # The weights' preprocessing becomes the run's (and so the checkpoint's, the export's and
+        # predict's) wherever the flags leave it open: normalisation, crop, crop size.
+        if not cfg.mean and not cfg.std:
+            mean, std = weights.mean, weights.std
+            if cfg.grayscale:
+                mean, std = [sum(mean) / 3], [sum(std) / 3]
+            cfg = dataclasses.replace(cfg, mean=",".join(map(str, mean)), std=",".join(map(str, std)))
+        if cfg.resize == "auto" and cfg.data not in NAMED_SETS:
+            cfg = dataclasses.replace(cfg, resize="crop", crop_pct=weights.crop_size / weights.resize_size,
+                                      image_size=cfg.image_size or str(weights.crop_size))  # fmt: skip
+    if cfg.resize == "auto":
+        cfg = dataclasses.replace(cfg, resize="stretch")
     data = build(cfg, reporter.log)
     for note in data.notes:
         reporter.log(note)

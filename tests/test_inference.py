@@ -39,6 +39,33 @@ def test_predict_preprocessing_equals_the_training_pipeline(tmp_path):
     assert np.array_equal(train_x.numpy(), predict_x)  # bit-identical, not just close
 
 
+def test_photo_crop_preprocessing_matches_torchvision_and_predict(tmp_path):
+    import shutil
+
+    import torchvision.transforms.v2 as T
+    from PIL import Image
+
+    # Non-square photos, kept in aspect: shorter side to 73, centre 64x64 (crop_pct 0.875), the
+    # way torchvision's weights transforms do it; eval's folder path and predict's path must agree
+    # with torchvision to the pixel.
+    (tmp_path / "Dog").mkdir()
+    with Image.open(PETS_MINI / "Dog" / "4.jpg") as img:
+        img.crop((10, 0, 130, 180)).save(tmp_path / "Dog" / "portrait.jpg", quality=92)
+        img.crop((0, 30, 180, 120)).save(tmp_path / "Dog" / "landscape.png")
+    shutil.copy(PETS_MINI / "Dog" / "5.jpg", tmp_path / "Dog" / "square.jpg")
+    prep = Preprocess(channels=3, size=(64, 64), mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225], resize="crop", resize_size=73)
+    split = folder_split(tmp_path, ["Cat", "Dog"], prep, None, lambda m: None)
+    reference = T.Compose([T.Resize(73), T.CenterCrop(64), T.PILToTensor()])
+    for i, path in enumerate(split.paths):
+        with Image.open(path) as img:
+            assert np.array_equal(split.images()[i].numpy(), reference(img.convert("RGB")).numpy()), path
+    train_x, _ = next(iter(Batches(split, prep, 8, channels_last=False)))
+    errors: list[str] = []
+    names, predict_x = next(iter_batches(split.paths, prep, 8, errors))
+    assert names == split.paths and not errors
+    assert np.array_equal(train_x.numpy(), predict_x)
+
+
 def test_png_of_a_dataset_image_gives_the_same_tensor(tmp_path):
     from cnnctl.data.sources import mnist_mini
 

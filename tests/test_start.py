@@ -135,6 +135,8 @@ def test_pretrained_torchvision_weights_come_from_the_torch_hub_cache(tmp_path):
     assert got["fc.weight"].shape == (2, 512)
     meta = json.loads((out / "config.json").read_text())
     assert meta["preprocess"]["mean"] == [0.485, 0.456, 0.406] and meta["preprocess"]["std"] == [0.229, 0.224, 0.225]
+    # torchvision's Resize(256) + CenterCrop(224), scaled to the 64-pixel input: shorter side 73, centre 64.
+    assert meta["preprocess"]["resize"] == "crop" and meta["preprocess"]["resize_size"] == 73 and meta["preprocess"]["size"] == [64, 64]
 
 
 def test_pretrained_offline_without_the_file_is_one_line_and_leaves_nothing(tmp_path):

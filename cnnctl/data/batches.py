@@ -11,6 +11,7 @@ would, split N ways.
 
 from __future__ import annotations
 
+import math
 from typing import Iterator
 
 import torch
@@ -40,6 +41,34 @@ def random_translate(x: torch.Tensor, pad: int, gen: torch.Generator) -> torch.T
     cols = (dx[:, None] + torch.arange(w))[:, None, :]
     # Advanced indexing over (N, H, W) with channels kept: result (N, H, W, C) -> (N, C, H, W).
     return padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2)
+
+
+def centre_crop(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """The centre (H, W) of each image, with torchvision's rounding."""
+    h, w = size
+    top, left = int(round((x.shape[2] - h) / 2.0)), int(round((x.shape[3] - w) / 2.0))
+    return x[:, :, top:top + h, left:left + w]
+
+
+def random_resized_crop(x: torch.Tensor, size: tuple[int, int], gen: torch.Generator, scale: tuple[float, float] = (0.25, 1.0),
+                        ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> torch.Tensor:  # fmt: skip
+    """A random crop of each image (area share in `scale`, aspect in `ratio`), resized to `size`.
+
+    One call for the whole batch: torchvision's `roi_align` samples every image's own box
+    bilinearly, so there is no per-image Python. Returns float32 in the 0-255 range.
+    """
+    from torchvision.ops import roi_align
+
+    n, _, hi, wi = x.shape
+    area = torch.empty(n).uniform_(scale[0], scale[1], generator=gen) * hi * wi
+    log_r = torch.empty(n).uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=gen)
+    r = torch.exp(log_r)
+    bw = torch.sqrt(area * r).clamp(1, wi)
+    bh = torch.sqrt(area / r).clamp(1, hi)
+    x0 = torch.rand(n, generator=gen) * (wi - bw)
+    y0 = torch.rand(n, generator=gen) * (hi - bh)
+    boxes = torch.stack([torch.arange(n, dtype=torch.float32), x0, y0, x0 + bw, y0 + bh], dim=1)
+    return roi_align(x.float(), boxes, output_size=size, spatial_scale=1.0, sampling_ratio=2, aligned=True)
 
 
 def random_flip(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -74,6 +103,7 @@ class Batches:
         self.channels_last = channels_last
         self.drop_last = drop_last and len(split) > batch_size
         self.rank, self.world = rank, world
+        self.size = tuple(prep.size)  # the model's input; stored images may be larger (random-resized crops)
         self.mean = torch.tensor(prep.mean or [0.0] * prep.channels, dtype=torch.float32, device=self.device).reshape(1, -1, 1, 1)
         self.std = torch.tensor(prep.std or [1.0] * prep.channels, dtype=torch.float32, device=self.device).reshape(1, -1, 1, 1)
 
@@ -90,9 +120,11 @@ class Batches:
             sl = slice(b * self.batch_size, min(n, (b + 1) * self.batch_size))
             idx = sl if order is None else order[sl]
             x, y = self.split.images(idx), self.split.y[idx]
+            if tuple(x.shape[-2:]) != self.size:
+                x = random_resized_crop(x, self.size, gen) if self.augment == "rrc-flip" else centre_crop(x, self.size)
             if self.augment in PAD:
                 x = random_translate(x, PAD[self.augment], gen)
-            if self.augment in ("flip-crop", "flip"):
+            if self.augment in ("flip-crop", "flip", "rrc-flip"):
                 x = random_flip(x, gen)
             if self.world > 1:
                 x, y = x.tensor_split(self.world)[self.rank], y.tensor_split(self.world)[self.rank]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import sys
 from dataclasses import dataclass, field
@@ -10,7 +11,7 @@ from typing import Any, Callable
 import torch
 
 from cnnctl.config import TrainConfig, parse_floats
-from cnnctl.data.sources import DIGIT_SETS, Source, Split, load_source
+from cnnctl.data.sources import DIGIT_SETS, Source, Split, default_cache_dir, load_source, redecode
 from cnnctl.errors import DataError, UsageError
 from cnnctl.preprocess import Preprocess
 from cnnctl.specs import parse_image_size
@@ -101,10 +102,14 @@ def split_off(split: Split, fraction: float) -> tuple[Split, Split | None]:
 def build(cfg: TrainConfig, log: Callable[[str], None] = lambda m: print(m, file=sys.stderr)) -> DataBundle:
     """Load `cfg.data` and split it; mean/std come from the training split only."""
     size = parse_image_size(cfg.image_size) if cfg.image_size else None
-    src: Source = load_source(cfg.data, cfg.data_dir, cfg.download, size, cfg.grayscale, cfg.cache_dir, log)
+    resize = "stretch" if cfg.resize == "auto" else cfg.resize
+    src: Source = load_source(cfg.data, cfg.data_dir, cfg.download, size, cfg.grayscale, cfg.cache_dir, log, resize, cfg.crop_pct)
     train, val = src.train, src.val
     if val is None:
         train, val = split_off(train, cfg.val_split)
+        if val is not None and src.prep is not None and src.train_prep is not None and src.train_prep != src.prep:
+            # The held-out images are judged as eval and predict will see them, not as stored for training.
+            val = redecode(val, src.prep, default_cache_dir(cfg.cache_dir), log)
     if cfg.subset:
         perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(VAL_SEED + 1))
         train = train.take(perm[: cfg.subset].sort().values)
@@ -116,7 +121,8 @@ def build(cfg: TrainConfig, log: Callable[[str], None] = lambda m: print(m, file
         mean, std = mean or stat_mean, std or stat_std
     if len(mean) != src.channels or len(std) != src.channels:
         raise UsageError(f"--mean/--std need {src.channels} value(s) for {src.channels}-channel images")
-    prep = Preprocess(channels=src.channels, size=src.size, mean=mean, std=std)
+    base = src.prep or Preprocess(channels=src.channels, size=src.size)
+    prep = dataclasses.replace(base, mean=mean, std=std)
     digits = src.name in DIGIT_SETS
     if cfg.flip and digits and not cfg.allow_flip:
         raise UsageError(

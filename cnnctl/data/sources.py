@@ -16,7 +16,7 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from cnnctl.errors import DataError
+from cnnctl.errors import DataError, UsageError
 from cnnctl.preprocess import IMAGE_SUFFIXES, Preprocess, decode
 
 BUILTIN = Path(__file__).parent / "builtin"
@@ -89,6 +89,11 @@ class Source:
     channels: int
     size: tuple[int, int]
     notes: list[str] = field(default_factory=list)
+    # How the model's input is made from a file (without mean/std). For --resize crop folders the
+    # training split is stored larger (`train_prep`, the shorter side at resize_size, centre square)
+    # for random-resized crops; validation and test are decoded with `prep` itself.
+    prep: Preprocess | None = None
+    train_prep: Preprocess | None = None
 
 
 def _read_idx(path: Path) -> np.ndarray:
@@ -262,6 +267,8 @@ def image_folder(
     grayscale: bool,
     cache_dir: Path | None,
     log: Callable[[str], None],
+    resize: str = "stretch",
+    crop_pct: float = 0.875,
 ) -> Source:
     """An ImageFolder for training: PATH/<class>/*.jpg, or PATH/train/<class> with PATH/val, PATH/test."""
     layout = folder_layout(path)
@@ -276,19 +283,41 @@ def image_folder(
     if not classes:
         raise DataError(f"{train_root}: no class subfolders; put images in {train_root}/<class name>/")
     notes = []
+    channels = 1 if grayscale else 3
     if image_size is None:
+        if resize == "crop":
+            raise UsageError("--resize crop needs --image-size (the size of the centre crop the model sees)")
         files, _ = _list_files(train_root, classes, list(range(len(classes))))
         if not files:
             raise DataError(f"{train_root}: no image files in its class folders")
         image_size = _first_image_size(files)
         notes.append(f"images resized to {image_size[0]}x{image_size[1]} (the first image's size; set --image-size to choose)")
-    prep = Preprocess(channels=1 if grayscale else 3, size=image_size)
-    train = folder_split(train_root, classes, prep, cache_dir, log, str(train_root))
+    if resize == "crop":
+        shorter = max(max(image_size), round(max(image_size) / crop_pct))
+        prep = Preprocess(channels=channels, size=image_size, resize="crop", resize_size=shorter)
+        stored = Preprocess(channels=channels, size=(shorter, shorter), resize="crop", resize_size=shorter)
+        notes.append(f"photos: shorter side to {shorter}, centre {image_size[0]}x{image_size[1]} for evaluation; "
+                     f"training images stored at {shorter}x{shorter} for random-resized crops")  # fmt: skip
+    else:
+        prep = stored = Preprocess(channels=channels, size=image_size)
+    train = folder_split(train_root, classes, stored, cache_dir, log, str(train_root))
     splits: dict[str, Split | None] = {"val": None, "test": None}
     for name in ("val", "test"):
         if name in layout.splits:
             splits[name] = folder_split(layout.splits[name], classes, prep, cache_dir, log, str(train_root))
-    return Source(str(root), classes, train, splits["test"], splits["val"], prep.channels, image_size, notes)
+    return Source(str(root), classes, train, splits["test"], splits["val"], channels, image_size, notes, prep, stored)
+
+
+def redecode(split: Split, prep: Preprocess, cache_dir: Path | None, log: Callable[[str], None]) -> Split:
+    """The same files (same labels), decoded with another preprocessing (e.g. a held-out part of a
+    training split stored for random crops, decoded the way evaluation and predict see it)."""
+    from cnnctl.data.cache import load_pixels
+
+    assert split.paths is not None
+    pixels = load_pixels(split.paths, prep, cache_dir, log)
+    if pixels.failed:  # they decoded once already; a file changed since
+        raise DataError(f"{len(pixels.failed)} image(s) became unreadable during this run: {next(iter(pixels.failed.values()))}")
+    return Split(pixels.array, split.y, split.paths, None, pixels.key)
 
 
 def load_source(
@@ -299,14 +328,18 @@ def load_source(
     grayscale: bool = False,
     cache_dir: str = "",
     log: Callable[[str], None] = lambda m: print(m, file=sys.stderr),
+    resize: str = "stretch",
+    crop_pct: float = 0.875,
 ) -> Source:
     """Load any source by name or path, resized/converted when asked."""
+    if resize == "crop" and data in NAMED_SETS:
+        raise UsageError(f"--resize crop is for image folders of photos; {data}'s images all have one size already")
     if data == "mnist-mini":
         src = mnist_mini()
     elif data in TORCHVISION_SETS:
         src = torchvision_set(data, data_dir, download)
     else:
-        return image_folder(data, image_size, grayscale, default_cache_dir(cache_dir), log)
+        return image_folder(data, image_size, grayscale, default_cache_dir(cache_dir), log, resize, crop_pct)
     channels = 1 if grayscale else src.channels
     size = image_size or src.size
     if (channels, size) != (src.channels, src.size):
