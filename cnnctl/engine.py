@@ -17,7 +17,7 @@ from torch import nn
 
 from cnnctl.distributed import Dist
 from cnnctl.errors import TrainingError
-from cnnctl.schedule import steps_within_budget
+from cnnctl.schedule import Schedule
 
 
 class Interrupted(Exception):
@@ -198,7 +198,27 @@ class LoopState:
     best_epoch: int = 0
     bad_epochs: int = 0
     elapsed: float = 0.0
-    planned_steps: int = 0  # the schedule's length after fitting it to --time-limit (0: as configured)
+
+
+@dataclass
+class Limits:
+    """When training stops: epochs, a step count, patience on the monitored metric, a time budget."""
+
+    epochs: int
+    max_steps: int | None = None
+    patience: int = 0
+    monitor: str = "val_acc"
+    time_limit: float = 0.0
+
+
+@dataclass
+class Hooks:
+    """How the loop talks to its caller: stop requests, progress, and the epoch boundaries."""
+
+    should_stop: Callable[[], bool] = lambda: False
+    reporter: Reporter | None = None
+    on_epoch_start: Callable[[int], None] = lambda epoch: None
+    on_epoch_end: Callable[[dict[str, Any], bool, LoopState], None] = lambda record, improved, state: None
 
 
 def fit(
@@ -207,26 +227,18 @@ def fit(
     val_batches: Any | None,
     optimizer: torch.optim.Optimizer,
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    lr_fn: Callable[[int], float],
+    schedule: Schedule,
     state: LoopState,
+    limits: Limits,
     *,
-    epochs: int,
     seed: int,
-    max_steps: int | None = None,
-    total_steps: int = 0,
-    monitor: str = "val_acc",
-    patience: int = 0,
-    time_limit: float = 0.0,
     amp: str = "none",
     scaler: Any = None,
-    should_stop: Callable[[], bool] = lambda: False,
-    reporter: Reporter | None = None,
-    on_epoch_end: Callable[[dict[str, Any], bool, LoopState], None] = lambda r, b, s: None,
+    hooks: Hooks | None = None,
     dist: Dist | None = None,
     eval_model: nn.Module | None = None,
-    on_epoch_start: Callable[[int], None] = lambda epoch: None,
 ) -> str:
-    """Train from `state.epoch + 1` to `epochs`; validate with `evaluate` after every epoch.
+    """Train from `state.epoch + 1` to `limits.epochs`; validate with `evaluate` after every epoch.
 
     Each epoch reseeds torch's global RNG from (seed, epoch) and draws its shuffle from the same,
     so a resumed run repeats exactly what an uninterrupted one would do. Returns why it stopped.
@@ -235,32 +247,33 @@ def fit(
     numbers that are the same on all ranks.
 
     With a `time_limit`, the schedule is fitted to the budget after every epoch: from the measured
-    seconds per step, `state.planned_steps` becomes the number of steps that still fit (at most
-    `total_steps`), `lr_fn` is expected to read it, and training ends there, so an annealing
-    schedule finishes its decay inside the budget on a slower or busier machine.
+    seconds per step (validation included; the mean over ranks), `schedule.planned_steps` becomes
+    the number of steps that still fit, and training ends there, so an annealing schedule
+    finishes its decay inside the budget on a slower or busier machine.
     """
     dist = dist or Dist()
+    hooks = hooks or Hooks()
+    reporter = hooks.reporter
     eval_model = eval_model if eval_model is not None else model  # a compiled module has no truth value
-    deadline = time.monotonic() + (time_limit - state.elapsed) if time_limit else None
+    deadline = time.monotonic() + (limits.time_limit - state.elapsed) if limits.time_limit else None
     reason = "completed"
-    for epoch in range(state.epoch + 1, epochs + 1):
+    for epoch in range(state.epoch + 1, limits.epochs + 1):
         torch.manual_seed(seed * 7919 + epoch + 104_729 * dist.rank)
-        on_epoch_start(epoch)
+        hooks.on_epoch_start(epoch)
         if reporter is not None:
-            reporter.start_epoch(epoch, epochs, len(train_batches))
+            reporter.start_epoch(epoch, limits.epochs, len(train_batches))
         epoch_start = time.monotonic()
-        limits = [s for s in (max_steps, state.planned_steps) if s]
-        stop_at = min(limits) if limits else None
+        ends = [s for s in (limits.max_steps, schedule.planned_steps) if s]
         stats, step = train_one_epoch(
-            model, train_batches.epoch(epoch), optimizer, loss_fn, lr_fn, state.step,
-            max_steps=stop_at, deadline=deadline, amp=amp, scaler=scaler,
-            should_stop=should_stop, reporter=reporter, dist=dist,
+            model, train_batches.epoch(epoch), optimizer, loss_fn, schedule.lr, state.step,
+            max_steps=min(ends) if ends else None, deadline=deadline, amp=amp, scaler=scaler,
+            should_stop=hooks.should_stop, reporter=reporter, dist=dist,
         )  # fmt: skip
         record: dict[str, Any] = {
             "epoch": epoch,
             "train_loss": stats.loss,
             "train_acc": stats.acc,
-            "lr": lr_fn(max(0, step - 1)),
+            "lr": schedule.lr(max(0, step - 1)),
             "seconds": round(stats.seconds, 3),
             "images_per_s": round(stats.images / max(1e-9, stats.seconds), 1),
             "steps": step,
@@ -270,33 +283,32 @@ def fit(
             record.update(_validate(eval_model, val_batches, loss_fn, amp, dist))
         if stats.truncated:
             record["truncated"] = True
-        if deadline is not None and total_steps and stats.steps:
+        if deadline is not None and schedule.total_steps and stats.steps:
             per_step = (time.monotonic() - epoch_start) / stats.steps
-            fits = steps_within_budget(step, total_steps, deadline - time.monotonic(), per_step)
+            fits = schedule.budget_steps(step, deadline - time.monotonic(), per_step)
             # Every rank must follow the same schedule: take the mean of their estimates.
-            state.planned_steps = int(dist.sum([float(fits)])[0] / dist.world_size)
-            if state.planned_steps < total_steps:
-                record["planned_steps"] = state.planned_steps
-        metric = record.get(monitor, record["train_acc"] if monitor == "val_acc" else record["train_loss"])
-        improved = is_better(metric, state.best, monitor)
+            schedule.planned_steps = int(dist.sum([float(fits)])[0] / dist.world_size)
+            if schedule.shortened:
+                record["planned_steps"] = schedule.planned_steps
+        metric = record.get(limits.monitor, record["train_acc"] if limits.monitor == "val_acc" else record["train_loss"])
+        improved = is_better(metric, state.best, limits.monitor)
         state.epoch, state.step = epoch, step
         state.elapsed += stats.seconds
         if improved:
             state.best, state.best_epoch, state.bad_epochs = metric, epoch, 0
         else:
             state.bad_epochs += 1
-        on_epoch_end(record, improved, state)
+        hooks.on_epoch_end(record, improved, state)
         if reporter is not None:
             reporter.end_epoch(record, improved)
-        late, stop = dist.any(deadline is not None and time.monotonic() >= deadline, should_stop())
-        if max_steps is not None and step >= max_steps:
+        late, stop = dist.any(deadline is not None and time.monotonic() >= deadline, hooks.should_stop())
+        if limits.max_steps is not None and step >= limits.max_steps:
             reason = "iters"
             break
-        budget_spent = 0 < state.planned_steps < total_steps and step >= state.planned_steps
-        if late or budget_spent:
+        if late or (schedule.shortened and step >= schedule.planned_steps):
             reason = "time-limit"
             break
-        if patience and state.bad_epochs >= patience:
+        if limits.patience and state.bad_epochs >= limits.patience:
             reason = "early-stopped"
             break
         if stop:

@@ -43,3 +43,42 @@ def steps_within_budget(step: int, planned: int, remaining_s: float, seconds_per
     if seconds_per_step <= 0:
         return planned
     return max(step, min(planned, step + int(max(0.0, remaining_s) / seconds_per_step)))
+
+
+class Schedule:
+    """The run's learning rate per global step, and the number of steps it is planned to span.
+
+    The schedule owns its own length: `--iters`/`--epochs` give `total_steps`; under a time
+    budget, `fit_to_budget` shortens `planned_steps` so that annealing schedules end their decay
+    when the time does. `state_dict()` goes into last.safetensors, so a resumed run continues on
+    the same plan.
+    """
+
+    def __init__(self, *, base_lr: float, kind: str, total_steps: int, steps_per_epoch: int, warmup_epochs: float = 0.0,
+                 step_size: int = 5, gamma: float = 0.1) -> None:  # fmt: skip
+        self.base_lr, self.kind, self.total_steps, self.steps_per_epoch = base_lr, kind, total_steps, steps_per_epoch
+        self.warmup_epochs, self.step_size, self.gamma = warmup_epochs, step_size, gamma
+        self.planned_steps = 0  # 0: as configured
+
+    @property
+    def length(self) -> int:
+        return self.planned_steps or self.total_steps
+
+    @property
+    def shortened(self) -> bool:
+        """True when a time budget has cut the plan below the configured length."""
+        return 0 < self.planned_steps < self.total_steps
+
+    def lr(self, step: int) -> float:
+        return lr_at(step, base_lr=self.base_lr, kind=self.kind, total_steps=self.length, steps_per_epoch=self.steps_per_epoch,
+                     warmup_epochs=self.warmup_epochs, step_size=self.step_size, gamma=self.gamma)  # fmt: skip
+
+    def budget_steps(self, step: int, remaining_s: float, seconds_per_step: float) -> int:
+        """How long the plan should be for the time left (see steps_within_budget)."""
+        return steps_within_budget(step, self.total_steps, remaining_s, seconds_per_step)
+
+    def state_dict(self) -> dict[str, int]:
+        return {"planned_steps": self.planned_steps}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.planned_steps = int(state.get("planned_steps", 0))

@@ -15,7 +15,7 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -26,12 +26,12 @@ from cnnctl.data import DataBundle, build
 from cnnctl.data.batches import Batches, shard
 from cnnctl.data.sources import NAMED_SETS
 from cnnctl.distributed import Dist, is_comm_error
-from cnnctl.engine import Interrupted, LoopState, Reporter, evaluate, fit, make_loss
+from cnnctl.engine import Hooks, Interrupted, Limits, LoopState, Reporter, evaluate, fit, make_loss
 from cnnctl.errors import CnnctlError, RunDirError, UsageError
 from cnnctl.io import RunLock, write_json
 from cnnctl.models import create
-from cnnctl.schedule import lr_at
-from cnnctl.start import Freezer, init_from, load_pretrained, param_groups, pretrained_weights
+from cnnctl.schedule import Schedule
+from cnnctl.start import Freezer, InitReport, Pretrained, init_from, load_pretrained, param_groups, pretrained_weights
 
 
 @dataclass
@@ -183,40 +183,49 @@ def _prepare_run_dir(cfg: TrainConfig, out: str | None, resume: str | None, over
     return run_dir
 
 
-def _run_locked(cfg: TrainConfig, run_dir: Path, resuming: bool, reporter: Reporter, device: torch.device, dist: Dist) -> RunResult:
+@dataclass
+class Prepared:
+    """What setup hands on: the resolved config, data, model and its start, and the loop's parts."""
+
+    cfg: TrainConfig
+    data: DataBundle
+    model: torch.nn.Module
+    freezer: Freezer | None
+    init_report: InitReport | None
+    optimizer: torch.optim.Optimizer
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    schedule: Schedule
+    limits: Limits
+    train_batches: Batches
+    val_batches: Batches | None
+    state: LoopState
+    records: list[dict[str, Any]]
+
+
+def setup(cfg: TrainConfig, run_dir: Path, resuming: bool, reporter: Reporter, device: torch.device, dist: Dist) -> Prepared:
+    """Everything before the first step: preprocessing defaults, data, model, start weights,
+    freezing, optimizer groups, batches, the schedule and, when resuming, the saved state."""
     if cfg.amp != "none" and device.type != "cuda":
         raise UsageError(f"--amp {cfg.amp} needs a CUDA device (this run is on {device.type}); drop --amp")
     torch.set_num_threads(dist.threads(cfg.threads))
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    # A resumed run takes its weights from last.safetensors; the start weights matter only once.
-    fresh_start = not (resuming and (run_dir / "last.safetensors").exists())
+    resuming = resuming and (run_dir / "last.safetensors").exists()  # else: stopped before its first epoch
     weights = pretrained_weights(cfg.model, cfg.weights or "DEFAULT") if (cfg.pretrained or cfg.weights) else None
-    if weights is not None:
-        # The weights' preprocessing becomes the run's (and so the checkpoint's, the export's and
-        # predict's) wherever the flags leave it open: normalisation, crop, crop size.
-        if not cfg.mean and not cfg.std:
-            mean, std = weights.mean, weights.std
-            if cfg.grayscale:
-                mean, std = [sum(mean) / 3], [sum(std) / 3]
-            cfg = dataclasses.replace(cfg, mean=",".join(map(str, mean)), std=",".join(map(str, std)))
-        if cfg.resize == "auto" and cfg.data not in NAMED_SETS:
-            cfg = dataclasses.replace(cfg, resize="crop", crop_pct=weights.crop_size / weights.resize_size,
-                                      image_size=cfg.image_size or str(weights.crop_size))  # fmt: skip
-    if cfg.resize == "auto":
-        cfg = dataclasses.replace(cfg, resize="stretch")
+    cfg = _preprocessing_defaults(cfg, weights)
     data = build(cfg, reporter.log)
     for note in data.notes:
         reporter.log(note)
+
     torch.manual_seed(cfg.seed)
     model = create(cfg.model, data.input_shape, len(data.classes))
     init_report = None
-    if weights is not None and fresh_start:
+    if weights is not None and not resuming:  # a resumed run takes its weights from last.safetensors
         init_report = load_pretrained(model, weights)
         reporter.log(init_report.summary().replace("--init ", "--pretrained ", 1)
                      + f"; torchvision trained them on {weights.crop_size}x{weights.crop_size} crops of images resized to {weights.resize_size}")  # fmt: skip
-    if cfg.init and fresh_start:
+    if cfg.init and not resuming:
         init_report = init_from(model, cfg.init)
         reporter.log(init_report.summary())
     model = model.to(device)
@@ -227,6 +236,7 @@ def _run_locked(cfg: TrainConfig, run_dir: Path, resuming: bool, reporter: Repor
         raise UsageError("--unfreeze-at under torchrun is not supported yet (DDP fixes its trainable set at the start); train the probe and the fine-tune as two runs, the second with --init")
     optimizer = make_optimizer(cfg, param_groups(model, freezer, cfg.backbone_lr_scale))
     loss_fn = make_loss(cfg.loss, len(data.classes), cfg.label_smoothing)
+
     train_batches = Batches(data.train, data.prep, cfg.batch_size, shuffle=True, augment=cfg.augment, seed=cfg.seed,
                             device=device, channels_last=cfg.channels_last, rank=dist.rank, world=dist.world_size)  # fmt: skip
     if len(train_batches) == 0:
@@ -236,84 +246,120 @@ def _run_locked(cfg: TrainConfig, run_dir: Path, resuming: bool, reporter: Repor
         val_batches = Batches(shard(data.val, dist.rank, dist.world_size), data.prep, cfg.eval_batch_size, device=device, channels_last=cfg.channels_last)
     steps_per_epoch = len(train_batches)
     epochs = math.ceil(cfg.iters / steps_per_epoch) if cfg.iters else cfg.epochs
-    total_steps = cfg.iters or epochs * steps_per_epoch
+    schedule = Schedule(base_lr=cfg.lr, kind=cfg.scheduler, total_steps=cfg.iters or epochs * steps_per_epoch, steps_per_epoch=steps_per_epoch,
+                        warmup_epochs=cfg.warmup, step_size=cfg.step_size, gamma=cfg.gamma)  # fmt: skip
+    limits = Limits(epochs=epochs, max_steps=cfg.iters or None, patience=cfg.patience, monitor=cfg.monitor, time_limit=cfg.time_limit)
 
-    def lr_fn(step: int) -> float:
-        # A run with --time-limit may fit its schedule to the budget (fit() sets state.planned_steps).
-        return lr_at(step, base_lr=cfg.lr, kind=cfg.scheduler, total_steps=state.planned_steps or total_steps, steps_per_epoch=steps_per_epoch,
-                     warmup_epochs=cfg.warmup, step_size=cfg.step_size, gamma=cfg.gamma)  # fmt: skip
-
-    state = LoopState()
-    records: list[dict[str, Any]] = []
-    if resuming and not (run_dir / "last.safetensors").exists():
-        # Stopped before its first epoch finished: nothing to restore, start that epoch again.
-        reporter.log(f"{run_dir} has no finished epoch yet; starting from epoch 1")
-        resuming = False
+    state, records = LoopState(), []
     if resuming:
         saved = load_last(run_dir / "last.safetensors", model, optimizer)
-        state = LoopState(**saved["loop"])
-        records = saved["history"]
+        loop = dict(saved["loop"])
+        schedule.load_state_dict(saved.get("schedule", {"planned_steps": loop.pop("planned_steps", 0)}))
+        loop.pop("planned_steps", None)
+        state, records = LoopState(**loop), saved["history"]
         if state.epoch >= epochs:
             reporter.log(f"{run_dir} already finished {state.epoch} epoch(s); pass a larger --epochs to extend it")
-    meta = checkpoint_metadata(cfg, data, cfg.model)
+    elif (run_dir / "config.json").exists() and not (run_dir / "last.safetensors").exists():
+        reporter.log(f"{run_dir} has no finished epoch yet; starting from epoch 1")
     if freezer is not None:
         freezer.apply(state.epoch + 1)  # before DDP wraps the model: it keeps the trainable set it sees
-    if dist.is_main:
-        write_json(run_dir / "config.json", {
-            **cfg.to_dict(), "init_report": init_report.to_dict() if init_report else None,
-            "resolved_epochs": epochs, "total_steps": total_steps, "device": str(device),
-            "data_summary": data.describe(), "preprocess": data.prep.to_dict(), "versions": versions(),
+    return Prepared(cfg, data, model, freezer, init_report, optimizer, loss_fn, schedule, limits, train_batches, val_batches, state, records)
+
+
+def _preprocessing_defaults(cfg: TrainConfig, weights: Pretrained | None) -> TrainConfig:
+    """Pretrained weights' preprocessing becomes the run's (and so the checkpoint's, the export's
+    and predict's) wherever the flags leave it open: normalisation, crop, crop size."""
+    if weights is not None:
+        if not cfg.mean and not cfg.std:
+            mean, std = weights.mean, weights.std
+            if cfg.grayscale:
+                mean, std = [sum(mean) / 3], [sum(std) / 3]
+            cfg = dataclasses.replace(cfg, mean=",".join(map(str, mean)), std=",".join(map(str, std)))
+        if cfg.resize == "auto" and cfg.data not in NAMED_SETS:
+            cfg = dataclasses.replace(cfg, resize="crop", crop_pct=weights.crop_size / weights.resize_size,
+                                      image_size=cfg.image_size or str(weights.crop_size))  # fmt: skip
+    return dataclasses.replace(cfg, resize="stretch") if cfg.resize == "auto" else cfg
+
+
+class Checkpointer:
+    """Owns the run directory's files during a run: config.json, then after every epoch
+    last.safetensors (everything to resume), model.safetensors (when the monitored metric
+    improves) and history.json; at the end the history with the test result. Rank 0 only."""
+
+    def __init__(self, run_dir: Path, run: Prepared, writes: bool) -> None:
+        self.run_dir, self.run, self.writes = run_dir, run, writes
+        self.meta = checkpoint_metadata(run.cfg, run.data, run.cfg.model)
+
+    def write_config(self, device: torch.device, dist: Dist) -> None:
+        if not self.writes:
+            return
+        run = self.run
+        write_json(self.run_dir / "config.json", {
+            **run.cfg.to_dict(), "init_report": run.init_report.to_dict() if run.init_report else None,
+            "resolved_epochs": run.limits.epochs, "total_steps": run.schedule.total_steps, "device": str(device),
+            "data_summary": run.data.describe(), "preprocess": run.data.prep.to_dict(), "versions": versions(),
             "torch_threads": torch.get_num_threads(), "world_size": dist.world_size,
         })  # fmt: skip
-    scaler = torch.amp.GradScaler("cuda") if cfg.amp == "fp16" else None
-    train_model = dist.wrap(model, device)
-    train_model = torch.compile(train_model) if cfg.compile else train_model
 
-    def on_epoch_end(record: dict[str, Any], improved: bool, st: LoopState) -> None:
-        records.append(record)
-        if not dist.is_main:
+    def epoch_end(self, record: dict[str, Any], improved: bool, state: LoopState) -> None:
+        run = self.run
+        run.records.append(record)
+        if not self.writes:
             return
         metrics = {k: v for k, v in record.items() if k.startswith(("val_", "train_"))}
+        meta = {**self.meta, "epoch": record["epoch"], "metrics": metrics}
         if improved:
-            save_model(run_dir / "model.safetensors", model, {**meta, "epoch": record["epoch"], "metrics": metrics})
-        save_last(run_dir / "last.safetensors", model, optimizer,
-                  {"loop": st.__dict__.copy(), "history": records}, {**meta, "epoch": record["epoch"], "metrics": metrics})  # fmt: skip
-        history.save(run_dir / "history.json", records)
+            save_model(self.run_dir / "model.safetensors", run.model, meta)
+        save_last(self.run_dir / "last.safetensors", run.model, run.optimizer,
+                  {"loop": state.__dict__.copy(), "schedule": run.schedule.state_dict(), "history": run.records}, meta)  # fmt: skip
+        history.save(self.run_dir / "history.json", run.records)
+
+    def finish(self, reason: str, test: dict[str, Any] | None) -> None:
+        if self.writes:
+            history.save(self.run_dir / "history.json", self.run.records, **({"test": test} if test else {}), stopped=reason)
+
+
+def _run_locked(cfg: TrainConfig, run_dir: Path, resuming: bool, reporter: Reporter, device: torch.device, dist: Dist) -> RunResult:
+    """setup -> fit -> checkpointing, then the test pass on the best checkpoint."""
+    run = setup(cfg, run_dir, resuming, reporter, device, dist)
+    checkpoints = Checkpointer(run_dir, run, dist.is_main)
+    checkpoints.write_config(device, dist)
+    scaler = torch.amp.GradScaler("cuda") if run.cfg.amp == "fp16" else None
+    train_model = dist.wrap(run.model, device)
+    train_model = torch.compile(train_model) if run.cfg.compile else train_model
+    freezer = run.freezer
 
     def on_epoch_start(epoch: int) -> None:
         if freezer is not None and freezer.apply(epoch):
-            reporter.log(f"epoch {epoch}: the backbone {'is frozen' if freezer.frozen else 'trains from now on'} (--unfreeze-at {cfg.unfreeze_at})")
+            reporter.log(f"epoch {epoch}: the backbone {'is frozen' if freezer.frozen else 'trains from now on'} (--unfreeze-at {run.cfg.unfreeze_at})")
 
     with _signals() as caught:
+        hooks = Hooks(should_stop=lambda: bool(caught), reporter=reporter, on_epoch_start=on_epoch_start, on_epoch_end=checkpoints.epoch_end)
         try:
-            reason = fit(
-                train_model, train_batches, val_batches, optimizer, loss_fn, lr_fn, state,
-                epochs=epochs, seed=cfg.seed, max_steps=cfg.iters or None, total_steps=total_steps, monitor=cfg.monitor,
-                patience=cfg.patience, time_limit=cfg.time_limit, amp=cfg.amp, scaler=scaler,
-                should_stop=lambda: bool(caught), reporter=reporter, on_epoch_end=on_epoch_end,
-                dist=dist, eval_model=model if dist.enabled else train_model, on_epoch_start=on_epoch_start,
-            )  # fmt: skip
+            reason = fit(train_model, run.train_batches, run.val_batches, run.optimizer, run.loss_fn, run.schedule, run.state, run.limits,
+                         seed=run.cfg.seed, amp=run.cfg.amp, scaler=scaler, hooks=hooks, dist=dist,
+                         eval_model=run.model if dist.enabled else train_model)  # fmt: skip
         except Interrupted:
-            raise RunInterrupted(run_dir, state.epoch) from None
+            raise RunInterrupted(run_dir, run.state.epoch) from None
         except Exception as exc:
             if dist.enabled and not isinstance(exc, CnnctlError) and is_comm_error(exc):
                 raise dist.lost(exc) from None
             raise
-    test = None
+    state = run.state
     if not dist.is_main:
-        return RunResult(run_dir, reason, records, state.best_epoch, state.best, None)
-    if data.test is not None and (run_dir / "model.safetensors").is_file():
+        return RunResult(run_dir, reason, run.records, state.best_epoch, state.best, None)
+    test = None
+    if run.data.test is not None and (run_dir / "model.safetensors").is_file():
         from cnnctl.checkpoint import load_model
 
         best, _, _ = load_model(run_dir, device)
-        if cfg.channels_last:
+        if run.cfg.channels_last:
             best = best.to(memory_format=torch.channels_last)
-        result = evaluate(best, Batches(data.test, data.prep, cfg.eval_batch_size, device=device, channels_last=cfg.channels_last), loss_fn)
+        batches = Batches(run.data.test, run.data.prep, run.cfg.eval_batch_size, device=device, channels_last=run.cfg.channels_last)
+        result = evaluate(best, batches, run.loss_fn)
         test = {"loss": result.loss, "acc": result.acc, "images": len(result.targets), "epoch": state.best_epoch}
-        history.save(run_dir / "history.json", records, test=test, stopped=reason)
-    else:
-        history.save(run_dir / "history.json", records, stopped=reason)
-    return RunResult(run_dir, reason, records, state.best_epoch, state.best, test)
+    checkpoints.finish(reason, test)
+    return RunResult(run_dir, reason, run.records, state.best_epoch, state.best, test)
 
 
 class RunInterrupted(Exception):
