@@ -151,3 +151,21 @@ def test_pretrained_offline_without_the_file_is_one_line_and_leaves_nothing(tmp_
     assert proc.returncode == 2 and not (tmp_path / "run").exists()
     assert_user_error(run_cli("train", "model-a", "--pretrained"), "tv:NAME")
     assert_user_error(run_cli("train", "tv:resnet18", "--weights", "IMAGENET9K"), "IMAGENET1K_V1")
+
+
+def test_fine_tuned_runs_work_downstream_under_torchrun_with_int8_export_and_plot(quick_run, three_digits, tmp_path):
+    from tests.test_distributed import torchrun
+
+    out = tmp_path / "ddp"
+    proc = torchrun("train", "model-a", "--data", three_digits, "--grayscale", "--image-size", "28", "--init", quick_run,
+                    "--freeze", "backbone", "--backbone-lr-scale", "0.1", "--epochs", "2", "--batch-size", "16", "--threads", "1",
+                    "--out", out, timeout=180)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert last_weights(out)["features.0.weight"].equal(weights(quick_run)["features.0.weight"])  # frozen on every rank
+    proc = run_cli("export", out, "--int8", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["int8"]["output"].endswith("model.int8.onnx")
+    rows = run_cli("predict", out / "model.int8.onnx", *sorted(three_digits.rglob("*.png"))[:5], "--json").stdout.splitlines()
+    assert len(rows) == 5 and all(json.loads(r)["top"][0]["label"] in ("0", "1", "2") for r in rows)
+    pytest.importorskip("matplotlib")
+    assert run_cli("plot", out, "-o", tmp_path / "curves.png").returncode == 0 and (tmp_path / "curves.png").stat().st_size > 1000
