@@ -232,8 +232,6 @@ def setup(cfg: TrainConfig, run_dir: Path, resuming: bool, reporter: Reporter, d
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     freezer = Freezer(model, cfg.freeze, cfg.unfreeze_at) if cfg.freeze != "none" else None
-    if freezer is not None and cfg.unfreeze_at and dist.enabled:
-        raise UsageError("--unfreeze-at under torchrun is not supported yet (DDP fixes its trainable set at the start); train the probe and the fine-tune as two runs, the second with --init")
     optimizer = make_optimizer(cfg, param_groups(model, freezer, cfg.backbone_lr_scale))
     loss_fn = make_loss(cfg.loss, len(data.classes), cfg.label_smoothing)
 
@@ -333,12 +331,29 @@ def _run_locked(cfg: TrainConfig, run_dir: Path, resuming: bool, reporter: Repor
         if freezer is not None and freezer.apply(epoch):
             reporter.log(f"epoch {epoch}: the backbone {'is frozen' if freezer.frozen else 'trains from now on'} (--unfreeze-at {run.cfg.unfreeze_at})")
 
+    # DDP fixes the set of trainable parameters when it wraps the model, so under torchrun a
+    # --unfreeze-at run trains in two phases: frozen up to the epoch before, then re-wrapped.
+    phases = [run.limits.epochs]
+    unfreeze = run.cfg.unfreeze_at if freezer is not None else 0
+    if dist.enabled and unfreeze and run.state.epoch + 1 < unfreeze <= run.limits.epochs:
+        phases = [unfreeze - 1, run.limits.epochs]
+
     with _signals() as caught:
         hooks = Hooks(should_stop=lambda: bool(caught), reporter=reporter, on_epoch_start=on_epoch_start, on_epoch_end=checkpoints.epoch_end)
         try:
-            reason = fit(train_model, run.train_batches, run.val_batches, run.optimizer, run.loss_fn, run.schedule, run.state, run.limits,
-                         seed=run.cfg.seed, amp=run.cfg.amp, scaler=scaler, hooks=hooks, dist=dist,
-                         eval_model=run.model if dist.enabled else train_model)  # fmt: skip
+            for i, end in enumerate(phases):
+                if i:
+                    assert freezer is not None
+                    del train_model
+                    freezer.apply(unfreeze)
+                    reporter.log(f"epoch {unfreeze}: the backbone trains from now on (--unfreeze-at {unfreeze})")
+                    train_model = dist.wrap(run.model, device)
+                    train_model = torch.compile(train_model) if run.cfg.compile else train_model
+                reason = fit(train_model, run.train_batches, run.val_batches, run.optimizer, run.loss_fn, run.schedule, run.state,
+                             dataclasses.replace(run.limits, epochs=end), seed=run.cfg.seed, amp=run.cfg.amp, scaler=scaler, hooks=hooks,
+                             dist=dist, eval_model=run.model if dist.enabled else train_model)  # fmt: skip
+                if reason != "completed":
+                    break
         except Interrupted:
             raise RunInterrupted(run_dir, run.state.epoch) from None
         except Exception as exc:

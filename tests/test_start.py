@@ -158,10 +158,11 @@ def test_fine_tuned_runs_work_downstream_under_torchrun_with_int8_export_and_plo
 
     out = tmp_path / "ddp"
     proc = torchrun("train", "model-a", "--data", three_digits, "--grayscale", "--image-size", "28", "--init", quick_run,
-                    "--freeze", "backbone", "--backbone-lr-scale", "0.1", "--epochs", "2", "--batch-size", "16", "--threads", "1",
-                    "--out", out, timeout=180)  # fmt: skip
+                    "--freeze", "backbone", "--unfreeze-at", "2", "--backbone-lr-scale", "0.1", "--epochs", "2", "--batch-size", "16",
+                    "--threads", "1", "--out", out, timeout=180)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
-    assert last_weights(out)["features.0.weight"].equal(weights(quick_run)["features.0.weight"])  # frozen on every rank
+    assert "epoch 2: the backbone trains from now on" in proc.stderr  # DDP re-wrapped with the whole model trainable
+    assert not last_weights(out)["features.0.weight"].equal(weights(quick_run)["features.0.weight"])
     proc = run_cli("export", out, "--int8", "--json")
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["int8"]["output"].endswith("model.int8.onnx")
