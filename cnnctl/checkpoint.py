@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import platform
 from pathlib import Path
@@ -45,14 +44,6 @@ def _state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     # Contiguous, unshared copies: safetensors refuses aliased or strided tensors, and
     # channels_last weights are strided.
     return {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def save_model(path: str | Path, model: torch.nn.Module, meta: dict[str, Any]) -> None:
@@ -149,7 +140,7 @@ def load_last(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.O
 
 
 __all__ = [
-    "build_model", "file_sha256", "load_last", "load_model", "read_checkpoint_metadata",
+    "build_model", "load_last", "load_model", "read_checkpoint_metadata",
     "resolve_checkpoint", "save_last", "save_model", "versions",
 ]
 

@@ -18,7 +18,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from cnnctl.checkpoint import file_sha256, load_model, resolve_checkpoint, versions
+from cnnctl.checkpoint import load_model, resolve_checkpoint, versions
+from cnnctl.io import file_sha256
 from cnnctl.errors import CnnctlError, ExportError, UsageError
 from cnnctl.inference import OnnxClassifier
 from cnnctl.io import atomic_path

@@ -15,7 +15,6 @@ error is a 4xx with a one-line JSON body `{"error": "..."}`; bad input never sto
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import io
 import json
 import os
@@ -31,6 +30,7 @@ import numpy as np
 from cnnctl import __version__
 from cnnctl.errors import DataError
 from cnnctl.inference import OnnxClassifier, softmax, top_k
+from cnnctl.io import file_sha256
 from cnnctl.preprocess import load_image, normalize
 
 ENV = "CNNCTL_SERVE_CONFIG"  # how `--workers N` hands the settings to each worker process
@@ -130,14 +130,6 @@ class Batcher:
             for (_, future), row in zip(items, probs):
                 if not future.done():
                     future.set_result(row)
-
-
-def file_sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _log(line: str) -> None:

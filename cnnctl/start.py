@@ -234,13 +234,9 @@ def param_groups(model: nn.Module, freezer: Freezer | None, backbone_lr_scale: f
     Frozen parameters are in the backbone group too (they get no gradients while frozen, so the
     optimizer leaves them untouched), so unfreezing needs no new optimizer.
     """
-    if freezer is None or not freezer.head_params:
-        if backbone_lr_scale != 1.0:
-            head = {id(p) for p in head_of(model)[1].parameters()}
-        else:
-            return [{"params": list(model.parameters()), "lr_scale": 1.0}]
-    else:
-        head = freezer.head_params
+    if freezer is None and backbone_lr_scale == 1.0:
+        return [{"params": list(model.parameters()), "lr_scale": 1.0}]
+    head = freezer.head_params if freezer is not None else {id(p) for p in head_of(model)[1].parameters()}
     head_params = [p for p in model.parameters() if id(p) in head]
     rest = [p for p in model.parameters() if id(p) not in head]
     groups = [{"params": head_params, "lr_scale": 1.0, "name": "head"}]

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import io
 import json
-import os
 import shutil
 import signal
 import socket
@@ -16,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import PETS_MINI, ROOT, assert_user_error, run_cli, write_mnist_pngs
+from tests.conftest import ROOT, assert_user_error, run_cli, write_mnist_pngs
 
 httpx = pytest.importorskip("httpx", reason="the serve extra's test client (pip install -e '.[dev]')")
 pytest.importorskip("uvicorn", reason="cnnctl serve needs the serve extra (pip install -e '.[serve]')")

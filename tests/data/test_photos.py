@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
 from cnnctl.data.batches import Batches, random_resized_crop
 from cnnctl.data.sources import Split
 from cnnctl.preprocess import Preprocess
-from tests.conftest import PETS_MINI, ROOT, assert_user_error, run_cli
+from tests.conftest import PETS_MINI, assert_user_error, run_cli
 
 
 @pytest.fixture(scope="module")
