@@ -5,7 +5,7 @@ those are derived from the current folder listing at every run, so the same file
 another class mapping can never come back with old labels.
 
 The key is the identity of the files (path, size, mtime, in order) plus the decode settings
-(channels, size, interpolation, resize mode). A cache entry is two files in the cache folder:
+(every field of `Preprocess` but mean/std: channels, size, interpolation, resize mode and size). A cache entry is two files in the cache folder:
 
     pixels-<key>.u8     raw uint8, shape (N, C, H, W), C-contiguous, no header
     pixels-<key>.json   {"format", "key", "shape", "failed": {row: reason}}: written last
@@ -40,7 +40,7 @@ from cnnctl.errors import DataError
 from cnnctl.preprocess import Preprocess, load_image
 
 FORMAT = 2
-# Files decoded per window of work handed to the thread pool: bounds the futures held at once.
+# Files per unit of work handed to the decode workers: bounds the futures held at once.
 WINDOW = 512
 
 Log = Callable[[str], None]
@@ -48,8 +48,9 @@ Log = Callable[[str], None]
 
 def cache_key(files: list[str], prep: Preprocess) -> str:
     """The identity of a decode: the files (path, size, mtime, order) and how they are decoded."""
-    decode = {"format": FORMAT, "channels": prep.channels, "size": list(prep.size),
-              "interpolation": prep.interpolation, "resize": prep.resize}  # fmt: skip
+    # Every field of the preprocessing that decides pixels (all but the normalisation, applied per
+    # batch later), so a setting added to Preprocess can never share an entry with another value.
+    decode = {"format": FORMAT, **{k: v for k, v in prep.to_dict().items() if k not in ("mean", "std")}}
     h = hashlib.sha256(json.dumps(decode, sort_keys=True).encode())
     for f in files:
         try:

@@ -184,3 +184,17 @@ def test_memory_stays_bounded_while_decoding_and_reading_a_large_cache(tmp_path)
     cache_bytes, grown = map(int, proc.stdout.split())
     assert cache_bytes == 2400 * 3 * 192 * 192
     assert grown < cache_bytes / 4, f"anonymous memory grew by {grown / 2**20:.0f} MB for a {cache_bytes / 2**20:.0f} MB cache"
+
+
+def test_every_decode_setting_is_part_of_the_key(tmp_path):
+    # Same files, same output size, only the shorter side before the centre crop differs
+    # (--crop-pct 0.875 vs 0.8): that is other pixels, so never the same entry.
+    files = photo_files(tmp_path / "img", 3)
+    a = load_pixels(files, Preprocess(channels=3, size=(40, 40), resize="crop", resize_size=46), tmp_path / "cache", lambda m: None)
+    b = load_pixels(files, Preprocess(channels=3, size=(40, 40), resize="crop", resize_size=50), tmp_path / "cache", lambda m: None)
+    assert a.key != b.key and not torch.equal(a.array, b.array)
+    assert np.array_equal(b.array[0].numpy(), load_image(files[0], Preprocess(channels=3, size=(40, 40), resize="crop", resize_size=50)))
+    # Normalisation is applied per batch, not stored: it does not change the entry.
+    c = load_pixels(files, Preprocess(channels=3, size=(40, 40), mean=[0.5] * 3, std=[0.2] * 3, resize="crop", resize_size=46),
+                    tmp_path / "cache", lambda m: None)  # fmt: skip
+    assert c.key == a.key
