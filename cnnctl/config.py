@@ -27,6 +27,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "monitor": ("val_acc", "val_loss"),
     "freeze": ("none", "backbone"),
     "resize": ("auto", "stretch", "crop"),
+    "interpolation": ("auto", "bilinear", "bicubic", "nearest"),
 }
 
 
@@ -57,6 +58,7 @@ class TrainConfig:
     backbone_lr_scale: float = _f(1.0, "Learning-rate factor for all but the head, e.g. 0.1 when fine-tuning from --init.")
     resize: str = _f("auto", "Image folders: stretch to --image-size (the tutorials), or crop: keep the aspect ratio, resize the "
                          "shorter side to --image-size / --crop-pct and cut out the centre (photos; auto: crop with --pretrained, else stretch).")
+    interpolation: str = _f("auto", "Resampling of image folders' photos (auto: the --pretrained weights', else bilinear).")
     crop_pct: float = _f(0.875, "With --resize crop: the share of the resized shorter side kept by the centre crop (timm's crop_pct).")
     augment: str = _f("none", "Augmentation: none, flip-crop (pad-4 crop + h-flip), shift (+-2 px, for digits), flip, "
                               "rrc-flip (random-resized-crop + h-flip; with --resize crop).")
@@ -100,7 +102,7 @@ FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 
 # Where each option shows in `cnnctl train --help`, in this order; every CLI field has one panel.
 PANELS: dict[str, tuple[str, ...]] = {
-    "Data": ("data", "data_dir", "download", "val_split", "subset", "image_size", "resize", "crop_pct", "grayscale", "mean", "std",
+    "Data": ("data", "data_dir", "download", "val_split", "subset", "image_size", "resize", "crop_pct", "interpolation", "grayscale", "mean", "std",
              "cache_dir"),
     "Model & start": ("pretrained", "weights", "init", "freeze", "unfreeze_at", "backbone_lr_scale"),
     "Optimisation": ("epochs", "iters", "batch_size", "eval_batch_size", "optimizer", "lr", "momentum", "nesterov",

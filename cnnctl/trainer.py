@@ -276,7 +276,11 @@ def _preprocessing_defaults(cfg: TrainConfig, weights: Pretrained | None) -> Tra
         if cfg.resize == "auto" and cfg.data not in NAMED_SETS:
             cfg = dataclasses.replace(cfg, resize="crop", crop_pct=weights.crop_size / weights.resize_size,
                                       image_size=cfg.image_size or str(weights.crop_size))  # fmt: skip
-    return dataclasses.replace(cfg, resize="stretch") if cfg.resize == "auto" else cfg
+        if cfg.interpolation == "auto":
+            cfg = dataclasses.replace(cfg, interpolation=weights.interpolation)
+    if cfg.resize == "auto":
+        cfg = dataclasses.replace(cfg, resize="stretch")
+    return dataclasses.replace(cfg, interpolation="bilinear") if cfg.interpolation == "auto" else cfg
 
 
 class Checkpointer:

@@ -137,6 +137,7 @@ def test_pretrained_torchvision_weights_come_from_the_torch_hub_cache(tmp_path):
     assert meta["preprocess"]["mean"] == [0.485, 0.456, 0.406] and meta["preprocess"]["std"] == [0.229, 0.224, 0.225]
     # torchvision's Resize(256) + CenterCrop(224), scaled to the 64-pixel input: shorter side 73, centre 64.
     assert meta["preprocess"]["resize"] == "crop" and meta["preprocess"]["resize_size"] == 73 and meta["preprocess"]["size"] == [64, 64]
+    assert meta["preprocess"]["interpolation"] == "bilinear"  # resnet18's weights were prepared with bilinear
 
 
 def test_pretrained_offline_without_the_file_is_one_line_and_leaves_nothing(tmp_path):
@@ -170,3 +171,19 @@ def test_fine_tuned_runs_work_downstream_under_torchrun_with_int8_export_and_plo
     assert len(rows) == 5 and all(json.loads(r)["top"][0]["label"] in ("0", "1", "2") for r in rows)
     pytest.importorskip("matplotlib")
     assert run_cli("plot", out, "-o", tmp_path / "curves.png").returncode == 0 and (tmp_path / "curves.png").stat().st_size > 1000
+
+
+def test_the_weights_preprocessing_fills_what_the_flags_leave_open():
+    from cnnctl.config import TrainConfig
+    from cnnctl.start import pretrained_weights
+    from cnnctl.trainer import _preprocessing_defaults
+
+    bicubic = pretrained_weights("tv:efficientnet_b0", "DEFAULT")  # torchvision prepared these with bicubic resampling
+    cfg = _preprocessing_defaults(TrainConfig(model="tv:efficientnet_b0", data="photos/"), bicubic)
+    assert (cfg.interpolation, cfg.resize, cfg.image_size, cfg.crop_pct) == ("bicubic", "crop", "224", 224 / 256)
+    assert cfg.mean == "0.485,0.456,0.406"
+    mine = _preprocessing_defaults(TrainConfig(model="tv:efficientnet_b0", data="photos/", interpolation="bilinear", resize="stretch",
+                                               image_size="64", mean="0.5,0.5,0.5", std="0.2,0.2,0.2"), bicubic)  # fmt: skip
+    assert (mine.interpolation, mine.resize, mine.image_size, mine.mean) == ("bilinear", "stretch", "64", "0.5,0.5,0.5")
+    plain = _preprocessing_defaults(TrainConfig(model="tiny", data="photos/"), None)
+    assert (plain.interpolation, plain.resize) == ("bilinear", "stretch")

@@ -103,7 +103,9 @@ def build(cfg: TrainConfig, log: Callable[[str], None] = lambda m: print(m, file
     """Load `cfg.data` and split it; mean/std come from the training split only."""
     size = parse_image_size(cfg.image_size) if cfg.image_size else None
     resize = "stretch" if cfg.resize == "auto" else cfg.resize
-    src: Source = load_source(cfg.data, cfg.data_dir, cfg.download, size, cfg.grayscale, cfg.cache_dir, log, resize, cfg.crop_pct)
+    interpolation = "bilinear" if cfg.interpolation == "auto" else cfg.interpolation
+    src: Source = load_source(cfg.data, cfg.data_dir, cfg.download, size, cfg.grayscale, cfg.cache_dir, log, resize, cfg.crop_pct,
+                              interpolation)  # fmt: skip
     train, val = src.train, src.val
     if val is None:
         train, val = split_off(train, cfg.val_split)

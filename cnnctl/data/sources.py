@@ -269,6 +269,7 @@ def image_folder(
     log: Callable[[str], None],
     resize: str = "stretch",
     crop_pct: float = 0.875,
+    interpolation: str = "bilinear",
 ) -> Source:
     """An ImageFolder for training: PATH/<class>/*.jpg, or PATH/train/<class> with PATH/val, PATH/test."""
     layout = folder_layout(path)
@@ -294,12 +295,12 @@ def image_folder(
         notes.append(f"images resized to {image_size[0]}x{image_size[1]} (the first image's size; set --image-size to choose)")
     if resize == "crop":
         shorter = max(max(image_size), round(max(image_size) / crop_pct))
-        prep = Preprocess(channels=channels, size=image_size, resize="crop", resize_size=shorter)
-        stored = Preprocess(channels=channels, size=(shorter, shorter), resize="crop", resize_size=shorter)
+        prep = Preprocess(channels=channels, size=image_size, interpolation=interpolation, resize="crop", resize_size=shorter)
+        stored = Preprocess(channels=channels, size=(shorter, shorter), interpolation=interpolation, resize="crop", resize_size=shorter)
         notes.append(f"photos: shorter side to {shorter}, centre {image_size[0]}x{image_size[1]} for evaluation; "
                      f"training images stored at {shorter}x{shorter} for random-resized crops")  # fmt: skip
     else:
-        prep = stored = Preprocess(channels=channels, size=image_size)
+        prep = stored = Preprocess(channels=channels, size=image_size, interpolation=interpolation)
     train = folder_split(train_root, classes, stored, cache_dir, log, str(train_root))
     splits: dict[str, Split | None] = {"val": None, "test": None}
     for name in ("val", "test"):
@@ -330,6 +331,7 @@ def load_source(
     log: Callable[[str], None] = lambda m: print(m, file=sys.stderr),
     resize: str = "stretch",
     crop_pct: float = 0.875,
+    interpolation: str = "bilinear",
 ) -> Source:
     """Load any source by name or path, resized/converted when asked."""
     if resize == "crop" and data in NAMED_SETS:
@@ -339,7 +341,7 @@ def load_source(
     elif data in TORCHVISION_SETS:
         src = torchvision_set(data, data_dir, download)
     else:
-        return image_folder(data, image_size, grayscale, default_cache_dir(cache_dir), log, resize, crop_pct)
+        return image_folder(data, image_size, grayscale, default_cache_dir(cache_dir), log, resize, crop_pct, interpolation)
     channels = 1 if grayscale else src.channels
     size = image_size or src.size
     if (channels, size) != (src.channels, src.size):
