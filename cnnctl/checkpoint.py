@@ -88,9 +88,13 @@ def save_last(
     optimizer: torch.optim.Optimizer,
     state: dict[str, Any],
     meta: dict[str, Any],
+    ema: Any = None,
 ) -> None:
-    """Everything to resume: weights, optimizer tensors and hyper-parameters, RNG, loop state."""
+    """Everything to resume: weights, optimizer tensors and hyper-parameters, RNG, loop state,
+    and the `--ema` average (an `cnnctl.ema.EMA`) when there is one."""
     tensors = {f"model/{k}": v for k, v in _state(model).items()}
+    if ema is not None:
+        tensors.update({f"ema/{k}": v.contiguous() for k, v in ema.state_dict().items()})
     opt = optimizer.state_dict()
     scalars: dict[str, dict[str, Any]] = {}
     for idx, pstate in opt["state"].items():
@@ -113,8 +117,8 @@ def save_last(
         save_file(tensors, str(tmp), metadata=encode(full))
 
 
-def load_last(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    """Restore model, optimizer and RNG from `last.safetensors`; returns the loop state."""
+def load_last(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, ema: Any = None) -> dict[str, Any]:
+    """Restore model, optimizer, RNG (and the `--ema` average) from `last.safetensors`; returns the loop state."""
     p = Path(path)
     if not p.is_file():
         raise CheckpointError(f"{p} not found: nothing to resume (did the first epoch finish?)")
@@ -123,6 +127,11 @@ def load_last(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.O
         meta = {k: json.loads(v) for k, v in raw.items()}
         tensors = load_file(str(p))
         model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model/")})
+        if ema is not None:
+            saved_ema = {k[4:]: v for k, v in tensors.items() if k.startswith("ema/")}
+            if not saved_ema:
+                raise CheckpointError(f"{p} was saved without --ema, so there is no average to resume; drop --ema or start a new run")
+            ema.load_state_dict(saved_ema)
         opt_state: dict[int, dict[str, Any]] = {}
         for key, value in tensors.items():
             if key.startswith("optim/"):

@@ -28,6 +28,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "freeze": ("none", "backbone"),
     "resize": ("auto", "stretch", "crop"),
     "interpolation": ("auto", "bilinear", "bicubic", "nearest"),
+    "auto_augment": ("none", "randaugment", "trivialaugment"),
+    "log": ("none", "csv", "tensorboard"),
 }
 
 
@@ -63,6 +65,13 @@ class TrainConfig:
     augment: str = _f("none", "Augmentation: none, flip-crop (pad-4 crop + h-flip), shift (+-2 px, for digits), flip, "
                               "rrc-flip (random-resized-crop + h-flip; with --resize crop).")
     allow_flip: bool = _f(False, "Allow horizontal flips on digit data sets (refused by default: a flipped 2 is not a 2).")
+    auto_augment: str = _f("none", "Policy augmentation after --augment: randaugment or trivialaugment (torchvision.transforms.v2 on uint8 batches, "
+                                   "a fresh draw for every group of --aug-group images).")
+    aug_magnitude: int = _f(9, "RandAugment magnitude (0-30; torchvision's default 9).")
+    aug_group: int = _f(8, "Images that share one RandAugment/TrivialAugment draw (1 = every image its own; larger is cheaper).")
+    mixup: float = _f(0.0, "MixUp alpha (torchvision.transforms.v2.MixUp on whole batches; e.g. 0.2); 0 = off.")
+    cutmix: float = _f(0.0, "CutMix alpha (v2.CutMix; e.g. 1.0); 0 = off. With --mixup too, each mixed batch picks one of the two.")
+    mix_prob: float = _f(1.0, "Share of batches that --mixup/--cutmix mix (the rest train on plain labels).")
     epochs: int = _f(10, "Number of epochs (ignored when --iters is set).")
     iters: int = _f(0, "Train for this many iterations (batches) instead of --epochs.")
     batch_size: int = _f(128, "Batch size per optimizer step; under torchrun the global batch, split evenly over the processes.")
@@ -74,13 +83,17 @@ class TrainConfig:
     weight_decay: float = _f(0.0, "Weight decay.")
     loss: str = _f("ce", "Loss: ce (cross-entropy) or mse (softmax vs one-hot, as the cats-vs-dogs tutorial).")
     label_smoothing: float = _f(0.0, "Label smoothing for cross-entropy.")
+    clip_grad: float = _f(0.0, "Clip the gradients' global L2 norm to this value before each step; 0 = off.")
+    accumulate: int = _f(1, "Accumulate gradients over N batches of --batch-size per optimizer step (an effective batch of N x --batch-size).")
+    ema: float = _f(0.0, "Keep an exponential moving average of the weights with this decay per step (e.g. 0.999); it is validated "
+                         "every epoch and model.safetensors holds the better of the two. 0 = off.")
     scheduler: str = _f("none", "LR schedule: none, step, cosine, onecycle.")
     warmup: float = _f(0.0, "Linear warm-up length in epochs (onecycle default: 30% of training).")
     step_size: int = _f(5, "Epochs between LR drops (step schedule).")
     gamma: float = _f(0.1, "LR factor at each drop (step schedule).")
     seed: int = _f(0, "Random seed (weights, shuffling, augmentation, dropout).")
     device: str = _f("auto", "Device: auto, cpu, cuda, mps.")
-    amp: str = _f("none", "Mixed precision on CUDA: none, bf16, fp16.")
+    amp: str = _f("none", "Mixed precision: bf16 (CUDA, or a CPU with avx512_bf16/AMX: ~2x faster convolutions), fp16 (CUDA), none.")
     compile: bool = _f(False, "torch.compile the model (CUDA).")
     deterministic: bool = _f(False, "Use deterministic algorithms (CUDA).")
     channels_last: bool = _f(True, "Use channels_last memory format.")
@@ -89,6 +102,8 @@ class TrainConfig:
     monitor: str = _f("val_acc", "Metric that picks the best checkpoint: val_acc or val_loss.")
     time_limit: float = _f(0.0, "Stop training after this many seconds (0 = no limit).")
     cache_dir: str = _f("", "Cache for decoded image folders (default: ~/.cache/cnnctl).")
+    log: str = _f("none", "Also write the history where other tools read it: csv (history.csv + steps.csv) or tensorboard "
+                          "(RUN/tensorboard; needs pip install 'cnnctl[tensorboard]').")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -106,10 +121,10 @@ PANELS: dict[str, tuple[str, ...]] = {
              "cache_dir"),
     "Model & start": ("pretrained", "weights", "init", "freeze", "unfreeze_at", "backbone_lr_scale"),
     "Optimisation": ("epochs", "iters", "batch_size", "eval_batch_size", "optimizer", "lr", "momentum", "nesterov",
-                     "weight_decay", "loss", "label_smoothing"),
+                     "weight_decay", "loss", "label_smoothing", "clip_grad", "accumulate", "ema"),
     "Schedule & stopping": ("scheduler", "warmup", "step_size", "gamma", "patience", "monitor", "time_limit"),
-    "Augmentation": ("augment", "allow_flip"),
-    "Run & output": ("seed",),
+    "Augmentation": ("augment", "allow_flip", "auto_augment", "aug_magnitude", "aug_group", "mixup", "cutmix", "mix_prob"),
+    "Run & output": ("seed", "log"),
     "Hardware": ("device", "amp", "compile", "deterministic", "channels_last", "threads"),
 }
 PANEL_OF = {name: panel for panel, names in PANELS.items() for name in names}
@@ -161,6 +176,16 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         raise UsageError("--unfreeze-at and --backbone-lr-scale cannot be negative")
     if cfg.unfreeze_at and cfg.freeze == "none":
         raise UsageError("--unfreeze-at needs --freeze backbone (it says when the frozen backbone starts training)")
+    if cfg.clip_grad < 0 or cfg.mixup < 0 or cfg.cutmix < 0:
+        raise UsageError("--clip-grad, --mixup and --cutmix cannot be negative (0 turns them off)")
+    if cfg.accumulate < 1 or cfg.aug_group < 1:
+        raise UsageError("--accumulate and --aug-group must be at least 1")
+    if not 0 <= cfg.ema < 1:
+        raise UsageError(f"--ema is a decay per step in [0, 1), e.g. 0.999 (0 = off); got {cfg.ema}")
+    if not 0 <= cfg.mix_prob <= 1:
+        raise UsageError(f"--mix-prob must be in [0, 1], got {cfg.mix_prob}")
+    if not 0 <= cfg.aug_magnitude <= 30:
+        raise UsageError(f"--aug-magnitude must be in [0, 30], got {cfg.aug_magnitude}")
     if cfg.loss == "mse" and cfg.label_smoothing:
         raise UsageError("--label-smoothing applies to --loss ce only")
     for name in ("mean", "std"):

@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import math
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Protocol
+from typing import Any, Callable, Iterable, Protocol, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from cnnctl.distributed import Dist
+from cnnctl.ema import EMA
 from cnnctl.errors import TrainingError
 from cnnctl.schedule import Schedule
 
@@ -32,10 +34,14 @@ class Reporter(Protocol):
 
 
 def make_loss(kind: str, num_classes: int, label_smoothing: float = 0.0) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """Cross-entropy, or MSE between softmax(logits) and one-hot targets (the cats-vs-dogs tutorial)."""
+    """Cross-entropy, or MSE between softmax(logits) and one-hot targets (the cats-vs-dogs tutorial).
+
+    Targets are class indices (N,) or, from --mixup/--cutmix, class probabilities (N, classes).
+    """
     if kind == "mse":
         def mse(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-            return F.mse_loss(logits.float().softmax(1), F.one_hot(y, num_classes).float())
+            target = y if y.dim() == 2 else F.one_hot(y, num_classes).float()
+            return F.mse_loss(logits.float().softmax(1), target)
         return mse
 
     def ce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -44,9 +50,10 @@ def make_loss(kind: str, num_classes: int, label_smoothing: float = 0.0) -> Call
 
 
 def autocast(device: torch.device, amp: str):
-    if amp == "none" or device.type != "cuda":
+    """bf16 or fp16 autocast on CUDA; bf16 on CPU (oneDNN's bf16 convolutions); else a no-op."""
+    if amp == "none" or device.type not in ("cuda", "cpu") or (device.type == "cpu" and amp != "bf16"):
         return torch.autocast(device_type=device.type, enabled=False)
-    return torch.autocast(device_type="cuda", dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
 
 
 @dataclass
@@ -74,8 +81,18 @@ def train_one_epoch(
     should_stop: Callable[[], bool] = lambda: False,
     reporter: Reporter | None = None,
     dist: Dist | None = None,
+    accumulate: int = 1,
+    sizes: Sequence[int] | None = None,
+    clip_grad: float = 0.0,
+    ema: EMA | None = None,
+    on_step: Callable[[int, torch.Tensor, float], None] | None = None,
 ) -> tuple[EpochStats, int]:
     """One pass over `batches`; returns the stats (summed over all ranks) and the new global step.
+
+    A step is one optimizer step: with `accumulate` N, the gradients of N consecutive batches
+    (global sizes in `sizes`) are summed, each batch's mean loss weighted by its share of the
+    group, so N batches of B train exactly as one batch of N*B would (BatchNorm aside: it sees
+    B images at a time). Then: gradient clipping to `clip_grad`, the step, the `ema` update.
 
     Under torchrun every rank runs this on its slice of the same global batches; the stop checks
     after each step are agreed between ranks, so all of them leave the loop at the same step.
@@ -83,41 +100,67 @@ def train_one_epoch(
     dist = dist or Dist()
     model.train()
     device = next(model.parameters()).device
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    count = len(sizes) if sizes is not None else None
     # Running sums stay on the model's device: no host sync per step for them on CUDA.
     total_loss = torch.zeros((), dtype=torch.float64, device=device)
     correct = torch.zeros((), dtype=torch.int64, device=device)
+    step_loss = torch.zeros((), dtype=torch.float32, device=device)
     seen = steps = 0
     truncated = False
+    lr = 0.0
     start = time.perf_counter()
-    for x, y in batches:
-        lr = lr_fn(step)
-        for group in optimizer.param_groups:
-            group["lr"] = lr * group.get("lr_scale", 1.0)
-        optimizer.zero_grad(set_to_none=True)
-        with autocast(device, amp):
-            logits = model(x)
-            loss = loss_fn(logits, y)
-        if not torch.isfinite(loss):
-            raise TrainingError(
-                f"the loss became {loss.item()} at step {step + 1} (lr {lr:.3g}); training stopped. "
-                f"Lower --lr or add --warmup; the last good epoch is kept in last.safetensors"
-            )
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
+    for i, (x, y) in enumerate(batches):
+        first, position = i % accumulate == 0, i % accumulate
+        last = position == accumulate - 1 or (count is not None and i == count - 1)
+        if first:
+            lr = lr_fn(step)
+            for group in optimizer.param_groups:
+                group["lr"] = lr * group.get("lr_scale", 1.0)
+            optimizer.zero_grad(set_to_none=True)
+            step_loss.zero_()
+        weight = 1.0
+        if accumulate > 1:
+            group_sizes = sizes[i - position:i - position + accumulate] if sizes is not None else [1] * accumulate
+            weight = (sizes[i] if sizes is not None else 1) / sum(group_sizes)
+        # DDP: all-reduce the gradients once per step, on the group's last batch.
+        sync = model.no_sync() if not last and hasattr(model, "no_sync") else nullcontext()
+        with sync:
+            with autocast(device, amp):
+                logits = model(x)
+                loss = loss_fn(logits, y)
+            if not torch.isfinite(loss):
+                raise TrainingError(
+                    f"the loss became {loss.item()} at step {step + 1} (lr {lr:.3g}); training stopped. "
+                    f"Lower --lr or add --warmup; the last good epoch is kept in last.safetensors"
+                )
+            scaled = loss * weight if weight != 1.0 else loss
+            (scaler.scale(scaled) if scaler is not None else scaled).backward()
         n = y.shape[0]
         loss_value = loss.detach().double()
         total_loss += loss_value * n
-        correct += (logits.detach().argmax(1) == y).sum()
+        step_loss += loss.detach().float() * weight
+        correct += (logits.detach().argmax(1) == (y.argmax(1) if y.dim() == 2 else y)).sum()
         seen += n
+        if not last:
+            continue
+        if clip_grad > 0:
+            if scaler is not None:
+                scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(params, clip_grad)
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        if ema is not None:
+            ema.update()
         steps += 1
         step += 1
+        if on_step is not None:
+            on_step(step, step_loss.clone(), lr)
         if reporter is not None and (device.type == "cpu" or steps % 20 == 0):  # float() syncs a GPU
-            reporter.batch(steps, float(loss_value), seen / max(1e-9, time.perf_counter() - start))
+            reporter.batch(i + 1, float(loss_value), seen / max(1e-9, time.perf_counter() - start))
         stop, late = dist.any(should_stop(), deadline is not None and time.monotonic() >= deadline)
         if stop:
             raise Interrupted()
@@ -219,6 +262,16 @@ class Hooks:
     reporter: Reporter | None = None
     on_epoch_start: Callable[[int], None] = lambda epoch: None
     on_epoch_end: Callable[[dict[str, Any], bool, LoopState], None] = lambda record, improved, state: None
+    on_step: Callable[[int, torch.Tensor, float], None] | None = None  # (step, loss tensor, lr) after each optimizer step
+
+
+@dataclass
+class Stepping:
+    """What happens around each optimizer step: gradient accumulation, clipping, a weight average."""
+
+    accumulate: int = 1
+    clip_grad: float = 0.0
+    ema: EMA | None = None
 
 
 def fit(
@@ -237,6 +290,7 @@ def fit(
     hooks: Hooks | None = None,
     dist: Dist | None = None,
     eval_model: nn.Module | None = None,
+    stepping: Stepping | None = None,
 ) -> str:
     """Train from `state.epoch + 1` to `limits.epochs`; validate with `evaluate` after every epoch.
 
@@ -250,8 +304,14 @@ def fit(
     seconds per step (validation included; the mean over ranks), `schedule.planned_steps` becomes
     the number of steps that still fit, and training ends there, so an annealing schedule
     finishes its decay inside the budget on a slower or busier machine.
+
+    With an EMA (`stepping.ema`), both weights are validated; the record's "weights" says which
+    scored better on `limits.monitor` (the EMA when there is no validation split), and that score
+    is the epoch's: the checkpointing hook saves those weights as the best.
     """
     dist = dist or Dist()
+    stepping = stepping or Stepping()
+    ema = stepping.ema
     hooks = hooks or Hooks()
     reporter = hooks.reporter
     eval_model = eval_model if eval_model is not None else model  # a compiled module has no truth value
@@ -267,7 +327,9 @@ def fit(
         stats, step = train_one_epoch(
             model, train_batches.epoch(epoch), optimizer, loss_fn, schedule.lr, state.step,
             max_steps=min(ends) if ends else None, deadline=deadline, amp=amp, scaler=scaler,
-            should_stop=hooks.should_stop, reporter=reporter, dist=dist,
+            should_stop=hooks.should_stop, reporter=reporter, dist=dist, accumulate=stepping.accumulate,
+            sizes=train_batches.sizes() if hasattr(train_batches, "sizes") else None, clip_grad=stepping.clip_grad,
+            ema=ema, on_step=hooks.on_step,
         )  # fmt: skip
         record: dict[str, Any] = {
             "epoch": epoch,
@@ -281,6 +343,12 @@ def fit(
         if val_batches is not None:
             dist.sync_buffers(eval_model)
             record.update(_validate(eval_model, val_batches, loss_fn, amp, dist))
+            if ema is not None:
+                record.update({f"ema_{k}": v for k, v in _validate(ema.module, val_batches, loss_fn, amp, dist).items()})
+        if ema is not None:
+            mine, averaged = record.get(limits.monitor), record.get(f"ema_{limits.monitor}")
+            use_ema = mine is None or (averaged is not None and is_better(averaged, mine, limits.monitor) and averaged != mine)
+            record["weights"] = "ema" if use_ema else "model"
         if stats.truncated:
             record["truncated"] = True
         if deadline is not None and schedule.total_steps and stats.steps:
@@ -291,6 +359,8 @@ def fit(
             if schedule.shortened:
                 record["planned_steps"] = schedule.planned_steps
         metric = record.get(limits.monitor, record["train_acc"] if limits.monitor == "val_acc" else record["train_loss"])
+        if record.get("weights") == "ema" and f"ema_{limits.monitor}" in record:
+            metric = record[f"ema_{limits.monitor}"]
         improved = is_better(metric, state.best, limits.monitor)
         state.epoch, state.step = epoch, step
         state.elapsed += stats.seconds

@@ -24,12 +24,15 @@ from cnnctl.checkpoint import load_last, save_last, save_model, versions
 from cnnctl.config import TrainConfig, resolve
 from cnnctl.data import DataBundle, build
 from cnnctl.data.batches import Batches, shard
+from cnnctl.data.policies import BatchMix, PolicyAugment
 from cnnctl.data.sources import NAMED_SETS
 from cnnctl.distributed import Dist, is_comm_error
-from cnnctl.engine import Hooks, Interrupted, Limits, LoopState, Reporter, evaluate, fit, make_loss
+from cnnctl.ema import EMA
+from cnnctl.engine import Hooks, Interrupted, Limits, LoopState, Reporter, Stepping, evaluate, fit, make_loss
 from cnnctl.errors import CnnctlError, RunDirError, UsageError
 from cnnctl.io import RunLock, write_json
 from cnnctl.models import create
+from cnnctl.runlog import RunLog, check_available
 from cnnctl.schedule import Schedule
 from cnnctl.start import Freezer, InitReport, Pretrained, init_from, load_pretrained, param_groups, pretrained_weights
 
@@ -194,6 +197,7 @@ class Prepared:
     init_report: InitReport | None
     optimizer: torch.optim.Optimizer
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    stepping: Stepping
     schedule: Schedule
     limits: Limits
     train_batches: Batches
@@ -205,8 +209,14 @@ class Prepared:
 def setup(cfg: TrainConfig, run_dir: Path, resuming: bool, reporter: Reporter, device: torch.device, dist: Dist) -> Prepared:
     """Everything before the first step: preprocessing defaults, data, model, start weights,
     freezing, optimizer groups, batches, the schedule and, when resuming, the saved state."""
-    if cfg.amp != "none" and device.type != "cuda":
-        raise UsageError(f"--amp {cfg.amp} needs a CUDA device (this run is on {device.type}); drop --amp")
+    if cfg.amp == "fp16" and device.type != "cuda":
+        raise UsageError(f"--amp fp16 needs a CUDA device (this run is on {device.type}); use --amp bf16 on a CPU, or drop --amp")
+    if cfg.amp == "bf16" and device.type not in ("cuda", "cpu"):
+        raise UsageError(f"--amp bf16 runs on CUDA or CPU, not {device.type}; drop --amp")
+    if cfg.amp == "bf16" and device.type == "cpu" and not _cpu_has_bf16():
+        reporter.log("--amp bf16: this CPU has no native bf16 instructions (avx512_bf16/AMX), so oneDNN emulates them; "
+                     "expect it slower than float32")
+    check_available(cfg.log)
     torch.set_num_threads(dist.threads(cfg.threads))
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
@@ -235,14 +245,18 @@ def setup(cfg: TrainConfig, run_dir: Path, resuming: bool, reporter: Reporter, d
     optimizer = make_optimizer(cfg, param_groups(model, freezer, cfg.backbone_lr_scale))
     loss_fn = make_loss(cfg.loss, len(data.classes), cfg.label_smoothing)
 
-    train_batches = Batches(data.train, data.prep, cfg.batch_size, shuffle=True, augment=cfg.augment, seed=cfg.seed,
-                            device=device, channels_last=cfg.channels_last, rank=dist.rank, world=dist.world_size)  # fmt: skip
+    ema = EMA(model, cfg.ema) if cfg.ema else None
+    stepping = Stepping(accumulate=cfg.accumulate, clip_grad=cfg.clip_grad, ema=ema)
+    policy = PolicyAugment(cfg.auto_augment, magnitude=cfg.aug_magnitude, group=cfg.aug_group) if cfg.auto_augment != "none" else None
+    mix = BatchMix(len(data.classes), mixup=cfg.mixup, cutmix=cfg.cutmix, prob=cfg.mix_prob) if (cfg.mixup or cfg.cutmix) else None
+    train_batches = Batches(data.train, data.prep, cfg.batch_size, shuffle=True, augment=cfg.augment, seed=cfg.seed, device=device,
+                            channels_last=cfg.channels_last, rank=dist.rank, world=dist.world_size, policy=policy, mix=mix)  # fmt: skip
     if len(train_batches) == 0:
         raise UsageError(f"{len(data.train)} training image(s) cannot feed {dist.world_size} processes; use more data or fewer processes")
     val_batches = None
     if data.val:
         val_batches = Batches(shard(data.val, dist.rank, dist.world_size), data.prep, cfg.eval_batch_size, device=device, channels_last=cfg.channels_last)
-    steps_per_epoch = len(train_batches)
+    steps_per_epoch = math.ceil(len(train_batches) / cfg.accumulate)  # optimizer steps
     epochs = math.ceil(cfg.iters / steps_per_epoch) if cfg.iters else cfg.epochs
     schedule = Schedule(base_lr=cfg.lr, kind=cfg.scheduler, total_steps=cfg.iters or epochs * steps_per_epoch, steps_per_epoch=steps_per_epoch,
                         warmup_epochs=cfg.warmup, step_size=cfg.step_size, gamma=cfg.gamma)  # fmt: skip
@@ -250,7 +264,7 @@ def setup(cfg: TrainConfig, run_dir: Path, resuming: bool, reporter: Reporter, d
 
     state, records = LoopState(), []
     if resuming:
-        saved = load_last(run_dir / "last.safetensors", model, optimizer)
+        saved = load_last(run_dir / "last.safetensors", model, optimizer, ema)
         loop = dict(saved["loop"])
         schedule.load_state_dict(saved.get("schedule", {"planned_steps": loop.pop("planned_steps", 0)}))
         loop.pop("planned_steps", None)
@@ -261,7 +275,15 @@ def setup(cfg: TrainConfig, run_dir: Path, resuming: bool, reporter: Reporter, d
         reporter.log(f"{run_dir} has no finished epoch yet; starting from epoch 1")
     if freezer is not None:
         freezer.apply(state.epoch + 1)  # before DDP wraps the model: it keeps the trainable set it sees
-    return Prepared(cfg, data, model, freezer, init_report, optimizer, loss_fn, schedule, limits, train_batches, val_batches, state, records)
+    return Prepared(cfg, data, model, freezer, init_report, optimizer, loss_fn, stepping, schedule, limits, train_batches, val_batches,
+                    state, records)  # fmt: skip
+
+
+def _cpu_has_bf16() -> bool:
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def _preprocessing_defaults(cfg: TrainConfig, weights: Pretrained | None) -> TrainConfig:
@@ -291,6 +313,7 @@ class Checkpointer:
     def __init__(self, run_dir: Path, run: Prepared, writes: bool) -> None:
         self.run_dir, self.run, self.writes = run_dir, run, writes
         self.meta = checkpoint_metadata(run.cfg, run.data, run.cfg.model)
+        self.log = RunLog(run.cfg.log, run_dir, run.state.step) if writes and run.cfg.log != "none" else None
 
     def write_config(self, device: torch.device, dist: Dist) -> None:
         if not self.writes:
@@ -308,15 +331,26 @@ class Checkpointer:
         run.records.append(record)
         if not self.writes:
             return
-        metrics = {k: v for k, v in record.items() if k.startswith(("val_", "train_"))}
+        metrics = {k: v for k, v in record.items() if k.startswith(("val_", "train_", "ema_"))}
         meta = {**self.meta, "epoch": record["epoch"], "metrics": metrics}
+        ema = run.stepping.ema
         if improved:
-            save_model(self.run_dir / "model.safetensors", run.model, meta)
+            # With --ema, the better of the two weights on the monitored metric (record["weights"]).
+            best = ema.module if ema is not None and record.get("weights") == "ema" else run.model
+            save_model(self.run_dir / "model.safetensors", best, {**meta, "weights": record.get("weights", "model")})
         save_last(self.run_dir / "last.safetensors", run.model, run.optimizer,
-                  {"loop": state.__dict__.copy(), "schedule": run.schedule.state_dict(), "history": run.records}, meta)  # fmt: skip
+                  {"loop": state.__dict__.copy(), "schedule": run.schedule.state_dict(), "history": run.records}, meta, ema)  # fmt: skip
         history.save(self.run_dir / "history.json", run.records)
+        if self.log is not None:
+            self.log.epoch(record, run.records)
+
+    def step(self, step: int, loss: torch.Tensor, lr: float) -> None:
+        if self.log is not None:
+            self.log.step(step, loss, lr)
 
     def finish(self, reason: str, test: dict[str, Any] | None) -> None:
+        if self.log is not None:
+            self.log.close()
         if self.writes:
             history.save(self.run_dir / "history.json", self.run.records, **({"test": test} if test else {}), stopped=reason)
 
@@ -343,7 +377,8 @@ def _run_locked(cfg: TrainConfig, run_dir: Path, resuming: bool, reporter: Repor
         phases = [unfreeze - 1, run.limits.epochs]
 
     with _signals() as caught:
-        hooks = Hooks(should_stop=lambda: bool(caught), reporter=reporter, on_epoch_start=on_epoch_start, on_epoch_end=checkpoints.epoch_end)
+        hooks = Hooks(should_stop=lambda: bool(caught), reporter=reporter, on_epoch_start=on_epoch_start, on_epoch_end=checkpoints.epoch_end,
+                      on_step=checkpoints.step if checkpoints.log is not None else None)  # fmt: skip
         try:
             for i, end in enumerate(phases):
                 if i:
@@ -355,7 +390,7 @@ def _run_locked(cfg: TrainConfig, run_dir: Path, resuming: bool, reporter: Repor
                     train_model = torch.compile(train_model) if run.cfg.compile else train_model
                 reason = fit(train_model, run.train_batches, run.val_batches, run.optimizer, run.loss_fn, run.schedule, run.state,
                              dataclasses.replace(run.limits, epochs=end), seed=run.cfg.seed, amp=run.cfg.amp, scaler=scaler, hooks=hooks,
-                             dist=dist, eval_model=run.model if dist.enabled else train_model)  # fmt: skip
+                             dist=dist, eval_model=run.model if dist.enabled else train_model, stepping=run.stepping)  # fmt: skip
                 if reason != "completed":
                     break
         except Interrupted:
@@ -377,6 +412,8 @@ def _run_locked(cfg: TrainConfig, run_dir: Path, resuming: bool, reporter: Repor
         batches = Batches(run.data.test, run.data.prep, run.cfg.eval_batch_size, device=device, channels_last=run.cfg.channels_last)
         result = evaluate(best, batches, run.loss_fn)
         test = {"loss": result.loss, "acc": result.acc, "images": len(result.targets), "epoch": state.best_epoch}
+        if run.stepping.ema is not None:
+            test["weights"] = next((r.get("weights") for r in run.records if r["epoch"] == state.best_epoch), "model")
     checkpoints.finish(reason, test)
     return RunResult(run_dir, reason, run.records, state.best_epoch, state.best, test)
 

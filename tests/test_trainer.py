@@ -62,16 +62,23 @@ def test_model_a_sgd_on_full_mnist_reaches_90_percent(shared_data, tmp_path):
     assert hist["test"]["images"] == 10000 and hist["test"]["acc"] >= 0.90, hist["test"]
 
 
-def _train_args(out: Path) -> list[str]:
+def _train_args(out: Path, extra: tuple[str, ...] = ()) -> list[str]:
     return ["train", "tiny", "--data", "mnist-mini", "--subset", "900", "--epochs", "3", "--batch-size", "50",
-            "--augment", "shift", "--seed", "3", "--out", str(out)]  # fmt: skip
+            "--augment", "shift", "--seed", "3", "--out", str(out), *extra]  # fmt: skip
 
 
-def test_resume_after_sigint_is_bit_identical(tmp_path):
+# Every regulariser of #17 at once: the EMA weights, the mixing and policy draws and the
+# accumulation groups must all replay exactly after an interruption.
+REGULARISED = ("--ema", "0.95", "--mixup", "0.4", "--cutmix", "1.0", "--mix-prob", "0.8", "--auto-augment", "trivialaugment",
+               "--aug-group", "4", "--clip-grad", "2.0", "--accumulate", "2", "--log", "csv")  # fmt: skip
+
+
+@pytest.mark.parametrize("extra", [(), REGULARISED], ids=["plain", "ema-mix-policy-accumulate"])
+def test_resume_after_sigint_is_bit_identical(tmp_path, extra):
     # tiny has dropout and augmentation: both must replay exactly after the interruption.
-    full = run_cli(*_train_args(tmp_path / "full"))
+    full = run_cli(*_train_args(tmp_path / "full", extra))
     assert full.returncode == 0, full.stderr
-    proc = subprocess.Popen([sys.executable, "-m", "cnnctl", *_train_args(tmp_path / "cut")], cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, "-m", "cnnctl", *_train_args(tmp_path / "cut", extra)], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
     assert proc.stderr is not None
     for line in proc.stderr:
@@ -93,6 +100,10 @@ def test_resume_after_sigint_is_bit_identical(tmp_path):
     hb = json.loads((tmp_path / "cut" / "history.json").read_text())
     strip = lambda h: [{k: v for k, v in r.items() if k not in ("seconds", "images_per_s")} for r in h["epochs"]]  # noqa: E731
     assert strip(ha) == strip(hb)
+    if extra:
+        assert any(k.startswith("ema/") for k in a)
+        assert {r["weights"] for r in ha["epochs"]} <= {"ema", "model"} and "ema_val_acc" in ha["epochs"][0]
+        assert (tmp_path / "full" / "steps.csv").read_text() == (tmp_path / "cut" / "steps.csv").read_text()
 
 
 def test_resume_with_more_epochs_extends_the_run(tmp_path):
@@ -154,7 +165,7 @@ def test_cifar_folder_trains_tiny_with_flip_crop(cifar_small, tmp_path):
         (["catdog", "--data", "mnist-mini", "--image-size", "8"], ["(Conv2d) cannot take input 32x2x2", "larger input"]),
         (["nosuchmodel"], ["unknown model"]),
         ([], ["no model given"]),
-        (["model-a", "--amp", "bf16", "--device", "cpu"], ["needs a CUDA device"]),
+        (["model-a", "--amp", "fp16", "--device", "cpu"], ["needs a CUDA device", "--amp bf16"]),
         (["model-a", "--mean", "a,b"], ["comma-separated numbers"]),
         (["model-a", "--recipe", "/nonexistent.toml"], ["not found"]),
     ],
@@ -214,3 +225,18 @@ def test_time_limit_fits_the_onecycle_schedule_to_the_budget(tmp_path):
     assert epochs[-1]["lr"] < 0.25 * 0.004, [r["lr"] for r in epochs]
     assert f"schedule fitted to the time limit: {planned[-1]} steps" in proc.stderr
     assert hist["test"]["acc"] > 0.9
+
+
+def test_bf16_autocast_trains_on_cpu(tmp_path):
+    # --amp bf16 on a CPU: oneDNN's bfloat16 convolutions (about 2x float32 where the CPU has
+    # avx512_bf16 or AMX; emulated, with a one-line warning, where it has neither).
+    import torch
+
+    proc = run_cli("train", "model-a", "--subset", "900", "--epochs", "2", "--batch-size", "50", "--lr", "3e-3",
+                   "--amp", "bf16", "--device", "cpu", "--out", tmp_path / "bf16")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    assert ("no native bf16" in proc.stderr) != native
+    hist = json.loads((tmp_path / "bf16" / "history.json").read_text())
+    assert hist["test"]["acc"] > 0.85, hist["test"]
+    assert json.loads((tmp_path / "bf16" / "config.json").read_text())["amp"] == "bf16"

@@ -96,8 +96,11 @@ def _render(summary: dict[str, Any], epochs: list[dict[str, Any]]) -> None:
     best = next((r for r in epochs if r["epoch"] == summary["best_epoch"]), last)
     lines = [f"run: {summary['run_dir']}  ({summary['epochs']} epoch(s), stopped: {summary['stopped']})"]
     if "val_acc" in best:
-        lines.append(f"best epoch {best['epoch']}: val_acc {best['val_acc']:.4f}  val_loss {best['val_loss']:.4f}  train_acc {best['train_acc']:.4f}")
-        gap = best["train_acc"] - best["val_acc"]
+        ema = best.get("weights") == "ema"
+        val_acc, val_loss = (best["ema_val_acc"], best["ema_val_loss"]) if ema else (best["val_acc"], best["val_loss"])
+        lines.append(f"best epoch {best['epoch']}{' (the --ema average)' if ema else ''}: val_acc {val_acc:.4f}  val_loss {val_loss:.4f}  "
+                     f"train_acc {best['train_acc']:.4f}")  # fmt: skip
+        gap = best["train_acc"] - val_acc
         hint = "overfitting" if gap > 0.05 else ("underfitting" if best["train_acc"] < 0.9 and gap < 0.02 else "good fit")
         lines.append(f"train - val accuracy gap: {gap:+.4f} ({hint})")
     if summary["test"]:

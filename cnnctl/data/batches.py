@@ -12,10 +12,12 @@ would, split N ways.
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 from typing import Iterator
 
 import torch
 
+from cnnctl.data.policies import BatchMix, PolicyAugment, seeded
 from cnnctl.data.sources import Split
 from cnnctl.preprocess import Preprocess
 
@@ -93,6 +95,8 @@ class Batches:
         drop_last: bool = False,
         rank: int = 0,
         world: int = 1,
+        policy: PolicyAugment | None = None,
+        mix: BatchMix | None = None,
     ) -> None:
         self.split = split
         self.batch_size = batch_size
@@ -103,6 +107,7 @@ class Batches:
         self.channels_last = channels_last
         self.drop_last = drop_last and len(split) > batch_size
         self.rank, self.world = rank, world
+        self.policy, self.mix = policy, mix
         self.size = tuple(prep.size)  # the model's input; stored images may be larger (random-resized crops)
         self.mean = torch.tensor(prep.mean or [0.0] * prep.channels, dtype=torch.float32, device=self.device).reshape(1, -1, 1, 1)
         self.std = torch.tensor(prep.std or [1.0] * prep.channels, dtype=torch.float32, device=self.device).reshape(1, -1, 1, 1)
@@ -112,7 +117,13 @@ class Batches:
         # A last batch smaller than the number of ranks cannot give every rank an image: dropped.
         return full if self.drop_last or rest < self.world else full + 1
 
+    def sizes(self) -> list[int]:
+        """The (global) number of images in each batch of an epoch."""
+        n = len(self.split)
+        return [min(n, (b + 1) * self.batch_size) - b * self.batch_size for b in range(len(self))]
+
     def epoch(self, epoch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Batches of float inputs and labels: int64 (N,), or float (N, classes) soft targets with a `mix`."""
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
         n = len(self.split)
         order = torch.randperm(n, generator=gen) if self.shuffle else None
@@ -126,13 +137,24 @@ class Batches:
                 x = random_translate(x, PAD[self.augment], gen)
             if self.augment in ("flip-crop", "flip", "rrc-flip"):
                 x = random_flip(x, gen)
+            with seeded((self.seed * 1_000_003 + epoch) * 65_537 + b) if (self.policy or self.mix) else nullcontext():
+                if self.policy is not None:
+                    x = self.policy(x if x.dtype == torch.uint8 else x.round_().to(torch.uint8))  # rrc-flip gives float 0-255
+                if self.mix is not None:
+                    # Mixed on the whole global batch (pairs cross rank slices), then sliced: N ranks
+                    # train on exactly what one process would.
+                    x, y = self.mix(normalize(self._to_device(x), self.mean, self.std), y.to(self.device))
             if self.world > 1:
                 x, y = x.tensor_split(self.world)[self.rank], y.tensor_split(self.world)[self.rank]
-            x = x.to(self.device, non_blocking=True)
-            if self.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)  # on uint8: a quarter of the bytes
-            x = normalize(x, self.mean, self.std)
+            if self.mix is None:
+                x = normalize(self._to_device(x), self.mean, self.std)
             yield x, y.to(self.device, non_blocking=True)
+
+    def _to_device(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.device, non_blocking=True)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)  # on uint8: a quarter of the bytes
+        return x
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         return self.epoch(0)
