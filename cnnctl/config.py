@@ -18,7 +18,7 @@ from typing import Any
 from cnnctl.errors import UsageError
 
 CHOICES: dict[str, tuple[str, ...]] = {
-    "augment": ("none", "flip-crop", "shift", "flip", "rrc-flip"),
+    "augment": ("none", "flip-crop", "flip-shift", "shift", "flip", "rrc-flip"),
     "optimizer": ("sgd", "adam", "adamw"),
     "loss": ("ce", "mse"),
     "scheduler": ("none", "step", "cosine", "onecycle"),
@@ -62,7 +62,7 @@ class TrainConfig:
                          "shorter side to --image-size / --crop-pct and cut out the centre (photos; auto: crop with --pretrained, else stretch).")
     interpolation: str = _f("auto", "Resampling of image folders' photos (auto: the --pretrained weights', else bilinear).")
     crop_pct: float = _f(0.875, "With --resize crop: the share of the resized shorter side kept by the centre crop (timm's crop_pct).")
-    augment: str = _f("none", "Augmentation: none, flip-crop (pad-4 crop + h-flip), shift (+-2 px, for digits), flip, "
+    augment: str = _f("none", "Augmentation: none, flip-crop (pad-4 crop + h-flip), flip-shift (pad-2 crop + h-flip, airbench's), shift (+-2 px, for digits), flip, "
                               "rrc-flip (random-resized-crop + h-flip; with --resize crop).")
     allow_flip: bool = _f(False, "Allow horizontal flips on digit data sets (refused by default: a flipped 2 is not a 2).")
     auto_augment: str = _f("none", "Policy augmentation after --augment: randaugment or trivialaugment (torchvision.transforms.v2 on uint8 batches, "
@@ -110,7 +110,7 @@ class TrainConfig:
 
     @property
     def flip(self) -> bool:
-        return self.augment in ("flip-crop", "flip", "rrc-flip")
+        return self.augment in ("flip-crop", "flip-shift", "flip", "rrc-flip")
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}

@@ -23,7 +23,7 @@ from cnnctl import history
 from cnnctl.checkpoint import load_last, save_last, save_model, versions
 from cnnctl.config import TrainConfig, resolve
 from cnnctl.data import DataBundle, build
-from cnnctl.data.batches import Batches, shard
+from cnnctl.data.batches import Batches, centre_crop, normalize, shard
 from cnnctl.data.policies import BatchMix, PolicyAugment
 from cnnctl.data.sources import NAMED_SETS
 from cnnctl.distributed import Dist, is_comm_error
@@ -32,6 +32,7 @@ from cnnctl.engine import Hooks, Interrupted, Limits, LoopState, Reporter, Stepp
 from cnnctl.errors import CnnctlError, RunDirError, UsageError
 from cnnctl.io import RunLock, write_json
 from cnnctl.models import create
+from cnnctl.models.layers import init_from_data
 from cnnctl.runlog import RunLog, check_available
 from cnnctl.schedule import Schedule
 from cnnctl.start import Freezer, InitReport, Pretrained, init_from, load_pretrained, param_groups, pretrained_weights
@@ -231,6 +232,10 @@ def setup(cfg: TrainConfig, run_dir: Path, resuming: bool, reporter: Reporter, d
     torch.manual_seed(cfg.seed)
     model = create(cfg.model, data.input_shape, len(data.classes))
     init_report = None
+    if not resuming and weights is None and not cfg.init and any(hasattr(m, "init_from_data") for m in model.modules()):
+        sample = _data_sample(data)
+        names = init_from_data(model, sample)
+        reporter.log(f"{', '.join(names)}: initialised from {len(sample)} training images (patch whitening)")
     if weights is not None and not resuming:  # a resumed run takes its weights from last.safetensors
         init_report = load_pretrained(model, weights)
         reporter.log(init_report.summary().replace("--init ", "--pretrained ", 1)
@@ -277,6 +282,18 @@ def setup(cfg: TrainConfig, run_dir: Path, resuming: bool, reporter: Reporter, d
         freezer.apply(state.epoch + 1)  # before DDP wraps the model: it keeps the trainable set it sees
     return Prepared(cfg, data, model, freezer, init_report, optimizer, loss_fn, stepping, schedule, limits, train_batches, val_batches,
                     state, records)  # fmt: skip
+
+
+def _data_sample(data: DataBundle, n: int = 5000) -> torch.Tensor:
+    """Up to `n` training images (a fixed draw), cropped and normalised as the model sees them."""
+    gen = torch.Generator().manual_seed(0)
+    idx = torch.randperm(len(data.train), generator=gen)[:n]
+    x = data.train.images(idx)
+    if tuple(x.shape[-2:]) != tuple(data.prep.size):
+        x = centre_crop(x, tuple(data.prep.size))
+    mean = torch.tensor(data.prep.mean or [0.0] * data.prep.channels).reshape(1, -1, 1, 1)
+    std = torch.tensor(data.prep.std or [1.0] * data.prep.channels).reshape(1, -1, 1, 1)
+    return normalize(x, mean, std)
 
 
 def _cpu_has_bf16() -> bool:

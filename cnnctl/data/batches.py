@@ -21,7 +21,7 @@ from cnnctl.data.policies import BatchMix, PolicyAugment, seeded
 from cnnctl.data.sources import Split
 from cnnctl.preprocess import Preprocess
 
-PAD = {"flip-crop": 4, "shift": 2}
+PAD = {"flip-crop": 4, "flip-shift": 2, "shift": 2}
 
 
 def normalize(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
@@ -135,7 +135,7 @@ class Batches:
                 x = random_resized_crop(x, self.size, gen) if self.augment == "rrc-flip" else centre_crop(x, self.size)
             if self.augment in PAD:
                 x = random_translate(x, PAD[self.augment], gen)
-            if self.augment in ("flip-crop", "flip", "rrc-flip"):
+            if self.augment in ("flip-crop", "flip-shift", "flip", "rrc-flip"):
                 x = random_flip(x, gen)
             with seeded((self.seed * 1_000_003 + epoch) * 65_537 + b) if (self.policy or self.mix) else nullcontext():
                 if self.policy is not None:

@@ -49,3 +49,16 @@ class Classifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.flatten(self.features(x)))
+
+
+@torch.no_grad()
+def init_from_data(model: nn.Module, x: torch.Tensor) -> list[str]:
+    """Data-dependent initialisation: every module with an `init_from_data` method (so far the
+    patch-whitening stem of fastnet-w, which sits at the model's input) gets `x`, a sample of
+    normalised training images. Returns the names of the modules initialised."""
+    done = []
+    for name, module in model.named_modules():
+        if module is not model and hasattr(module, "init_from_data"):
+            module.init_from_data(x)
+            done.append(name)
+    return done

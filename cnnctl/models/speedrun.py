@@ -28,6 +28,32 @@ class ScaledLinear(nn.Linear):
         return super().forward(x) * self.scale
 
 
+class PatchWhitening(nn.Conv2d):
+    """airbench's first layer: a k x k convolution whose filters are the principal components of
+    the training images' k x k patches, each scaled to unit variance, with both signs (so ReLU
+    keeps all of it). The filters are a buffer (never trained, saved and exported like weights);
+    the bias trains. Until `init_from_data` runs they are the usual random init.
+    """
+
+    def __init__(self, cin: int, kernel: int = 2) -> None:
+        super().__init__(cin, 2 * cin * kernel * kernel, kernel, padding=0, bias=True)
+        weight = self.weight.detach().clone()
+        del self.weight
+        self.register_buffer("weight", weight)
+
+    @torch.no_grad()
+    def init_from_data(self, x: torch.Tensor, eps: float = 5e-4) -> None:
+        """`x`: normalised training images (N, C, H, W), as the model sees them."""
+        c, k = self.in_channels, self.kernel_size[0]
+        patches = x.float().unfold(2, k, 1).unfold(3, k, 1)  # N, C, H', W', k, k
+        patches = patches.permute(0, 2, 3, 1, 4, 5).reshape(-1, c * k * k).double()
+        eigenvalues, eigenvectors = torch.linalg.eigh(patches.T @ patches / len(patches))
+        order = eigenvalues.argsort(descending=True)
+        filters = eigenvectors.T[order] / torch.sqrt(eigenvalues[order] + eps)[:, None]
+        filters = filters.reshape(c * k * k, c, k, k).float()
+        self.weight.copy_(torch.cat([filters, -filters]))
+
+
 def _conv_bn(cin: int, cout: int, *, pool: bool) -> list[nn.Module]:
     layers: list[nn.Module] = [nn.Conv2d(cin, cout, 3, padding=1, bias=False)]
     if pool:
@@ -36,13 +62,14 @@ def _conv_bn(cin: int, cout: int, *, pool: bool) -> list[nn.Module]:
     return layers
 
 
-def speedrun_net(in_shape, num_classes, *, widths: tuple[int, ...], stem: int) -> nn.Module:
-    layers: list[nn.Module] = [
-        nn.Conv2d(in_shape[0], stem, 3, padding=1, bias=False),
-        nn.BatchNorm2d(stem),
-        nn.ReLU(inplace=True),
-    ]
-    cin = stem
+def speedrun_net(in_shape, num_classes, *, widths: tuple[int, ...], stem: int, whiten: bool = False) -> nn.Module:
+    if whiten:
+        first = PatchWhitening(in_shape[0])
+        layers: list[nn.Module] = [first, nn.ReLU(inplace=True)]
+        cin = first.out_channels
+    else:
+        layers = [nn.Conv2d(in_shape[0], stem, 3, padding=1, bias=False), nn.BatchNorm2d(stem), nn.ReLU(inplace=True)]
+        cin = stem
     for width in widths:
         layers += _conv_bn(cin, width, pool=True) + _conv_bn(width, width, pool=False)
         cin = width
@@ -52,19 +79,21 @@ def speedrun_net(in_shape, num_classes, *, widths: tuple[int, ...], stem: int) -
     )
 
 
-for _name, _widths, _stem in (
-    ("fastnet", (64, 128, 128), 32),
-    ("fastnet-s", (32, 64, 128), 24),
-    ("fastnet-l", (64, 256, 256), 32),
+for _name, _widths, _stem, _whiten in (
+    ("fastnet", (64, 128, 128), 32, False),
+    ("fastnet-s", (32, 64, 128), 24, False),
+    ("fastnet-l", (64, 256, 256), 32, False),
+    ("fastnet-w", (64, 128, 128), 0, True),
 ):
     register(
         _name,
         description=(
-            f"CIFAR speed-run net: stem {_stem} ch, 3 blocks of [Conv3, MaxPool2, BN, ReLU, Conv3, "
+            f"CIFAR speed-run net: {'2x2 patch-whitening stem (from the training data)' if _whiten else f'stem {_stem} ch'}, 3 blocks of [Conv3, MaxPool2, BN, ReLU, Conv3, "
             f"BN, ReLU] ({'/'.join(map(str, _widths))} ch), global max-pool, scaled linear"
         ),
         default_input=(3, 32, 32),
         source="after Keller Jordan's airbench (2024) and David Page's ResNet-9 (2018) CIFAR-10 speed runs",
         widths=_widths,
         stem=_stem,
+        whiten=_whiten,
     )(speedrun_net)
