@@ -111,9 +111,9 @@ def train_one_epoch(
     lr = 0.0
     start = time.perf_counter()
     for i, (x, y) in enumerate(batches):
-        first, position = i % accumulate == 0, i % accumulate
+        position = i % accumulate  # within this step's group of batches
         last = position == accumulate - 1 or (count is not None and i == count - 1)
-        if first:
+        if position == 0:
             lr = lr_fn(step)
             for group in optimizer.param_groups:
                 group["lr"] = lr * group.get("lr_scale", 1.0)

@@ -23,7 +23,7 @@ from cnnctl import history
 from cnnctl.checkpoint import load_last, save_last, save_model, versions
 from cnnctl.config import TrainConfig, resolve
 from cnnctl.data import DataBundle, build
-from cnnctl.data.batches import Batches, centre_crop, normalize, shard
+from cnnctl.data.batches import Batches, shard
 from cnnctl.data.policies import BatchMix, PolicyAugment
 from cnnctl.data.sources import NAMED_SETS
 from cnnctl.distributed import Dist, is_comm_error
@@ -286,14 +286,9 @@ def setup(cfg: TrainConfig, run_dir: Path, resuming: bool, reporter: Reporter, d
 
 def _data_sample(data: DataBundle, n: int = 5000) -> torch.Tensor:
     """Up to `n` training images (a fixed draw), cropped and normalised as the model sees them."""
-    gen = torch.Generator().manual_seed(0)
-    idx = torch.randperm(len(data.train), generator=gen)[:n]
-    x = data.train.images(idx)
-    if tuple(x.shape[-2:]) != tuple(data.prep.size):
-        x = centre_crop(x, tuple(data.prep.size))
-    mean = torch.tensor(data.prep.mean or [0.0] * data.prep.channels).reshape(1, -1, 1, 1)
-    std = torch.tensor(data.prep.std or [1.0] * data.prep.channels).reshape(1, -1, 1, 1)
-    return normalize(x, mean, std)
+    idx = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(0))[:n]
+    x, _ = next(iter(Batches(data.train.take(idx), data.prep, n, channels_last=False)))
+    return x
 
 
 def _cpu_has_bf16() -> bool:

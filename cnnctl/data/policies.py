@@ -71,7 +71,3 @@ class BatchMix:
             return x, torch.nn.functional.one_hot(y, self.num_classes).to(torch.float32)
         return self.mix(x, y)
 
-
-def mixed_loss_targets(y: torch.Tensor) -> torch.Tensor:
-    """The class each target counts as for training accuracy: the label, or a soft target's largest share."""
-    return y.argmax(1) if y.dim() == 2 else y
