@@ -5,7 +5,7 @@ policies as `cnnctl train` runs them (torchvision.transforms.v2 on uint8 batches
 `--aug-group` images), timed against one forward/backward/step of the recipe's model on a batch
 of the same shape, float32 and bf16 autocast, in the same process.
 
-    python benchmarks/augment_cost.py [--repeats 5]
+    python -m benchmarks.augment_cost [--repeats 5]
 """
 
 from __future__ import annotations
@@ -15,10 +15,13 @@ import time
 
 import torch
 
+from benchmarks._common import ROOT
 from cnnctl.data.policies import BatchMix, PolicyAugment, seeded
 from cnnctl.data.sources import load_source
 from cnnctl.models import create
-from tests.conftest import CIFAR_MINI, PETS_MINI
+
+CIFAR_MINI = ROOT / "tests" / "fixtures" / "cifar10-mini"
+PETS_MINI = ROOT / "tests" / "fixtures" / "petimages-mini"
 
 
 def median_ms(fn, repeats: int) -> float:

@@ -4,7 +4,7 @@ The same model, batch (256 CIFAR-sized images, channels_last), SGD step and thre
 alternately in one process; prints images/s for both and the ratio. bf16 pays off where the CPU
 has native bf16 instructions (avx512_bf16, AMX); elsewhere oneDNN emulates them.
 
-    python benchmarks/cpu_bf16.py [--models fastnet-s,fastnet-w,fastnet,fastnet-l] [--steps 8]
+    python -m benchmarks.cpu_bf16 [--models fastnet-s,fastnet-w,fastnet,fastnet-l] [--steps 8]
 """
 
 from __future__ import annotations
