@@ -24,7 +24,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "scheduler": ("none", "step", "cosine", "onecycle"),
     "device": ("auto", "cpu", "cuda", "mps"),
     "amp": ("none", "bf16", "fp16"),
-    "monitor": ("val_acc", "val_loss"),
+    "monitor": ("val_acc", "val_loss", "last"),
     "freeze": ("none", "backbone"),
     "resize": ("auto", "stretch", "crop"),
     "interpolation": ("auto", "bilinear", "bicubic", "nearest"),
@@ -99,7 +99,8 @@ class TrainConfig:
     channels_last: bool = _f(True, "Use channels_last memory format.")
     threads: int = _f(0, "CPU threads for torch (0 = all cores).")
     patience: int = _f(0, "Stop after this many epochs without improvement of --monitor (0 = never).")
-    monitor: str = _f("val_acc", "Metric that picks the best checkpoint: val_acc or val_loss.")
+    monitor: str = _f("val_acc", "What picks the saved checkpoint: val_acc, val_loss, or last (the last epoch's weights, for "
+                                 "schedules that anneal to zero; with --ema, val_loss picks between the two).")
     time_limit: float = _f(0.0, "Stop training after this many seconds (0 = no limit).")
     cache_dir: str = _f("", "Cache for decoded image folders (default: ~/.cache/cnnctl).")
     log: str = _f("none", "Also write the history where other tools read it: csv (history.csv + steps.csv) or tensorboard "
@@ -186,6 +187,8 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         raise UsageError(f"--mix-prob must be in [0, 1], got {cfg.mix_prob}")
     if not 0 <= cfg.aug_magnitude <= 30:
         raise UsageError(f"--aug-magnitude must be in [0, 30], got {cfg.aug_magnitude}")
+    if cfg.monitor == "last" and cfg.patience:
+        raise UsageError("--patience needs --monitor val_acc or val_loss to count epochs without improvement (with last, every epoch is kept)")
     if cfg.loss == "mse" and cfg.label_smoothing:
         raise UsageError("--label-smoothing applies to --loss ce only")
     for name in ("mean", "std"):

@@ -345,9 +345,10 @@ def fit(
             record.update(_validate(eval_model, val_batches, loss_fn, amp, dist))
             if ema is not None:
                 record.update({f"ema_{k}": v for k, v in _validate(ema.module, val_batches, loss_fn, amp, dist).items()})
+        key = "val_loss" if limits.monitor == "last" else limits.monitor  # what compares weights and epochs
         if ema is not None:
-            mine, averaged = record.get(limits.monitor), record.get(f"ema_{limits.monitor}")
-            use_ema = mine is None or (averaged is not None and is_better(averaged, mine, limits.monitor) and averaged != mine)
+            mine, averaged = record.get(key), record.get(f"ema_{key}")
+            use_ema = mine is None or (averaged is not None and is_better(averaged, mine, key) and averaged != mine)
             record["weights"] = "ema" if use_ema else "model"
         if stats.truncated:
             record["truncated"] = True
@@ -358,10 +359,12 @@ def fit(
             schedule.planned_steps = int(dist.sum([float(fits)])[0] / dist.world_size)
             if schedule.shortened:
                 record["planned_steps"] = schedule.planned_steps
-        metric = record.get(limits.monitor, record["train_acc"] if limits.monitor == "val_acc" else record["train_loss"])
-        if record.get("weights") == "ema" and f"ema_{limits.monitor}" in record:
-            metric = record[f"ema_{limits.monitor}"]
-        improved = is_better(metric, state.best, limits.monitor)
+        metric = record.get(key, record["train_acc"] if key == "val_acc" else record["train_loss"])
+        if record.get("weights") == "ema" and f"ema_{key}" in record:
+            metric = record[f"ema_{key}"]
+        # monitor "last": every epoch replaces the saved weights (a schedule that anneals to zero
+        # ends on its best weights; 1,000 validation images would pick among near-ties by noise).
+        improved = limits.monitor == "last" or is_better(metric, state.best, key)
         state.epoch, state.step = epoch, step
         state.elapsed += stats.seconds
         if improved:

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
@@ -167,6 +168,7 @@ def test_cifar_folder_trains_tiny_with_flip_crop(cifar_small, tmp_path):
         ([], ["no model given"]),
         (["model-a", "--amp", "fp16", "--device", "cpu"], ["needs a CUDA device", "--amp bf16"]),
         (["model-a", "--mean", "a,b"], ["comma-separated numbers"]),
+        (["model-a", "--monitor", "last", "--patience", "2"], ["--patience needs --monitor val_acc or val_loss"]),
         (["model-a", "--recipe", "/nonexistent.toml"], ["not found"]),
     ],
 )
@@ -240,3 +242,21 @@ def test_bf16_autocast_trains_on_cpu(tmp_path):
     hist = json.loads((tmp_path / "bf16" / "history.json").read_text())
     assert hist["test"]["acc"] > 0.85, hist["test"]
     assert json.loads((tmp_path / "bf16" / "config.json").read_text())["amp"] == "bf16"
+
+
+def test_monitor_last_keeps_the_last_epoch_and_ema_picks_between_the_two(tmp_path):
+    out = tmp_path / "last"
+    proc = run_cli("train", "model-a", "--subset", "600", "--epochs", "3", "--batch-size", "50", "--lr", "3e-3", "--ema", "0.9",
+                   "--monitor", "last", "--out", out)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    hist = json.loads((out / "history.json").read_text())
+    final = hist["epochs"][-1]
+    assert hist["test"]["epoch"] == 3 and hist["test"]["weights"] == final["weights"]
+    # The weights the epoch says were better on val_loss are the ones saved.
+    expected = "ema" if final["ema_val_loss"] < final["val_loss"] else "model"
+    assert final["weights"] == expected
+    saved = load_file(str(out / "model.safetensors"))
+    last = load_file(str(out / "last.safetensors"))
+    prefix = "ema/module." if expected == "ema" else "model/"
+    for key, value in saved.items():
+        assert torch.equal(value, last[prefix + key]), key
