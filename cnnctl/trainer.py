@@ -356,10 +356,6 @@ class Checkpointer:
         if self.log is not None:
             self.log.epoch(record, run.records)
 
-    def step(self, step: int, loss: torch.Tensor, lr: float) -> None:
-        if self.log is not None:
-            self.log.step(step, loss, lr)
-
     def finish(self, reason: str, test: dict[str, Any] | None) -> None:
         if self.log is not None:
             self.log.close()
@@ -390,7 +386,7 @@ def _run_locked(cfg: TrainConfig, run_dir: Path, resuming: bool, reporter: Repor
 
     with _signals() as caught:
         hooks = Hooks(should_stop=lambda: bool(caught), reporter=reporter, on_epoch_start=on_epoch_start, on_epoch_end=checkpoints.epoch_end,
-                      on_step=checkpoints.step if checkpoints.log is not None else None)  # fmt: skip
+                      on_step=checkpoints.log.step if checkpoints.log is not None else None)  # fmt: skip
         try:
             for i, end in enumerate(phases):
                 if i:
