@@ -58,12 +58,16 @@ class TrainConfig:
     freeze: str = _f("none", "none, or backbone: train only the head (a linear probe; frozen BatchNorm statistics stay as they are).")
     unfreeze_at: int = _f(0, "With --freeze backbone: train the whole network from this epoch on (probe, then fine-tune); 0 = never.")
     backbone_lr_scale: float = _f(1.0, "Learning-rate factor for all but the head, e.g. 0.1 when fine-tuning from --init.")
+    bn_bias_lr_scale: float = _f(0.0, "Hold BatchNorm weights fixed (at 1 in a fresh net) and train BatchNorm biases at this many times the "
+                                      "learning rate, weight decay per step unchanged (airbench's scalebias: 64); 0 = off.")
     resize: str = _f("auto", "Image folders: stretch to --image-size (the tutorials), or crop: keep the aspect ratio, resize the "
                          "shorter side to --image-size / --crop-pct and cut out the centre (photos; auto: crop with --pretrained, else stretch).")
     interpolation: str = _f("auto", "Resampling of image folders' photos (auto: the --pretrained weights', else bilinear).")
     crop_pct: float = _f(0.875, "With --resize crop: the share of the resized shorter side kept by the centre crop (timm's crop_pct).")
     augment: str = _f("none", "Augmentation: none, flip-crop (pad-4 crop + h-flip), flip-shift (pad-2 crop + h-flip, airbench's), shift (+-2 px, for digits), flip, "
                               "rrc-flip (random-resized-crop + h-flip; with --resize crop).")
+    alternate_flip: bool = _f(False, "Flip each training image every other epoch instead of at random (airbench's alternating flip: "
+                                     "a coin per image picks its side in epoch 0). Needs an --augment with flips.")
     allow_flip: bool = _f(False, "Allow horizontal flips on digit data sets (refused by default: a flipped 2 is not a 2).")
     auto_augment: str = _f("none", "Policy augmentation after --augment: randaugment or trivialaugment (torchvision.transforms.v2 on uint8 batches, "
                                    "a fresh draw for every group of --aug-group images).")
@@ -87,6 +91,10 @@ class TrainConfig:
     accumulate: int = _f(1, "Accumulate gradients over N batches of --batch-size per optimizer step (an effective batch of N x --batch-size).")
     ema: float = _f(0.0, "Keep an exponential moving average of the weights with this decay per step (e.g. 0.999); it is validated "
                          "every epoch and model.safetensors holds the better of the two. 0 = off.")
+    lookahead: int = _f(0, "airbench's lookahead: every N optimizer steps the weights are pulled back towards slow weights that "
+                           "follow them, harder as training ends (decay 0.95^N x progress^3); e.g. 5. 0 = off.")
+    bn_momentum: float = _f(0.0, "Momentum of every BatchNorm layer's running statistics (PyTorch's convention: the weight of the new batch; "
+                                 "airbench uses 0.4); 0 = the model's own (usually 0.1).")
     scheduler: str = _f("none", "LR schedule: none, step, cosine, onecycle.")
     warmup: float = _f(0.0, "Linear warm-up length in epochs (onecycle default: 30% of training).")
     step_size: int = _f(5, "Epochs between LR drops (step schedule).")
@@ -122,9 +130,9 @@ PANELS: dict[str, tuple[str, ...]] = {
              "cache_dir"),
     "Model & start": ("pretrained", "weights", "init", "freeze", "unfreeze_at", "backbone_lr_scale"),
     "Optimisation": ("epochs", "iters", "batch_size", "eval_batch_size", "optimizer", "lr", "momentum", "nesterov",
-                     "weight_decay", "loss", "label_smoothing", "clip_grad", "accumulate", "ema"),
+                     "weight_decay", "bn_bias_lr_scale", "bn_momentum", "loss", "label_smoothing", "clip_grad", "accumulate", "ema", "lookahead"),
     "Schedule & stopping": ("scheduler", "warmup", "step_size", "gamma", "patience", "monitor", "time_limit"),
-    "Augmentation": ("augment", "allow_flip", "auto_augment", "aug_magnitude", "aug_group", "mixup", "cutmix", "mix_prob"),
+    "Augmentation": ("augment", "alternate_flip", "allow_flip", "auto_augment", "aug_magnitude", "aug_group", "mixup", "cutmix", "mix_prob"),
     "Run & output": ("seed", "log"),
     "Hardware": ("device", "amp", "compile", "deterministic", "channels_last", "threads"),
 }
@@ -169,18 +177,22 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         raise UsageError("--weight-decay, --momentum and --warmup must be >= 0 and --label-smoothing in [0, 1)")
     if not 0.1 <= cfg.crop_pct <= 1.0:
         raise UsageError(f"--crop-pct must be in [0.1, 1], got {cfg.crop_pct}")
+    if cfg.alternate_flip and not cfg.flip:
+        raise UsageError(f"--alternate-flip needs an --augment with flips (flip-shift, flip-crop, flip, rrc-flip), not {cfg.augment}")
     if cfg.augment == "rrc-flip" and cfg.resize == "stretch":
         raise UsageError("--augment rrc-flip crops from images stored larger than the model's input: use it with --resize crop")
     if (cfg.pretrained or cfg.weights) and cfg.init:
         raise UsageError("--pretrained/--weights and --init both choose the start weights; give one of them")
-    if cfg.unfreeze_at < 0 or cfg.backbone_lr_scale < 0:
-        raise UsageError("--unfreeze-at and --backbone-lr-scale cannot be negative")
+    if cfg.unfreeze_at < 0 or cfg.backbone_lr_scale < 0 or cfg.bn_bias_lr_scale < 0:
+        raise UsageError("--unfreeze-at, --backbone-lr-scale and --bn-bias-lr-scale cannot be negative")
     if cfg.unfreeze_at and cfg.freeze == "none":
         raise UsageError("--unfreeze-at needs --freeze backbone (it says when the frozen backbone starts training)")
     if cfg.clip_grad < 0 or cfg.mixup < 0 or cfg.cutmix < 0:
         raise UsageError("--clip-grad, --mixup and --cutmix cannot be negative (0 turns them off)")
     if cfg.accumulate < 1 or cfg.aug_group < 1:
         raise UsageError("--accumulate and --aug-group must be at least 1")
+    if cfg.lookahead < 0 or not 0 <= cfg.bn_momentum <= 1:
+        raise UsageError("--lookahead cannot be negative (0 = off) and --bn-momentum must be in [0, 1] (0 = the model's own)")
     if not 0 <= cfg.ema < 1:
         raise UsageError(f"--ema is a decay per step in [0, 1), e.g. 0.999 (0 = off); got {cfg.ema}")
     if not 0 <= cfg.mix_prob <= 1:

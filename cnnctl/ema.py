@@ -46,3 +46,39 @@ class EMA:
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self.averaged.load_state_dict(state)
+
+
+class Lookahead:
+    """airbench's lookahead (from hlb-cifar10): every `every` optimizer steps the slow weights move
+    towards the model's, slow += (1 - rho) * (model - slow), and the model takes them, with
+    rho = base**every * progress**power ramping from 0 to base**every over the run (move fast
+    first, average hard at the end). Parameters and floating-point buffers (BatchNorm statistics)
+    take part. At the end of every epoch the model takes the slow weights once more, so between
+    epochs the two are the same: a checkpoint holds the whole state, and resume is exact.
+    """
+
+    def __init__(self, model: nn.Module, every: int, base: float = 0.95, power: float = 3.0) -> None:
+        self.model, self.every, self.base, self.power = model, every, base, power
+        self.slow: list[torch.Tensor] = []
+        self.total = 0  # the planned number of optimizer steps, set by fit() before each epoch
+
+    def _live(self) -> list[torch.Tensor]:
+        return [t for t in self.model.state_dict().values() if torch.is_floating_point(t)]
+
+    @torch.no_grad()
+    def start_epoch(self, total_steps: int) -> None:
+        self.total = max(1, total_steps)
+        self.slow = [t.detach().clone() for t in self._live()]
+
+    @torch.no_grad()
+    def after_step(self, step: int) -> None:
+        if step % self.every:
+            return
+        rho = self.base**self.every * min(1.0, step / self.total) ** self.power
+        live = self._live()
+        torch._foreach_lerp_(self.slow, live, 1.0 - rho)
+        torch._foreach_copy_(live, self.slow)
+
+    @torch.no_grad()
+    def end_epoch(self) -> None:
+        torch._foreach_copy_(self._live(), self.slow)

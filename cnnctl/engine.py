@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cnnctl.distributed import Dist
-from cnnctl.ema import EMA
+from cnnctl.ema import EMA, Lookahead
 from cnnctl.errors import TrainingError
 from cnnctl.schedule import Schedule
 
@@ -85,6 +85,7 @@ def train_one_epoch(
     sizes: Sequence[int] | None = None,
     clip_grad: float = 0.0,
     ema: EMA | None = None,
+    lookahead: Lookahead | None = None,
     on_step: Callable[[int, torch.Tensor, float], None] | None = None,
 ) -> tuple[EpochStats, int]:
     """One pass over `batches`; returns the stats (summed over all ranks) and the new global step.
@@ -153,10 +154,12 @@ def train_one_epoch(
             scaler.update()
         else:
             optimizer.step()
-        if ema is not None:
-            ema.update()
         steps += 1
         step += 1
+        if lookahead is not None:
+            lookahead.after_step(step)
+        if ema is not None:
+            ema.update()
         if on_step is not None:
             on_step(step, step_loss.clone(), lr)
         if reporter is not None and (device.type == "cpu" or steps % 20 == 0):  # float() syncs a GPU
@@ -167,6 +170,8 @@ def train_one_epoch(
         if late or (max_steps is not None and step >= max_steps):
             truncated = True
             break
+    if lookahead is not None:
+        lookahead.end_epoch()
     seconds = time.perf_counter() - start
     loss_sum, correct_sum, seen = dist.sum([float(total_loss), float(correct), float(seen)])
     seen = int(seen)
@@ -197,8 +202,11 @@ def evaluate(
     *,
     amp: str = "none",
     tta_flip: bool = False,
+    tta_shift: int = 0,
 ) -> EvalResult:
-    """Run `model` over `batches` in inference mode. `tta_flip` averages with mirrored inputs."""
+    """Run `model` over `batches` in inference mode, with test-time augmentation: `tta_flip`
+    averages with mirrored inputs; `tta_shift` P puts half the weight on the inputs translated by
+    (-P, -P) and (+P, +P) pixels (reflect-padded), as airbench's multi-crop evaluation."""
     model.eval()
     loss_fn = loss_fn or (lambda logits, y: F.cross_entropy(logits.float(), y))
     all_logits, all_targets = [], []
@@ -207,9 +215,7 @@ def evaluate(
     with torch.inference_mode():
         for x, y in batches:
             with autocast(x.device, amp):
-                logits = model(x)
-                if tta_flip:
-                    logits = (logits + model(x.flip(3))) / 2
+                logits = tta_logits(model, x, tta_flip, tta_shift)
             logits = logits.float()
             total_loss += float(loss_fn(logits, y)) * y.shape[0]
             all_logits.append(logits.cpu())
@@ -223,6 +229,21 @@ def evaluate(
     if logits.shape[1:] and logits.shape[1] > 5:
         top5 = float((logits.topk(5, dim=1).indices == targets[:, None]).any(1).sum()) / n
     return EvalResult(total_loss / n, acc, top5, logits, targets, seconds)
+
+
+def tta_logits(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, flip: bool, shift: int) -> torch.Tensor:
+    """Logits of `x` averaged over its test-time views (see `evaluate`)."""
+
+    def views(x: torch.Tensor) -> torch.Tensor:
+        return (model(x) + model(x.flip(3))) / 2 if flip else model(x)
+
+    logits = views(x)
+    if shift:
+        h, w = x.shape[-2:]
+        padded = F.pad(x, (shift,) * 4, mode="reflect")
+        moved = (views(padded[..., :h, :w]) + views(padded[..., 2 * shift:, 2 * shift:])) / 2
+        logits = (logits + moved) / 2
+    return logits
 
 
 def is_better(value: float, best: float | None, monitor: str) -> bool:
@@ -267,11 +288,12 @@ class Hooks:
 
 @dataclass
 class Stepping:
-    """What happens around each optimizer step: gradient accumulation, clipping, a weight average."""
+    """What happens around each optimizer step: gradient accumulation, clipping, lookahead, a weight average."""
 
     accumulate: int = 1
     clip_grad: float = 0.0
     ema: EMA | None = None
+    lookahead: Lookahead | None = None
 
 
 def fit(
@@ -324,12 +346,14 @@ def fit(
             reporter.start_epoch(epoch, limits.epochs, len(train_batches))
         epoch_start = time.monotonic()
         ends = [s for s in (limits.max_steps, schedule.planned_steps) if s]
+        if stepping.lookahead is not None:
+            stepping.lookahead.start_epoch(min([schedule.length, *ends]))
         stats, step = train_one_epoch(
             model, train_batches.epoch(epoch), optimizer, loss_fn, schedule.lr, state.step,
             max_steps=min(ends) if ends else None, deadline=deadline, amp=amp, scaler=scaler,
             should_stop=hooks.should_stop, reporter=reporter, dist=dist, accumulate=stepping.accumulate,
             sizes=train_batches.sizes() if hasattr(train_batches, "sizes") else None, clip_grad=stepping.clip_grad,
-            ema=ema, on_step=hooks.on_step,
+            ema=ema, lookahead=stepping.lookahead, on_step=hooks.on_step,
         )  # fmt: skip
         record: dict[str, Any] = {
             "epoch": epoch,

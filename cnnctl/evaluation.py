@@ -156,6 +156,7 @@ def run_eval(
     compare: str | None = None,
     misclassified: int = 0,
     tta_flip: bool = False,
+    tta_shift: int = 0,
     limit: int = 0,
 ) -> dict[str, Any]:
     """The full report of `target` on one split (see docs/eval.md)."""
@@ -163,7 +164,10 @@ def run_eval(
     images, name, classes, split = load_split(model.meta, data, data_dir, split)
     if limit:
         images = images.take(torch.arange(min(limit, len(images))))
-    result = evaluate(model.module, model.batches(images, batch_size), tta_flip=tta_flip)
+    if tta_shift and min(model.prep.size) <= tta_shift:
+        raise UsageError(f"--tta-shift {tta_shift} must be smaller than the model's input ({model.prep.size[0]}x{model.prep.size[1]} px); try 1 or 2")
+    tta = {"tta_flip": tta_flip, "tta_shift": tta_shift}
+    result = evaluate(model.module, model.batches(images, batch_size), **tta)
     targets = result.targets.numpy()
     preds = result.logits.argmax(1).numpy()
     cm = confusion_matrix(targets, preds, len(classes))
@@ -182,6 +186,7 @@ def run_eval(
         "confusion_matrix": cm.tolist(),
         "seconds": round(result.seconds, 3),
         "images_per_s": round(result.images_per_s, 1),
+        "tta": tta,
     }
     if misclassified:
         probs = softmax(result.logits.numpy().astype(np.float64))
@@ -201,7 +206,7 @@ def run_eval(
         if other.meta["class_names"] != model.meta["class_names"] or other.prep.to_dict() != model.prep.to_dict():
             raise UsageError(f"--compare {compare} has other classes or preprocessing than {target}; compare exports of the same model")
         start = time.perf_counter()
-        theirs = evaluate(other.module, other.batches(images, batch_size))
+        theirs = evaluate(other.module, other.batches(images, batch_size), **tta)  # the same views: agreement compares like with like
         report["compare"] = {
             "target": other.path,
             "kind": other.kind,

@@ -8,7 +8,8 @@
 - `Freezer` freezes everything but the head (a linear probe): no gradients, and BatchNorm layers
   in eval mode so their running statistics stay as they were; `unfreeze_at` epoch N releases
   them (probe, then fine-tune). Frozen tensors come out bit-identical.
-- `param_groups` gives the head the base learning rate and the rest `backbone_lr_scale` times it;
+- `param_groups` gives the head the base learning rate and the rest `backbone_lr_scale` times it
+  (and, with `bn_bias_lr_scale`, BatchNorm biases their own multiple, their weights fixed);
   the epoch loop multiplies each group's `lr_scale` into the scheduled rate.
 """
 
@@ -228,18 +229,45 @@ class Freezer:
         return True
 
 
-def param_groups(model: nn.Module, freezer: Freezer | None, backbone_lr_scale: float) -> list[dict[str, Any]]:
+def batchnorm_params(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    """(weights, biases) of the model's BatchNorm layers."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine]
+    return [m.weight for m in norms], [m.bias for m in norms]
+
+
+def set_batchnorm_momentum(model: nn.Module, momentum: float) -> int:
+    """Give every BatchNorm layer this running-statistics momentum; returns how many there are."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for m in norms:
+        m.momentum = momentum
+    return len(norms)
+
+
+def param_groups(model: nn.Module, freezer: Freezer | None, backbone_lr_scale: float, bn_bias_lr_scale: float = 0.0) -> list[dict[str, Any]]:
     """Optimizer groups: the head at the base rate, the backbone at `backbone_lr_scale` times it.
 
     Frozen parameters are in the backbone group too (they get no gradients while frozen, so the
     optimizer leaves them untouched), so unfreezing needs no new optimizer.
+
+    `bn_bias_lr_scale` > 0 is airbench's "scalebias": BatchNorm weights stay as they are (1 in a
+    fresh net; left out of the optimizer, no gradients) and BatchNorm biases train at that many
+    times their group's rate, with `wd_scale` 1 / that, so that weight decay takes the same share
+    of them per step as of every other parameter (make_optimizer applies it).
     """
+    bn_weights, bn_biases = batchnorm_params(model) if bn_bias_lr_scale else ([], [])
+    for w in bn_weights:
+        w.requires_grad_(False)
+    skip = {id(p) for p in bn_weights + bn_biases}
     if freezer is None and backbone_lr_scale == 1.0:
-        return [{"params": list(model.parameters()), "lr_scale": 1.0}]
-    head = freezer.head_params if freezer is not None else {id(p) for p in head_of(model)[1].parameters()}
-    head_params = [p for p in model.parameters() if id(p) in head]
-    rest = [p for p in model.parameters() if id(p) not in head]
-    groups = [{"params": head_params, "lr_scale": 1.0, "name": "head"}]
-    if rest:
-        groups.append({"params": rest, "lr_scale": backbone_lr_scale, "name": "backbone"})
+        groups = [{"params": [p for p in model.parameters() if id(p) not in skip], "lr_scale": 1.0}]
+    else:
+        head = freezer.head_params if freezer is not None else {id(p) for p in head_of(model)[1].parameters()}
+        head_params = [p for p in model.parameters() if id(p) in head and id(p) not in skip]
+        rest = [p for p in model.parameters() if id(p) not in head and id(p) not in skip]
+        groups = [{"params": head_params, "lr_scale": 1.0, "name": "head"}]
+        if rest:
+            groups.append({"params": rest, "lr_scale": backbone_lr_scale, "name": "backbone"})
+    if bn_biases:
+        scale = bn_bias_lr_scale * (backbone_lr_scale if freezer is not None or backbone_lr_scale != 1.0 else 1.0)
+        groups.append({"params": bn_biases, "lr_scale": scale, "wd_scale": 1.0 / bn_bias_lr_scale, "name": "bn_bias"})
     return groups

@@ -27,7 +27,7 @@ from cnnctl.data.batches import Batches, shard
 from cnnctl.data.policies import BatchMix, PolicyAugment
 from cnnctl.data.sources import NAMED_SETS
 from cnnctl.distributed import Dist, is_comm_error
-from cnnctl.ema import EMA
+from cnnctl.ema import EMA, Lookahead
 from cnnctl.engine import Hooks, Interrupted, Limits, LoopState, Reporter, Stepping, evaluate, fit, make_loss
 from cnnctl.errors import CnnctlError, RunDirError, UsageError
 from cnnctl.io import RunLock, write_json
@@ -35,7 +35,7 @@ from cnnctl.models import create
 from cnnctl.models.layers import init_from_data
 from cnnctl.runlog import RunLog, check_available
 from cnnctl.schedule import Schedule
-from cnnctl.start import Freezer, InitReport, Pretrained, init_from, load_pretrained, param_groups, pretrained_weights
+from cnnctl.start import Freezer, InitReport, Pretrained, init_from, load_pretrained, param_groups, pretrained_weights, set_batchnorm_momentum
 
 
 @dataclass
@@ -70,7 +70,9 @@ def pick_device(name: str, dist: Dist | None = None) -> torch.device:
 
 
 def make_optimizer(cfg: TrainConfig, params: list[dict[str, Any]]) -> torch.optim.Optimizer:
-    """The optimizer over parameter groups (each with an `lr_scale` the epoch loop applies)."""
+    """The optimizer over parameter groups (each with an `lr_scale` the epoch loop applies, and
+    optionally a `wd_scale` applied here to the weight decay)."""
+    params = [{**g, "weight_decay": cfg.weight_decay * g["wd_scale"]} if "wd_scale" in g else g for g in params]
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "adam":
@@ -231,6 +233,8 @@ def setup(cfg: TrainConfig, run_dir: Path, resuming: bool, reporter: Reporter, d
 
     torch.manual_seed(cfg.seed)
     model = create(cfg.model, data.input_shape, len(data.classes))
+    if cfg.bn_momentum and not set_batchnorm_momentum(model, cfg.bn_momentum):
+        raise UsageError(f"--bn-momentum: {cfg.model} has no BatchNorm layers")
     init_report = None
     if not resuming and weights is None and not cfg.init and any(hasattr(m, "init_from_data") for m in model.modules()):
         sample = _data_sample(data)
@@ -247,15 +251,17 @@ def setup(cfg: TrainConfig, run_dir: Path, resuming: bool, reporter: Reporter, d
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     freezer = Freezer(model, cfg.freeze, cfg.unfreeze_at) if cfg.freeze != "none" else None
-    optimizer = make_optimizer(cfg, param_groups(model, freezer, cfg.backbone_lr_scale))
+    optimizer = make_optimizer(cfg, param_groups(model, freezer, cfg.backbone_lr_scale, cfg.bn_bias_lr_scale))
     loss_fn = make_loss(cfg.loss, len(data.classes), cfg.label_smoothing)
 
     ema = EMA(model, cfg.ema) if cfg.ema else None
-    stepping = Stepping(accumulate=cfg.accumulate, clip_grad=cfg.clip_grad, ema=ema)
+    lookahead = Lookahead(model, cfg.lookahead) if cfg.lookahead else None
+    stepping = Stepping(accumulate=cfg.accumulate, clip_grad=cfg.clip_grad, ema=ema, lookahead=lookahead)
     policy = PolicyAugment(cfg.auto_augment, magnitude=cfg.aug_magnitude, group=cfg.aug_group) if cfg.auto_augment != "none" else None
     mix = BatchMix(len(data.classes), mixup=cfg.mixup, cutmix=cfg.cutmix, prob=cfg.mix_prob) if (cfg.mixup or cfg.cutmix) else None
     train_batches = Batches(data.train, data.prep, cfg.batch_size, shuffle=True, augment=cfg.augment, seed=cfg.seed, device=device,
-                            channels_last=cfg.channels_last, rank=dist.rank, world=dist.world_size, policy=policy, mix=mix)  # fmt: skip
+                            channels_last=cfg.channels_last, rank=dist.rank, world=dist.world_size, policy=policy, mix=mix,
+                            alternate_flip=cfg.alternate_flip)  # fmt: skip
     if len(train_batches) == 0:
         raise UsageError(f"{len(data.train)} training image(s) cannot feed {dist.world_size} processes; use more data or fewer processes")
     val_batches = None

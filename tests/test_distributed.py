@@ -79,7 +79,7 @@ def test_environment_detection(monkeypatch):
 
 
 @pytest.mark.parametrize("extra", [(), ("--ema", "0.9", "--mixup", "0.2", "--cutmix", "1.0", "--auto-augment", "randaugment",
-                                          "--accumulate", "2", "--clip-grad", "1.0")], ids=["plain", "regularised"])  # fmt: skip
+                                          "--accumulate", "2", "--clip-grad", "1.0", "--lookahead", "3")], ids=["plain", "regularised"])  # fmt: skip
 def test_two_processes_train_what_one_process_trains(tmp_path, extra):
     single = run_cli("train", *ARGS, *extra, "--out", tmp_path / "single", timeout=300)
     assert single.returncode == 0, single.stderr

@@ -10,8 +10,8 @@ import torch
 from cnnctl.config import TrainConfig
 from cnnctl.data import build
 from cnnctl.data.batches import Batches
-from cnnctl.ema import EMA
-from cnnctl.engine import make_loss, train_one_epoch
+from cnnctl.ema import EMA, Lookahead
+from cnnctl.engine import evaluate, make_loss, train_one_epoch
 from cnnctl.models import create
 
 
@@ -92,3 +92,48 @@ def test_losses_take_soft_targets():
         assert float(loss(logits, soft)) == pytest.approx(float(loss(logits, y)), rel=1e-6)
     smoothed = make_loss("ce", 3, label_smoothing=0.1)
     assert float(smoothed(logits, soft)) == pytest.approx(float(smoothed(logits, y)), rel=1e-6)
+
+
+def test_test_time_views_and_their_weights():
+    """evaluate() with flips and +-1 px shifts sees six views, weighted 1/4, 1/4 and 1/8 x 4."""
+    seen: list[torch.Tensor] = []
+
+    class Views(torch.nn.Module):
+        def forward(self, v: torch.Tensor) -> torch.Tensor:  # one-hot logits that name the view
+            seen.append(v)
+            return torch.nn.functional.one_hot(torch.full((len(v),), len(seen) - 1), 6).float()
+
+    model = Views()
+
+    x = torch.arange(2 * 3 * 5 * 5, dtype=torch.float32).reshape(2, 3, 5, 5)
+    result = evaluate(model, [(x, torch.zeros(2, dtype=torch.int64))], tta_flip=True, tta_shift=1)
+    torch.testing.assert_close(result.logits[0], torch.tensor([0.25, 0.25, 0.125, 0.125, 0.125, 0.125]))
+    plain, mirror, down, down_mirror, up, up_mirror = seen
+    assert torch.equal(plain, x) and torch.equal(mirror, x.flip(3)) and torch.equal(down_mirror, down.flip(3)) and torch.equal(up_mirror, up.flip(3))
+    assert torch.equal(down[..., 1:, 1:], x[..., :-1, :-1]) and torch.equal(up[..., :-1, :-1], x[..., 1:, 1:])  # moved by +1 and -1 px
+    assert torch.equal(down[..., 0, 1:], x[..., 1, :-1])  # the edge is reflected, not zeros
+    seen.clear()
+    evaluate(model, [(x, torch.zeros(2, dtype=torch.int64))])
+    assert len(seen) == 1
+
+
+def test_lookahead_pulls_back_towards_the_slow_weights_on_its_schedule():
+    model = torch.nn.Sequential(torch.nn.Linear(2, 1, bias=False), torch.nn.BatchNorm1d(1))
+    look = Lookahead(model, every=2, base=0.9, power=1.0)
+    w0, r0 = model[0].weight.detach().clone(), model[1].running_mean.clone()
+    look.start_epoch(total_steps=4)
+    with torch.no_grad():
+        model[0].weight.add_(1.0)
+        model[1].running_mean.add_(1.0)
+        look.after_step(1)  # not a multiple of `every`: nothing happens
+        torch.testing.assert_close(model[0].weight, w0 + 1)
+        model[0].weight.add_(1.0)
+        model[1].running_mean.add_(1.0)
+        look.after_step(2)  # rho = 0.9**2 * (2/4): slow = w0 + (1 - rho) * 2, and the model takes it
+        rho = 0.81 * 0.5
+        torch.testing.assert_close(model[0].weight, w0 + (1 - rho) * 2)
+        torch.testing.assert_close(model[1].running_mean, r0 + (1 - rho) * 2)  # buffers too
+        assert int(model[1].num_batches_tracked) == 0  # integer buffers are left alone
+        model[0].weight.add_(5.0)
+        look.end_epoch()  # the epoch's last steps fall back to the slow weights
+        torch.testing.assert_close(model[0].weight, w0 + (1 - rho) * 2)

@@ -10,9 +10,14 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from cnnctl.config import TrainConfig
+from cnnctl.data import build
+from cnnctl.data.batches import Batches
+from cnnctl.engine import make_loss, train_one_epoch
 from cnnctl.errors import CheckpointError
 from cnnctl.models import create
 from cnnctl.start import Freezer, init_from, param_groups
+from cnnctl.trainer import make_optimizer
 from tests.conftest import assert_user_error, run_cli, write_mnist_pngs
 
 
@@ -174,7 +179,6 @@ def test_fine_tuned_runs_work_downstream_under_torchrun_with_int8_export_and_plo
 
 
 def test_the_weights_preprocessing_fills_what_the_flags_leave_open():
-    from cnnctl.config import TrainConfig
     from cnnctl.start import pretrained_weights
     from cnnctl.trainer import _preprocessing_defaults
 
@@ -187,3 +191,45 @@ def test_the_weights_preprocessing_fills_what_the_flags_leave_open():
     assert (mine.interpolation, mine.resize, mine.image_size, mine.mean) == ("bilinear", "stretch", "64", "0.5,0.5,0.5")
     plain = _preprocessing_defaults(TrainConfig(model="tiny", data="photos/"), None)
     assert (plain.interpolation, plain.resize) == ("bilinear", "stretch")
+
+
+def test_bn_bias_lr_scale_fixes_batchnorm_weights_and_scales_their_bias_steps():
+    data = build(TrainConfig(model="fastnet-s", data="mnist-mini", subset=64, val_split=0.0), lambda m: None)
+    batch = next(iter(Batches(data.train, data.prep, 64, channels_last=False)))
+
+    def one_step(scale: float) -> tuple[dict[str, torch.Tensor], torch.optim.Optimizer]:
+        torch.manual_seed(0)
+        model = create("fastnet-s", data.input_shape, 10)
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        cfg = TrainConfig(model="fastnet-s", optimizer="sgd", momentum=0.0, lr=0.01, weight_decay=0.0, bn_bias_lr_scale=scale)
+        opt = make_optimizer(cfg, param_groups(model, None, 1.0, scale))
+        train_one_epoch(model, iter([batch]), opt, make_loss("ce", 10), lambda s: 0.01, 0)
+        return {k: v - before[k] for k, v in model.state_dict().items() if v.is_floating_point()}, opt
+
+    plain, _ = one_step(0.0)
+    scaled, opt = one_step(64.0)
+    norms = [n for n, m in create("fastnet-s", data.input_shape, 10).named_modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert len(norms) == 7 and [g.get("name") for g in opt.param_groups] == [None, "bn_bias"]
+    for name, delta in plain.items():
+        layer, kind = name.rsplit(".", 1)
+        if layer in norms and kind == "weight":
+            assert delta.abs().max() > 0 and not scaled[name].any(), name  # trained without the flag, fixed with it
+        elif layer in norms and kind == "bias":
+            assert delta.abs().max() > 0, name
+            torch.testing.assert_close(scaled[name], 64 * delta, rtol=1e-4, atol=1e-7, msg=name)  # the same gradient, 64 x the rate
+        else:  # convolutions, the head and the running statistics: the same first step
+            torch.testing.assert_close(scaled[name], delta, rtol=1e-5, atol=1e-8, msg=name)
+
+
+def test_bn_bias_lr_scale_keeps_the_weight_decay_per_step():
+    model = create("fastnet-s", (3, 32, 32), 10)
+    cfg = TrainConfig(model="fastnet-s", optimizer="sgd", lr=0.1, weight_decay=5e-4, bn_bias_lr_scale=64.0)
+    groups = param_groups(model, Freezer(model, "backbone"), 0.5, 64.0)
+    opt = make_optimizer(cfg, groups)
+    assert [(g["name"], g["lr_scale"], g["weight_decay"]) for g in opt.param_groups] == [
+        ("head", 1.0, 5e-4), ("backbone", 0.5, 5e-4), ("bn_bias", 32.0, 5e-4 / 64)]  # fmt: skip
+    # Every parameter but the BatchNorm weights is optimised, once.
+    ids = [id(p) for g in opt.param_groups for p in g["params"]]
+    bn_weights = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)}
+    assert len(ids) == len(set(ids)) and set(ids) == {id(p) for p in model.parameters()} - bn_weights
+    assert_user_error(run_cli("train", "fastnet-s", "--bn-bias-lr-scale", "-1"), "cannot be negative")

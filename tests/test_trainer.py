@@ -63,23 +63,28 @@ def test_model_a_sgd_on_full_mnist_reaches_90_percent(shared_data, tmp_path):
     assert hist["test"]["images"] == 10000 and hist["test"]["acc"] >= 0.90, hist["test"]
 
 
-def _train_args(out: Path, extra: tuple[str, ...] = ()) -> list[str]:
-    return ["train", "tiny", "--data", "mnist-mini", "--subset", "900", "--epochs", "3", "--batch-size", "50",
+def _train_args(out: Path, extra: tuple[str, ...] = (), model: str = "tiny") -> list[str]:
+    return ["train", model, "--data", "mnist-mini", "--subset", "900", "--epochs", "3", "--batch-size", "50",
             "--augment", "shift", "--seed", "3", "--out", str(out), *extra]  # fmt: skip
 
 
-# Every regulariser of #17 at once: the EMA weights, the mixing and policy draws and the
-# accumulation groups must all replay exactly after an interruption.
+# Every regulariser of #17 at once: the EMA weights, the mixing and policy draws, the
+# accumulation groups and the lookahead must all replay exactly after an interruption.
 REGULARISED = ("--ema", "0.95", "--mixup", "0.4", "--cutmix", "1.0", "--mix-prob", "0.8", "--auto-augment", "trivialaugment",
-               "--aug-group", "4", "--clip-grad", "2.0", "--accumulate", "2", "--log", "csv")  # fmt: skip
+               "--aug-group", "4", "--clip-grad", "2.0", "--accumulate", "2", "--lookahead", "3", "--log", "csv")  # fmt: skip
+# airbench's tricks on a BatchNorm net: fixed BatchNorm weights, scaled bias rates, fast statistics,
+# lookahead, alternating flips.
+AIRBENCH = ("--bn-bias-lr-scale", "64", "--bn-momentum", "0.4", "--lookahead", "5", "--ema", "0.9", "--augment", "flip-shift",
+            "--allow-flip", "--alternate-flip", "--optimizer", "sgd", "--lr", "0.05", "--nesterov")  # fmt: skip
 
 
-@pytest.mark.parametrize("extra", [(), REGULARISED], ids=["plain", "ema-mix-policy-accumulate"])
-def test_resume_after_sigint_is_bit_identical(tmp_path, extra):
+@pytest.mark.parametrize("model, extra", [("tiny", ()), ("tiny", REGULARISED), ("fastnet-wd", AIRBENCH)],
+                         ids=["plain", "ema-mix-policy-accumulate-lookahead", "airbench"])  # fmt: skip
+def test_resume_after_sigint_is_bit_identical(tmp_path, model, extra):
     # tiny has dropout and augmentation: both must replay exactly after the interruption.
-    full = run_cli(*_train_args(tmp_path / "full", extra))
+    full = run_cli(*_train_args(tmp_path / "full", extra, model))
     assert full.returncode == 0, full.stderr
-    proc = subprocess.Popen([sys.executable, "-m", "cnnctl", *_train_args(tmp_path / "cut", extra)], cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, "-m", "cnnctl", *_train_args(tmp_path / "cut", extra, model)], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
     assert proc.stderr is not None
     for line in proc.stderr:
@@ -104,7 +109,14 @@ def test_resume_after_sigint_is_bit_identical(tmp_path, extra):
     if extra:
         assert any(k.startswith("ema/") for k in a)
         assert {r["weights"] for r in ha["epochs"]} <= {"ema", "model"} and "ema_val_acc" in ha["epochs"][0]
+    if extra == REGULARISED:
         assert (tmp_path / "full" / "steps.csv").read_text() == (tmp_path / "cut" / "steps.csv").read_text()
+    if extra == AIRBENCH:  # the BatchNorm weights never left 1; the biases did train
+        norms = [k for k in a if k.startswith("model/") and k.endswith(".running_var")]
+        assert len(norms) == 6
+        for k in norms:
+            layer = k.removesuffix(".running_var")
+            assert torch.equal(a[f"{layer}.weight"], torch.ones_like(a[f"{layer}.weight"])) and a[f"{layer}.bias"].abs().max() > 0
 
 
 def test_resume_with_more_epochs_extends_the_run(tmp_path):

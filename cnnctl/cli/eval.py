@@ -21,6 +21,7 @@ def eval_cmd(
     misclassified: Annotated[int, typer.Option("--misclassified", min=0, help="List the N most confident mistakes.")] = 0,
     min_accuracy: Annotated[Optional[float], typer.Option("--min-accuracy", min=0.0, max=1.0, help="Exit 1 when top-1 is below this (e.g. 0.98).")] = None,
     tta_flip: Annotated[bool, typer.Option("--tta-flip", help="Average logits with horizontally flipped images (test-time augmentation).")] = False,
+    tta_shift: Annotated[int, typer.Option("--tta-shift", min=0, metavar="PX", help="Also average over the images translated by PX pixels both ways (half the weight; airbench's multi-crop TTA, e.g. 1).")] = 0,
     limit: Annotated[int, typer.Option("--limit", min=0, help="Evaluate only the first N images of the split (0 = all).")] = 0,
     plot_confusion: Annotated[Optional[str], typer.Option("--plot-confusion", help="Draw the confusion matrix into this .png file.")] = None,
     output: Annotated[Optional[str], typer.Option("--output", "-o", help="Write the report: JSON, or the per-class table as CSV for *.csv.")] = None,
@@ -34,7 +35,7 @@ def eval_cmd(
 
     $ cnnctl eval runs/pets/model.onnx --data new-photos/ --misclassified 10
 
-    $ cnnctl eval runs/c10 --tta-flip --compare runs/c10/model.int8.onnx --json
+    $ cnnctl eval runs/c10 --tta-flip --tta-shift 1 --compare runs/c10/model.int8.onnx --json
 
     Preprocessing comes from the model's own metadata, never from flags.
     """
@@ -43,7 +44,7 @@ def eval_cmd(
 
     report = run_eval(
         target, data=data, data_dir=data_dir, split=split, batch_size=batch_size, provider=provider,
-        device=device, compare=compare, misclassified=misclassified, tta_flip=tta_flip, limit=limit,
+        device=device, compare=compare, misclassified=misclassified, tta_flip=tta_flip, tta_shift=tta_shift, limit=limit,
     )  # fmt: skip
     if output:
         write_report(report, output)

@@ -97,6 +97,7 @@ class Batches:
         world: int = 1,
         policy: PolicyAugment | None = None,
         mix: BatchMix | None = None,
+        alternate_flip: bool = False,
     ) -> None:
         self.split = split
         self.batch_size = batch_size
@@ -108,6 +109,8 @@ class Batches:
         self.drop_last = drop_last and len(split) > batch_size
         self.rank, self.world = rank, world
         self.policy, self.mix = policy, mix
+        # airbench's alternating flip: one coin per image for epoch 0, the other side every odd epoch.
+        self.coins = torch.rand(len(split), generator=torch.Generator().manual_seed(self.seed * 1_000_003 - 1)) < 0.5 if alternate_flip else None
         self.size = tuple(prep.size)  # the model's input; stored images may be larger (random-resized crops)
         self.mean = torch.tensor(prep.mean or [0.0] * prep.channels, dtype=torch.float32, device=self.device).reshape(1, -1, 1, 1)
         self.std = torch.tensor(prep.std or [1.0] * prep.channels, dtype=torch.float32, device=self.device).reshape(1, -1, 1, 1)
@@ -136,7 +139,11 @@ class Batches:
             if self.augment in PAD:
                 x = random_translate(x, PAD[self.augment], gen)
             if self.augment in ("flip-crop", "flip-shift", "flip", "rrc-flip"):
-                x = random_flip(x, gen)
+                if self.coins is None:
+                    x = random_flip(x, gen)
+                else:
+                    flip = self.coins[idx] ^ bool(epoch % 2)
+                    x = torch.where(flip[:, None, None, None], x.flip(3), x)
             with seeded((self.seed * 1_000_003 + epoch) * 65_537 + b) if (self.policy or self.mix) else nullcontext():
                 if self.policy is not None:
                     x = self.policy(x if x.dtype == torch.uint8 else x.round_().to(torch.uint8))  # rrc-flip gives float 0-255

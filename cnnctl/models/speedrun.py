@@ -54,15 +54,19 @@ class PatchWhitening(nn.Conv2d):
         self.weight.copy_(torch.cat([filters, -filters]))
 
 
-def _conv_bn(cin: int, cout: int, *, pool: bool) -> list[nn.Module]:
-    layers: list[nn.Module] = [nn.Conv2d(cin, cout, 3, padding=1, bias=False)]
+def _conv_bn(cin: int, cout: int, *, pool: bool, dirac: bool = False) -> list[nn.Module]:
+    conv = nn.Conv2d(cin, cout, 3, padding=1, bias=False)
+    if dirac:  # airbench's identity init: the first min(cin, cout) filters pass their input channel through
+        with torch.no_grad():
+            nn.init.dirac_(conv.weight[:cin])
+    layers: list[nn.Module] = [conv]
     if pool:
         layers.append(nn.MaxPool2d(2))
     layers += [nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
     return layers
 
 
-def speedrun_net(in_shape, num_classes, *, widths: tuple[int, ...], stem: int, whiten: bool = False) -> nn.Module:
+def speedrun_net(in_shape, num_classes, *, widths: tuple[int, ...], stem: int, whiten: bool = False, dirac: bool = False) -> nn.Module:
     if whiten:
         first = PatchWhitening(in_shape[0])
         layers: list[nn.Module] = [first, nn.ReLU(inplace=True)]
@@ -71,7 +75,7 @@ def speedrun_net(in_shape, num_classes, *, widths: tuple[int, ...], stem: int, w
         layers = [nn.Conv2d(in_shape[0], stem, 3, padding=1, bias=False), nn.BatchNorm2d(stem), nn.ReLU(inplace=True)]
         cin = stem
     for width in widths:
-        layers += _conv_bn(cin, width, pool=True) + _conv_bn(width, width, pool=False)
+        layers += _conv_bn(cin, width, pool=True, dirac=dirac) + _conv_bn(width, width, pool=False, dirac=dirac)
         cin = width
     layers += [nn.AdaptiveMaxPool2d(1)]
     return Classifier(
@@ -79,11 +83,12 @@ def speedrun_net(in_shape, num_classes, *, widths: tuple[int, ...], stem: int, w
     )
 
 
-for _name, _widths, _stem, _whiten in (
-    ("fastnet", (64, 128, 128), 32, False),
-    ("fastnet-s", (32, 64, 128), 24, False),
-    ("fastnet-l", (64, 256, 256), 32, False),
-    ("fastnet-w", (64, 128, 128), 0, True),
+for _name, _widths, _stem, _whiten, _dirac in (
+    ("fastnet", (64, 128, 128), 32, False, False),
+    ("fastnet-s", (32, 64, 128), 24, False, False),
+    ("fastnet-l", (64, 256, 256), 32, False, False),
+    ("fastnet-w", (64, 128, 128), 0, True, False),
+    ("fastnet-wd", (64, 128, 128), 0, True, True),
 ):
     register(
         _name,
@@ -96,4 +101,5 @@ for _name, _widths, _stem, _whiten in (
         widths=_widths,
         stem=_stem,
         whiten=_whiten,
+        dirac=_dirac,
     )(speedrun_net)

@@ -57,3 +57,17 @@ def test_a_run_initialises_the_stem_once_and_resume_keeps_it(tmp_path):
     assert resumed.returncode == 0, resumed.stderr
     assert "patch whitening" not in resumed.stderr
     assert torch.equal(load_file(str(out / "last.safetensors"))["model/features.0.weight"], first)
+
+
+def test_fastnet_wd_convolutions_start_as_the_identity():
+    model = create("fastnet-wd", (3, 32, 32), 10)
+    convs = [m for m in model.features if type(m) is torch.nn.Conv2d]
+    assert [(c.in_channels, c.out_channels) for c in convs] == [(24, 64), (64, 64), (64, 128), (128, 128), (128, 128), (128, 128)]
+    with torch.no_grad():
+        x = torch.randn(2, 128, 6, 6)
+        torch.testing.assert_close(convs[3](x), x)  # a square convolution passes its input through
+        y = convs[0](x[:, :24])  # a widening one passes it through its first filters; the rest are random
+        torch.testing.assert_close(y[:, :24], x[:, :24])
+        assert y[:, 24:].abs().mean() > 0.01
+    plain = create("fastnet-w", (3, 32, 32), 10)
+    assert not torch.equal(plain.features[2].weight[:24], convs[0].weight[:24])
