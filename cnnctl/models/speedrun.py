@@ -5,7 +5,9 @@ straight after the first conv, so two thirds of the convolutions run at the redu
 resolution. The head is a global max-pool and a bias-free linear layer whose logits are
 scaled down (airbench's 1/9), which trains well with label smoothing. ReLU, not airbench's
 GELU: on a 2-core CPU GELU made a training step 15-20% slower (measured), for no gain we
-could see in the 10-minute budget.
+could see in the 10-minute budget. `fastnet-wd` adds airbench's identity ("dirac")
+initialisation: each 3x3 convolution starts by passing its first input channels through, so
+the fresh net is close to a stack of identities that training bends away from.
 """
 
 from __future__ import annotations
@@ -94,7 +96,7 @@ for _name, _widths, _stem, _whiten, _dirac in (
         _name,
         description=(
             f"CIFAR speed-run net: {'2x2 patch-whitening stem (from the training data)' if _whiten else f'stem {_stem} ch'}, 3 blocks of [Conv3, MaxPool2, BN, ReLU, Conv3, "
-            f"BN, ReLU] ({'/'.join(map(str, _widths))} ch), global max-pool, scaled linear"
+            f"BN, ReLU] ({'/'.join(map(str, _widths))} ch), global max-pool, scaled linear{'; identity-initialised convolutions' if _dirac else ''}"
         ),
         default_input=(3, 32, 32),
         source="after Keller Jordan's airbench (2024) and David Page's ResNet-9 (2018) CIFAR-10 speed runs",
