@@ -18,7 +18,7 @@ from torch import nn
 
 from cnnctl.data.batches import Batches
 from cnnctl.data.bundle import split_off
-from cnnctl.data.sources import NAMED_SETS, Split, default_cache_dir, folder_layout, folder_split, load_source
+from cnnctl.data.sources import DIGIT_SETS, NAMED_SETS, Split, default_cache_dir, folder_layout, folder_split, load_source
 from cnnctl.engine import evaluate
 from cnnctl.errors import DataError, UsageError
 from cnnctl.inference import OnnxClassifier, softmax
@@ -164,6 +164,8 @@ def run_eval(
     images, name, classes, split = load_split(model.meta, data, data_dir, split)
     if limit:
         images = images.take(torch.arange(min(limit, len(images))))
+    if tta_flip and name in DIGIT_SETS:
+        raise UsageError(f"--tta-flip on {name}: a mirrored digit is not that digit; use --tta-shift alone")
     if tta_shift and min(model.prep.size) <= tta_shift:
         raise UsageError(f"--tta-shift {tta_shift} must be smaller than the model's input ({model.prep.size[0]}x{model.prep.size[1]} px); try 1 or 2")
     tta = {"tta_flip": tta_flip, "tta_shift": tta_shift}

@@ -39,11 +39,13 @@ def test_onnx_agrees_with_pytorch_on_the_whole_test_split(quick_run, quick_onnx)
 
 def test_test_time_augmentation_on_pytorch_and_onnx(quick_run, quick_onnx):
     plain = _report(quick_run, "--limit", "500")
-    tta = _report(quick_onnx, "--tta-flip", "--tta-shift", "1", "--limit", "500", "--compare", quick_run)
-    assert plain["tta"] == {"tta_flip": False, "tta_shift": 0} and tta["tta"] == {"tta_flip": True, "tta_shift": 1}
-    # The PyTorch run is evaluated on the same six views: ONNX and PyTorch still agree.
+    tta = _report(quick_onnx, "--tta-shift", "1", "--limit", "500", "--compare", quick_run)
+    assert plain["tta"] == {"tta_flip": False, "tta_shift": 0} and tta["tta"] == {"tta_flip": False, "tta_shift": 1}
+    # The PyTorch run is evaluated on the same views: ONNX and PyTorch still agree.
     assert tta["compare"]["agreement"] >= 0.998 and tta["compare"]["max_abs_logit_diff"] < 1e-3
-    assert tta["loss"] != plain["loss"] and abs(tta["top1"] - plain["top1"]) < 0.1  # other views, the same model
+    assert tta["loss"] != plain["loss"] and abs(tta["top1"] - plain["top1"]) < 0.05  # other views, the same model
+    # Mirrored digits are other digits (measured: 97.2% -> 82.0% on these 500): refused, as in training.
+    assert_user_error(run_cli("eval", quick_run, "--tta-flip"), "a mirrored digit is not that digit")
     assert_user_error(run_cli("eval", quick_run, "--tta-shift", "28"), "must be smaller than the model's input")
 
 
