@@ -60,7 +60,7 @@ class Lookahead:
     def __init__(self, model: nn.Module, every: int, base: float = 0.95, power: float = 3.0) -> None:
         self.model, self.every, self.base, self.power = model, every, base, power
         self.slow: list[torch.Tensor] = []
-        self.total = 0  # the planned number of optimizer steps, set by fit() before each epoch
+        self.total = 0  # the planned number of optimizer steps, given to start_epoch by fit()
 
     def _live(self) -> list[torch.Tensor]:
         return [t for t in self.model.state_dict().values() if torch.is_floating_point(t)]

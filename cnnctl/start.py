@@ -229,15 +229,19 @@ class Freezer:
         return True
 
 
+def batchnorms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
 def batchnorm_params(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
     """(weights, biases) of the model's BatchNorm layers."""
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine]
+    norms = [m for m in batchnorms(model) if m.affine]
     return [m.weight for m in norms], [m.bias for m in norms]
 
 
 def set_batchnorm_momentum(model: nn.Module, momentum: float) -> int:
     """Give every BatchNorm layer this running-statistics momentum; returns how many there are."""
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    norms = batchnorms(model)
     for m in norms:
         m.momentum = momentum
     return len(norms)
@@ -268,6 +272,5 @@ def param_groups(model: nn.Module, freezer: Freezer | None, backbone_lr_scale: f
         if rest:
             groups.append({"params": rest, "lr_scale": backbone_lr_scale, "name": "backbone"})
     if bn_biases:
-        scale = bn_bias_lr_scale * (backbone_lr_scale if freezer is not None or backbone_lr_scale != 1.0 else 1.0)
-        groups.append({"params": bn_biases, "lr_scale": scale, "wd_scale": 1.0 / bn_bias_lr_scale, "name": "bn_bias"})
+        groups.append({"params": bn_biases, "lr_scale": bn_bias_lr_scale * backbone_lr_scale, "wd_scale": 1.0 / bn_bias_lr_scale, "name": "bn_bias"})
     return groups
