@@ -161,13 +161,13 @@ def run_eval(
 ) -> dict[str, Any]:
     """The full report of `target` on one split (see docs/eval.md)."""
     model = Target(target, provider, device)
+    if tta_shift and min(model.prep.size) <= tta_shift:  # refused before any image is decoded
+        raise UsageError(f"--tta-shift {tta_shift} must be smaller than the model's input ({model.prep.size[0]}x{model.prep.size[1]} px); try 1 or 2")
     images, name, classes, split = load_split(model.meta, data, data_dir, split)
     if limit:
         images = images.take(torch.arange(min(limit, len(images))))
     if tta_flip and name in DIGIT_SETS:
         raise UsageError(f"--tta-flip on {name}: a mirrored digit is not that digit; use --tta-shift alone")
-    if tta_shift and min(model.prep.size) <= tta_shift:
-        raise UsageError(f"--tta-shift {tta_shift} must be smaller than the model's input ({model.prep.size[0]}x{model.prep.size[1]} px); try 1 or 2")
     tta = {"tta_flip": tta_flip, "tta_shift": tta_shift}
     result = evaluate(model.module, model.batches(images, batch_size), **tta)
     targets = result.targets.numpy()

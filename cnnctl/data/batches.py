@@ -73,9 +73,13 @@ def random_resized_crop(x: torch.Tensor, size: tuple[int, int], gen: torch.Gener
     return roi_align(x.float(), boxes, output_size=size, spatial_scale=1.0, sampling_ratio=2, aligned=True)
 
 
-def random_flip(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    flip = torch.rand(x.shape[0], generator=gen) < 0.5
+def flip_where(x: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
+    """Mirror the images of the batch `x` where the bool mask `flip` (N,) is set."""
     return torch.where(flip[:, None, None, None], x.flip(3), x)
+
+
+def random_flip(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    return flip_where(x, torch.rand(x.shape[0], generator=gen) < 0.5)
 
 
 class Batches:
@@ -139,11 +143,7 @@ class Batches:
             if self.augment in PAD:
                 x = random_translate(x, PAD[self.augment], gen)
             if self.augment in ("flip-crop", "flip-shift", "flip", "rrc-flip"):
-                if self.coins is None:
-                    x = random_flip(x, gen)
-                else:
-                    flip = self.coins[idx] ^ bool(epoch % 2)
-                    x = torch.where(flip[:, None, None, None], x.flip(3), x)
+                x = random_flip(x, gen) if self.coins is None else flip_where(x, self.coins[idx] ^ bool(epoch % 2))
             with seeded((self.seed * 1_000_003 + epoch) * 65_537 + b) if (self.policy or self.mix) else nullcontext():
                 if self.policy is not None:
                     x = self.policy(x if x.dtype == torch.uint8 else x.round_().to(torch.uint8))  # rrc-flip gives float 0-255
