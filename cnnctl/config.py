@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from cnnctl.errors import UsageError
+from cnnctl.machine import parse_batch_size
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "augment": ("none", "flip-crop", "flip-shift", "shift", "flip", "rrc-flip"),
@@ -23,7 +24,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "loss": ("ce", "mse"),
     "scheduler": ("none", "step", "cosine", "onecycle"),
     "device": ("auto", "cpu", "cuda", "mps"),
-    "amp": ("none", "bf16", "fp16"),
+    "amp": ("none", "auto", "bf16", "fp16"),
     "monitor": ("val_acc", "val_loss", "last"),
     "freeze": ("none", "backbone"),
     "resize": ("auto", "stretch", "crop"),
@@ -79,7 +80,8 @@ class TrainConfig:
     epochs: int = _f(10, "Number of epochs (ignored when --iters is set).")
     iters: int = _f(0, "Train for this many iterations (batches) instead of --epochs.")
     batch_size: int = _f(128, "Batch size per optimizer step; under torchrun the global batch, split evenly over the processes.")
-    eval_batch_size: int = _f(1024, "Batch size for validation and test passes.")
+    eval_batch_size: str = _f("auto", "Batch size for validation and test passes: a number, or auto, the largest batch whose forward pass "
+                                      "fits a memory budget (512 MiB of activations on a CPU; estimated from the model's shape trace; at most 1024).")
     optimizer: str = _f("adamw", "Optimizer: sgd, adam, adamw.")
     lr: float = _f(1e-3, "Learning rate (the peak rate for onecycle).")
     momentum: float = _f(0.9, "SGD momentum.")
@@ -101,7 +103,9 @@ class TrainConfig:
     gamma: float = _f(0.1, "LR factor at each drop (step schedule).")
     seed: int = _f(0, "Random seed (weights, shuffling, augmentation, dropout).")
     device: str = _f("auto", "Device: auto, cpu, cuda, mps.")
-    amp: str = _f("none", "Mixed precision: bf16 (CUDA, or a CPU with avx512_bf16/AMX: ~2x faster convolutions), fp16 (CUDA), none.")
+    amp: str = _f("none", "Mixed precision: auto (bf16 where it is native: a CPU with avx512_bf16/AMX, ~2x faster convolutions, or a CUDA GPU "
+                          "of compute capability 8.0+; fp16 on older GPUs; else float32), bf16, fp16 (CUDA), none (float32; the default). "
+                          "bf16 on a CPU that would only emulate it is refused.")
     compile: bool = _f(False, "torch.compile the model (CUDA).")
     deterministic: bool = _f(False, "Use deterministic algorithms (CUDA).")
     channels_last: bool = _f(True, "Use channels_last memory format.")
@@ -144,7 +148,7 @@ def _coerce(name: str, value: Any, where: str) -> Any:
     want = type(f.default)
     if want is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
-    if want is str and isinstance(value, (int, float)) and not isinstance(value, bool) and name in ("image_size",):
+    if want is str and isinstance(value, (int, float)) and not isinstance(value, bool) and name in ("image_size", "eval_batch_size"):
         value = str(value)
     if want is str and isinstance(value, list) and name in ("mean", "std"):
         value = ",".join(str(v) for v in value)
@@ -161,10 +165,9 @@ def validate(cfg: TrainConfig) -> TrainConfig:
             close = difflib.get_close_matches(str(value), choices, n=1)
             hint = f" (did you mean {close[0]}?)" if close else ""
             raise UsageError(f"--{name.replace('_', '-')} {value!r} is not one of {', '.join(choices)}{hint}")
-    positive = {"batch_size": cfg.batch_size, "eval_batch_size": cfg.eval_batch_size}
-    for name, value in positive.items():
-        if value < 1:
-            raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    if cfg.batch_size < 1:
+        raise UsageError(f"--batch-size must be at least 1, got {cfg.batch_size}")
+    parse_batch_size(cfg.eval_batch_size, "--eval-batch-size")
     if cfg.epochs < 1 and cfg.iters < 1:
         raise UsageError("--epochs must be at least 1 (or give --iters)")
     if cfg.iters < 0 or cfg.subset < 0 or cfg.patience < 0 or cfg.threads < 0 or cfg.time_limit < 0:

@@ -68,12 +68,6 @@ class Dist:
     def is_main(self) -> bool:
         return self.rank == 0
 
-    def threads(self, requested: int) -> int:
-        """CPU threads per process: the machine's cores shared among this node's ranks."""
-        if requested:
-            return requested
-        return max(1, (os.cpu_count() or 1) // self.local_world_size)
-
     def check_batch(self, batch_size: int) -> None:
         if self.enabled and batch_size % self.world_size:
             raise UsageError(

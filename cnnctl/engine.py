@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cnnctl.budget import BudgetProbe
 from cnnctl.distributed import Dist
 from cnnctl.ema import EMA, Lookahead
 from cnnctl.errors import TrainingError
@@ -74,7 +75,7 @@ def train_one_epoch(
     lr_fn: Callable[[int], float],
     step: int,
     *,
-    max_steps: int | None = None,
+    end_step: Callable[[], int | None] | None = None,
     deadline: float | None = None,
     amp: str = "none",
     scaler: Any = None,
@@ -94,6 +95,8 @@ def train_one_epoch(
     (global sizes in `sizes`) are summed, each batch's mean loss weighted by its share of the
     group, so N batches of B train exactly as one batch of N*B would (BatchNorm aside: it sees
     B images at a time). Then: gradient clipping to `clip_grad`, the step, the `ema` update.
+    `end_step()` is the global step to stop at (None: the whole pass); it is asked after every
+    step, because a time budget fitted during the epoch can move it.
 
     Under torchrun every rank runs this on its slice of the same global batches; the stop checks
     after each step are agreed between ranks, so all of them leave the loop at the same step.
@@ -167,7 +170,8 @@ def train_one_epoch(
         stop, late = dist.any(should_stop(), deadline is not None and time.monotonic() >= deadline)
         if stop:
             raise Interrupted()
-        if late or (max_steps is not None and step >= max_steps):
+        end = end_step() if end_step is not None else None
+        if late or (end is not None and step >= end):
             truncated = True
             break
     if lookahead is not None:
@@ -338,6 +342,14 @@ def fit(
     reporter = hooks.reporter
     eval_model = eval_model if eval_model is not None else model  # a compiled module has no truth value
     deadline = time.monotonic() + (limits.time_limit - state.elapsed) if limits.time_limit else None
+    probe = _budget_probe(schedule, deadline, limits, train_batches, val_batches, stepping, dist, reporter)
+
+    def on_step(step: int, loss: torch.Tensor, lr: float) -> None:
+        if probe is not None:
+            probe.after_step(step)
+        if hooks.on_step is not None:
+            hooks.on_step(step, loss, lr)
+
     reason = "completed"
     for epoch in range(state.epoch + 1, limits.epochs + 1):
         torch.manual_seed(seed * 7919 + epoch + 104_729 * dist.rank)
@@ -345,15 +357,14 @@ def fit(
         if reporter is not None:
             reporter.start_epoch(epoch, limits.epochs, len(train_batches))
         epoch_start = time.monotonic()
-        ends = [s for s in (limits.max_steps, schedule.planned_steps) if s]
         if stepping.lookahead is not None:
-            stepping.lookahead.start_epoch(min([schedule.length, *ends]))
+            stepping.lookahead.start_epoch(min([schedule.length, *_ends(limits, schedule)]))
         stats, step = train_one_epoch(
             model, train_batches.epoch(epoch), optimizer, loss_fn, schedule.lr, state.step,
-            max_steps=min(ends) if ends else None, deadline=deadline, amp=amp, scaler=scaler,
+            end_step=lambda: min(_ends(limits, schedule), default=None), deadline=deadline, amp=amp, scaler=scaler,
             should_stop=hooks.should_stop, reporter=reporter, dist=dist, accumulate=stepping.accumulate,
             sizes=train_batches.sizes() if hasattr(train_batches, "sizes") else None, clip_grad=stepping.clip_grad,
-            ema=ema, lookahead=stepping.lookahead, on_step=hooks.on_step,
+            ema=ema, lookahead=stepping.lookahead, on_step=on_step,
         )  # fmt: skip
         record: dict[str, Any] = {
             "epoch": epoch,
@@ -377,6 +388,8 @@ def fit(
         if stats.truncated:
             record["truncated"] = True
         if deadline is not None and schedule.total_steps and stats.steps:
+            if probe is not None:
+                probe.done = True  # from now on the measured epochs, validation included, set the plan
             per_step = (time.monotonic() - epoch_start) / stats.steps
             fits = schedule.budget_steps(step, deadline - time.monotonic(), per_step)
             # Every rank must follow the same schedule: take the mean of their estimates.
@@ -411,6 +424,27 @@ def fit(
         if stop:
             raise Interrupted()
     return reason
+
+
+def _ends(limits: Limits, schedule: Schedule) -> list[int]:
+    """The global steps training must stop at: --iters, and the length a time budget allows."""
+    return [s for s in (limits.max_steps, schedule.planned_steps) if s]
+
+
+def _budget_probe(schedule: Schedule, deadline: float | None, limits: Limits, train_batches: Any, val_batches: Any | None,
+                  stepping: Stepping, dist: Dist, reporter: Reporter | None) -> BudgetProbe | None:  # fmt: skip
+    """With a time limit: a probe that fits the schedule after the first measured steps (see budget.py)."""
+    if deadline is None or not schedule.total_steps:
+        return None
+    per_rank_batch = math.ceil(getattr(train_batches, "batch_size", 1) / dist.world_size)
+    eval_images = len(val_batches.split) if val_batches is not None and hasattr(val_batches, "split") else 0
+    steps_per_epoch = max(1, schedule.steps_per_epoch)
+    measure = max(2, min(10, steps_per_epoch // 3))
+    return BudgetProbe(
+        schedule, deadline, epochs=limits.epochs, images_per_step=per_rank_batch * stepping.accumulate, eval_images=eval_images,
+        eval_passes=2 if stepping.ema is not None else 1, world_size=dist.world_size, warmup=2, measure=measure,
+        agree=lambda v: dist.sum([v])[0] / dist.world_size, log=reporter.log if reporter is not None else None,
+    )  # fmt: skip
 
 
 def _validate(model: nn.Module, batches: Any, loss_fn: Callable[..., torch.Tensor], amp: str, dist: Dist) -> dict[str, float]:

@@ -22,6 +22,7 @@ from cnnctl.data.sources import DIGIT_SETS, NAMED_SETS, Split, default_cache_dir
 from cnnctl.engine import evaluate
 from cnnctl.errors import DataError, UsageError
 from cnnctl.inference import OnnxClassifier, softmax
+from cnnctl.machine import EvalBatch, eval_batch
 from cnnctl.metadata import preprocess_of
 from cnnctl.metrics import confusion_matrix, per_class
 from cnnctl.preprocess import Preprocess
@@ -56,6 +57,11 @@ class Target:
             self.kind, self.provider, self.path = "pytorch", f"torch-{self.device.type}", str(resolved)
             self.module = self.module.to(memory_format=torch.channels_last)
         self.prep = preprocess_of(self.meta)
+
+    def eval_batch(self, requested: int | str, views: int = 1) -> EvalBatch:
+        """The inference batch: `requested`, or the largest that fits the memory budget ("auto")."""
+        return eval_batch(requested, self.meta["model"], tuple(self.meta["input_shape"]), int(self.meta["num_classes"]),
+                          self.device.type, views=views, model_kwargs=self.meta.get("model_kwargs") or {})  # fmt: skip
 
     def batches(self, split: Split, batch_size: int) -> Batches:
         return Batches(split, self.prep, batch_size, device=self.device, channels_last=self.kind == "pytorch")
@@ -150,7 +156,7 @@ def run_eval(
     data: str | None = None,
     data_dir: str | None = None,
     split: str = "test",
-    batch_size: int = 1024,
+    batch_size: int | str = "auto",
     provider: str = "auto",
     device: str = "cpu",
     compare: str | None = None,
@@ -169,7 +175,8 @@ def run_eval(
     if tta_flip and name in DIGIT_SETS:
         raise UsageError(f"--tta-flip on {name}: a mirrored digit is not that digit; use --tta-shift alone")
     tta = {"tta_flip": tta_flip, "tta_shift": tta_shift}
-    result = evaluate(model.module, model.batches(images, batch_size), **tta)
+    batch = model.eval_batch(batch_size, views=(2 if tta_flip else 1) * (3 if tta_shift else 1))
+    result = evaluate(model.module, model.batches(images, batch.size), **tta)
     targets = result.targets.numpy()
     preds = result.logits.argmax(1).numpy()
     cm = confusion_matrix(targets, preds, len(classes))
@@ -189,6 +196,8 @@ def run_eval(
         "seconds": round(result.seconds, 3),
         "images_per_s": round(result.images_per_s, 1),
         "tta": tta,
+        "batch_size": batch.size,
+        "batch_size_reason": batch.reason,
     }
     if misclassified:
         probs = softmax(result.logits.numpy().astype(np.float64))
@@ -208,7 +217,7 @@ def run_eval(
         if other.meta["class_names"] != model.meta["class_names"] or other.prep.to_dict() != model.prep.to_dict():
             raise UsageError(f"--compare {compare} has other classes or preprocessing than {target}; compare exports of the same model")
         start = time.perf_counter()
-        theirs = evaluate(other.module, other.batches(images, batch_size), **tta)  # the same views: agreement compares like with like
+        theirs = evaluate(other.module, other.batches(images, batch.size), **tta)  # the same views: agreement compares like with like
         report["compare"] = {
             "target": other.path,
             "kind": other.kind,

@@ -24,6 +24,7 @@ from cnnctl.errors import CnnctlError, ExportError, UsageError
 from cnnctl.inference import OnnxClassifier
 from cnnctl.io import atomic_path
 from cnnctl.metadata import encode, preprocess_of
+from cnnctl.data.sources import Split
 from cnnctl.preprocess import Preprocess, normalize
 
 Log = Callable[[str], None]
@@ -33,22 +34,31 @@ def _stderr_log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def sample_inputs(meta: dict[str, Any], prep: Preprocess, n: int, split: str = "train", log: Log = _stderr_log) -> tuple[np.ndarray, np.ndarray | None, str]:
-    """Up to `n` real images (normalised) from the model's own data set, else seeded noise."""
+def sample_split(meta: dict[str, Any], n: int, split: str = "train") -> tuple[Split, str]:
+    """Up to `n` real images (a seeded draw, still uint8) from the model's own data set and split.
+
+    Falls back to the training split when there is no validation split; raises CnnctlError or
+    OSError when the data is not at hand.
+    """
     from cnnctl.evaluation import load_split
 
     def quiet(message: str) -> None:
         pass
 
     try:
-        try:
-            pool, name, _, _ = load_split(meta, None, None, split, log=quiet)
-        except UsageError:  # no validation split (trained with --val-split 0): use training images
-            pool, name, _, _ = load_split(meta, None, None, "train", log=quiet)
-            split = "train"
-        idx = torch.randperm(len(pool), generator=torch.Generator().manual_seed(0))[:n]
-        pick = pool.take(idx)
-        return normalize(pick.images().numpy(), prep), pick.y.numpy(), f"{len(idx)} {split} images of {name}"
+        pool, name, _, _ = load_split(meta, None, None, split, log=quiet)
+    except UsageError:  # no validation split (trained with --val-split 0): use training images
+        pool, name, _, _ = load_split(meta, None, None, "train", log=quiet)
+        split = "train"
+    idx = torch.randperm(len(pool), generator=torch.Generator().manual_seed(0))[:n]
+    return pool.take(idx), f"{len(idx)} {split} images of {name}"
+
+
+def sample_inputs(meta: dict[str, Any], prep: Preprocess, n: int, split: str = "train", log: Log = _stderr_log) -> tuple[np.ndarray, np.ndarray | None, str]:
+    """Up to `n` real images (normalised) from the model's own data set, else seeded noise."""
+    try:
+        pick, source = sample_split(meta, n, split)
+        return normalize(pick.images().numpy(), prep), pick.y.numpy(), source
     except (CnnctlError, OSError) as exc:
         log(f"training data not available ({getattr(exc, 'message', exc)}); checking on seeded random input")
         rng = np.random.default_rng(0)
@@ -202,14 +212,21 @@ def quantize(float_path: Path, model: torch.nn.Module, meta: dict[str, Any], pre
         _attach_metadata(tmp, {**meta, "quantization": "int8 static QDQ per-channel"})
     pre_path = float_path.with_name(float_path.stem + ".pre.onnx")
     pre_path.unlink(missing_ok=True)
-    x_val, y_val, val_source = sample_inputs(meta, prep, 2000, split="val", log=log)
-    f_clf, q_clf = OnnxClassifier(float_path, "cpu"), OnnxClassifier(out, "cpu")
-    result: dict[str, Any] = {"output": str(out), "calibration": source, "validation": val_source}
-    if y_val is not None:
-        result["float_top1"] = float((f_clf.logits(x_val).argmax(1) == y_val).mean())
-        result["int8_top1"] = float((q_clf.logits(x_val).argmax(1) == y_val).mean())
+    result: dict[str, Any] = {"output": str(out), "calibration": source}
+    try:
+        val, result["validation"] = sample_split(meta, 2000, split="val")
+    except (CnnctlError, OSError):
+        val, result["validation"] = None, "no images: the model's data is not at hand"
+    if val is not None:
+        from cnnctl.engine import evaluate
+        from cnnctl.evaluation import Target
+
+        for key, path in (("float_top1", float_path), ("int8_top1", out)):
+            target = Target(str(path), "cpu")  # batches sized by the memory budget, as `cnnctl eval` does
+            result[key] = evaluate(target.module, target.batches(val, target.eval_batch("auto").size)).acc
         result["top1_drop_points"] = 100 * (result["float_top1"] - result["int8_top1"])
-    bench = x_val[:64]
+    f_clf, q_clf = OnnxClassifier(float_path, "cpu"), OnnxClassifier(out, "cpu")
+    bench = sample_inputs(meta, prep, 64, split="val", log=lambda m: None)[0]
     result["float_ms_batch64"] = _time_ms(f_clf, bench)
     result["int8_ms_batch64"] = _time_ms(q_clf, bench)
     result["speedup"] = result["float_ms_batch64"] / result["int8_ms_batch64"]

@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from cnnctl import history
+from cnnctl import history, machine
 from cnnctl.checkpoint import load_last, save_last, save_model, versions
 from cnnctl.config import TrainConfig, resolve
 from cnnctl.data import DataBundle, build
@@ -194,6 +194,7 @@ class Prepared:
     """What setup hands on: the resolved config, data, model and its start, and the loop's parts."""
 
     cfg: TrainConfig
+    hardware: machine.HardwarePlan
     data: DataBundle
     model: torch.nn.Module
     freezer: Freezer | None
@@ -212,15 +213,10 @@ class Prepared:
 def setup(cfg: TrainConfig, run_dir: Path, resuming: bool, reporter: Reporter, device: torch.device, dist: Dist) -> Prepared:
     """Everything before the first step: preprocessing defaults, data, model, start weights,
     freezing, optimizer groups, batches, the schedule and, when resuming, the saved state."""
-    if cfg.amp == "fp16" and device.type != "cuda":
-        raise UsageError(f"--amp fp16 needs a CUDA device (this run is on {device.type}); use --amp bf16 on a CPU, or drop --amp")
-    if cfg.amp == "bf16" and device.type not in ("cuda", "cpu"):
-        raise UsageError(f"--amp bf16 runs on CUDA or CPU, not {device.type}; drop --amp")
-    if cfg.amp == "bf16" and device.type == "cpu" and not _cpu_has_bf16():
-        reporter.log("--amp bf16: this CPU has no native bf16 instructions (avx512_bf16/AMX), so oneDNN emulates them; "
-                     "expect it slower than float32")
+    hardware = machine.plan(cfg.amp, cfg.threads, cfg.channels_last, device.type, device_index=device.index or 0,
+                            local_world_size=dist.local_world_size)  # fmt: skip
     check_available(cfg.log)
-    torch.set_num_threads(dist.threads(cfg.threads))
+    torch.set_num_threads(hardware.threads)
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -230,6 +226,8 @@ def setup(cfg: TrainConfig, run_dir: Path, resuming: bool, reporter: Reporter, d
     data = build(cfg, reporter.log)
     for note in data.notes:
         reporter.log(note)
+    hardware = dataclasses.replace(hardware, eval_batch=machine.eval_batch(cfg.eval_batch_size, cfg.model, data.input_shape, len(data.classes), device.type))
+    reporter.log(hardware.summary())
 
     torch.manual_seed(cfg.seed)
     model = create(cfg.model, data.input_shape, len(data.classes))
@@ -266,7 +264,8 @@ def setup(cfg: TrainConfig, run_dir: Path, resuming: bool, reporter: Reporter, d
         raise UsageError(f"{len(data.train)} training image(s) cannot feed {dist.world_size} processes; use more data or fewer processes")
     val_batches = None
     if data.val:
-        val_batches = Batches(shard(data.val, dist.rank, dist.world_size), data.prep, cfg.eval_batch_size, device=device, channels_last=cfg.channels_last)
+        val_batches = Batches(shard(data.val, dist.rank, dist.world_size), data.prep, hardware.eval_batch.size, device=device,
+                              channels_last=cfg.channels_last)  # fmt: skip
     steps_per_epoch = math.ceil(len(train_batches) / cfg.accumulate)  # optimizer steps
     epochs = math.ceil(cfg.iters / steps_per_epoch) if cfg.iters else cfg.epochs
     schedule = Schedule(base_lr=cfg.lr, kind=cfg.scheduler, total_steps=cfg.iters or epochs * steps_per_epoch, steps_per_epoch=steps_per_epoch,
@@ -286,8 +285,8 @@ def setup(cfg: TrainConfig, run_dir: Path, resuming: bool, reporter: Reporter, d
         reporter.log(f"{run_dir} has no finished epoch yet; starting from epoch 1")
     if freezer is not None:
         freezer.apply(state.epoch + 1)  # before DDP wraps the model: it keeps the trainable set it sees
-    return Prepared(cfg, data, model, freezer, init_report, optimizer, loss_fn, stepping, schedule, limits, train_batches, val_batches,
-                    state, records)  # fmt: skip
+    return Prepared(cfg, hardware, data, model, freezer, init_report, optimizer, loss_fn, stepping, schedule, limits, train_batches,
+                    val_batches, state, records)  # fmt: skip
 
 
 def _data_sample(data: DataBundle, n: int = 5000) -> torch.Tensor:
@@ -295,13 +294,6 @@ def _data_sample(data: DataBundle, n: int = 5000) -> torch.Tensor:
     idx = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(0))[:n]
     x, _ = next(iter(Batches(data.train.take(idx), data.prep, n, channels_last=False)))
     return x
-
-
-def _cpu_has_bf16() -> bool:
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
 
 
 def _preprocessing_defaults(cfg: TrainConfig, weights: Pretrained | None) -> TrainConfig:
@@ -341,7 +333,7 @@ class Checkpointer:
             **run.cfg.to_dict(), "init_report": run.init_report.to_dict() if run.init_report else None,
             "resolved_epochs": run.limits.epochs, "total_steps": run.schedule.total_steps, "device": str(device),
             "data_summary": run.data.describe(), "preprocess": run.data.prep.to_dict(), "versions": versions(),
-            "torch_threads": torch.get_num_threads(), "world_size": dist.world_size,
+            "torch_threads": torch.get_num_threads(), "world_size": dist.world_size, "hardware": run.hardware.to_dict(),
         })  # fmt: skip
 
     def epoch_end(self, record: dict[str, Any], improved: bool, state: LoopState) -> None:
@@ -374,7 +366,8 @@ def _run_locked(cfg: TrainConfig, run_dir: Path, resuming: bool, reporter: Repor
     run = setup(cfg, run_dir, resuming, reporter, device, dist)
     checkpoints = Checkpointer(run_dir, run, dist.is_main)
     checkpoints.write_config(device, dist)
-    scaler = torch.amp.GradScaler("cuda") if run.cfg.amp == "fp16" else None
+    amp = run.hardware.amp.amp
+    scaler = torch.amp.GradScaler("cuda") if amp == "fp16" else None
     train_model = dist.wrap(run.model, device)
     train_model = torch.compile(train_model) if run.cfg.compile else train_model
     freezer = run.freezer
@@ -403,7 +396,7 @@ def _run_locked(cfg: TrainConfig, run_dir: Path, resuming: bool, reporter: Repor
                     train_model = dist.wrap(run.model, device)
                     train_model = torch.compile(train_model) if run.cfg.compile else train_model
                 reason = fit(train_model, run.train_batches, run.val_batches, run.optimizer, run.loss_fn, run.schedule, run.state,
-                             dataclasses.replace(run.limits, epochs=end), seed=run.cfg.seed, amp=run.cfg.amp, scaler=scaler, hooks=hooks,
+                             dataclasses.replace(run.limits, epochs=end), seed=run.cfg.seed, amp=amp, scaler=scaler, hooks=hooks,
                              dist=dist, eval_model=run.model if dist.enabled else train_model, stepping=run.stepping)  # fmt: skip
                 if reason != "completed":
                     break
@@ -423,7 +416,7 @@ def _run_locked(cfg: TrainConfig, run_dir: Path, resuming: bool, reporter: Repor
         best, _, _ = load_model(run_dir, device)
         if run.cfg.channels_last:
             best = best.to(memory_format=torch.channels_last)
-        batches = Batches(run.data.test, run.data.prep, run.cfg.eval_batch_size, device=device, channels_last=run.cfg.channels_last)
+        batches = Batches(run.data.test, run.data.prep, run.hardware.eval_batch.size, device=device, channels_last=run.cfg.channels_last)
         result = evaluate(best, batches, run.loss_fn)
         test = {"loss": result.loss, "acc": result.acc, "images": len(result.targets), "epoch": state.best_epoch}
         if run.stepping.ema is not None:
@@ -452,6 +445,12 @@ def train(model: str | None, recipe: str | None, flags: dict[str, Any], *, out: 
 
 def _train(model: str | None, recipe: str | None, flags: dict[str, Any], *, out: str | None, resume: str | None,
            overwrite: bool, reporter: Reporter, dist: Dist) -> RunResult:
+    cfg = resolve_run(model, recipe, flags, resume)
+    return run(cfg, out=out, resume=resume, overwrite=overwrite, reporter=reporter, dist=dist)
+
+
+def resolve_run(model: str | None, recipe: str | None, flags: dict[str, Any], resume: str | None) -> TrainConfig:
+    """The run's config: the resumed run's config.json <- recipe <- flags given on the command line."""
     base = None
     if resume:
         from cnnctl.config import FIELDS
@@ -463,5 +462,4 @@ def _train(model: str | None, recipe: str | None, flags: dict[str, Any], *, out:
         base = {k: v for k, v in saved.items() if k in FIELDS}
         if model and model != base.get("model"):
             raise UsageError(f"--resume {resume} trained {base.get('model')}, not {model}; drop the model argument")
-    cfg = resolve(model, recipe, flags, base)
-    return run(cfg, out=out, resume=resume, overwrite=overwrite, reporter=reporter, dist=dist)
+    return resolve(model, recipe, flags, base)

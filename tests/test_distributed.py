@@ -70,7 +70,9 @@ def test_environment_detection(monkeypatch):
     monkeypatch.setenv("MASTER_PORT", "29500")
     d = Dist.from_env()
     assert (d.rank, d.world_size, d.local_rank, d.enabled, d.is_main) == (2, 4, 0, True, False)
-    assert d.threads(0) == max(1, (os.cpu_count() or 1) // 2) and d.threads(3) == 3
+    from cnnctl.machine import threads, usable_cores
+
+    assert threads(0, d.local_world_size)[0] == max(1, usable_cores() // 2) and threads(3, d.local_world_size)[0] == 3
     with pytest.raises(UsageError, match="multiple of 4"):
         d.check_batch(130)
     monkeypatch.setenv("RANK", "x")

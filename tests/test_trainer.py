@@ -178,7 +178,8 @@ def test_cifar_folder_trains_tiny_with_flip_crop(cifar_small, tmp_path):
         (["catdog", "--data", "mnist-mini", "--image-size", "8"], ["(Conv2d) cannot take input 32x2x2", "larger input"]),
         (["nosuchmodel"], ["unknown model"]),
         ([], ["no model given"]),
-        (["model-a", "--amp", "fp16", "--device", "cpu"], ["needs a CUDA device", "--amp bf16"]),
+        (["model-a", "--amp", "fp16", "--device", "cpu"], ["needs a CUDA device", "--amp auto"]),
+        (["model-a", "--eval-batch-size", "lots"], ["--eval-batch-size", "auto"]),
         (["model-a", "--mean", "a,b"], ["comma-separated numbers"]),
         (["model-a", "--monitor", "last", "--patience", "2"], ["--patience needs --monitor val_acc or val_loss"]),
         (["model-a", "--recipe", "/nonexistent.toml"], ["not found"]),
@@ -243,17 +244,38 @@ def test_time_limit_fits_the_onecycle_schedule_to_the_budget(tmp_path):
 
 def test_bf16_autocast_trains_on_cpu(tmp_path):
     # --amp bf16 on a CPU: oneDNN's bfloat16 convolutions (about 2x float32 where the CPU has
-    # avx512_bf16 or AMX; emulated, with a one-line warning, where it has neither).
-    import torch
+    # avx512_bf16 or AMX). Where it has neither, oneDNN would emulate them, many times slower:
+    # refused in one line naming --amp auto (tests/test_machine.py forces both kinds of CPU).
+    from cnnctl.machine import choose_amp
 
-    proc = run_cli("train", "model-a", "--subset", "900", "--epochs", "2", "--batch-size", "50", "--lr", "3e-3",
-                   "--amp", "bf16", "--device", "cpu", "--out", tmp_path / "bf16")  # fmt: skip
+    args = ["train", "model-a", "--subset", "900", "--epochs", "2", "--batch-size", "50", "--lr", "3e-3", "--amp", "bf16", "--device", "cpu"]
+    if choose_amp("auto", "cpu").amp != "bf16":
+        assert_user_error(run_cli(*args, "--out", tmp_path / "bf16"), "--amp auto")
+        pytest.skip("this CPU has no native bf16: the refusal is what it gets")
+    proc = run_cli(*args, "--out", tmp_path / "bf16")
     assert proc.returncode == 0, proc.stderr
-    native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    assert ("no native bf16" in proc.stderr) != native
+    assert "hardware: cpu, bf16 autocast" in proc.stderr
     hist = json.loads((tmp_path / "bf16" / "history.json").read_text())
     assert hist["test"]["acc"] > 0.85, hist["test"]
-    assert json.loads((tmp_path / "bf16" / "config.json").read_text())["amp"] == "bf16"
+    config = json.loads((tmp_path / "bf16" / "config.json").read_text())
+    assert config["amp"] == "bf16" and config["hardware"]["amp"] == "bf16"
+
+
+def test_time_limit_fits_the_schedule_from_the_first_steps(tmp_path):
+    """The speed is measured over the first steps, not at the end of the first epoch: a budget
+    smaller than one epoch still anneals, and the log says in one line that it buys too little."""
+    proc = run_cli("train", "model-c", "--data", "mnist-mini", "--epochs", "40", "--batch-size", "16", "--scheduler", "onecycle",
+                   "--lr", "0.003", "--time-limit", "1", "--threads", "1", "--out", tmp_path / "run")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    hist = json.loads((tmp_path / "run" / "history.json").read_text())
+    first, last = hist["epochs"][0], hist["epochs"][-1]
+    # 450 steps an epoch: the probe fits the plan inside epoch 1, which ends early at the plan.
+    assert hist["stopped"] == "time-limit" and first["steps"] < 450 and first["planned_steps"] < 450
+    line = next(line for line in proc.stderr.splitlines() if line.startswith("time budget:"))
+    assert "img/s measured over" in line and "of 40 planned epoch(s)" in line and "less than a quarter" in line
+    assert proc.stderr.index("time budget:") < proc.stderr.index("epoch 1 ")
+    # The one-cycle rate annealed to its floor at the fitted end instead of being cut near its peak.
+    assert last["lr"] < 0.1 * 0.003, last
 
 
 def test_monitor_last_keeps_the_last_epoch_and_ema_picks_between_the_two(tmp_path):

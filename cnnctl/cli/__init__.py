@@ -42,9 +42,9 @@ def _root(
 
 
 def _register() -> None:
-    from cnnctl.cli import eval, export, models, plot, predict, serve, shapes, train
+    from cnnctl.cli import env, eval, export, models, plot, predict, serve, shapes, train
 
-    for module in (models, shapes, train, eval, export, predict, serve, plot):
+    for module in (models, shapes, train, eval, export, predict, serve, plot, env):
         module.register(app)
 
 

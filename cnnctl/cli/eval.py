@@ -14,7 +14,8 @@ def eval_cmd(
     data: Annotated[Optional[str], typer.Option("--data", help="Data set name or image folder (default: the one the model was trained on).")] = None,
     data_dir: Annotated[Optional[str], typer.Option("--data-dir", help="Where torchvision data sets live (default: as at training).")] = None,
     split: Annotated[str, typer.Option("--split", metavar="[test|val|train|all]", help="test, val, train, or all. A folder of class subfolders (no train/test inside) is evaluated whole.")] = "test",
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per inference batch.")] = 1024,
+    batch_size: Annotated[str, typer.Option("--batch-size", metavar="[auto|N]", help="Images per inference batch: N, or auto, the largest "
+                                             "batch whose forward pass fits a memory budget (512 MiB of activations on a CPU; at most 1024).")] = "auto",
     provider: Annotated[str, typer.Option("--provider", metavar="[auto|cpu|cuda]", help="onnxruntime provider for .onnx files.")] = "auto",
     device: Annotated[str, typer.Option("--device", metavar="[cpu|cuda]", help="PyTorch device for checkpoints.")] = "cpu",
     compare: Annotated[Optional[str], typer.Option("--compare", help="Evaluate another target on the same images and report agreement.")] = None,

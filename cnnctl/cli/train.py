@@ -16,6 +16,9 @@ _FIXED = {
     "out": (Optional[str], typer.Option("--out", "-o", help="Run directory (default: runs/MODEL-DATA-TIME).", rich_help_panel=_RUN)),
     "overwrite": (bool, typer.Option("--overwrite", help="Replace the files of an existing --out.", rich_help_panel=_RUN)),
     "json_": (bool, typer.Option("--json", help="Print one JSON record per epoch and a JSON summary on stdout.", rich_help_panel=_RUN)),
+    "dry_run": (bool, typer.Option("--dry-run", help="Set the run up, time a few real steps, print the plan (img/s, time per epoch, epochs "
+                                                     "the --time-limit buys, peak memory, hardware choices) and exit; no run directory.",
+                                   rich_help_panel=_RUN)),
 }
 
 
@@ -59,6 +62,8 @@ def train(**kwargs: Any) -> None:
     model = kwargs.pop("model")
     fixed = {k: kwargs.pop(k) for k in list(_FIXED)}
     dist = Dist.from_env()
+    if fixed["dry_run"]:
+        return _dry_run(model, fixed, kwargs, dist)
     reporter = TrainReporter(json_lines=fixed["json_"]) if dist.is_main else QuietReporter()
     try:
         result = run_training(model, fixed["recipe"], kwargs, out=fixed["out"], resume=fixed["resume"],
@@ -86,6 +91,49 @@ def train(**kwargs: Any) -> None:
         print_json({"summary": summary})
         return
     _render(summary, result.epochs)
+
+
+def _dry_run(model: str | None, fixed: dict[str, Any], flags: dict[str, Any], dist: Any) -> None:
+    from cnnctl.cli.common import print_json
+    from cnnctl.cli.progress import TrainReporter
+    from cnnctl.dryrun import dry_run
+    from cnnctl.errors import UsageError
+    from cnnctl.trainer import resolve_run
+
+    if dist.enabled:
+        raise UsageError("--dry-run plans one process; run it without torchrun (it reports the per-process threads torchrun would get)")
+    cfg = resolve_run(model, fixed["recipe"], flags, fixed["resume"])
+    plan = dry_run(cfg, TrainReporter(bars=False))
+    if fixed["json_"]:
+        print_json(plan.to_dict())
+    else:
+        _render_plan(plan)
+
+
+def _render_plan(p: Any) -> None:
+    from cnnctl.cli.common import out
+
+    d, hw = p.data, p.hardware
+    lines = [
+        f"plan: {p.model} on {d['name']} ({d['train']:,} train / {d['val']:,} val / {d['test']:,} test images, {d['classes']} classes)",
+        f"hardware: {hw['device']}, {hw['cpu']}",
+        f"  amp {hw['amp']} ({hw['amp_reason']}); {hw['threads']} thread(s) ({hw['threads_reason']}); "
+        f"{'channels_last' if hw['channels_last'] else 'NCHW'}; eval batch {hw['eval_batch_size']} ({hw['eval_batch_reason']})",
+        f"speed: {p.train_images_per_s:,.0f} img/s training (batch {p.batch_size}, {p.measured_steps} timed step(s) after {p.warmup_steps} warm-up)"
+        + (f", {p.eval_images_per_s:,.0f} img/s validation" if p.eval_images_per_s else ""),
+        f"epoch: {p.epoch_train_seconds:,.1f} s training ({p.steps_per_epoch} steps) + {p.epoch_eval_seconds:,.1f} s validation "
+        f"= {p.epoch_seconds:,.1f} s",
+    ]
+    if p.time_limit:
+        share = p.epochs_in_budget / p.epochs if p.epochs else 0
+        warn = "  - less than a quarter of the plan: a longer --time-limit, fewer --epochs or a smaller model" if share < 0.25 else ""
+        lines.append(f"budget: --time-limit {p.time_limit:g} s buys {p.epochs_in_budget:.1f} epoch(s) of the {p.epochs} planned"
+                     f"{'; the schedule is fitted to it' if share < 1 else ''}{warn}")
+    lines.append(f"total: ~{p.total_seconds:,.0f} s for the run, test pass included")
+    lines.append(f"peak memory: {p.peak_memory_bytes / 2**30:.2f} GiB ({p.peak_memory_kind}, measured over setup, the timed steps and validation batches)")
+    console = out()
+    for line in lines:
+        console.print(line, highlight=False, markup=False, soft_wrap=True)
 
 
 def _render(summary: dict[str, Any], epochs: list[dict[str, Any]]) -> None:
@@ -118,7 +166,7 @@ def _signature() -> inspect.Signature:
             annotation=Annotated[Optional[str], typer.Argument(help="Model name (`cnnctl models`); may come from --recipe or --resume.", show_default=False)],
         )  # fmt: skip
     ]
-    fixed_panel = {"recipe": _START, "resume": _START, "out": _RUN, "overwrite": _RUN, "json_": _RUN}
+    fixed_panel = {"recipe": _START, "resume": _START, "out": _RUN, "overwrite": _RUN, "json_": _RUN, "dry_run": _RUN}
     for panel, names in PANELS.items():  # the panels show in this order
         for name, (typ, opt) in _FIXED.items():
             if fixed_panel[name] == panel:

@@ -34,6 +34,13 @@ def trace_model(
     return trace(model, input_shape, batch, built_for=built_for)
 
 
+def trace_built(name: str, input_shape: tuple[int, int, int], num_classes: int, model_kwargs: dict | None = None) -> Trace:
+    """Trace model `name` built for `input_shape` exactly as training builds it, on the meta device."""
+    with torch.device("meta"):
+        model = create(name, input_shape, num_classes, **(model_kwargs or {}))
+    return trace(model, input_shape)
+
+
 def trace_target(
     target: str,
     input_shape: tuple[int, int, int] | None,
@@ -54,6 +61,8 @@ def trace_target(
 
         meta = read_checkpoint_metadata(resolve_checkpoint(p))
         built_for = tuple(meta["input_shape"])
+        if input_shape is None and batch == 1:
+            return meta["model"], trace_built(meta["model"], built_for, meta["num_classes"], meta.get("model_kwargs", {}))
         with torch.device("meta"):
             model = create(meta["model"], built_for, meta["num_classes"], **meta.get("model_kwargs", {}))
         return meta["model"], trace(model, input_shape or built_for, batch, built_for=built_for)
