@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 from cnnctl import __version__
 from cnnctl.errors import CheckpointError
 from cnnctl.io import atomic_path
-from cnnctl.metadata import FORMAT, encode, read_checkpoint_metadata, read_safetensors_header
+from cnnctl.metadata import Metadata, read_checkpoint_metadata, read_safetensors_header
 
 
 def versions() -> dict[str, str]:
@@ -46,20 +46,20 @@ def _state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
 
 
-def save_model(path: str | Path, model: torch.nn.Module, meta: dict[str, Any]) -> None:
+def save_model(path: str | Path, model: torch.nn.Module, meta: Metadata) -> None:
     """Write weights plus metadata atomically."""
     with atomic_path(path) as tmp:
-        save_file(_state(model), str(tmp), metadata=encode({"format": FORMAT, "kind": "model", **meta}))
+        save_file(_state(model), str(tmp), metadata=meta.replace(kind="model").to_json_map())
 
 
-def build_model(meta: dict[str, Any]) -> torch.nn.Module:
+def build_model(meta: Metadata) -> torch.nn.Module:
     """An untrained model with the architecture that `meta` describes."""
     from cnnctl.models import create
 
-    return create(meta["model"], tuple(meta["input_shape"]), meta["num_classes"], **meta.get("model_kwargs", {}))
+    return create(meta.model, meta.input_shape, meta.num_classes, **meta.model_kwargs)
 
 
-def load_model(target: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict[str, Any], Path]:
+def load_model(target: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, Metadata, Path]:
     """(model in eval mode, metadata, checkpoint path) from a run directory or .safetensors file."""
     path = resolve_checkpoint(target)
     meta = read_checkpoint_metadata(path)
@@ -72,13 +72,13 @@ def load_model(target: str | Path, device: str | torch.device = "cpu") -> tuple[
     missing, unexpected = set(model.state_dict()) - set(state), set(state) - set(model.state_dict())
     if missing or unexpected:
         raise CheckpointError(
-            f"{path}: weights do not match model {meta['model']} "
+            f"{path}: weights do not match model {meta.model} "
             f"({len(missing)} missing, {len(unexpected)} unexpected tensors); the metadata names the wrong model"
         )
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
-        raise CheckpointError(f"{path}: weights do not fit model {meta['model']}: {str(exc).splitlines()[-1].strip()}") from None
+        raise CheckpointError(f"{path}: weights do not fit model {meta.model}: {str(exc).splitlines()[-1].strip()}") from None
     return model.to(device).eval(), meta, path
 
 
@@ -87,7 +87,7 @@ def save_last(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     state: dict[str, Any],
-    meta: dict[str, Any],
+    meta: Metadata,
     ema: Any = None,
 ) -> None:
     """Everything to resume: weights, optimizer tensors and hyper-parameters, RNG, loop state,
@@ -106,15 +106,9 @@ def save_last(
     tensors["rng/torch"] = torch.get_rng_state()
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         tensors["rng/cuda"] = torch.cuda.get_rng_state()
-    full = {
-        **meta,
-        "format": FORMAT,
-        "kind": "last",
-        "state": state,
-        "optimizer": {"param_groups": opt["param_groups"], "scalars": scalars},
-    }
+    raw = meta.replace(kind="last").to_json_map(state=state, optimizer={"param_groups": opt["param_groups"], "scalars": scalars})
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=encode(full))
+        save_file(tensors, str(tmp), metadata=raw)
 
 
 def load_last(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, ema: Any = None) -> dict[str, Any]:
@@ -158,11 +152,9 @@ class TorchClassifier:
     """A checkpoint behind the same interface as inference.OnnxClassifier (meta, prep, logits)."""
 
     def __init__(self, target: str | Path, device: str = "cpu") -> None:
-        from cnnctl.metadata import preprocess_of
-
         self.model, self.meta, path = load_model(target, device)
         self.path, self.provider = str(path), f"torch-{device}"
-        self.prep = preprocess_of(self.meta)
+        self.prep = self.meta.preprocess
         self.device = device
 
     def logits(self, x: Any) -> Any:

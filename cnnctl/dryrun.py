@@ -20,7 +20,7 @@ import torch
 from cnnctl.config import TrainConfig
 from cnnctl.data.batches import Batches
 from cnnctl.distributed import Dist
-from cnnctl.engine import Reporter, evaluate, train_one_epoch
+from cnnctl.engine import Hooks, Reporter, evaluate, train_one_epoch
 from cnnctl.machine import PeakMemory
 
 
@@ -63,14 +63,12 @@ def dry_run(cfg: TrainConfig, reporter: Reporter, *, steps: int = 10, warmup: in
         warmup = min(warmup, max(0, run.schedule.steps_per_epoch - steps))
         stamps: list[float] = [_now(device)]
         amp = run.hardware.amp.amp
-        scaler = torch.amp.GradScaler("cuda") if amp == "fp16" else None
         if run.stepping.lookahead is not None:
             run.stepping.lookahead.start_epoch(run.schedule.length)
         reporter.log(f"dry run: timing {steps} training step(s) after {warmup} warm-up step(s)")
-        train_one_epoch(run.model, run.train_batches.epoch(1), run.optimizer, run.loss_fn, run.schedule.lr, 0,
-                        end_step=lambda: warmup + steps, amp=amp, scaler=scaler, accumulate=run.stepping.accumulate,
-                        sizes=run.train_batches.sizes(), clip_grad=run.stepping.clip_grad, ema=run.stepping.ema,
-                        lookahead=run.stepping.lookahead, on_step=lambda step, loss, lr: stamps.append(_now(device)))  # fmt: skip
+        train_one_epoch(run.model, run.train_batches.epoch(1), run.opt.optimizer, run.opt.loss_fn, run.schedule.lr, 0,
+                        stepping=run.stepping, sizes=run.train_batches.sizes(), end_step=lambda: warmup + steps,
+                        hooks=Hooks(on_step=lambda step, loss, lr: stamps.append(_now(device))))  # fmt: skip
         per_step = (stamps[-1] - stamps[warmup]) / steps  # stamps[0] is the start, stamps[k] the end of step k
         eval_batches = run.val_batches
         if eval_batches is None and run.data.test is not None:

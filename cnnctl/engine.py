@@ -6,10 +6,11 @@ pure schedule function, optional AMP on CUDA, and checks that stop a diverging r
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Protocol, Sequence
 
 import torch
@@ -67,6 +68,55 @@ class EpochStats:
     truncated: bool
 
 
+@dataclass
+class Stepping:
+    """What happens around each optimizer step: precision, gradient accumulation, clipping,
+    lookahead, a weight average, and each parameter group's share of the scheduled rate."""
+
+    accumulate: int = 1
+    clip_grad: float = 0.0
+    ema: EMA | None = None
+    lookahead: Lookahead | None = None
+    amp: str = "none"  # none | bf16 | fp16 (fp16 steps through `scaler`)
+    scaler: Any = None
+    lr_scales: Sequence[float] = ()  # per optimizer param group, in order; empty: all 1
+
+    def set_lr(self, optimizer: torch.optim.Optimizer, lr: float) -> None:
+        for i, group in enumerate(optimizer.param_groups):
+            group["lr"] = lr * (self.lr_scales[i] if i < len(self.lr_scales) else 1.0)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+
+    def step(self, optimizer: torch.optim.Optimizer, params: list[torch.Tensor], step: int) -> None:
+        """One optimizer step on the accumulated gradients, then what follows it; `step` is the
+        global step count after it. Clip (unscaled first with fp16), step, lookahead, average."""
+        if self.clip_grad > 0:
+            if self.scaler is not None:
+                self.scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(params, self.clip_grad)
+        if self.scaler is not None:
+            self.scaler.step(optimizer)
+            self.scaler.update()
+        else:
+            optimizer.step()
+        if self.lookahead is not None:
+            self.lookahead.after_step(step)
+        if self.ema is not None:
+            self.ema.update()
+
+
+@dataclass
+class Hooks:
+    """How the loop talks to its caller: stop requests, progress, and the epoch boundaries."""
+
+    should_stop: Callable[[], bool] = lambda: False
+    reporter: Reporter | None = None
+    on_epoch_start: Callable[[int], None] = lambda epoch: None
+    on_epoch_end: Callable[[dict[str, Any], bool, LoopState, History], None] = lambda record, improved, state, history: None
+    on_step: Callable[[int, torch.Tensor, float], None] | None = None  # (step, loss tensor, lr) after each optimizer step
+
+
 def train_one_epoch(
     model: nn.Module,
     batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
@@ -75,33 +125,29 @@ def train_one_epoch(
     lr_fn: Callable[[int], float],
     step: int,
     *,
+    stepping: Stepping | None = None,
+    sizes: Sequence[int] | None = None,
     end_step: Callable[[], int | None] | None = None,
     deadline: float | None = None,
-    amp: str = "none",
-    scaler: Any = None,
-    should_stop: Callable[[], bool] = lambda: False,
-    reporter: Reporter | None = None,
+    hooks: Hooks | None = None,
     dist: Dist | None = None,
-    accumulate: int = 1,
-    sizes: Sequence[int] | None = None,
-    clip_grad: float = 0.0,
-    ema: EMA | None = None,
-    lookahead: Lookahead | None = None,
-    on_step: Callable[[int, torch.Tensor, float], None] | None = None,
 ) -> tuple[EpochStats, int]:
     """One pass over `batches`; returns the stats (summed over all ranks) and the new global step.
 
-    A step is one optimizer step: with `accumulate` N, the gradients of N consecutive batches
-    (global sizes in `sizes`) are summed, each batch's mean loss weighted by its share of the
-    group, so N batches of B train exactly as one batch of N*B would (BatchNorm aside: it sees
-    B images at a time). Then: gradient clipping to `clip_grad`, the step, the `ema` update.
-    `end_step()` is the global step to stop at (None: the whole pass); it is asked after every
-    step, because a time budget fitted during the epoch can move it.
+    A step is one optimizer step (`Stepping.step`): with `stepping.accumulate` N, the gradients
+    of N consecutive batches (global sizes in `sizes`) are summed, each batch's mean loss weighted
+    by its share of the group, so N batches of B train exactly as one batch of N*B would
+    (BatchNorm aside: it sees B images at a time). `end_step()` is the global step to stop at
+    (None: the whole pass); it is asked after every step, because a time budget fitted during the
+    epoch can move it.
 
     Under torchrun every rank runs this on its slice of the same global batches; the stop checks
     after each step are agreed between ranks, so all of them leave the loop at the same step.
     """
     dist = dist or Dist()
+    stepping = stepping or Stepping()
+    hooks = hooks or Hooks()
+    accumulate, reporter = stepping.accumulate, hooks.reporter
     model.train()
     device = next(model.parameters()).device
     params = [p for group in optimizer.param_groups for p in group["params"]]
@@ -119,8 +165,7 @@ def train_one_epoch(
         last = position == accumulate - 1 or (count is not None and i == count - 1)
         if position == 0:
             lr = lr_fn(step)
-            for group in optimizer.param_groups:
-                group["lr"] = lr * group.get("lr_scale", 1.0)
+            stepping.set_lr(optimizer, lr)
             optimizer.zero_grad(set_to_none=True)
             step_loss.zero_()
         weight = 1.0
@@ -130,7 +175,7 @@ def train_one_epoch(
         # DDP: all-reduce the gradients once per step, on the group's last batch.
         sync = model.no_sync() if not last and hasattr(model, "no_sync") else nullcontext()
         with sync:
-            with autocast(device, amp):
+            with autocast(device, stepping.amp):
                 logits = model(x)
                 loss = loss_fn(logits, y)
             if not torch.isfinite(loss):
@@ -138,8 +183,7 @@ def train_one_epoch(
                     f"the loss became {loss.item()} at step {step + 1} (lr {lr:.3g}); training stopped. "
                     f"Lower --lr or add --warmup; the last good epoch is kept in last.safetensors"
                 )
-            scaled = loss * weight if weight != 1.0 else loss
-            (scaler.scale(scaled) if scaler is not None else scaled).backward()
+            stepping.backward(loss * weight if weight != 1.0 else loss)
         n = y.shape[0]
         loss_value = loss.detach().double()
         total_loss += loss_value * n
@@ -148,34 +192,22 @@ def train_one_epoch(
         seen += n
         if not last:
             continue
-        if clip_grad > 0:
-            if scaler is not None:
-                scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(params, clip_grad)
-        if scaler is not None:
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
         steps += 1
         step += 1
-        if lookahead is not None:
-            lookahead.after_step(step)
-        if ema is not None:
-            ema.update()
-        if on_step is not None:
-            on_step(step, step_loss.clone(), lr)
+        stepping.step(optimizer, params, step)
+        if hooks.on_step is not None:
+            hooks.on_step(step, step_loss.clone(), lr)
         if reporter is not None and (device.type == "cpu" or steps % 20 == 0):  # float() syncs a GPU
             reporter.batch(i + 1, float(loss_value), seen / max(1e-9, time.perf_counter() - start))
-        stop, late = dist.any(should_stop(), deadline is not None and time.monotonic() >= deadline)
+        stop, late = dist.any(hooks.should_stop(), deadline is not None and time.monotonic() >= deadline)
         if stop:
             raise Interrupted()
         end = end_step() if end_step is not None else None
         if late or (end is not None and step >= end):
             truncated = True
             break
-    if lookahead is not None:
-        lookahead.end_epoch()
+    if stepping.lookahead is not None:
+        stepping.lookahead.end_epoch()
     seconds = time.perf_counter() - start
     loss_sum, correct_sum, seen = dist.sum([float(total_loss), float(correct), float(seen)])
     seen = int(seen)
@@ -280,127 +312,80 @@ class Limits:
 
 
 @dataclass
-class Hooks:
-    """How the loop talks to its caller: stop requests, progress, and the epoch boundaries."""
+class History:
+    """What fit() returns: every epoch's record (a resumed run's earlier ones first) and why it stopped."""
 
-    should_stop: Callable[[], bool] = lambda: False
-    reporter: Reporter | None = None
-    on_epoch_start: Callable[[int], None] = lambda epoch: None
-    on_epoch_end: Callable[[dict[str, Any], bool, LoopState], None] = lambda record, improved, state: None
-    on_step: Callable[[int, torch.Tensor, float], None] | None = None  # (step, loss tensor, lr) after each optimizer step
+    epochs: list[dict[str, Any]] = field(default_factory=list)
+    stopped: str = "completed"  # completed | iters | time-limit | early-stopped
 
 
 @dataclass
-class Stepping:
-    """What happens around each optimizer step: gradient accumulation, clipping, lookahead, a weight average."""
+class Loop:
+    """What fit drives: the model (DDP-wrapped or compiled for training; `eval_model` the plain
+    module to validate, when that differs), its optimizer and loss, and the batches."""
 
-    accumulate: int = 1
-    clip_grad: float = 0.0
-    ema: EMA | None = None
-    lookahead: Lookahead | None = None
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    train_batches: Any
+    val_batches: Any | None = None
+    eval_model: nn.Module | None = None
 
 
-def fit(
-    model: nn.Module,
-    train_batches: Any,
-    val_batches: Any | None,
-    optimizer: torch.optim.Optimizer,
-    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    schedule: Schedule,
-    state: LoopState,
-    limits: Limits,
-    *,
-    seed: int,
-    amp: str = "none",
-    scaler: Any = None,
-    hooks: Hooks | None = None,
-    dist: Dist | None = None,
-    eval_model: nn.Module | None = None,
-    stepping: Stepping | None = None,
-) -> str:
+def fit(loop: Loop, schedule: Schedule, stepping: Stepping, limits: Limits, hooks: Hooks, *, state: LoopState,
+        history: History | None = None, seed: int = 0, dist: Dist | None = None) -> History:  # fmt: skip
     """Train from `state.epoch + 1` to `limits.epochs`; validate with `evaluate` after every epoch.
 
     Each epoch reseeds torch's global RNG from (seed, epoch) and draws its shuffle from the same,
-    so a resumed run repeats exactly what an uninterrupted one would do. Returns why it stopped.
-    Under torchrun, `model` is the DDP wrapper, `eval_model` the plain module (validated on this
-    rank's shard of `val_batches`, metrics summed over ranks), and every decision is taken from
-    numbers that are the same on all ranks.
+    so a resumed run repeats exactly what an uninterrupted one would do. Records are appended to
+    `history` (a resumed run's), which is returned with the reason training stopped. Under
+    torchrun, `loop.model` is the DDP wrapper, `loop.eval_model` the plain module (validated on
+    this rank's shard of the validation batches, metrics summed over ranks), and every decision
+    is taken from numbers that are the same on all ranks.
 
-    With a `time_limit`, the schedule is fitted to the budget after every epoch: from the measured
-    seconds per step (validation included; the mean over ranks), `schedule.planned_steps` becomes
-    the number of steps that still fit, and training ends there, so an annealing schedule
-    finishes its decay inside the budget on a slower or busier machine.
+    With a `time_limit`, the schedule is fitted to the budget from the speed of the first steps
+    (budget.BudgetProbe), then again after every epoch from the measured seconds per step
+    (validation included; the mean over ranks), so an annealing schedule finishes its decay
+    inside the budget on a slower or busier machine.
 
     With an EMA (`stepping.ema`), both weights are validated; the record's "weights" says which
     scored better on `limits.monitor` (the EMA when there is no validation split), and that score
     is the epoch's: the checkpointing hook saves those weights as the best.
     """
     dist = dist or Dist()
-    stepping = stepping or Stepping()
-    ema = stepping.ema
-    hooks = hooks or Hooks()
-    reporter = hooks.reporter
-    eval_model = eval_model if eval_model is not None else model  # a compiled module has no truth value
+    history = history if history is not None else History()
+    eval_model = loop.eval_model if loop.eval_model is not None else loop.model  # a compiled module has no truth value
     deadline = time.monotonic() + (limits.time_limit - state.elapsed) if limits.time_limit else None
-    probe = _budget_probe(schedule, deadline, limits, train_batches, val_batches, stepping, dist, reporter)
-
-    def on_step(step: int, loss: torch.Tensor, lr: float) -> None:
-        if probe is not None:
-            probe.after_step(step)
-        if hooks.on_step is not None:
-            hooks.on_step(step, loss, lr)
-
-    reason = "completed"
+    probe = _budget_probe(schedule, deadline, limits, loop.train_batches, loop.val_batches, stepping, dist, hooks.reporter)
+    epoch_hooks = dataclasses.replace(hooks, on_step=_with_probe(probe, hooks.on_step))
+    history.stopped = "completed"
     for epoch in range(state.epoch + 1, limits.epochs + 1):
         torch.manual_seed(seed * 7919 + epoch + 104_729 * dist.rank)
         hooks.on_epoch_start(epoch)
-        if reporter is not None:
-            reporter.start_epoch(epoch, limits.epochs, len(train_batches))
+        if hooks.reporter is not None:
+            hooks.reporter.start_epoch(epoch, limits.epochs, len(loop.train_batches))
         epoch_start = time.monotonic()
         if stepping.lookahead is not None:
             stepping.lookahead.start_epoch(min([schedule.length, *_ends(limits, schedule)]))
         stats, step = train_one_epoch(
-            model, train_batches.epoch(epoch), optimizer, loss_fn, schedule.lr, state.step,
-            end_step=lambda: min(_ends(limits, schedule), default=None), deadline=deadline, amp=amp, scaler=scaler,
-            should_stop=hooks.should_stop, reporter=reporter, dist=dist, accumulate=stepping.accumulate,
-            sizes=train_batches.sizes() if hasattr(train_batches, "sizes") else None, clip_grad=stepping.clip_grad,
-            ema=ema, lookahead=stepping.lookahead, on_step=on_step,
+            loop.model, loop.train_batches.epoch(epoch), loop.optimizer, loop.loss_fn, schedule.lr, state.step, stepping=stepping,
+            sizes=loop.train_batches.sizes() if hasattr(loop.train_batches, "sizes") else None,
+            end_step=lambda: min(_ends(limits, schedule), default=None), deadline=deadline, hooks=epoch_hooks, dist=dist,
         )  # fmt: skip
-        record: dict[str, Any] = {
-            "epoch": epoch,
-            "train_loss": stats.loss,
-            "train_acc": stats.acc,
-            "lr": schedule.lr(max(0, step - 1)),
-            "seconds": round(stats.seconds, 3),
-            "images_per_s": round(stats.images / max(1e-9, stats.seconds), 1),
-            "steps": step,
-        }
-        if val_batches is not None:
+        record = _epoch_record(epoch, stats, step, schedule)
+        if loop.val_batches is not None:
             dist.sync_buffers(eval_model)
-            record.update(_validate(eval_model, val_batches, loss_fn, amp, dist))
-            if ema is not None:
-                record.update({f"ema_{k}": v for k, v in _validate(ema.module, val_batches, loss_fn, amp, dist).items()})
-        key = "val_loss" if limits.monitor == "last" else limits.monitor  # what compares weights and epochs
-        if ema is not None:
-            mine, averaged = record.get(key), record.get(f"ema_{key}")
-            use_ema = mine is None or (averaged is not None and is_better(averaged, mine, key) and averaged != mine)
-            record["weights"] = "ema" if use_ema else "model"
-        if stats.truncated:
-            record["truncated"] = True
+            record.update(_validate(eval_model, loop.val_batches, loop.loss_fn, stepping.amp, dist))
+            if stepping.ema is not None:
+                record.update({f"ema_{k}": v for k, v in _validate(stepping.ema.module, loop.val_batches, loop.loss_fn, stepping.amp, dist).items()})
+        metric = _score(record, limits, stepping.ema is not None)
         if deadline is not None and schedule.total_steps and stats.steps:
             if probe is not None:
                 probe.done = True  # from now on the measured epochs, validation included, set the plan
-            per_step = (time.monotonic() - epoch_start) / stats.steps
-            fits = schedule.budget_steps(step, deadline - time.monotonic(), per_step)
-            # Every rank must follow the same schedule: take the mean of their estimates.
-            schedule.planned_steps = int(dist.sum([float(fits)])[0] / dist.world_size)
-            if schedule.shortened:
-                record["planned_steps"] = schedule.planned_steps
-        metric = record.get(key, record["train_acc"] if key == "val_acc" else record["train_loss"])
-        if record.get("weights") == "ema" and f"ema_{key}" in record:
-            metric = record[f"ema_{key}"]
+            _refit(schedule, step, deadline, (time.monotonic() - epoch_start) / stats.steps, dist, record)
         # monitor "last": every epoch replaces the saved weights (a schedule that anneals to zero
         # ends on its best weights; 1,000 validation images would pick among near-ties by noise).
+        key = "val_loss" if limits.monitor == "last" else limits.monitor
         improved = limits.monitor == "last" or is_better(metric, state.best, key)
         state.epoch, state.step = epoch, step
         state.elapsed += stats.seconds
@@ -408,22 +393,78 @@ def fit(
             state.best, state.best_epoch, state.bad_epochs = metric, epoch, 0
         else:
             state.bad_epochs += 1
-        hooks.on_epoch_end(record, improved, state)
-        if reporter is not None:
-            reporter.end_epoch(record, improved)
+        history.epochs.append(record)
+        hooks.on_epoch_end(record, improved, state, history)
+        if hooks.reporter is not None:
+            hooks.reporter.end_epoch(record, improved)
         late, stop = dist.any(deadline is not None and time.monotonic() >= deadline, hooks.should_stop())
-        if limits.max_steps is not None and step >= limits.max_steps:
-            reason = "iters"
-            break
-        if late or (schedule.shortened and step >= schedule.planned_steps):
-            reason = "time-limit"
-            break
-        if limits.patience and state.bad_epochs >= limits.patience:
-            reason = "early-stopped"
+        reason = _stop_reason(limits, schedule, state, step, late)
+        if reason:
+            history.stopped = reason
             break
         if stop:
             raise Interrupted()
-    return reason
+    return history
+
+
+def _epoch_record(epoch: int, stats: EpochStats, step: int, schedule: Schedule) -> dict[str, Any]:
+    record: dict[str, Any] = {
+        "epoch": epoch,
+        "train_loss": stats.loss,
+        "train_acc": stats.acc,
+        "lr": schedule.lr(max(0, step - 1)),
+        "seconds": round(stats.seconds, 3),
+        "images_per_s": round(stats.images / max(1e-9, stats.seconds), 1),
+        "steps": step,
+    }
+    if stats.truncated:
+        record["truncated"] = True
+    return record
+
+
+def _score(record: dict[str, Any], limits: Limits, ema: bool) -> float:
+    """The epoch's score on the monitored metric; with an EMA, the better weights' (recorded in
+    record["weights"]), compared on val_loss for monitor "last"."""
+    key = "val_loss" if limits.monitor == "last" else limits.monitor
+    if ema:
+        mine, averaged = record.get(key), record.get(f"ema_{key}")
+        use_ema = mine is None or (averaged is not None and is_better(averaged, mine, key) and averaged != mine)
+        record["weights"] = "ema" if use_ema else "model"
+    metric = record.get(key, record["train_acc"] if key == "val_acc" else record["train_loss"])
+    if record.get("weights") == "ema" and f"ema_{key}" in record:
+        metric = record[f"ema_{key}"]
+    return metric
+
+
+def _refit(schedule: Schedule, step: int, deadline: float, per_step: float, dist: Dist, record: dict[str, Any]) -> None:
+    """Fit the schedule's length to the time left at the measured seconds per step (validation
+    included); every rank follows the mean of their estimates."""
+    fits = schedule.budget_steps(step, deadline - time.monotonic(), per_step)
+    schedule.planned_steps = int(dist.sum([float(fits)])[0] / dist.world_size)
+    if schedule.shortened:
+        record["planned_steps"] = schedule.planned_steps
+
+
+def _stop_reason(limits: Limits, schedule: Schedule, state: LoopState, step: int, late: bool) -> str | None:
+    if limits.max_steps is not None and step >= limits.max_steps:
+        return "iters"
+    if late or (schedule.shortened and step >= schedule.planned_steps):
+        return "time-limit"
+    if limits.patience and state.bad_epochs >= limits.patience:
+        return "early-stopped"
+    return None
+
+
+def _with_probe(probe: BudgetProbe | None, on_step: Callable[[int, torch.Tensor, float], None] | None) -> Callable[[int, torch.Tensor, float], None] | None:
+    if probe is None:
+        return on_step
+
+    def both(step: int, loss: torch.Tensor, lr: float) -> None:
+        probe.after_step(step)
+        if on_step is not None:
+            on_step(step, loss, lr)
+
+    return both
 
 
 def _ends(limits: Limits, schedule: Schedule) -> list[int]:

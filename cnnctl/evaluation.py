@@ -23,7 +23,7 @@ from cnnctl.engine import evaluate
 from cnnctl.errors import DataError, UsageError
 from cnnctl.inference import OnnxClassifier, softmax
 from cnnctl.machine import EvalBatch, eval_batch
-from cnnctl.metadata import preprocess_of
+from cnnctl.metadata import DataInfo, Metadata
 from cnnctl.metrics import confusion_matrix, per_class
 from cnnctl.preprocess import Preprocess
 
@@ -56,19 +56,19 @@ class Target:
             self.module, self.meta, resolved = load_model(path, self.device)
             self.kind, self.provider, self.path = "pytorch", f"torch-{self.device.type}", str(resolved)
             self.module = self.module.to(memory_format=torch.channels_last)
-        self.prep = preprocess_of(self.meta)
+        self.prep = self.meta.preprocess
 
     def eval_batch(self, requested: int | str, views: int = 1) -> EvalBatch:
         """The inference batch: `requested`, or the largest that fits the memory budget ("auto")."""
-        return eval_batch(requested, self.meta["model"], tuple(self.meta["input_shape"]), int(self.meta["num_classes"]),
-                          self.device.type, views=views, model_kwargs=self.meta.get("model_kwargs") or {})  # fmt: skip
+        m = self.meta
+        return eval_batch(requested, m.model, m.input_shape, m.num_classes, self.device.type, views=views, model_kwargs=m.model_kwargs)
 
     def batches(self, split: Split, batch_size: int) -> Batches:
         return Batches(split, self.prep, batch_size, device=self.device, channels_last=self.kind == "pytorch")
 
 
 def load_split(
-    meta: dict[str, Any], data: str | None, data_dir: str | None, split: str, log: Callable[[str], None] | None = None
+    meta: Metadata, data: str | None, data_dir: str | None, split: str, log: Callable[[str], None] | None = None
 ) -> tuple[Split, str, list[str], str]:
     """The images of one split, decoded as the model's preprocessing says, labelled by class name.
 
@@ -78,19 +78,19 @@ def load_split(
     refused); a plain folder of class subfolders is evaluated whole ("all"), unless it is the very
     folder the model was trained on, whose "val" split is the one it was selected on.
     """
-    info = meta.get("data", {}) if isinstance(meta.get("data"), dict) else {}
-    name = data or info.get("name")
+    info = meta.data
+    name = data or (info.name if info is not None else None)
     if not name:
         raise UsageError("the model does not record its data set; pass --data")
     if split not in SPLITS:
         raise UsageError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
-    prep = preprocess_of(meta)
-    classes = list(meta["class_names"])
+    prep = meta.preprocess
+    classes = list(meta.class_names)
     log = log or (lambda m: print(m, file=sys.stderr, flush=True))
-    val_split = float(info.get("val_split", 0.1))
+    val_split = info.val_split if info is not None else 0.1
     if name not in NAMED_SETS:
         return _folder_split(name, info, split, classes, prep, val_split, log)
-    src = load_source(name, data_dir or info.get("data_dir", "./data"), False, prep.size, prep.channels == 1, log=log)
+    src = load_source(name, data_dir or (info.data_dir if info is not None and info.data_dir else "./data"), False, prep.size, prep.channels == 1, log=log)
     if (src.channels, tuple(src.size)) != (prep.channels, tuple(prep.size)):
         raise DataError(f"{name} gives {src.channels}x{src.size[0]}x{src.size[1]} images, the model takes {prep.channels}x{prep.size[0]}x{prep.size[1]}")
     if src.classes != classes:
@@ -115,7 +115,7 @@ def load_split(
 SPLITS = ("test", "val", "train", "all")
 
 
-def _folder_split(name: str, info: dict[str, Any], split: str, classes: list[str], prep: Preprocess, val_split: float,
+def _folder_split(name: str, info: DataInfo | None, split: str, classes: list[str], prep: Preprocess, val_split: float,
                   log: Callable[[str], None]) -> tuple[Split, str, list[str], str]:  # fmt: skip
     layout = folder_layout(name)
     cache = default_cache_dir()
@@ -134,7 +134,7 @@ def _folder_split(name: str, info: dict[str, Any], split: str, classes: list[str
                 raise UsageError(f"{name} has no validation split (trained with --val-split 0); use --split test")
             return chosen, name, classes, split
         raise UsageError(f"{name} has no {split}/ folder; use --split {' or '.join(layout.splits)}")
-    own = bool(info.get("name")) and os.path.realpath(name) == os.path.realpath(str(info["name"]))
+    own = info is not None and os.path.realpath(name) == os.path.realpath(info.name)
     if split == "all" or (split == "test" and not own):
         return read(layout.root), name, classes, "all"
     if split == "test":
@@ -214,7 +214,7 @@ def run_eval(
         ]
     if compare:
         other = Target(compare, provider, device)
-        if other.meta["class_names"] != model.meta["class_names"] or other.prep.to_dict() != model.prep.to_dict():
+        if other.meta.class_names != model.meta.class_names or other.prep.to_dict() != model.prep.to_dict():
             raise UsageError(f"--compare {compare} has other classes or preprocessing than {target}; compare exports of the same model")
         start = time.perf_counter()
         theirs = evaluate(other.module, other.batches(images, batch.size), **tta)  # the same views: agreement compares like with like

@@ -8,6 +8,7 @@ An export that disagrees beyond the tolerance is deleted and reported as an erro
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import sys
 import time
@@ -23,7 +24,7 @@ from cnnctl.io import file_sha256
 from cnnctl.errors import CnnctlError, ExportError, UsageError
 from cnnctl.inference import OnnxClassifier
 from cnnctl.io import atomic_path
-from cnnctl.metadata import encode, preprocess_of
+from cnnctl.metadata import ExportInfo, Metadata
 from cnnctl.data.sources import Split
 from cnnctl.preprocess import Preprocess, normalize
 
@@ -34,7 +35,7 @@ def _stderr_log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def sample_split(meta: dict[str, Any], n: int, split: str = "train") -> tuple[Split, str]:
+def sample_split(meta: Metadata, n: int, split: str = "train") -> tuple[Split, str]:
     """Up to `n` real images (a seeded draw, still uint8) from the model's own data set and split.
 
     Falls back to the training split when there is no validation split; raises CnnctlError or
@@ -54,7 +55,7 @@ def sample_split(meta: dict[str, Any], n: int, split: str = "train") -> tuple[Sp
     return pool.take(idx), f"{len(idx)} {split} images of {name}"
 
 
-def sample_inputs(meta: dict[str, Any], prep: Preprocess, n: int, split: str = "train", log: Log = _stderr_log) -> tuple[np.ndarray, np.ndarray | None, str]:
+def sample_inputs(meta: Metadata, prep: Preprocess, n: int, split: str = "train", log: Log = _stderr_log) -> tuple[np.ndarray, np.ndarray | None, str]:
     """Up to `n` real images (normalised) from the model's own data set, else seeded noise."""
     try:
         pick, source = sample_split(meta, n, split)
@@ -89,15 +90,15 @@ def _quiet(fn: Callable[[], None]) -> str:
     return buf.getvalue()
 
 
-def _attach_metadata(path: Path, meta: dict[str, Any]) -> None:
+def _attach_metadata(path: Path, meta: Metadata) -> None:
     import onnx
 
     model = onnx.load(str(path))
     del model.metadata_props[:]
-    for key, value in encode(meta).items():
+    for key, value in meta.to_json_map().items():
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value
-    model.doc_string = f"cnnctl export of {meta['model']} ({', '.join(meta['class_names'][:10])})"
+    model.doc_string = f"cnnctl export of {meta.model} ({', '.join(meta.class_names[:10])})"
     onnx.checker.check_model(model, full_check=True)
     onnx.save(model, str(path))
 
@@ -144,11 +145,11 @@ def export(
     out = Path(output) if output else default_output(target)
     if out.suffix != ".onnx":
         raise UsageError(f"-o {out}: the output name must end in .onnx")
-    prep = preprocess_of(meta)
+    prep = meta.preprocess
     is_dynamic = dynamic == "batch"
     n_check = max(2, check_batch) if is_dynamic else batch
     x, _, source = sample_inputs(meta, prep, n_check, log=log)
-    meta = {**meta, "source_sha256": file_sha256(ckpt), "versions": {**meta.get("versions", {}), "export": versions()}}
+    source_sha256 = file_sha256(ckpt)
     order = ["dynamo", "torchscript"] if exporter == "auto" else [exporter]
     report: dict[str, Any] = {"output": str(out), "checkpoint": str(ckpt), "check_inputs": source, "dynamic": dynamic}
     dummy = torch.from_numpy(x[:batch] if not is_dynamic else x[:2])
@@ -165,10 +166,10 @@ def export(
                 first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                 failures.append(f"{name}: {first[:200]}")
                 if len(order) > 1:
-                    log(f"the {name} exporter failed for {meta['model']} ({first[:200]}); falling back")
+                    log(f"the {name} exporter failed for {meta.model} ({first[:200]}); falling back")
         if used is None:
-            raise ExportError(f"could not export {meta['model']}: {'; '.join(failures)}")
-        meta.update(exporter=used, opset=opset)
+            raise ExportError(f"could not export {meta.model}: {'; '.join(failures)}")
+        meta = meta.replace(export=ExportInfo(exporter=used, opset=opset, source_sha256=source_sha256, versions=versions()))
         try:
             _attach_metadata(tmp, meta)
         except Exception as exc:  # noqa: BLE001 - onnx.checker raises several types
@@ -190,7 +191,7 @@ def export(
     return report
 
 
-def quantize(float_path: Path, model: torch.nn.Module, meta: dict[str, Any], prep: Preprocess, *, calib: int = 256, log: Log = _stderr_log) -> dict[str, Any]:
+def quantize(float_path: Path, model: torch.nn.Module, meta: Metadata, prep: Preprocess, *, calib: int = 256, log: Log = _stderr_log) -> dict[str, Any]:
     """Static QDQ per-channel int8 quantization calibrated on training images, then measured."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -209,7 +210,8 @@ def quantize(float_path: Path, model: torch.nn.Module, meta: dict[str, Any], pre
         _quiet(lambda: quant_pre_process(str(float_path), str(pre), skip_symbolic_shape=True))
         _quiet(lambda: quantize_static(str(pre), str(tmp), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8))  # fmt: skip
-        _attach_metadata(tmp, {**meta, "quantization": "int8 static QDQ per-channel"})
+        assert meta.export is not None
+        _attach_metadata(tmp, meta.replace(export=dataclasses.replace(meta.export, quantization="int8 static QDQ per-channel")))
     pre_path = float_path.with_name(float_path.stem + ".pre.onnx")
     pre_path.unlink(missing_ok=True)
     result: dict[str, Any] = {"output": str(out), "calibration": source}

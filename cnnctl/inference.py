@@ -16,7 +16,7 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 
 from cnnctl.errors import CheckpointError, DataError, UsageError
-from cnnctl.metadata import decode
+from cnnctl.metadata import Metadata
 from cnnctl.preprocess import IMAGE_SUFFIXES, Preprocess, load_image, normalize
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
@@ -52,10 +52,10 @@ def make_session(path: str | Path, provider: str = "auto", *, threads: int = 0) 
     return session, session.get_providers()[0]
 
 
-def onnx_metadata(session: Any, source: str) -> dict[str, Any]:
+def onnx_metadata(session: Any, source: str) -> Metadata:
     """The cnnctl metadata stored in an ONNX file's metadata_props, validated."""
     raw = dict(session.get_modelmeta().custom_metadata_map)
-    meta = decode(raw, source)
+    meta = Metadata.from_json_map(raw, source)
     inputs, outputs = session.get_inputs(), session.get_outputs()
     if [i.name for i in inputs] != ["input"] or "logits" not in [o.name for o in outputs]:
         raise CheckpointError(f"{source}: expected input 'input' and output 'logits'; re-export it with cnnctl export")
@@ -126,7 +126,7 @@ class OnnxClassifier:
         self.path = str(path)
         self.session, self.provider = make_session(path, provider, threads=threads)
         self.meta = onnx_metadata(self.session, self.path)
-        self.prep = Preprocess.from_dict(self.meta["preprocess"])
+        self.prep = self.meta.preprocess
         shape = self.session.get_inputs()[0].shape
         self.fixed_batch = shape[0] if isinstance(shape[0], int) else None
 
@@ -149,7 +149,7 @@ def predict_paths(model: Any, paths: list[str], *, batch_size: int = 64, k: int 
     """Top-k predictions for every readable path; unreadable files are returned as messages."""
     errors: list[str] = []
     results: list[Prediction] = []
-    classes = model.meta["class_names"]
+    classes = list(model.meta.class_names)
     k = max(1, min(k, len(classes)))
     for names, x in iter_batches(paths, model.prep, batch_size, errors):
         probs = softmax(model.logits(x).astype(np.float64))

@@ -147,20 +147,17 @@ def create_app(cfg: ServeConfig, clf: OnnxClassifier | None = None) -> Any:
     from starlette.routing import Route
 
     clf = clf or OnnxClassifier(cfg.model, cfg.provider, cfg.threads)
-    classes: list[str] = list(clf.meta["class_names"])
+    classes: list[str] = list(clf.meta.class_names)
     stats = Stats()
     batcher = Batcher(clf, cfg.max_batch, cfg.max_wait_ms, stats)
     decoder = ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1)), thread_name_prefix="cnnctl-decode")
-    metadata = {
-        "model": clf.meta["model"],
+    metadata = {  # the model file's own Metadata, and how this server runs it
+        **clf.meta.to_dict(),
         "file": os.path.basename(cfg.model),
         "sha256": file_sha256(cfg.model),
-        "class_names": classes,
-        "input_shape": clf.meta.get("input_shape"),
-        "preprocess": clf.prep.to_dict(),
         "provider": clf.provider,
         "cnnctl_version": __version__,
-        "trained_with": clf.meta.get("versions", {}).get("cnnctl"),
+        "trained_with": clf.meta.versions.get("cnnctl"),
         "max_batch": cfg.max_batch,
         "max_wait_ms": cfg.max_wait_ms,
         "max_bytes": cfg.max_bytes,

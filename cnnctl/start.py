@@ -10,7 +10,7 @@
   them (probe, then fine-tune). Frozen tensors come out bit-identical.
 - `param_groups` gives the head the base learning rate and the rest `backbone_lr_scale` times it
   (and, with `bn_bias_lr_scale`, BatchNorm biases their own multiple, their weights fixed);
-  the epoch loop multiplies each group's `lr_scale` into the scheduled rate.
+  the epoch loop (engine.Stepping) multiplies each group's `lr_scale` into the scheduled rate.
 """
 
 from __future__ import annotations
@@ -247,7 +247,17 @@ def set_batchnorm_momentum(model: nn.Module, momentum: float) -> int:
     return len(norms)
 
 
-def param_groups(model: nn.Module, freezer: Freezer | None, backbone_lr_scale: float, bn_bias_lr_scale: float = 0.0) -> list[dict[str, Any]]:
+@dataclass
+class ParamGroup:
+    """One optimizer parameter group and its share of the scheduled learning rate and weight decay."""
+
+    name: str
+    params: list[nn.Parameter]
+    lr_scale: float = 1.0
+    wd_scale: float = 1.0
+
+
+def param_groups(model: nn.Module, freezer: Freezer | None, backbone_lr_scale: float, bn_bias_lr_scale: float = 0.0) -> list[ParamGroup]:
     """Optimizer groups: the head at the base rate, the backbone at `backbone_lr_scale` times it.
 
     Frozen parameters are in the backbone group too (they get no gradients while frozen, so the
@@ -256,21 +266,20 @@ def param_groups(model: nn.Module, freezer: Freezer | None, backbone_lr_scale: f
     `bn_bias_lr_scale` > 0 is airbench's "scalebias": BatchNorm weights stay as they are (1 in a
     fresh net; left out of the optimizer, no gradients) and BatchNorm biases train at that many
     times their group's rate, with `wd_scale` 1 / that, so that weight decay takes the same share
-    of them per step as of every other parameter (make_optimizer applies it).
+    of them per step as of every other parameter.
     """
     bn_weights, bn_biases = batchnorm_params(model) if bn_bias_lr_scale else ([], [])
     for w in bn_weights:
         w.requires_grad_(False)
     skip = {id(p) for p in bn_weights + bn_biases}
     if freezer is None and backbone_lr_scale == 1.0:
-        groups = [{"params": [p for p in model.parameters() if id(p) not in skip], "lr_scale": 1.0}]
+        groups = [ParamGroup("all", [p for p in model.parameters() if id(p) not in skip])]
     else:
         head = freezer.head_params if freezer is not None else {id(p) for p in head_of(model)[1].parameters()}
-        head_params = [p for p in model.parameters() if id(p) in head and id(p) not in skip]
+        groups = [ParamGroup("head", [p for p in model.parameters() if id(p) in head and id(p) not in skip])]
         rest = [p for p in model.parameters() if id(p) not in head and id(p) not in skip]
-        groups = [{"params": head_params, "lr_scale": 1.0, "name": "head"}]
         if rest:
-            groups.append({"params": rest, "lr_scale": backbone_lr_scale, "name": "backbone"})
+            groups.append(ParamGroup("backbone", rest, lr_scale=backbone_lr_scale))
     if bn_biases:
-        groups.append({"params": bn_biases, "lr_scale": bn_bias_lr_scale * backbone_lr_scale, "wd_scale": 1.0 / bn_bias_lr_scale, "name": "bn_bias"})
+        groups.append(ParamGroup("bn_bias", bn_biases, lr_scale=bn_bias_lr_scale * backbone_lr_scale, wd_scale=1.0 / bn_bias_lr_scale))
     return groups

@@ -19,7 +19,8 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from cnnctl import history, machine
+from cnnctl import history as history_file
+from cnnctl import machine
 from cnnctl.checkpoint import load_last, save_last, save_model, versions
 from cnnctl.config import TrainConfig, resolve
 from cnnctl.data import DataBundle, build
@@ -28,14 +29,16 @@ from cnnctl.data.policies import BatchMix, PolicyAugment
 from cnnctl.data.sources import NAMED_SETS
 from cnnctl.distributed import Dist, is_comm_error
 from cnnctl.ema import EMA, Lookahead
-from cnnctl.engine import Hooks, Interrupted, Limits, LoopState, Reporter, Stepping, evaluate, fit, make_loss
+from cnnctl.engine import History, Hooks, Interrupted, Limits, Loop, LoopState, Reporter, Stepping, evaluate, fit, make_loss
 from cnnctl.errors import CnnctlError, RunDirError, UsageError
 from cnnctl.io import RunLock, write_json
+from cnnctl.metadata import DataInfo, Metadata, TrainingInfo
 from cnnctl.models import create
 from cnnctl.models.layers import init_from_data
 from cnnctl.runlog import RunLog, check_available
 from cnnctl.schedule import Schedule
-from cnnctl.start import Freezer, InitReport, Pretrained, init_from, load_pretrained, param_groups, pretrained_weights, set_batchnorm_momentum
+from cnnctl.start import (Freezer, InitReport, ParamGroup, Pretrained, init_from, load_pretrained, param_groups, pretrained_weights,
+                          set_batchnorm_momentum)
 
 
 @dataclass
@@ -69,10 +72,10 @@ def pick_device(name: str, dist: Dist | None = None) -> torch.device:
     return torch.device(name)
 
 
-def make_optimizer(cfg: TrainConfig, params: list[dict[str, Any]]) -> torch.optim.Optimizer:
-    """The optimizer over parameter groups (each with an `lr_scale` the epoch loop applies, and
-    optionally a `wd_scale` applied here to the weight decay)."""
-    params = [{**g, "weight_decay": cfg.weight_decay * g["wd_scale"]} if "wd_scale" in g else g for g in params]
+def make_optimizer(cfg: TrainConfig, groups: list[ParamGroup]) -> torch.optim.Optimizer:
+    """The optimizer over typed parameter groups: each group's `wd_scale` applied here to the
+    weight decay; its `lr_scale` is the epoch loop's (Stepping.lr_scales), per step."""
+    params = [{"params": g.params, "name": g.name, "weight_decay": cfg.weight_decay * g.wd_scale} for g in groups]
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "adam":
@@ -107,24 +110,15 @@ def _signals() -> Iterator[list[int]]:
             signal.signal(sig, old)
 
 
-def checkpoint_metadata(cfg: TrainConfig, data: DataBundle, model_name: str) -> dict[str, Any]:
+def checkpoint_metadata(cfg: TrainConfig, data: DataBundle) -> Metadata:
     """The self-describing part of every checkpoint (docs/formats.md)."""
-    return {
-        "model": model_name,
-        "model_kwargs": {},
-        "input_shape": list(data.input_shape),
-        "num_classes": len(data.classes),
-        "class_names": data.classes,
-        "preprocess": data.prep.to_dict(),
-        "data": {
-            # Absolute paths, so `cnnctl eval` finds the data from any working directory.
-            "name": cfg.data if cfg.data in NAMED_SETS else os.path.abspath(cfg.data),
-            "data_dir": os.path.abspath(cfg.data_dir),
-            "val_split": cfg.val_split,
-            "fingerprint": data.fingerprint,
-        },
-        "versions": versions(),
-    }
+    c, h, w = data.input_shape
+    return Metadata(
+        model=cfg.model, input_shape=(c, h, w), class_names=tuple(data.classes), preprocess=data.prep, versions=versions(),
+        # Absolute paths, so `cnnctl eval` finds the data from any working directory.
+        data=DataInfo(name=cfg.data if cfg.data in NAMED_SETS else os.path.abspath(cfg.data), data_dir=os.path.abspath(cfg.data_dir),
+                      val_split=cfg.val_split, fingerprint=data.fingerprint),
+    )  # fmt: skip
 
 
 def run(
@@ -190,36 +184,54 @@ def _prepare_run_dir(cfg: TrainConfig, out: str | None, resume: str | None, over
 
 
 @dataclass
+class Start:
+    """The model as training starts it: built for the data, its start weights, on the device."""
+
+    model: torch.nn.Module
+    init_report: InitReport | None
+
+
+@dataclass
+class Optimisation:
+    """What trains the model: the frozen part, the optimizer over typed groups, loss and step."""
+
+    freezer: Freezer | None
+    optimizer: torch.optim.Optimizer
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    stepping: Stepping
+
+
+@dataclass
 class Prepared:
-    """What setup hands on: the resolved config, data, model and its start, and the loop's parts."""
+    """What setup hands on: the resolved config, the machine's choices, data, model and its
+    start, the loop's parts, and where the loop starts (a resumed run's state and history)."""
 
     cfg: TrainConfig
     hardware: machine.HardwarePlan
     data: DataBundle
-    model: torch.nn.Module
-    freezer: Freezer | None
-    init_report: InitReport | None
-    optimizer: torch.optim.Optimizer
-    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-    stepping: Stepping
+    start: Start
+    opt: Optimisation
     schedule: Schedule
     limits: Limits
     train_batches: Batches
     val_batches: Batches | None
     state: LoopState
-    records: list[dict[str, Any]]
+    history: History
+
+    @property
+    def model(self) -> torch.nn.Module:
+        return self.start.model
+
+    @property
+    def stepping(self) -> Stepping:
+        return self.opt.stepping
 
 
 def setup(cfg: TrainConfig, run_dir: Path, resuming: bool, reporter: Reporter, device: torch.device, dist: Dist) -> Prepared:
-    """Everything before the first step: preprocessing defaults, data, model, start weights,
-    freezing, optimizer groups, batches, the schedule and, when resuming, the saved state."""
-    hardware = machine.plan(cfg.amp, cfg.threads, cfg.channels_last, device.type, device_index=device.index or 0,
-                            local_world_size=dist.local_world_size)  # fmt: skip
-    check_available(cfg.log)
-    torch.set_num_threads(hardware.threads)
-    if cfg.deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    """Everything before the first step, in stages: the machine's choices, the start weights'
+    preprocessing, data, model and start weights, optimisation, batches and schedule, and the
+    saved state when resuming. Each stage fails before the slower ones after it."""
+    hardware = _machine(cfg, device, dist)
     resuming = resuming and (run_dir / "last.safetensors").exists()  # else: stopped before its first epoch
     weights = pretrained_weights(cfg.model, cfg.weights or "DEFAULT") if (cfg.pretrained or cfg.weights) else None
     cfg = _preprocessing_defaults(cfg, weights)
@@ -228,7 +240,36 @@ def setup(cfg: TrainConfig, run_dir: Path, resuming: bool, reporter: Reporter, d
         reporter.log(note)
     hardware = dataclasses.replace(hardware, eval_batch=machine.eval_batch(cfg.eval_batch_size, cfg.model, data.input_shape, len(data.classes), device.type))
     reporter.log(hardware.summary())
+    start = _start(cfg, data, weights, resuming, device, reporter)
+    opt = _optimisation(cfg, start.model, len(data.classes), hardware)
+    train_batches, val_batches = _batches(cfg, data, hardware, device, dist)
+    schedule, limits = _schedule(cfg, train_batches)
+    state, history = LoopState(), History()
+    if resuming:
+        state, history = _resume(run_dir, start.model, opt, schedule, limits, reporter)
+    elif (run_dir / "config.json").exists() and not (run_dir / "last.safetensors").exists():
+        reporter.log(f"{run_dir} has no finished epoch yet; starting from epoch 1")
+    if opt.freezer is not None:
+        opt.freezer.apply(state.epoch + 1)  # before DDP wraps the model: it keeps the trainable set it sees
+    return Prepared(cfg, hardware, data, start, opt, schedule, limits, train_batches, val_batches, state, history)
 
+
+def _machine(cfg: TrainConfig, device: torch.device, dist: Dist) -> machine.HardwarePlan:
+    """The machine's choices (amp, threads; the eval batch follows once the data is known),
+    applied to torch; refuses what this machine cannot run before any image is decoded."""
+    hardware = machine.plan(cfg.amp, cfg.threads, cfg.channels_last, device.type, device_index=device.index or 0,
+                            local_world_size=dist.local_world_size)  # fmt: skip
+    check_available(cfg.log)
+    torch.set_num_threads(hardware.threads)
+    if cfg.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    return hardware
+
+
+def _start(cfg: TrainConfig, data: DataBundle, weights: Pretrained | None, resuming: bool, device: torch.device, reporter: Reporter) -> Start:
+    """The model built for the data, with its start weights (data-dependent init, --pretrained
+    or --init; a resumed run takes its weights from last.safetensors instead), on the device."""
     torch.manual_seed(cfg.seed)
     model = create(cfg.model, data.input_shape, len(data.classes))
     if cfg.bn_momentum and not set_batchnorm_momentum(model, cfg.bn_momentum):
@@ -238,7 +279,7 @@ def setup(cfg: TrainConfig, run_dir: Path, resuming: bool, reporter: Reporter, d
         sample = _data_sample(data)
         names = init_from_data(model, sample)
         reporter.log(f"{', '.join(names)}: initialised from {len(sample)} training images (patch whitening)")
-    if weights is not None and not resuming:  # a resumed run takes its weights from last.safetensors
+    if weights is not None and not resuming:
         init_report = load_pretrained(model, weights)
         reporter.log(init_report.summary().replace("--init ", "--pretrained ", 1)
                      + f"; torchvision trained them on {weights.crop_size}x{weights.crop_size} crops of images resized to {weights.resize_size}")  # fmt: skip
@@ -248,45 +289,55 @@ def setup(cfg: TrainConfig, run_dir: Path, resuming: bool, reporter: Reporter, d
     model = model.to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    freezer = Freezer(model, cfg.freeze, cfg.unfreeze_at) if cfg.freeze != "none" else None
-    optimizer = make_optimizer(cfg, param_groups(model, freezer, cfg.backbone_lr_scale, cfg.bn_bias_lr_scale))
-    loss_fn = make_loss(cfg.loss, len(data.classes), cfg.label_smoothing)
+    return Start(model, init_report)
 
-    ema = EMA(model, cfg.ema) if cfg.ema else None
-    lookahead = Lookahead(model, cfg.lookahead) if cfg.lookahead else None
-    stepping = Stepping(accumulate=cfg.accumulate, clip_grad=cfg.clip_grad, ema=ema, lookahead=lookahead)
+
+def _optimisation(cfg: TrainConfig, model: torch.nn.Module, num_classes: int, hardware: machine.HardwarePlan) -> Optimisation:
+    freezer = Freezer(model, cfg.freeze, cfg.unfreeze_at) if cfg.freeze != "none" else None
+    groups = param_groups(model, freezer, cfg.backbone_lr_scale, cfg.bn_bias_lr_scale)
+    amp = hardware.amp.amp
+    stepping = Stepping(accumulate=cfg.accumulate, clip_grad=cfg.clip_grad, ema=EMA(model, cfg.ema) if cfg.ema else None,
+                        lookahead=Lookahead(model, cfg.lookahead) if cfg.lookahead else None, amp=amp,
+                        scaler=torch.amp.GradScaler("cuda") if amp == "fp16" else None, lr_scales=[g.lr_scale for g in groups])  # fmt: skip
+    return Optimisation(freezer, make_optimizer(cfg, groups), make_loss(cfg.loss, num_classes, cfg.label_smoothing), stepping)
+
+
+def _batches(cfg: TrainConfig, data: DataBundle, hardware: machine.HardwarePlan, device: torch.device, dist: Dist) -> tuple[Batches, Batches | None]:
+    """Training batches (augmented, mixed, this rank's slice) and validation batches (this rank's shard)."""
     policy = PolicyAugment(cfg.auto_augment, magnitude=cfg.aug_magnitude, group=cfg.aug_group) if cfg.auto_augment != "none" else None
     mix = BatchMix(len(data.classes), mixup=cfg.mixup, cutmix=cfg.cutmix, prob=cfg.mix_prob) if (cfg.mixup or cfg.cutmix) else None
-    train_batches = Batches(data.train, data.prep, cfg.batch_size, shuffle=True, augment=cfg.augment, seed=cfg.seed, device=device,
-                            channels_last=cfg.channels_last, rank=dist.rank, world=dist.world_size, policy=policy, mix=mix,
-                            alternate_flip=cfg.alternate_flip)  # fmt: skip
-    if len(train_batches) == 0:
+    train = Batches(data.train, data.prep, cfg.batch_size, shuffle=True, augment=cfg.augment, seed=cfg.seed, device=device,
+                    channels_last=cfg.channels_last, rank=dist.rank, world=dist.world_size, policy=policy, mix=mix,
+                    alternate_flip=cfg.alternate_flip)  # fmt: skip
+    if len(train) == 0:
         raise UsageError(f"{len(data.train)} training image(s) cannot feed {dist.world_size} processes; use more data or fewer processes")
-    val_batches = None
+    assert hardware.eval_batch is not None
+    val = None
     if data.val:
-        val_batches = Batches(shard(data.val, dist.rank, dist.world_size), data.prep, hardware.eval_batch.size, device=device,
-                              channels_last=cfg.channels_last)  # fmt: skip
+        val = Batches(shard(data.val, dist.rank, dist.world_size), data.prep, hardware.eval_batch.size, device=device, channels_last=cfg.channels_last)
+    return train, val
+
+
+def _schedule(cfg: TrainConfig, train_batches: Batches) -> tuple[Schedule, Limits]:
+    """The learning rate per step and the run's length: the schedule owns its step count."""
     steps_per_epoch = math.ceil(len(train_batches) / cfg.accumulate)  # optimizer steps
     epochs = math.ceil(cfg.iters / steps_per_epoch) if cfg.iters else cfg.epochs
     schedule = Schedule(base_lr=cfg.lr, kind=cfg.scheduler, total_steps=cfg.iters or epochs * steps_per_epoch, steps_per_epoch=steps_per_epoch,
                         warmup_epochs=cfg.warmup, step_size=cfg.step_size, gamma=cfg.gamma)  # fmt: skip
     limits = Limits(epochs=epochs, max_steps=cfg.iters or None, patience=cfg.patience, monitor=cfg.monitor, time_limit=cfg.time_limit)
+    return schedule, limits
 
-    state, records = LoopState(), []
-    if resuming:
-        saved = load_last(run_dir / "last.safetensors", model, optimizer, ema)
-        loop = dict(saved["loop"])
-        schedule.load_state_dict(saved.get("schedule", {"planned_steps": loop.pop("planned_steps", 0)}))
-        loop.pop("planned_steps", None)
-        state, records = LoopState(**loop), saved["history"]
-        if state.epoch >= epochs:
-            reporter.log(f"{run_dir} already finished {state.epoch} epoch(s); pass a larger --epochs to extend it")
-    elif (run_dir / "config.json").exists() and not (run_dir / "last.safetensors").exists():
-        reporter.log(f"{run_dir} has no finished epoch yet; starting from epoch 1")
-    if freezer is not None:
-        freezer.apply(state.epoch + 1)  # before DDP wraps the model: it keeps the trainable set it sees
-    return Prepared(cfg, hardware, data, model, freezer, init_report, optimizer, loss_fn, stepping, schedule, limits, train_batches,
-                    val_batches, state, records)  # fmt: skip
+
+def _resume(run_dir: Path, model: torch.nn.Module, opt: Optimisation, schedule: Schedule, limits: Limits, reporter: Reporter) -> tuple[LoopState, History]:
+    """Weights, optimizer, average, RNG, schedule plan, loop state and history from last.safetensors."""
+    saved = load_last(run_dir / "last.safetensors", model, opt.optimizer, opt.stepping.ema)
+    loop = dict(saved["loop"])
+    schedule.load_state_dict(saved.get("schedule", {"planned_steps": loop.pop("planned_steps", 0)}))
+    loop.pop("planned_steps", None)
+    state = LoopState(**loop)
+    if state.epoch >= limits.epochs:
+        reporter.log(f"{run_dir} already finished {state.epoch} epoch(s); pass a larger --epochs to extend it")
+    return state, History(list(saved["history"]))
 
 
 def _data_sample(data: DataBundle, n: int = 5000) -> torch.Tensor:
@@ -322,7 +373,7 @@ class Checkpointer:
 
     def __init__(self, run_dir: Path, run: Prepared, writes: bool) -> None:
         self.run_dir, self.run, self.writes = run_dir, run, writes
-        self.meta = checkpoint_metadata(run.cfg, run.data, run.cfg.model)
+        self.meta = checkpoint_metadata(run.cfg, run.data)
         self.log = RunLog(run.cfg.log, run_dir, run.state.step) if writes and run.cfg.log != "none" else None
 
     def write_config(self, device: torch.device, dist: Dist) -> None:
@@ -330,35 +381,34 @@ class Checkpointer:
             return
         run = self.run
         write_json(self.run_dir / "config.json", {
-            **run.cfg.to_dict(), "init_report": run.init_report.to_dict() if run.init_report else None,
+            **run.cfg.to_dict(), "init_report": run.start.init_report.to_dict() if run.start.init_report else None,
             "resolved_epochs": run.limits.epochs, "total_steps": run.schedule.total_steps, "device": str(device),
             "data_summary": run.data.describe(), "preprocess": run.data.prep.to_dict(), "versions": versions(),
             "torch_threads": torch.get_num_threads(), "world_size": dist.world_size, "hardware": run.hardware.to_dict(),
         })  # fmt: skip
 
-    def epoch_end(self, record: dict[str, Any], improved: bool, state: LoopState) -> None:
-        run = self.run
-        run.records.append(record)
+    def epoch_end(self, record: dict[str, Any], improved: bool, state: LoopState, history: History) -> None:
         if not self.writes:
             return
+        run = self.run
         metrics = {k: v for k, v in record.items() if k.startswith(("val_", "train_", "ema_"))}
-        meta = {**self.meta, "epoch": record["epoch"], "metrics": metrics}
+        meta = self.meta.replace(training=TrainingInfo(epoch=record["epoch"], metrics=metrics, weights=record.get("weights", "model")))
         ema = run.stepping.ema
         if improved:
             # With --ema, the better of the two weights on the monitored metric (record["weights"]).
             best = ema.module if ema is not None and record.get("weights") == "ema" else run.model
-            save_model(self.run_dir / "model.safetensors", best, {**meta, "weights": record.get("weights", "model")})
-        save_last(self.run_dir / "last.safetensors", run.model, run.optimizer,
-                  {"loop": state.__dict__.copy(), "schedule": run.schedule.state_dict(), "history": run.records}, meta, ema)  # fmt: skip
-        history.save(self.run_dir / "history.json", run.records)
+            save_model(self.run_dir / "model.safetensors", best, meta)
+        save_last(self.run_dir / "last.safetensors", run.model, run.opt.optimizer,
+                  {"loop": state.__dict__.copy(), "schedule": run.schedule.state_dict(), "history": history.epochs}, meta, ema)  # fmt: skip
+        history_file.save(self.run_dir / "history.json", history.epochs)
         if self.log is not None:
-            self.log.epoch(record, run.records)
+            self.log.epoch(record, history.epochs)
 
-    def finish(self, reason: str, test: dict[str, Any] | None) -> None:
+    def finish(self, history: History, test: dict[str, Any] | None) -> None:
         if self.log is not None:
             self.log.close()
         if self.writes:
-            history.save(self.run_dir / "history.json", self.run.records, **({"test": test} if test else {}), stopped=reason)
+            history_file.save(self.run_dir / "history.json", history.epochs, **({"test": test} if test else {}), stopped=history.stopped)
 
 
 def _run_locked(cfg: TrainConfig, run_dir: Path, resuming: bool, reporter: Reporter, device: torch.device, dist: Dist) -> RunResult:
@@ -366,23 +416,30 @@ def _run_locked(cfg: TrainConfig, run_dir: Path, resuming: bool, reporter: Repor
     run = setup(cfg, run_dir, resuming, reporter, device, dist)
     checkpoints = Checkpointer(run_dir, run, dist.is_main)
     checkpoints.write_config(device, dist)
-    amp = run.hardware.amp.amp
-    scaler = torch.amp.GradScaler("cuda") if amp == "fp16" else None
-    train_model = dist.wrap(run.model, device)
-    train_model = torch.compile(train_model) if run.cfg.compile else train_model
-    freezer = run.freezer
+    history = _fit(run, checkpoints, reporter, device, dist, run_dir)
+    state = run.state
+    test = _test(run, run_dir, device, history) if dist.is_main else None
+    checkpoints.finish(history, test)
+    return RunResult(run_dir, history.stopped, history.epochs, state.best_epoch, state.best, test)
+
+
+def _fit(run: Prepared, checkpoints: Checkpointer, reporter: Reporter, device: torch.device, dist: Dist, run_dir: Path) -> History:
+    """The epoch loop over the prepared run, with Ctrl-C/SIGTERM turned into a clean stop.
+
+    DDP fixes the set of trainable parameters when it wraps the model, so under torchrun a
+    --unfreeze-at run trains in two phases: frozen up to the epoch before, then re-wrapped.
+    """
+    freezer = run.opt.freezer
 
     def on_epoch_start(epoch: int) -> None:
         if freezer is not None and freezer.apply(epoch):
             reporter.log(f"epoch {epoch}: the backbone {'is frozen' if freezer.frozen else 'trains from now on'} (--unfreeze-at {run.cfg.unfreeze_at})")
 
-    # DDP fixes the set of trainable parameters when it wraps the model, so under torchrun a
-    # --unfreeze-at run trains in two phases: frozen up to the epoch before, then re-wrapped.
     phases = [run.limits.epochs]
     unfreeze = run.cfg.unfreeze_at if freezer is not None else 0
     if dist.enabled and unfreeze and run.state.epoch + 1 < unfreeze <= run.limits.epochs:
         phases = [unfreeze - 1, run.limits.epochs]
-
+    history = run.history
     with _signals() as caught:
         hooks = Hooks(should_stop=lambda: bool(caught), reporter=reporter, on_epoch_start=on_epoch_start, on_epoch_end=checkpoints.epoch_end,
                       on_step=checkpoints.log.step if checkpoints.log is not None else None)  # fmt: skip
@@ -390,15 +447,16 @@ def _run_locked(cfg: TrainConfig, run_dir: Path, resuming: bool, reporter: Repor
             for i, end in enumerate(phases):
                 if i:
                     assert freezer is not None
-                    del train_model
                     freezer.apply(unfreeze)
                     reporter.log(f"epoch {unfreeze}: the backbone trains from now on (--unfreeze-at {unfreeze})")
-                    train_model = dist.wrap(run.model, device)
-                    train_model = torch.compile(train_model) if run.cfg.compile else train_model
-                reason = fit(train_model, run.train_batches, run.val_batches, run.optimizer, run.loss_fn, run.schedule, run.state,
-                             dataclasses.replace(run.limits, epochs=end), seed=run.cfg.seed, amp=amp, scaler=scaler, hooks=hooks,
-                             dist=dist, eval_model=run.model if dist.enabled else train_model, stepping=run.stepping)  # fmt: skip
-                if reason != "completed":
+                train_model = dist.wrap(run.model, device)
+                train_model = torch.compile(train_model) if run.cfg.compile else train_model
+                loop = Loop(train_model, run.opt.optimizer, run.opt.loss_fn, run.train_batches, run.val_batches,
+                            eval_model=run.model if dist.enabled else train_model)  # fmt: skip
+                history = fit(loop, run.schedule, run.stepping, dataclasses.replace(run.limits, epochs=end), hooks, state=run.state,
+                              history=history, seed=run.cfg.seed, dist=dist)  # fmt: skip
+                del train_model, loop
+                if history.stopped != "completed":
                     break
         except Interrupted:
             raise RunInterrupted(run_dir, run.state.epoch) from None
@@ -406,23 +464,25 @@ def _run_locked(cfg: TrainConfig, run_dir: Path, resuming: bool, reporter: Repor
             if dist.enabled and not isinstance(exc, CnnctlError) and is_comm_error(exc):
                 raise dist.lost(exc) from None
             raise
-    state = run.state
-    if not dist.is_main:
-        return RunResult(run_dir, reason, run.records, state.best_epoch, state.best, None)
-    test = None
-    if run.data.test is not None and (run_dir / "model.safetensors").is_file():
-        from cnnctl.checkpoint import load_model
+    return history
 
-        best, _, _ = load_model(run_dir, device)
-        if run.cfg.channels_last:
-            best = best.to(memory_format=torch.channels_last)
-        batches = Batches(run.data.test, run.data.prep, run.hardware.eval_batch.size, device=device, channels_last=run.cfg.channels_last)
-        result = evaluate(best, batches, run.loss_fn)
-        test = {"loss": result.loss, "acc": result.acc, "images": len(result.targets), "epoch": state.best_epoch}
-        if run.stepping.ema is not None:
-            test["weights"] = next((r.get("weights") for r in run.records if r["epoch"] == state.best_epoch), "model")
-    checkpoints.finish(reason, test)
-    return RunResult(run_dir, reason, run.records, state.best_epoch, state.best, test)
+
+def _test(run: Prepared, run_dir: Path, device: torch.device, history: History) -> dict[str, Any] | None:
+    """The test split through the best checkpoint, measured once at the end (never used to select)."""
+    if run.data.test is None or not (run_dir / "model.safetensors").is_file():
+        return None
+    from cnnctl.checkpoint import load_model
+
+    best, _, _ = load_model(run_dir, device)
+    if run.cfg.channels_last:
+        best = best.to(memory_format=torch.channels_last)
+    assert run.hardware.eval_batch is not None
+    batches = Batches(run.data.test, run.data.prep, run.hardware.eval_batch.size, device=device, channels_last=run.cfg.channels_last)
+    result = evaluate(best, batches, run.opt.loss_fn, amp="none")
+    test = {"loss": result.loss, "acc": result.acc, "images": len(result.targets), "epoch": run.state.best_epoch}
+    if run.stepping.ema is not None:
+        test["weights"] = next((r.get("weights") for r in history.epochs if r["epoch"] == run.state.best_epoch), "model")
+    return test
 
 
 class RunInterrupted(Exception):

@@ -11,7 +11,7 @@ from cnnctl.config import TrainConfig
 from cnnctl.data import build
 from cnnctl.data.batches import Batches
 from cnnctl.ema import EMA, Lookahead
-from cnnctl.engine import evaluate, make_loss, train_one_epoch
+from cnnctl.engine import Hooks, Stepping, evaluate, make_loss, train_one_epoch
 from cnnctl.models import create
 
 
@@ -28,9 +28,9 @@ def _epoch(data, batch: int, accumulate: int, *, clip: float = 0.0, ema: bool = 
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     batches = Batches(data.train, data.prep, batch, shuffle=True, seed=1, channels_last=False)
     steps = []
-    stats, step = train_one_epoch(model, batches.epoch(1), opt, make_loss("ce", 10), lambda s: 0.05, 0, accumulate=accumulate,
-                                  sizes=batches.sizes(), clip_grad=clip, ema=average,
-                                  on_step=lambda s, loss, lr: steps.append((s, float(loss))))  # fmt: skip
+    stats, step = train_one_epoch(model, batches.epoch(1), opt, make_loss("ce", 10), lambda s: 0.05, 0,
+                                  stepping=Stepping(accumulate=accumulate, clip_grad=clip, ema=average), sizes=batches.sizes(),
+                                  hooks=Hooks(on_step=lambda s, loss, lr: steps.append((s, float(loss)))))  # fmt: skip
     return model, stats, step, steps, average
 
 
@@ -57,7 +57,7 @@ def test_clip_grad_bounds_every_update(digits):
     opt = torch.optim.SGD(model.parameters(), lr=1.0)  # plain SGD: the update is lr * clipped gradient
     batches = Batches(digits.train, digits.prep, 64, channels_last=False)
     one = iter([next(iter(batches))])
-    train_one_epoch(model, one, opt, make_loss("ce", 10), lambda s: 1.0, 0, clip_grad=0.01)
+    train_one_epoch(model, one, opt, make_loss("ce", 10), lambda s: 1.0, 0, stepping=Stepping(clip_grad=0.01))
     moved = torch.cat([(a - b).detach().flatten() for a, b in zip(model.parameters(), before.parameters())])
     assert float(moved.norm()) == pytest.approx(0.01, rel=1e-4)
 

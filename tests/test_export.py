@@ -13,6 +13,7 @@ from cnnctl.errors import ExportError
 from cnnctl.export import export
 from cnnctl.inference import OnnxClassifier
 from cnnctl.models import create, get_entry, list_models
+from cnnctl.metadata import DataInfo, Metadata, TrainingInfo
 from cnnctl.preprocess import Preprocess
 from tests.conftest import assert_user_error, run_cli
 
@@ -23,11 +24,8 @@ def _checkpoint(tmp_path, name: str):
     model = create(name).eval()
     c = entry.default_input[0]
     prep = Preprocess(channels=c, size=entry.default_input[1:], mean=[0.5] * c, std=[0.25] * c)
-    meta = {
-        "model": name, "model_kwargs": {}, "input_shape": list(entry.default_input), "num_classes": entry.num_classes,
-        "class_names": [f"c{i}" for i in range(entry.num_classes)], "preprocess": prep.to_dict(),
-        "data": {"name": "/nonexistent-data"}, "versions": versions(), "epoch": 0, "metrics": {},
-    }  # fmt: skip
+    meta = Metadata(model=name, input_shape=entry.default_input, class_names=tuple(f"c{i}" for i in range(entry.num_classes)),
+                    preprocess=prep, data=DataInfo(name="/nonexistent-data"), versions=versions(), training=TrainingInfo(epoch=0))
     path = tmp_path / f"{name}.safetensors"
     save_model(path, model, meta)
     return path
@@ -39,7 +37,7 @@ def test_every_registered_model_exports_with_parity(name, tmp_path):
     assert [c["batch"] for c in report["checks"]] == [1, 32]
     assert all(c["top1_agreement"] == 1.0 and c["max_abs_diff"] < 1e-3 for c in report["checks"])
     clf = OnnxClassifier(report["output"], "cpu")
-    assert clf.meta["model"] == name and clf.meta["source_sha256"]
+    assert clf.meta.model == name and clf.meta.export is not None and clf.meta.export.source_sha256
     assert clf.session.get_inputs()[0].shape[0] == "batch" or not isinstance(clf.session.get_inputs()[0].shape[0], int)
 
 

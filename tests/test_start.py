@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 from cnnctl.config import TrainConfig
 from cnnctl.data import build
 from cnnctl.data.batches import Batches
-from cnnctl.engine import make_loss, train_one_epoch
+from cnnctl.engine import Stepping, make_loss, train_one_epoch
 from cnnctl.errors import CheckpointError
 from cnnctl.models import create
 from cnnctl.start import Freezer, init_from, param_groups
@@ -109,7 +109,7 @@ def test_param_groups_give_the_backbone_its_own_rate():
     model = create("model-a")
     freezer = Freezer(model, "backbone")
     groups = param_groups(model, freezer, 0.1)
-    assert [g["name"] for g in groups] == ["head", "backbone"] and groups[1]["lr_scale"] == 0.1
+    assert [g.name for g in groups] == ["head", "backbone"] and groups[1].lr_scale == 0.1
     assert freezer.apply(1) and not any(p.requires_grad for p in model.features.parameters())
     assert all(p.requires_grad for p in model.classifier.parameters())
 
@@ -202,14 +202,15 @@ def test_bn_bias_lr_scale_fixes_batchnorm_weights_and_scales_their_bias_steps():
         model = create("fastnet-s", data.input_shape, 10)
         before = {k: v.clone() for k, v in model.state_dict().items()}
         cfg = TrainConfig(model="fastnet-s", optimizer="sgd", momentum=0.0, lr=0.01, weight_decay=0.0, bn_bias_lr_scale=scale)
-        opt = make_optimizer(cfg, param_groups(model, None, 1.0, scale))
-        train_one_epoch(model, iter([batch]), opt, make_loss("ce", 10), lambda s: 0.01, 0)
+        groups = param_groups(model, None, 1.0, scale)
+        opt = make_optimizer(cfg, groups)
+        train_one_epoch(model, iter([batch]), opt, make_loss("ce", 10), lambda s: 0.01, 0, stepping=Stepping(lr_scales=[g.lr_scale for g in groups]))
         return {k: v - before[k] for k, v in model.state_dict().items() if v.is_floating_point()}, opt
 
     plain, _ = one_step(0.0)
     scaled, opt = one_step(64.0)
     norms = [n for n, m in create("fastnet-s", data.input_shape, 10).named_modules() if isinstance(m, torch.nn.BatchNorm2d)]
-    assert len(norms) == 7 and [g.get("name") for g in opt.param_groups] == [None, "bn_bias"]
+    assert len(norms) == 7 and [g.get("name") for g in opt.param_groups] == ["all", "bn_bias"]
     for name, delta in plain.items():
         layer, kind = name.rsplit(".", 1)
         if layer in norms and kind == "weight":
@@ -226,8 +227,8 @@ def test_bn_bias_lr_scale_keeps_the_weight_decay_per_step():
     cfg = TrainConfig(model="fastnet-s", optimizer="sgd", lr=0.1, weight_decay=5e-4, bn_bias_lr_scale=64.0)
     groups = param_groups(model, Freezer(model, "backbone"), 0.5, 64.0)
     opt = make_optimizer(cfg, groups)
-    assert [(g["name"], g["lr_scale"], g["weight_decay"]) for g in opt.param_groups] == [
-        ("head", 1.0, 5e-4), ("backbone", 0.5, 5e-4), ("bn_bias", 32.0, 5e-4 / 64)]  # fmt: skip
+    assert [(g.name, g.lr_scale) for g in groups] == [("head", 1.0), ("backbone", 0.5), ("bn_bias", 32.0)]
+    assert [(g["name"], g["weight_decay"]) for g in opt.param_groups] == [("head", 5e-4), ("backbone", 5e-4), ("bn_bias", 5e-4 / 64)]
     # Every parameter but the BatchNorm weights is optimised, once.
     ids = [id(p) for g in opt.param_groups for p in g["params"]]
     bn_weights = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)}

@@ -39,7 +39,7 @@ def predict(
         from cnnctl.checkpoint import TorchClassifier
 
         clf = TorchClassifier(model)  # type: ignore[assignment]
-    print(f"model {clf.path}: {clf.meta['model']}, provider {clf.provider}", file=sys.stderr)
+    print(f"model {clf.path}: {clf.meta.model}, provider {clf.provider}", file=sys.stderr)
     paths = expand_inputs(inputs)
     results, errors = predict_paths(clf, paths, batch_size=batch_size, k=top_k)
     for message in errors:

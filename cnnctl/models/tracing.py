@@ -60,12 +60,12 @@ def trace_target(
         from cnnctl.metadata import read_checkpoint_metadata
 
         meta = read_checkpoint_metadata(resolve_checkpoint(p))
-        built_for = tuple(meta["input_shape"])
+        built_for = meta.input_shape
         if input_shape is None and batch == 1:
-            return meta["model"], trace_built(meta["model"], built_for, meta["num_classes"], meta.get("model_kwargs", {}))
+            return meta.model, trace_built(meta.model, built_for, meta.num_classes, meta.model_kwargs)
         with torch.device("meta"):
-            model = create(meta["model"], built_for, meta["num_classes"], **meta.get("model_kwargs", {}))
-        return meta["model"], trace(model, input_shape or built_for, batch, built_for=built_for)
+            model = create(meta.model, built_for, meta.num_classes, **meta.model_kwargs)
+        return meta.model, trace(model, input_shape or built_for, batch, built_for=built_for)
     if input_shape is None:
         input_shape = get_entry(target).default_input
     return target, trace_model(target, input_shape, batch=batch, num_classes=num_classes, fit=fit)
