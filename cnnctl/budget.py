@@ -77,7 +77,7 @@ class BudgetProbe:
         message = (f"time budget: {self.images_per_s:,.0f} img/s measured over {self.measure} steps{self.label}; "
                    f"the budget buys {bought:.1f} of {self.epochs} planned epoch(s), so the schedule spans {fits} steps")  # fmt: skip
         if bought < self.epochs / 4:
-            message += (f" - less than a quarter of the plan: expect a weaker model; give a longer --time-limit, fewer --epochs, "
-                        f"a smaller model or images, or check `cnnctl env` for --amp auto")  # fmt: skip
+            message += (" - less than a quarter of the plan: expect a weaker model; give a longer --time-limit, fewer --epochs, "
+                        "a smaller model or images, or check `cnnctl env` for --amp auto")  # fmt: skip
         if self.log is not None:
             self.log(message)

@@ -19,6 +19,18 @@ from cnnctl.io import atomic_path
 from cnnctl.metadata import Metadata, read_checkpoint_metadata, read_safetensors_header
 
 
+# Files that hold pickles (torch.save, Hugging Face's pytorch_model.bin): loading one can run code.
+PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".pkl", ".bin")
+
+
+def model_tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The model's own tensors of a checkpoint's state: last.safetensors keeps them under
+    `model/` beside `optim/`, `rng/` and `ema/`; model.safetensors and plain state dicts as they are."""
+    if any(k.startswith("model/") for k in state):
+        return {k.removeprefix("model/"): v for k, v in state.items() if k.startswith("model/")}
+    return state
+
+
 def versions() -> dict[str, str]:
     return {"cnnctl": __version__, "torch": torch.__version__, "python": platform.python_version()}
 
@@ -30,7 +42,7 @@ def resolve_checkpoint(target: str | Path) -> Path:
         if (p / "model.safetensors").is_file():
             return p / "model.safetensors"
         raise CheckpointError(f"{p} holds no model.safetensors; is it a cnnctl run directory?")
-    if p.suffix in (".pt", ".pth", ".ckpt", ".pkl"):
+    if p.suffix in PICKLE_SUFFIXES:
         raise CheckpointError(
             f"{p}: pickled PyTorch files are refused (loading them can run arbitrary code); "
             f"use a cnnctl .safetensors checkpoint"
@@ -68,7 +80,7 @@ def load_model(target: str | Path, device: str | torch.device = "cpu") -> tuple[
         state = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"{path}: cannot read the weights ({str(exc).splitlines()[0]}); the file is damaged") from None
-    state = {k.removeprefix("model/"): v for k, v in state.items() if not k.startswith(("optim/", "rng/"))}
+    state = model_tensors(state)
     missing, unexpected = set(model.state_dict()) - set(state), set(state) - set(model.state_dict())
     if missing or unexpected:
         raise CheckpointError(
@@ -120,7 +132,7 @@ def load_last(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.O
     try:
         meta = {k: json.loads(v) for k, v in raw.items()}
         tensors = load_file(str(p))
-        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model/")})
+        model.load_state_dict(model_tensors(tensors))
         if ema is not None:
             saved_ema = {k[4:]: v for k, v in tensors.items() if k.startswith("ema/")}
             if not saved_ema:

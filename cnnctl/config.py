@@ -34,8 +34,9 @@ CHOICES: dict[str, tuple[str, ...]] = {
 }
 
 
-def _f(default: Any, help: str, *, flag: str | None = None, cli: bool = True) -> Any:
-    return field(default=default, metadata={"help": help, "flag": flag, "cli": cli})
+def _f(default: Any, help: str, *, cli: bool = True) -> Any:
+    """A TrainConfig field: its default, its --help text, and whether it is a flag (`cli`)."""
+    return field(default=default, metadata={"help": help, "cli": cli})
 
 
 @dataclass
@@ -47,7 +48,8 @@ class TrainConfig:
     data_dir: str = _f("./data", "Where torchvision data sets live (torchvision's layout).")
     download: bool = _f(False, "Download a torchvision data set if it is missing.")
     val_split: float = _f(0.1, "Fraction of the training split held out for validation (model selection), 0 for none.")
-    subset: int = _f(0, "Train on only the first N training images (a fixed stratified-shuffled subset); 0 = all.")
+    subset: int = _f(0, "Train on only N training images: a fixed random draw (seeded, the same every run; not stratified, so "
+                        "class shares vary a little); 0 = all.")
     image_size: str = _f("", "Resize images to N or HxW (image folders; default: the data set's own size).")
     grayscale: bool = _f(False, "Convert images to 1-channel grayscale (image folders).")
     mean: str = _f("", "Per-channel mean, e.g. 0.5,0.5,0.5 (default: computed on the training split).")
@@ -248,7 +250,8 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
 
 def resolve(model: str | None, recipe: str | None, flags: dict[str, Any], base: dict[str, Any] | None = None) -> TrainConfig:
     """defaults <- base (a resumed run's config) <- recipe <- flags given on the command line."""
-    values: dict[str, Any] = dict(base or {})
+    # A resumed run's config.json may predate a field's current type (eval_batch_size was an int).
+    values: dict[str, Any] = {k: _coerce(k, v, "the resumed run's config.json") for k, v in (base or {}).items() if k in FIELDS}
     if recipe:
         values.update(load_recipe(recipe))
     values.update({k: _coerce(k, v, "command line") for k, v in flags.items() if v is not None})

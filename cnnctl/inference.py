@@ -95,6 +95,14 @@ class Prediction:
     path: str
     top: list[tuple[str, float]]  # (label, probability), best first
 
+    def to_json(self) -> dict[str, Any]:
+        """The one JSON form of a prediction: `predict --json` lines and serve's rows."""
+        return prediction_json(self.path, self.top)
+
+
+def prediction_json(path: str, top: list[tuple[str, float]]) -> dict[str, Any]:
+    return {"path": path, "top": [{"label": label, "prob": round(p, 6)} for label, p in top]}
+
 
 def iter_batches(paths: list[str], prep: Preprocess, batch_size: int, errors: list[str]) -> Iterator[tuple[list[str], np.ndarray]]:
     """Decode images into normalised float32 batches; unreadable files go to `errors`."""

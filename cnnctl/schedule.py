@@ -49,8 +49,9 @@ class Schedule:
     """The run's learning rate per global step, and the number of steps it is planned to span.
 
     The schedule owns its own length: `--iters`/`--epochs` give `total_steps`; under a time
-    budget, `fit_to_budget` shortens `planned_steps` so that annealing schedules end their decay
-    when the time does. `state_dict()` goes into last.safetensors, so a resumed run continues on
+    budget, the loop sets `planned_steps` from `budget_steps` (after the first measured steps,
+    budget.BudgetProbe, then after every epoch) so that annealing schedules end their decay when
+    the time does. `state_dict()` goes into last.safetensors, so a resumed run continues on
     the same plan.
     """
 

@@ -29,7 +29,7 @@ import numpy as np
 
 from cnnctl import __version__
 from cnnctl.errors import DataError
-from cnnctl.inference import OnnxClassifier, softmax, top_k
+from cnnctl.inference import OnnxClassifier, prediction_json, softmax, top_k
 from cnnctl.io import file_sha256
 from cnnctl.preprocess import load_image, normalize
 
@@ -217,8 +217,7 @@ def create_app(cfg: ServeConfig, clf: OnnxClassifier | None = None) -> Any:
         finally:
             batcher.decoding -= len(files)
         probs = await asyncio.gather(*(batcher.probabilities(x) for x in images))
-        rows = [{"path": name, "top": [{"label": label, "prob": round(p, 6)} for label, p in top]}
-                for (name, _), top in zip(files, top_k(np.stack(probs), classes, k))]  # fmt: skip
+        rows = [prediction_json(name, top) for (name, _), top in zip(files, top_k(np.stack(probs), classes, k))]
         stats.images += len(rows)
         return JSONResponse({"predictions": rows, "model": metadata["model"]})
 

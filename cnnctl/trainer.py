@@ -37,8 +37,8 @@ from cnnctl.models import create
 from cnnctl.models.layers import init_from_data
 from cnnctl.runlog import RunLog, check_available
 from cnnctl.schedule import Schedule
-from cnnctl.start import (Freezer, InitReport, ParamGroup, Pretrained, init_from, load_pretrained, param_groups, pretrained_weights,
-                          set_batchnorm_momentum)
+from cnnctl.freezing import Freezer, ParamGroup, param_groups, set_batchnorm_momentum
+from cnnctl.weights import InitReport, Pretrained, init_from, load_pretrained, pretrained_weights
 
 
 @dataclass

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
+
 from cnnctl.budget import BudgetProbe
 from cnnctl.schedule import Schedule
+
+pytestmark = pytest.mark.quick
 
 
 class Clock:

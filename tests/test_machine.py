@@ -12,6 +12,8 @@ from cnnctl.errors import UsageError
 from cnnctl.machine import choose_amp, cpu_info, eval_batch
 from tests.conftest import assert_user_error, run_cli
 
+pytestmark = pytest.mark.quick
+
 AVX2 = "fpu sse2 avx avx2 fma f16c"  # an AMD EPYC / laptop without AVX-512: no native bf16
 BF16 = AVX2 + " avx512f avx512bw avx512_bf16"
 AMX = AVX2 + " avx512f amx_tile amx_bf16 amx_int8"

@@ -13,6 +13,8 @@ from cnnctl.metadata import DataInfo, ExportInfo, Metadata, TrainingInfo, read_c
 from cnnctl.preprocess import Preprocess
 from tests.conftest import FIXTURES, ROOT, assert_user_error, run_cli
 
+pytestmark = pytest.mark.quick
+
 OLD = FIXTURES / "format1-run"  # written by cnnctl before the typed Metadata (train --iters 30 --ema 0.9, then export)
 
 

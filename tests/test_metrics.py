@@ -5,6 +5,8 @@ import pytest
 
 from cnnctl.metrics import confusion_matrix, per_class
 
+pytestmark = pytest.mark.quick
+
 
 def test_per_class_numbers_match_a_hand_computed_matrix():
     # 3 classes, 10 images.  true: a a a a b b b c c c ; pred: a a b c b b a c c b

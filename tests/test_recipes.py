@@ -12,6 +12,8 @@ from cnnctl.models.tracing import trace_model
 from cnnctl.specs import parse_image_size
 from tests.conftest import ROOT
 
+pytestmark = pytest.mark.quick
+
 RECIPES = sorted((ROOT / "recipes").glob("*.toml"))
 NATIVE = {"mnist": (1, 28, 28), "mnist-mini": (1, 28, 28), "fashion-mnist": (1, 28, 28), "kmnist": (1, 28, 28),
           "cifar10": (3, 32, 32), "cifar100": (3, 32, 32)}  # fmt: skip

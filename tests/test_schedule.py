@@ -6,6 +6,8 @@ import pytest
 
 from cnnctl.schedule import lr_at, steps_within_budget
 
+pytestmark = pytest.mark.quick
+
 
 def test_onecycle_warms_up_peaks_and_decays_to_its_floor():
     kw = dict(base_lr=0.2, kind="onecycle", total_steps=1000, steps_per_epoch=100, warmup_epochs=2)

@@ -46,7 +46,7 @@ def predict(
         print(f"cnnctl: error: {message}", file=sys.stderr)
     if json_:
         for r in results:
-            sys.stdout.write(json.dumps({"path": r.path, "top": [{"label": label, "prob": round(p, 6)} for label, p in r.top]}) + "\n")
+            sys.stdout.write(json.dumps(r.to_json()) + "\n")
         sys.stdout.flush()
     else:
         from rich.markup import escape

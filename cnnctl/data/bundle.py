@@ -31,7 +31,6 @@ class DataBundle:
     val: Split | None
     test: Split | None
     prep: Preprocess
-    digits: bool
     fingerprint: str
     notes: list[str] = field(default_factory=list)
 
@@ -131,4 +130,4 @@ def build(cfg: TrainConfig, log: Callable[[str], None] = lambda m: print(m, file
             f"--augment {cfg.augment} flips images horizontally, which turns digits into other shapes; "
             f"use --augment shift for {src.name}, or add --allow-flip if you really mean it"
         )
-    return DataBundle(src.name, src.classes, train, val, src.test, prep, digits, _fingerprint(train, val), src.notes)
+    return DataBundle(src.name, src.classes, train, val, src.test, prep, _fingerprint(train, val), src.notes)

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import pytest
+
 import torch
 
 from cnnctl.data.batches import Batches
 from cnnctl.data.sources import Split
 from cnnctl.preprocess import Preprocess
 from tests.conftest import assert_user_error, run_cli
+
+pytestmark = pytest.mark.quick
 
 
 def _flipped(batches: Batches, split: Split, epoch: int) -> torch.Tensor:

@@ -10,6 +10,8 @@ from cnnctl.errors import ModelError
 from cnnctl.models import create, get_entry, list_models
 from cnnctl.shapes import trace
 
+pytestmark = pytest.mark.quick
+
 MODELS = list_models()
 
 

@@ -16,7 +16,8 @@ from cnnctl.data.batches import Batches
 from cnnctl.engine import Stepping, make_loss, train_one_epoch
 from cnnctl.errors import CheckpointError
 from cnnctl.models import create
-from cnnctl.start import Freezer, init_from, param_groups
+from cnnctl.freezing import Freezer, param_groups
+from cnnctl.weights import init_from
 from cnnctl.trainer import make_optimizer
 from tests.conftest import assert_user_error, run_cli, write_mnist_pngs
 
@@ -179,7 +180,7 @@ def test_fine_tuned_runs_work_downstream_under_torchrun_with_int8_export_and_plo
 
 
 def test_the_weights_preprocessing_fills_what_the_flags_leave_open():
-    from cnnctl.start import pretrained_weights
+    from cnnctl.weights import pretrained_weights
     from cnnctl.trainer import _preprocessing_defaults
 
     bicubic = pretrained_weights("tv:efficientnet_b0", "DEFAULT")  # torchvision prepared these with bicubic resampling
