@@ -379,10 +379,13 @@ def fit(loop: Loop, schedule: Schedule, stepping: Stepping, limits: Limits, hook
             if stepping.ema is not None:
                 record.update({f"ema_{k}": v for k, v in _validate(stepping.ema.module, loop.val_batches, loop.loss_fn, stepping.amp, dist).items()})
         metric = _score(record, limits, stepping.ema is not None)
-        if deadline is not None and schedule.total_steps and stats.steps:
+        ended_plan = schedule.shortened and step >= schedule.planned_steps  # the fitted schedule has run its course
+        if deadline is not None and schedule.total_steps and stats.steps and not ended_plan:
             if probe is not None:
                 probe.done = True  # from now on the measured epochs, validation included, set the plan
-            _refit(schedule, step, deadline, (time.monotonic() - epoch_start) / stats.steps, dist, record)
+            _refit(schedule, step, deadline, (time.monotonic() - epoch_start) / stats.steps, dist)
+        if schedule.shortened:
+            record["planned_steps"] = schedule.planned_steps
         # monitor "last": every epoch replaces the saved weights (a schedule that anneals to zero
         # ends on its best weights; 1,000 validation images would pick among near-ties by noise).
         key = "val_loss" if limits.monitor == "last" else limits.monitor
@@ -436,13 +439,11 @@ def _score(record: dict[str, Any], limits: Limits, ema: bool) -> float:
     return metric
 
 
-def _refit(schedule: Schedule, step: int, deadline: float, per_step: float, dist: Dist, record: dict[str, Any]) -> None:
+def _refit(schedule: Schedule, step: int, deadline: float, per_step: float, dist: Dist) -> None:
     """Fit the schedule's length to the time left at the measured seconds per step (validation
     included); every rank follows the mean of their estimates."""
     fits = schedule.budget_steps(step, deadline - time.monotonic(), per_step)
     schedule.planned_steps = int(dist.sum([float(fits)])[0] / dist.world_size)
-    if schedule.shortened:
-        record["planned_steps"] = schedule.planned_steps
 
 
 def _stop_reason(limits: Limits, schedule: Schedule, state: LoopState, step: int, late: bool) -> str | None:

@@ -32,6 +32,7 @@ FLAGS_ENV = "CNNCTL_CPU_FLAGS"
 NOTABLE_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16", "amx_int8", "asimd", "bf16", "sve")
 MiB = 1 << 20
 EVAL_BATCH_CAP = 1024
+FALLBACK_EVAL_BATCH = 32  # when a model's shape trace cannot run on the meta device
 # Inference memory per image is estimated as this many times the largest (2 x input + output) of
 # any layer in float32: measured peak RssAnon per image over tiny, catdog, resnet20, fastnet-wd
 # and torchvision's mobilenet_v2/v3_small and resnet18/50 was 0.7-2.4x that (docs/train.md).
@@ -252,8 +253,13 @@ def eval_batch(requested: int | str, model_name: str, input_shape: tuple[int, in
             return EvalBatch(n, "given")
     from cnnctl.models.tracing import trace_built
 
-    rows = trace_built(model_name, tuple(input_shape), num_classes, model_kwargs or {}).rows
-    per_image = per_image_inference_bytes(rows, tuple(input_shape), views)
+    try:
+        result = trace_built(model_name, tuple(input_shape), num_classes, model_kwargs or {})
+    except Exception as exc:  # noqa: BLE001 - a model the meta-device trace cannot run still evaluates
+        return EvalBatch(FALLBACK_EVAL_BATCH, f"auto: the shape trace failed ({type(exc).__name__}); {FALLBACK_EVAL_BATCH} images")
+    if result.diagnosis:
+        return EvalBatch(FALLBACK_EVAL_BATCH, f"auto: the shape trace stopped ({result.diagnosis[:80]}); {FALLBACK_EVAL_BATCH} images")
+    per_image = per_image_inference_bytes(result.rows, tuple(input_shape), views)
     budget, why = eval_memory_budget(device_type)
     size = batch_for_budget(per_image, budget)
     capped = f", capped at {EVAL_BATCH_CAP}" if size == EVAL_BATCH_CAP else ""

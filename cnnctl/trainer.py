@@ -495,18 +495,14 @@ class RunInterrupted(Exception):
 
 def train(model: str | None, recipe: str | None, flags: dict[str, Any], *, out: str | None, resume: str | None,
           overwrite: bool, reporter: Reporter, dist: Dist | None = None) -> RunResult:
-    """Resolve the config (resumed run's config <- recipe <- flags) and run it."""
+    """What `cnnctl train` calls: resolve the config (resumed run's config <- recipe <- flags) and
+    run it; under torchrun an error names the rank it happened on."""
     dist = dist or Dist()
     try:
-        return _train(model, recipe, flags, out=out, resume=resume, overwrite=overwrite, reporter=reporter, dist=dist)
+        cfg = resolve_run(model, recipe, flags, resume)
+        return run(cfg, out=out, resume=resume, overwrite=overwrite, reporter=reporter, dist=dist)
     except CnnctlError as exc:
         raise dist.label(exc) from None
-
-
-def _train(model: str | None, recipe: str | None, flags: dict[str, Any], *, out: str | None, resume: str | None,
-           overwrite: bool, reporter: Reporter, dist: Dist) -> RunResult:
-    cfg = resolve_run(model, recipe, flags, resume)
-    return run(cfg, out=out, resume=resume, overwrite=overwrite, reporter=reporter, dist=dist)
 
 
 def resolve_run(model: str | None, recipe: str | None, flags: dict[str, Any], resume: str | None) -> TrainConfig:
