@@ -166,10 +166,13 @@ def choose_amp(requested: str, device_type: str, *, cpu: CpuInfo | None = None, 
             return AmpChoice("none", f"{device_type}: float32 (cnnctl runs no autocast there)")
         raise UsageError(f"--amp bf16 runs on CUDA or CPU, not {device_type}; use --amp auto")
     cpu = cpu or cpu_info()
-    native = cpu.native_bf16 and (cpu.simulated or _torch_cpu_bf16())
+    onednn = cpu.simulated or _torch_cpu_bf16()  # oneDNN can lack kernels the flags promise (or be capped: ONEDNN_MAX_CPU_ISA)
+    native = cpu.native_bf16 and onednn
     if requested == "auto":
         if native:
             return AmpChoice("bf16", f"CPU with native bf16 ({_bf16_feature(cpu)}): bf16 autocast")
+        if cpu.native_bf16:
+            return AmpChoice("none", f"the CPU lists {_bf16_feature(cpu)} but oneDNN here runs no bf16 kernels: float32")
         return AmpChoice("none", "CPU without native bf16 (no avx512_bf16 or AMX): float32")
     if not native:  # requested == "bf16"
         raise UsageError(

@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ARGS = ["train", "model-c", "--data", "mnist-mini", "--subset", "4000", "--epochs", "3", "--batch-size", "50",
+ARGS = ["train", "model-c", "--data", "mnist-mini", "--subset", "2000", "--epochs", "3", "--batch-size", "50",
         "--augment", "shift", "--seed", "11", "--threads", "1"]  # fmt: skip
 
 

@@ -166,3 +166,16 @@ def test_train_picks_bf16_where_native(tmp_path, cpu_flags):
     assert proc.returncode == 0, proc.stderr
     hw = json.loads((out / "config.json").read_text())["hardware"]
     assert hw["amp"] == "bf16" and hw["eval_batch_size"] == 200 and hw["eval_batch_reason"] == "given"
+
+
+def test_onednn_has_the_last_word_on_a_real_cpu(monkeypatch):
+    """Flags that promise bf16 are not enough where oneDNN runs no bf16 kernels (an old build, or
+    ONEDNN_MAX_CPU_ISA=AVX2): auto is float32 and an explicit bf16 is refused."""
+    cpu = machine.CpuInfo(model="test CPU", cores=2, flags=frozenset(BF16.split()), arch="x86_64")
+    monkeypatch.setattr(machine, "_torch_cpu_bf16", lambda: False)
+    choice = choose_amp("auto", "cpu", cpu=cpu)
+    assert choice.amp == "none" and "oneDNN" in choice.reason
+    with pytest.raises(UsageError, match="--amp auto"):
+        choose_amp("bf16", "cpu", cpu=cpu)
+    monkeypatch.setattr(machine, "_torch_cpu_bf16", lambda: True)
+    assert choose_amp("auto", "cpu", cpu=cpu).amp == "bf16"

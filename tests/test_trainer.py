@@ -64,7 +64,7 @@ def test_model_a_sgd_on_full_mnist_reaches_90_percent(shared_data, tmp_path):
 
 
 def _train_args(out: Path, extra: tuple[str, ...] = (), model: str = "tiny") -> list[str]:
-    return ["train", model, "--data", "mnist-mini", "--subset", "900", "--epochs", "3", "--batch-size", "50",
+    return ["train", model, "--data", "mnist-mini", "--subset", "600", "--epochs", "3", "--batch-size", "50",
             "--augment", "shift", "--seed", "3", "--out", str(out), *extra]  # fmt: skip
 
 
