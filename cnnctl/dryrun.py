@@ -57,6 +57,8 @@ def dry_run(cfg: TrainConfig, reporter: Reporter, *, steps: int = 10, warmup: in
     from cnnctl.trainer import pick_device, setup
 
     device = pick_device(cfg.device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     with tempfile.TemporaryDirectory(prefix="cnnctl-dry-run-") as tmp, PeakMemory() as peak:
         run = setup(cfg, Path(tmp) / "run", False, reporter, device, Dist())
         steps = max(1, min(steps, run.schedule.steps_per_epoch - warmup)) if run.schedule.steps_per_epoch > warmup + 1 else 1
@@ -74,6 +76,9 @@ def dry_run(cfg: TrainConfig, reporter: Reporter, *, steps: int = 10, warmup: in
         if eval_batches is None and run.data.test is not None:
             eval_batches = Batches(run.data.test, run.data.prep, run.hardware.eval_batch.size, device=device, channels_last=cfg.channels_last)
         eval_ips = _eval_speed(run.model, eval_batches, amp) if eval_batches is not None else None
+    peak_bytes, peak_kind = peak.peak, peak.kind
+    if device.type == "cuda":  # what grows with activations there is device memory
+        peak_bytes, peak_kind = int(torch.cuda.max_memory_allocated(device)), "CUDA max allocated"
     images_per_step = run.train_batches.batch_size * run.stepping.accumulate
     steps_per_epoch = run.schedule.steps_per_epoch
     n_train = len(run.data.train)
@@ -96,7 +101,7 @@ def dry_run(cfg: TrainConfig, reporter: Reporter, *, steps: int = 10, warmup: in
         train_images_per_s=round(min(images_per_step, n_train) / per_step, 1), eval_images_per_s=round(eval_ips, 1) if eval_ips else None,
         epoch_train_seconds=round(epoch_train, 2), epoch_eval_seconds=round(epoch_eval, 2), epoch_seconds=round(epoch_total, 2),
         test_seconds=round(test, 2), total_seconds=round(total, 1), time_limit=cfg.time_limit,
-        epochs_in_budget=round(in_budget, 2) if in_budget is not None else None, peak_memory_bytes=peak.peak, peak_memory_kind=peak.kind,
+        epochs_in_budget=round(in_budget, 2) if in_budget is not None else None, peak_memory_bytes=peak_bytes, peak_memory_kind=peak_kind,
     )  # fmt: skip
 
 
