@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 
 from benchmarks._common import ROOT, SHARED
+from cnnctl.machine import rss_anon_bytes
 
 SHAPES = [(256, 256), (320, 240), (240, 320), (300, 300), (400, 300), (200, 180)]
 
@@ -83,17 +84,6 @@ def dataloader_decode(folder: Path, size: int) -> float:
     return seen / (time.perf_counter() - start)
 
 
-def _rss_anon(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/status") as fh:
-            for line in fh:
-                if line.startswith("RssAnon:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
 def _children(pid: int) -> list[int]:
     out = []
     for entry in os.listdir("/proc"):
@@ -117,7 +107,7 @@ def run_measured(cmd: list[str], env: dict[str, str]) -> tuple[subprocess.Comple
             todo = [(proc.pid, 0)]
             while todo:
                 pid, parent = todo.pop()
-                peaks[pid] = (parent, max(peaks.get(pid, (0, 0))[1], _rss_anon(pid)))
+                peaks[pid] = (parent, max(peaks.get(pid, (0, 0))[1], rss_anon_bytes(pid)))
                 todo.extend((child, pid) for child in _children(pid))
             time.sleep(0.02)
 

@@ -59,9 +59,10 @@ class Target:
         self.prep = self.meta.preprocess
 
     def eval_batch(self, requested: int | str, views: int = 1) -> EvalBatch:
-        """The inference batch: `requested`, or the largest that fits the memory budget ("auto")."""
+        """The inference batch (`cnnctl eval --batch-size`): `requested`, or the largest that fits the memory budget ("auto")."""
         m = self.meta
-        return eval_batch(requested, m.model, m.input_shape, m.num_classes, self.device.type, views=views, model_kwargs=m.model_kwargs)
+        return eval_batch(requested, m.model, m.input_shape, m.num_classes, self.device.type, views=views, model_kwargs=m.model_kwargs,
+                          flag="--batch-size")  # fmt: skip
 
     def batches(self, split: Split, batch_size: int) -> Batches:
         return Batches(split, self.prep, batch_size, device=self.device, channels_last=self.kind == "pytorch")

@@ -243,17 +243,15 @@ class EvalBatch:
 
 
 def eval_batch(requested: int | str, model_name: str, input_shape: tuple[int, int, int], num_classes: int,
-               device_type: str = "cpu", *, views: int = 1, model_kwargs: dict[str, Any] | None = None) -> EvalBatch:  # fmt: skip
-    """--eval-batch-size / eval --batch-size: an explicit number wins; "auto" (or 0) fits the budget.
-
-    The estimate comes from the model's shape trace on the meta device (no memory, no time).
+               device_type: str = "cpu", *, views: int = 1, model_kwargs: dict[str, Any] | None = None,
+               flag: str = "--eval-batch-size") -> EvalBatch:  # fmt: skip
+    """--eval-batch-size / eval --batch-size (`flag`, for the error): an explicit number wins;
+    "auto" (or 0) fits the budget. The estimate comes from the model's shape trace on the meta
+    device (no memory, no time).
     """
-    if isinstance(requested, int) and requested > 0:
-        return EvalBatch(requested, "given")
-    if isinstance(requested, str) and requested.strip().lower() != "auto":
-        n = parse_batch_size(requested, "--eval-batch-size")
-        if n:
-            return EvalBatch(n, "given")
+    n = parse_batch_size(requested, flag)
+    if n:
+        return EvalBatch(n, "given")
     from cnnctl.models.tracing import trace_built
 
     try:
@@ -270,9 +268,7 @@ def eval_batch(requested: int | str, model_name: str, input_shape: tuple[int, in
 
 
 def parse_batch_size(text: str | int, flag: str) -> int:
-    """"auto" -> 0, "256" -> 256; anything else is one line naming the choices."""
-    if isinstance(text, int):
-        return text
+    """"auto" -> 0, "256" (or 256) -> 256; anything else is one line naming the choices."""
     value = str(text).strip().lower()
     if value in ("auto", "0", ""):
         return 0

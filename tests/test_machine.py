@@ -89,9 +89,11 @@ def test_threads_share_the_cores_among_ranks():
 def test_explicit_eval_batch_wins_and_bad_values_are_refused():
     assert eval_batch(64, "tiny", (3, 256, 256), 2).size == 64
     assert eval_batch("96", "tiny", (3, 256, 256), 2).size == 96
-    for bad in ("-3", "lots"):
+    for bad in ("-3", "lots", -3):
         with pytest.raises(UsageError, match="auto"):
             eval_batch(bad, "tiny", (3, 256, 256), 2)
+    with pytest.raises(UsageError, match="^--batch-size"):  # `cnnctl eval` names its own flag
+        eval_batch("lots", "tiny", (3, 256, 256), 2, flag="--batch-size")
 
 
 def test_auto_eval_batch_fits_the_budget_and_shrinks_with_the_image():
