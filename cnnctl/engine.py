@@ -310,6 +310,11 @@ class Limits:
     monitor: str = "val_acc"
     time_limit: float = 0.0
 
+    @property
+    def compared(self) -> str:
+        """The metric that compares epochs and weights (monitor "last" keeps every epoch; val_loss picks EMA vs model)."""
+        return "val_loss" if self.monitor == "last" else self.monitor
+
 
 @dataclass
 class History:
@@ -388,8 +393,7 @@ def fit(loop: Loop, schedule: Schedule, stepping: Stepping, limits: Limits, hook
             record["planned_steps"] = schedule.planned_steps
         # monitor "last": every epoch replaces the saved weights (a schedule that anneals to zero
         # ends on its best weights; 1,000 validation images would pick among near-ties by noise).
-        key = "val_loss" if limits.monitor == "last" else limits.monitor
-        improved = limits.monitor == "last" or is_better(metric, state.best, key)
+        improved = limits.monitor == "last" or is_better(metric, state.best, limits.compared)
         state.epoch, state.step = epoch, step
         state.elapsed += stats.seconds
         if improved:
@@ -428,7 +432,7 @@ def _epoch_record(epoch: int, stats: EpochStats, step: int, schedule: Schedule) 
 def _score(record: dict[str, Any], limits: Limits, ema: bool) -> float:
     """The epoch's score on the monitored metric; with an EMA, the better weights' (recorded in
     record["weights"]), compared on val_loss for monitor "last"."""
-    key = "val_loss" if limits.monitor == "last" else limits.monitor
+    key = limits.compared
     if ema:
         mine, averaged = record.get(key), record.get(f"ema_{key}")
         use_ema = mine is None or (averaged is not None and is_better(averaged, mine, key) and averaged != mine)
