@@ -161,13 +161,18 @@ __all__ = [
 
 
 class TorchClassifier:
-    """A checkpoint behind the same interface as inference.OnnxClassifier (meta, prep, logits)."""
+    """A checkpoint behind the same interface as inference.OnnxClassifier (meta, prep, from_pixels, logits)."""
 
     def __init__(self, target: str | Path, device: str = "cpu") -> None:
         self.model, self.meta, path = load_model(target, device)
         self.path, self.provider = str(path), f"torch-{device}"
         self.prep = self.meta.preprocess
         self.device = device
+
+    def from_pixels(self, pixels: Any) -> Any:
+        from cnnctl.preprocess import normalize
+
+        return normalize(pixels, self.prep)
 
     def logits(self, x: Any) -> Any:
         with torch.inference_mode():

@@ -29,14 +29,15 @@ from cnnctl.preprocess import Preprocess
 
 
 class _OnnxModule(nn.Module):
-    """Lets engine.evaluate() drive an onnxruntime session like any model."""
+    """Lets engine.evaluate() drive an onnxruntime session like any model (normalised batches in;
+    a raw-pixel graph gets the exact uint8 pixels back, see OnnxClassifier.from_normalized)."""
 
     def __init__(self, clf: OnnxClassifier) -> None:
         super().__init__()
         self.clf = clf
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(self.clf.logits(x.detach().cpu().numpy()))
+        return torch.from_numpy(self.clf.logits(self.clf.from_normalized(x.detach().cpu().numpy())))
 
 
 class Target:

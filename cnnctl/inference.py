@@ -105,7 +105,7 @@ def prediction_json(path: str, top: list[tuple[str, float]]) -> dict[str, Any]:
 
 
 def iter_batches(paths: list[str], prep: Preprocess, batch_size: int, errors: list[str]) -> Iterator[tuple[list[str], np.ndarray]]:
-    """Decode images into normalised float32 batches; unreadable files go to `errors`."""
+    """Decode images into uint8 (N, C, H, W) batches; unreadable files go to `errors`."""
     buf: list[np.ndarray] = []
     names: list[str] = []
     for path in paths:
@@ -116,10 +116,10 @@ def iter_batches(paths: list[str], prep: Preprocess, batch_size: int, errors: li
             errors.append(exc.message)
             continue
         if len(buf) == batch_size:
-            yield names, normalize(np.stack(buf), prep)
+            yield names, np.stack(buf)
             buf, names = [], []
     if buf:
-        yield names, normalize(np.stack(buf), prep)
+        yield names, np.stack(buf)
 
 
 def top_k(probs: np.ndarray, classes: list[str], k: int) -> list[list[tuple[str, float]]]:
@@ -127,19 +127,69 @@ def top_k(probs: np.ndarray, classes: list[str], k: int) -> list[list[tuple[str,
     return [[(classes[j], float(row[j])) for j in order] for row, order in zip(probs, idx)]
 
 
+def graph_input(pixels: np.ndarray, prep: Preprocess, input_dtype: str, layout: str) -> np.ndarray:
+    """Decoded uint8 images (N, C, H, W) -> what a graph with this input takes: normalised
+    float32 NCHW, or the uint8 pixels themselves in the graph's layout."""
+    if input_dtype == "float32":
+        return normalize(pixels, prep)
+    return np.ascontiguousarray(pixels.transpose(0, 2, 3, 1) if layout == "NHWC" else pixels)
+
+
+ONNX_TYPES = {"tensor(float)": "float32", "tensor(uint8)": "uint8", "tensor(float16)": "float16"}
+
+
 class OnnxClassifier:
-    """An exported cnnctl model in onnxruntime: metadata, preprocessing and logits."""
+    """An exported cnnctl model in onnxruntime: metadata, preprocessing and logits.
+
+    The graph takes either normalised float32 NCHW tensors or, exported with `--input uint8`, raw
+    uint8 pixels (NHWC or NCHW) that it scales and normalises itself (`meta.export.input_dtype`).
+    `from_pixels` turns decoded images (`preprocess.load_image`: uint8 C, H, W) into whichever the
+    file takes, so every caller feeds both kinds the same way.
+    """
 
     def __init__(self, path: str | Path, provider: str = "auto", threads: int = 0) -> None:
         self.path = str(path)
         self.session, self.provider = make_session(path, provider, threads=threads)
         self.meta = onnx_metadata(self.session, self.path)
         self.prep = self.meta.preprocess
-        shape = self.session.get_inputs()[0].shape
+        export = self.meta.export
+        self.input_dtype = export.input_dtype if export is not None else "float32"
+        self.input_layout = export.input_layout if export is not None else "NCHW"
+        spec = self.session.get_inputs()[0]
+        if ONNX_TYPES.get(spec.type) != self.input_dtype or len(spec.shape) != 4:
+            raise CheckpointError(f"{self.path}: its metadata says the input is {self.input_dtype} {self.input_layout} but the graph takes "
+                                  f"{spec.type} of rank {len(spec.shape)}; re-export it with cnnctl export")  # fmt: skip
+        self.np_dtype = np.uint8 if self.input_dtype == "uint8" else np.float32
+        self.input_shape = tuple(self.input_item_shape())
+        shape = spec.shape
         self.fixed_batch = shape[0] if isinstance(shape[0], int) else None
 
+    def input_item_shape(self) -> list[int]:
+        """One image's shape at the graph's input: [C, H, W], or [H, W, C] for NHWC."""
+        c, h, w = self.meta.input_shape
+        return [h, w, c] if self.input_layout == "NHWC" else [c, h, w]
+
+    def from_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        """Decoded uint8 images (N, C, H, W) -> the graph's input."""
+        return graph_input(pixels, self.prep, self.input_dtype, self.input_layout)
+
+    def from_normalized(self, x: np.ndarray) -> np.ndarray:
+        """Normalised float32 images (N, C, H, W), what training batches hold -> the graph's input.
+
+        For a uint8 graph this undoes `normalize` and rounds: every value came from a uint8 pixel
+        (x = (p / 255 - mean) / std, in float32), so the pixels are recovered exactly.
+        """
+        if self.input_dtype == "float32":
+            return x
+        c = x.shape[1]
+        mean = np.asarray(self.prep.mean or [0.0] * c, np.float64).reshape(1, -1, 1, 1)
+        std = np.asarray(self.prep.std or [1.0] * c, np.float64).reshape(1, -1, 1, 1)
+        pixels = np.clip(np.rint((x.astype(np.float64) * std + mean) * 255.0), 0, 255).astype(np.uint8)
+        return self.from_pixels(pixels)
+
     def logits(self, x: np.ndarray) -> np.ndarray:
-        x = np.ascontiguousarray(x, dtype=np.float32)
+        """Logits (N, classes) of a batch already in the graph's input form (see `from_pixels`)."""
+        x = np.ascontiguousarray(x, dtype=self.np_dtype)
         if self.fixed_batch and x.shape[0] != self.fixed_batch:
             # A fixed-batch export: run in chunks, padding the last one.
             outs = []
@@ -147,10 +197,10 @@ class OnnxClassifier:
                 chunk = x[i:i + self.fixed_batch]
                 n = chunk.shape[0]
                 if n < self.fixed_batch:
-                    chunk = np.concatenate([chunk, np.zeros((self.fixed_batch - n, *chunk.shape[1:]), np.float32)])
+                    chunk = np.concatenate([chunk, np.zeros((self.fixed_batch - n, *chunk.shape[1:]), self.np_dtype)])
                 outs.append(self.session.run(["logits"], {"input": chunk})[0][:n])
-            return np.concatenate(outs)
-        return self.session.run(["logits"], {"input": x})[0]
+            return np.concatenate(outs).astype(np.float32, copy=False)
+        return self.session.run(["logits"], {"input": x})[0].astype(np.float32, copy=False)
 
 
 def predict_paths(model: Any, paths: list[str], *, batch_size: int = 64, k: int = 5) -> tuple[list[Prediction], list[str]]:
@@ -160,6 +210,6 @@ def predict_paths(model: Any, paths: list[str], *, batch_size: int = 64, k: int 
     classes = list(model.meta.class_names)
     k = max(1, min(k, len(classes)))
     for names, x in iter_batches(paths, model.prep, batch_size, errors):
-        probs = softmax(model.logits(x).astype(np.float64))
+        probs = softmax(model.logits(model.from_pixels(x)).astype(np.float64))
         results += [Prediction(n, t) for n, t in zip(names, top_k(probs, classes, k))]
     return results, errors

@@ -53,6 +53,19 @@ class ExportInfo:
     source_sha256: str
     versions: dict[str, str] = field(default_factory=dict)  # cnnctl/torch/python at export time
     quantization: str | None = None
+    input_dtype: str = "float32"  # "float32": normalised NCHW floats; "uint8": raw pixels, normalised inside the graph
+    input_layout: str = "NCHW"  # "NHWC" or "NCHW" (uint8 inputs only may be NHWC)
+    precision: str = "float32"  # the graph's weights and activations: "float32" or "float16"
+
+    def __post_init__(self) -> None:
+        if self.input_dtype not in INPUT_DTYPES or self.input_layout not in ("NCHW", "NHWC") or self.precision not in PRECISIONS:
+            raise ValueError(f"input {self.input_dtype}/{self.input_layout}, precision {self.precision}")
+        if self.input_dtype == "float32" and self.input_layout != "NCHW":
+            raise ValueError("a float32 input is NCHW")
+
+
+INPUT_DTYPES = ("float32", "uint8")
+PRECISIONS = ("float32", "float16")
 
 
 @dataclass(frozen=True)
@@ -100,6 +113,7 @@ class Metadata:
             out["versions"] = {**out["versions"], "export": dict(e.versions)}
             if e.quantization:
                 out["quantization"] = e.quantization
+            out.update(input_dtype=e.input_dtype, input_layout=e.input_layout, precision=e.precision)
         return out
 
     def to_json_map(self, **extra: Any) -> dict[str, str]:
@@ -152,7 +166,8 @@ class Metadata:
             if "exporter" in meta:
                 export = ExportInfo(exporter=str(meta["exporter"]), opset=int(meta.get("opset", 0)),
                                     source_sha256=str(meta.get("source_sha256", "")), versions=dict(export_versions or {}),
-                                    quantization=meta.get("quantization"))  # fmt: skip
+                                    quantization=meta.get("quantization"), input_dtype=str(meta.get("input_dtype", "float32")),
+                                    input_layout=str(meta.get("input_layout", "NCHW")), precision=str(meta.get("precision", "float32")))  # fmt: skip
         except (AttributeError, TypeError, ValueError) as exc:
             raise CheckpointError(f"{source}: metadata data/training/export fields are malformed ({exc}); the file is damaged") from None
         kind = meta.get("kind", "model")

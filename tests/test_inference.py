@@ -34,9 +34,9 @@ def test_predict_preprocessing_equals_the_training_pipeline(tmp_path):
     assert len(split) == 5
     train_x, _ = next(iter(Batches(split, prep, 8, channels_last=False)))
     errors: list[str] = []
-    names, predict_x = next(iter_batches(split.paths, prep, 8, errors))
+    names, predict_pixels = next(iter_batches(split.paths, prep, 8, errors))
     assert names == split.paths and not errors
-    assert np.array_equal(train_x.numpy(), predict_x)  # bit-identical, not just close
+    assert np.array_equal(train_x.numpy(), normalize(predict_pixels, prep))  # bit-identical, not just close
 
 
 def test_photo_crop_preprocessing_matches_torchvision_and_predict(tmp_path):
@@ -61,9 +61,9 @@ def test_photo_crop_preprocessing_matches_torchvision_and_predict(tmp_path):
             assert np.array_equal(split.images()[i].numpy(), reference(img.convert("RGB")).numpy()), path
     train_x, _ = next(iter(Batches(split, prep, 8, channels_last=False)))
     errors: list[str] = []
-    names, predict_x = next(iter_batches(split.paths, prep, 8, errors))
+    names, predict_pixels = next(iter_batches(split.paths, prep, 8, errors))
     assert names == split.paths and not errors
-    assert np.array_equal(train_x.numpy(), predict_x)
+    assert np.array_equal(train_x.numpy(), normalize(predict_pixels, prep))
 
 
 def test_png_of_a_dataset_image_gives_the_same_tensor(tmp_path):
