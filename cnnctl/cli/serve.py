@@ -18,11 +18,19 @@ def serve(
     top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Labels per image unless the request asks ?top_k=N.")] = 5,
     provider: Annotated[str, typer.Option("--provider", metavar="[auto|cpu|cuda]", help="onnxruntime provider (auto: CUDA when available).")] = "auto",
     threads: Annotated[int, typer.Option("--threads", min=0, help="onnxruntime intra-op threads per worker (0 = its default).")] = 0,
+    name: Annotated[str, typer.Option("--name", help="The model's name on /v2/models/NAME (default: the run directory's or file's name).")] = "",
+    max_queue: Annotated[int, typer.Option("--max-queue", min=1, help="Most images admitted and not yet answered; beyond it requests get 503 + Retry-After.")] = 256,
+    timeout: Annotated[float, typer.Option("--timeout", min=0.001, help="Seconds a request may take before it gets 504.")] = 30.0,
+    api_key_env: Annotated[str, typer.Option("--api-key-env", metavar="VAR", help="Require 'Authorization: Bearer $VAR' (health probes and / stay open).")] = "",
+    no_auth: Annotated[bool, typer.Option("--no-auth", help="Allow a --host beyond loopback without --api-key-env (something in front authenticates).")] = False,
+    log_format: Annotated[str, typer.Option("--log-format", metavar="[text|json]", help="One line per request on stderr: text, or a JSON object.")] = "text",
 ) -> None:
-    """Serve a model over HTTP: POST /predict, GET /health, GET /metadata, and a page at /.
+    """Serve a model over HTTP: POST /predict, the Open Inference Protocol (/v2: Triton/KServe
+    clients), GET /metrics (Prometheus), /health, /metadata, and a page at /.
 
     Images are preprocessed exactly as `cnnctl predict` does, from the model's own metadata.
-    Concurrent requests are batched together. Ctrl-C or SIGTERM finishes requests in flight.
+    Concurrent requests are batched together. Readiness (GET /v2/health/ready) is true once the
+    model is loaded and warmed up. Ctrl-C or SIGTERM finishes requests in flight.
 
     Examples:
 
@@ -31,21 +39,26 @@ def serve(
     $ curl -s --data-binary @cat.jpg -H 'content-type: image/jpeg' localhost:8000/predict
 
     $ curl -s -F file=@a.jpg -F file=@b.jpg 'localhost:8000/predict?top_k=3'
+
+    $ CNNCTL_KEY=$(openssl rand -hex 24) cnnctl serve model.onnx --host 0.0.0.0 --api-key-env CNNCTL_KEY
     """
     try:
+        import prometheus_client  # noqa: F401
         import starlette  # noqa: F401
         import uvicorn  # noqa: F401
     except ImportError:
         from cnnctl.errors import UsageError
 
-        raise UsageError("cnnctl serve needs the serve extra: pip install 'cnnctl[serve]' (starlette, uvicorn, python-multipart)") from None
+        raise UsageError("cnnctl serve needs the serve extra: pip install 'cnnctl[serve]' (starlette, uvicorn, python-multipart, prometheus-client)") from None
     if not model.endswith(".onnx"):
         from cnnctl.errors import UsageError
 
         raise UsageError(f"{model}: cnnctl serve takes an exported .onnx file; run `cnnctl export` first")
     from cnnctl.serve import ServeConfig, run
 
-    run(ServeConfig(model, provider, max_batch, max_wait_ms, max_bytes, top_k, threads), host, port, workers)
+    cfg = ServeConfig(model, provider, max_batch, max_wait_ms, max_bytes, top_k, threads, name=name, max_queue=max_queue, timeout_s=timeout,
+                      api_key_env=api_key_env, log_format=log_format)  # fmt: skip
+    run(cfg, host, port, workers, no_auth=no_auth)
 
 
 def register(app: typer.Typer) -> None:
