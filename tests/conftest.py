@@ -148,3 +148,13 @@ def quick_onnx(quick_run) -> Path:
     proc = run_cli("export", quick_run, "--json")
     assert proc.returncode == 0, proc.stderr
     return quick_run / "model.onnx"
+
+
+@pytest.fixture(scope="session")
+def photo_run(tmp_path_factory) -> Path:
+    """A small RGB net trained briefly on the committed cats-vs-dogs photos (64 px, mean/std), for
+    tests that need real photos through a 3-channel model (raw-pixel and fp16 exports)."""
+    out = tmp_path_factory.mktemp("runs") / "photos"
+    proc = run_cli("train", "tiny", "--data", PETS_MINI, "--image-size", "64", "--iters", "6", "--batch-size", "16", "--out", out, "--json")
+    assert proc.returncode == 0, proc.stderr
+    return out
