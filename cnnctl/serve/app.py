@@ -32,7 +32,7 @@ ROUTES = [
     ("POST", "/v2/models/{name}/infer", h.infer), ("POST", "/v2/models/{name}/versions/{version}/infer", h.infer),
 ]  # fmt: skip
 # Probes answer without a key (orchestrators call them unauthenticated); the page is static HTML.
-OPEN = {"/", "/health", "/v2/health/live", "/v2/health/ready"}
+OPEN = {"/", "/health", "/v2/health/live", "/v2/health/ready", "/v2/models/{name}/ready", "/v2/models/{name}/versions/{version}/ready"}
 LABELS = [(re.compile("^" + re.sub(r"\{\w+\}", "[^/]+", path) + "$"), path) for _, path, _ in ROUTES]
 
 
@@ -96,7 +96,7 @@ class FrontDoor:
         state.stats.requests += 1
         path = scope["path"]
         try:
-            if state.key is not None and path not in OPEN and not self._authorized(scope):
+            if state.key is not None and route_label(path) not in OPEN and not self._authorized(scope):
                 await JSONResponse({"error": "missing or wrong API key: send 'Authorization: Bearer <key>' (the value of --api-key-env)"},
                                    status_code=401, headers={"WWW-Authenticate": 'Bearer realm="cnnctl"'})(scope, receive, send_logged)  # fmt: skip
             else:

@@ -132,11 +132,30 @@ async def model_metadata(request: Request) -> Response:
     })  # fmt: skip
 
 
+def inflate(body: bytes, encoding: str, limit: int) -> bytes:
+    """A gzip/deflate request body (tritonclient's request_compression_algorithm), inflated to at most `limit` bytes."""
+    encoding = encoding.strip().lower()
+    if encoding in ("", "identity"):
+        return body
+    if encoding not in ("gzip", "deflate"):
+        raise HTTPError(415, f"Content-Encoding {encoding!r} is not accepted; send gzip, deflate or none")
+    import zlib
+
+    inflater = zlib.decompressobj(wbits=31 if encoding == "gzip" else 15)
+    try:
+        out = inflater.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise HTTPError(400, f"the {encoding} body does not inflate ({exc})") from None
+    if len(out) > limit or inflater.unconsumed_tail:
+        raise HTTPError(413, f"the inflated request body exceeds --max-bytes {limit:,}")
+    return out
+
+
 async def infer(request: Request) -> Response:
     """POST /v2/models/{name}/infer: the model's input tensor in, logits/probabilities out."""
     state = _model(request)
     clf, _ = state.model()
-    body = await read_body(request, state.cfg.max_bytes)
+    body = inflate(await read_body(request, state.cfg.max_bytes), request.headers.get("content-encoding", ""), state.cfg.max_bytes)
     req = oip.decode_request(body, request.headers.get(oip.HEADER))
     want = f"'input' {oip.OIP_NAME[clf.input_dtype]} [N, {', '.join(map(str, clf.input_shape))}]"
     if set(req.inputs) != {"input"}:

@@ -29,11 +29,13 @@ def free_port() -> int:
 class Server:
     """`python -m cnnctl serve MODEL ARGS` on 127.0.0.1:<free port>, stopped with SIGTERM."""
 
-    def __init__(self, model: Path, *args: str) -> None:
+    def __init__(self, model: Path, *args: str, env: dict[str, str] | None = None) -> None:
+        import os
+
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc = subprocess.Popen([sys.executable, "-m", "cnnctl", "serve", str(model), "--port", str(self.port), *args],
-                                     cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+                                     cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})})  # fmt: skip
         self.stderr: list[str] = []
         threading.Thread(target=lambda: self.stderr.extend(self.proc.stderr), daemon=True).start()
         deadline = time.monotonic() + 60
