@@ -199,13 +199,15 @@ def _chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")
 
 
+BROWSER_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]  # fmt: skip
+
+
 @pytest.mark.skipif(_chromium() is None, reason="no chromium here (apt-get install chromium; .ci/run installs it)")
 def test_the_page_classifies_a_picked_image_in_a_real_browser(server, digits, tmp_path):
     playwright = pytest.importorskip("playwright.sync_api", reason="pip install playwright (the dev extra has it)")
-    flags = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-             "--disable-component-update", "--disable-sync"]  # fmt: skip
     with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=_chromium(), args=flags)
+        browser = p.chromium.launch(executable_path=_chromium(), args=BROWSER_FLAGS)
         page = browser.new_page()
         page.goto(server.url + "/")
         page.wait_for_function("document.getElementById('meta').textContent.includes('model-a')")
@@ -220,9 +222,44 @@ def test_the_page_classifies_a_picked_image_in_a_real_browser(server, digits, tm
     assert (tmp_path / "page.png").stat().st_size > 1000
 
 
+@pytest.mark.skipif(_chromium() is None, reason="no chromium here (apt-get install chromium; .ci/run installs it)")
+def test_the_page_asks_for_the_key_of_a_protected_server(quick_onnx, digits):
+    playwright = pytest.importorskip("playwright.sync_api", reason="pip install playwright (the dev extra has it)")
+    key = "page-test-key-0123456789"
+    s = Server(quick_onnx, "--api-key-env", "CNNCTL_PAGE_KEY", env={"CNNCTL_PAGE_KEY": key})
+    try:
+        with playwright.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=_chromium(), args=BROWSER_FLAGS)
+            page = browser.new_page()
+            page.goto(s.url + "/")
+            page.wait_for_selector("#keyrow:not([hidden])")
+            page.fill("#key", "wrong-key-wrong-key")
+            page.click("#usekey")
+            page.wait_for_function("document.getElementById('meta').textContent.includes('API key')")
+            page.fill("#key", key)
+            page.click("#usekey")
+            page.wait_for_function("document.getElementById('meta').textContent.includes('model-a')")
+            page.set_input_files("#file", str(digits[2]))
+            page.wait_for_selector("#result[data-done='1']", timeout=20000)
+            rows = page.locator("#result tr").all_inner_texts()
+            browser.close()
+        assert len(rows) == 5
+    finally:
+        assert s.stop() == 0
+    log = "".join(s.stderr)
+    assert "GET /metadata 401" in log and "POST /predict 200" in log
+
+
 def test_several_worker_processes_serve_and_stop_cleanly(quick_onnx, digits):
     s = Server(quick_onnx, "--workers", "2")
     codes = [httpx.post(s.url + "/predict", content=f.read_bytes(), headers={"content-type": "image/png"}).status_code for f in digits[:6]]
     assert codes == [200] * 6
+    deadline = time.monotonic() + 30  # both workers warmed up: readiness is the minimum over them
+    while 'cnnctl_ready 1.0' not in (text := httpx.get(s.url + "/metrics").text):
+        assert time.monotonic() < deadline, text
+        time.sleep(0.2)
+    for _ in range(3):  # whichever worker answers the scrape, it reports the sum over both
+        assert 'cnnctl_requests_total{code="200",route="/predict"} 6.0' in httpx.get(s.url + "/metrics").text
+        assert "cnnctl_images_total 6.0" in httpx.get(s.url + "/metrics").text
     assert s.stop() == 0
     assert "".join(s.stderr).count("serving ") == 2  # one model load per worker
