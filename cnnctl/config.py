@@ -227,12 +227,14 @@ def parse_floats(text: str, name: str) -> list[float]:
 
 
 def load_recipe(path: str | Path) -> dict[str, Any]:
-    """Read a TOML recipe into {field: value}; unknown keys and wrong types are errors."""
-    p = Path(path)
+    """Read a TOML recipe (a shipped name or a file) into {field: value}; unknown keys and wrong types are errors."""
+    from cnnctl.recipebook import locate
+
+    p = locate(str(path))
     try:
         raw = tomllib.loads(p.read_text())
     except FileNotFoundError:
-        raise UsageError(f"recipe {p} not found; see recipes/ for the shipped ones") from None
+        raise UsageError(f"recipe {p} not found; `cnnctl recipes` lists the shipped ones (--recipe NAME)") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise UsageError(f"cannot read recipe {p}: {exc}") from None
     except tomllib.TOMLDecodeError as exc:

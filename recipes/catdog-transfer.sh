@@ -7,13 +7,12 @@ set -euo pipefail
 CIFAR=${1:?give the CIFAR-10 JPEG folder (train/, test/)}
 PETS=${2:?give the PetImages folder (Cat/, Dog/)}
 OUT=${3:-runs/catdog-transfer}
-here=$(cd "$(dirname "$0")" && pwd)
 
 echo "== 1. pretrain fastnet-s on CIFAR-10 (10 minutes on 2 CPU cores)" >&2
-[ -f "$OUT/cifar10/model.safetensors" ] || cnnctl train --recipe "$here/cifar10-fast.toml" --data "$CIFAR" --out "$OUT/cifar10"
+[ -f "$OUT/cifar10/model.safetensors" ] || cnnctl train --recipe cifar10-fast --data "$CIFAR" --out "$OUT/cifar10"
 
 echo "== 2. fine-tune on the cats-vs-dogs photos, starting from it" >&2
-cnnctl train --recipe "$here/catdog-transfer.toml" --data "$PETS" --init "$OUT/cifar10" --out "$OUT/pets" --overwrite
+cnnctl train --recipe catdog-transfer --data "$PETS" --init "$OUT/cifar10" --out "$OUT/pets" --overwrite
 
 echo "== 3. the validation images it was selected on, then export" >&2
 cnnctl eval "$OUT/pets" --split val

@@ -3,10 +3,9 @@
 set -euo pipefail
 OUT=${1:-runs/quickstart}
 SAMPLES="$OUT/samples"
-here=$(cd "$(dirname "$0")" && pwd)
 
 echo "== train (model-a on mnist-mini) -> $OUT" >&2
-cnnctl train --recipe "$here/quickstart.toml" --out "$OUT" --overwrite
+cnnctl train --recipe quickstart --out "$OUT" --overwrite
 
 echo "== eval: refuse to ship below 97% on the 2,000 held-out test digits" >&2
 cnnctl eval "$OUT" --min-accuracy 0.97

@@ -14,7 +14,7 @@ from tests.conftest import ROOT
 
 pytestmark = pytest.mark.quick
 
-RECIPES = sorted((ROOT / "recipes").glob("*.toml"))
+RECIPES = sorted((ROOT / "cnnctl" / "recipes").glob("*.toml"))
 NATIVE = {"mnist": (1, 28, 28), "mnist-mini": (1, 28, 28), "fashion-mnist": (1, 28, 28), "kmnist": (1, 28, 28),
           "cifar10": (3, 32, 32), "cifar100": (3, 32, 32)}  # fmt: skip
 

@@ -22,7 +22,7 @@ app = typer.Typer(
     name="cnnctl",
     help="Train, check and ship convolutional image classifiers (PyTorch -> safetensors -> ONNX).",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion (bash, zsh, fish); cli/completion.py
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
@@ -42,9 +42,9 @@ def _root(
 
 
 def _register() -> None:
-    from cnnctl.cli import env, eval, export, models, plot, predict, serve, shapes, train
+    from cnnctl.cli import env, eval, export, models, plot, predict, recipes, serve, shapes, train
 
-    for module in (models, shapes, train, eval, export, predict, serve, plot, env):
+    for module in (models, shapes, train, eval, export, predict, serve, plot, env, recipes):
         module.register(app)
 
 

@@ -7,23 +7,24 @@ from typing import Annotated, Any, Optional
 import typer
 
 from cnnctl.cli.common import out, print_json
+from cnnctl.cli.completion import choices
 
 
 def export_cmd(
     target: Annotated[str, typer.Argument(help="Run directory or .safetensors checkpoint.")],
     output: Annotated[Optional[str], typer.Option("--output", "-o", help="Output .onnx (default: model.onnx in the run directory); with --format triton, the model repository folder.")] = None,
-    format_: Annotated[str, typer.Option("--format", metavar="[onnx|triton]", help="onnx: one .onnx file; triton: a Triton model repository (REPO/NAME/config.pbtxt, 1/model.onnx, labels.txt).")] = "onnx",
-    input_: Annotated[str, typer.Option("--input", metavar="[float32|uint8]", help="What the graph takes: normalised float32 NCHW, or uint8 pixels it scales and normalises itself.")] = "float32",
-    layout: Annotated[str, typer.Option("--layout", metavar="[auto|nhwc|nchw]", help="Axis order of a --input uint8 graph (auto: NHWC, as images are stored).")] = "auto",
+    format_: Annotated[str, typer.Option("--format", metavar="[onnx|triton]", autocompletion=choices("onnx", "triton"), help="onnx: one .onnx file; triton: a Triton model repository (REPO/NAME/config.pbtxt, 1/model.onnx, labels.txt).")] = "onnx",
+    input_: Annotated[str, typer.Option("--input", metavar="[float32|uint8]", autocompletion=choices("float32", "uint8"), help="What the graph takes: normalised float32 NCHW, or uint8 pixels it scales and normalises itself.")] = "float32",
+    layout: Annotated[str, typer.Option("--layout", metavar="[auto|nhwc|nchw]", autocompletion=choices("auto", "nhwc", "nchw"), help="Axis order of a --input uint8 graph (auto: NHWC, as images are stored).")] = "auto",
     fp16: Annotated[bool, typer.Option("--fp16", help="float16 weights and activations (for GPUs); float32 in and out; checked against float32 PyTorch.")] = False,
     name: Annotated[Optional[str], typer.Option("--name", help="--format triton: the model's name in the repository (default: the run directory's name).")] = None,
     max_batch: Annotated[int, typer.Option("--max-batch", min=1, max=65536, help="--format triton: max_batch_size, the largest batch dynamic batching forms.")] = 32,
     max_queue_delay_us: Annotated[int, typer.Option("--max-queue-delay-us", min=0, help="--format triton: how long Triton waits for a batch to fill.")] = 5000,
     instance_kind: Annotated[str, typer.Option("--instance-kind", metavar="[auto|cpu|gpu]", help="--format triton: instance_group kind (auto: leave it to Triton).")] = "auto",
     opset: Annotated[int, typer.Option("--opset", help="ONNX opset.")] = 18,
-    dynamic: Annotated[str, typer.Option("--dynamic", metavar="[batch|none]", help="batch: dynamic batch axis; none: fixed --batch.")] = "batch",
+    dynamic: Annotated[str, typer.Option("--dynamic", metavar="[batch|none]", autocompletion=choices("batch", "none"), help="batch: dynamic batch axis; none: fixed --batch.")] = "batch",
     batch: Annotated[int, typer.Option("--batch", min=1, max=4096, help="Batch size of a --dynamic none export.")] = 1,
-    exporter: Annotated[str, typer.Option("--exporter", metavar="[auto|dynamo|torchscript]", help="auto: dynamo, falling back to torchscript.")] = "auto",
+    exporter: Annotated[str, typer.Option("--exporter", metavar="[auto|dynamo|torchscript]", autocompletion=choices("auto", "dynamo", "torchscript"), help="auto: dynamo, falling back to torchscript.")] = "auto",
     tolerance: Annotated[Optional[float], typer.Option("--tolerance", help="Largest |logit difference| accepted, scaled by max |logit| when that is above 1 (default 1e-4; 2e-2 with --fp16).")] = None,
     int8: Annotated[bool, typer.Option("--int8", help="Also write a static int8 (QDQ, per-channel) model calibrated on training images.")] = False,
     json_: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,

@@ -6,6 +6,8 @@ from typing import Annotated
 
 import typer
 
+from cnnctl.cli.completion import choices
+
 
 def serve(
     model: Annotated[str, typer.Argument(help="An exported .onnx file (cnnctl export), float or int8.")],
@@ -16,14 +18,14 @@ def serve(
     max_wait_ms: Annotated[float, typer.Option("--max-wait-ms", min=0.0, max=10_000.0, help="Longest a request waits for a batch to fill.")] = 5.0,
     max_bytes: Annotated[int, typer.Option("--max-bytes", min=1, help="Largest request body accepted (bytes); larger ones get 413.")] = 10 << 20,
     top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Labels per image unless the request asks ?top_k=N.")] = 5,
-    provider: Annotated[str, typer.Option("--provider", metavar="[auto|cpu|cuda]", help="onnxruntime provider (auto: CUDA when available).")] = "auto",
+    provider: Annotated[str, typer.Option("--provider", metavar="[auto|cpu|cuda]", autocompletion=choices("auto", "cpu", "cuda"), help="onnxruntime provider (auto: CUDA when available).")] = "auto",
     threads: Annotated[int, typer.Option("--threads", min=0, help="onnxruntime intra-op threads per worker (0 = its default).")] = 0,
     name: Annotated[str, typer.Option("--name", help="The model's name on /v2/models/NAME (default: the run directory's or file's name).")] = "",
     max_queue: Annotated[int, typer.Option("--max-queue", min=1, help="Most images admitted and not yet answered; beyond it requests get 503 + Retry-After.")] = 256,
     timeout: Annotated[float, typer.Option("--timeout", min=0.001, help="Seconds a request may take before it gets 504.")] = 30.0,
     api_key_env: Annotated[str, typer.Option("--api-key-env", metavar="VAR", help="Require 'Authorization: Bearer $VAR' (health probes and / stay open).")] = "",
     no_auth: Annotated[bool, typer.Option("--no-auth", help="Allow a --host beyond loopback without --api-key-env (something in front authenticates).")] = False,
-    log_format: Annotated[str, typer.Option("--log-format", metavar="[text|json]", help="One line per request on stderr: text, or a JSON object.")] = "text",
+    log_format: Annotated[str, typer.Option("--log-format", metavar="[text|json]", autocompletion=choices("text", "json"), help="One line per request on stderr: text, or a JSON object.")] = "text",
 ) -> None:
     """Serve a model over HTTP: POST /predict, the Open Inference Protocol (/v2: Triton/KServe
     clients), GET /metrics (Prometheus), /health, /metadata, and a page at /.

@@ -6,11 +6,13 @@ from typing import Annotated, Optional
 
 import typer
 
+from cnnctl.cli.completion import complete_model
+
 from cnnctl.cli.common import human_bytes, human_count, out, print_json
 
 
 def shapes(
-    model: Annotated[str, typer.Argument(help="Registry name (see `cnnctl models`) or a .safetensors checkpoint / run directory.")],
+    model: Annotated[str, typer.Argument(help="Registry name (see `cnnctl models`) or a .safetensors checkpoint / run directory.", autocompletion=complete_model)],
     input: Annotated[Optional[str], typer.Option("--input", "-i", help="Input shape CxHxW, e.g. 3x32x32 (default: the model's own).")] = None,
     batch: Annotated[int, typer.Option("--batch", "-b", min=1, max=1_000_000, help="Batch size for the activation-memory estimate.")] = 1,
     num_classes: Annotated[Optional[int], typer.Option("--num-classes", "-k", min=1, help="Number of classes for the head.")] = None,

@@ -7,11 +7,12 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from cnnctl.cli.completion import choices, complete_model, complete_recipe
 from cnnctl.config import CHOICES, FIELDS, PANEL_OF, PANELS
 
 _START, _RUN = "Model & start", "Run & output"
 _FIXED = {
-    "recipe": (Optional[str], typer.Option("--recipe", "-r", help="TOML recipe (recipes/*.toml); flags given here override it.", rich_help_panel=_START)),
+    "recipe": (Optional[str], typer.Option("--recipe", "-r", help="A shipped recipe's name (`cnnctl recipes`) or a TOML file; flags given here override it.", rich_help_panel=_START, autocompletion=complete_recipe)),
     "resume": (Optional[str], typer.Option("--resume", help="Continue the run in this directory (a larger --epochs extends it).", rich_help_panel=_START)),
     "out": (Optional[str], typer.Option("--out", "-o", help="Run directory (default: runs/MODEL-DATA-TIME).", rich_help_panel=_RUN)),
     "overwrite": (bool, typer.Option("--overwrite", help="Replace the files of an existing --out.", rich_help_panel=_RUN)),
@@ -35,7 +36,8 @@ def _option(name: str) -> Any:
     if isinstance(default, bool):
         return Optional[bool], typer.Option(f"{flag}/--no-{flag[2:]}", help=help_text, show_default=False, rich_help_panel=panel)
     metavar = "[" + "|".join(CHOICES[name]) + "]" if name in CHOICES else None
-    return Optional[type(default)], typer.Option(flag, help=help_text, show_default=False, metavar=metavar, rich_help_panel=panel)
+    complete = choices(*CHOICES[name]) if name in CHOICES else None
+    return Optional[type(default)], typer.Option(flag, help=help_text, show_default=False, metavar=metavar, rich_help_panel=panel, autocompletion=complete)
 
 
 def train(**kwargs: Any) -> None:
@@ -47,7 +49,7 @@ def train(**kwargs: Any) -> None:
 
     $ cnnctl train tiny --data photos/ --image-size 64 --augment flip-crop --scheduler onecycle
 
-    $ cnnctl train --recipe recipes/cifar10-fast.toml --data cifar10-jpg/
+    $ cnnctl train --recipe cifar10-fast --data cifar10-jpg/
 
     --batch-size is the batch per optimizer step. Under torchrun (`torchrun --nproc-per-node N
     -m cnnctl train ...`) it is the global batch, split evenly over the N processes; rank 0
@@ -163,7 +165,7 @@ def _signature() -> inspect.Signature:
     params = [
         inspect.Parameter(
             "model", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None,
-            annotation=Annotated[Optional[str], typer.Argument(help="Model name (`cnnctl models`); may come from --recipe or --resume.", show_default=False)],
+            annotation=Annotated[Optional[str], typer.Argument(help="Model name (`cnnctl models`); may come from --recipe or --resume.", show_default=False, autocompletion=complete_model)],
         )  # fmt: skip
     ]
     fixed_panel = {"recipe": _START, "resume": _START, "out": _RUN, "overwrite": _RUN, "json_": _RUN, "dry_run": _RUN}
