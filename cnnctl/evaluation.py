@@ -24,7 +24,7 @@ from cnnctl.errors import DataError, UsageError
 from cnnctl.inference import OnnxClassifier, softmax
 from cnnctl.machine import EvalBatch, eval_batch
 from cnnctl.metadata import DataInfo, Metadata
-from cnnctl.metrics import confusion_matrix, per_class
+from cnnctl.metrics import calibration, confusion_matrix, nll, per_class
 from cnnctl.preprocess import Preprocess
 
 
@@ -201,8 +201,14 @@ def run_eval(
         "batch_size": batch.size,
         "batch_size_reason": batch.reason,
     }
+    logits64 = result.logits.numpy().astype(np.float64)
+    probs = softmax(logits64 / model.meta.scale)  # calibrated when the file stores a temperature
+    cal = calibration(probs, targets)
+    report.update(ece=cal["ece"], calibration_bins=cal["bins"], temperature=model.meta.temperature)
+    if model.meta.temperature is not None:
+        report["ece_uncalibrated"] = calibration(softmax(logits64), targets)["ece"]
+        report["loss_calibrated"] = nll(logits64, targets, model.meta.scale)
     if misclassified:
-        probs = softmax(result.logits.numpy().astype(np.float64))
         wrong = np.nonzero(preds != targets)[0]
         order = wrong[np.argsort(-probs[wrong, preds[wrong]], kind="stable")][:misclassified]
         report["misclassified"] = [

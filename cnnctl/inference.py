@@ -210,6 +210,6 @@ def predict_paths(model: Any, paths: list[str], *, batch_size: int = 64, k: int 
     classes = list(model.meta.class_names)
     k = max(1, min(k, len(classes)))
     for names, x in iter_batches(paths, model.prep, batch_size, errors):
-        probs = softmax(model.logits(model.from_pixels(x)).astype(np.float64))
+        probs = softmax(model.logits(model.from_pixels(x)).astype(np.float64) / model.meta.scale)  # calibrated when a temperature is stored
         results += [Prediction(n, t) for n, t in zip(names, top_k(probs, classes, k))]
     return results, errors

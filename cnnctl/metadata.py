@@ -88,6 +88,12 @@ class Metadata:
     kind: str = "model"
     training: TrainingInfo | None = None
     export: ExportInfo | None = None
+    temperature: float | None = None  # `cnnctl calibrate`: probabilities are softmax(logits / temperature)
+
+    @property
+    def scale(self) -> float:
+        """What logits are divided by before the softmax (1 when not calibrated)."""
+        return self.temperature or 1.0
 
     @property
     def num_classes(self) -> int:
@@ -114,6 +120,8 @@ class Metadata:
             if e.quantization:
                 out["quantization"] = e.quantization
             out.update(input_dtype=e.input_dtype, input_layout=e.input_layout, precision=e.precision)
+        if self.temperature is not None:
+            out["temperature"] = self.temperature
         return out
 
     def to_json_map(self, **extra: Any) -> dict[str, str]:
@@ -170,10 +178,14 @@ class Metadata:
                                     input_layout=str(meta.get("input_layout", "NCHW")), precision=str(meta.get("precision", "float32")))  # fmt: skip
         except (AttributeError, TypeError, ValueError) as exc:
             raise CheckpointError(f"{source}: metadata data/training/export fields are malformed ({exc}); the file is damaged") from None
+        temperature = meta.get("temperature")
+        if temperature is not None and not (isinstance(temperature, (int, float)) and 0.01 <= temperature <= 100):
+            raise CheckpointError(f"{source}: metadata temperature {temperature!r} is not a number in [0.01, 100]; recalibrate (cnnctl calibrate)")
         kind = meta.get("kind", "model")
         return cls(model=meta["model"], input_shape=(shape[0], shape[1], shape[2]), class_names=tuple(names), preprocess=prep,
                    model_kwargs=dict(meta.get("model_kwargs") or {}), data=data_info, versions=versions,
-                   kind=kind if kind in KINDS else "model", training=training, export=export)  # fmt: skip
+                   kind=kind if kind in KINDS else "model", training=training, export=export,
+                   temperature=float(temperature) if temperature is not None else None)  # fmt: skip
 
 
 def _parse(raw: dict[str, str] | None, source: str) -> dict[str, Any]:

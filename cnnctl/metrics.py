@@ -38,3 +38,53 @@ def per_class(cm: np.ndarray, class_names: list[str]) -> dict[str, Any]:
         },
     }
     return {"per_class": rows, "averages": avg}
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+
+
+def nll(logits: np.ndarray, targets: np.ndarray, temperature: float = 1.0) -> float:
+    """Mean negative log-likelihood of the true class with logits divided by `temperature`."""
+    lp = log_softmax(logits.astype(np.float64) / temperature)
+    return float(-lp[np.arange(len(targets)), targets.astype(np.int64)].mean())
+
+
+def calibration(probs: np.ndarray, targets: np.ndarray, bins: int = 15) -> dict[str, Any]:
+    """Expected calibration error (top-1 confidence vs accuracy, `bins` equal-width bins, as Guo
+    et al. 2017) and the reliability table behind it."""
+    conf = probs.max(axis=1)
+    correct = probs.argmax(axis=1) == targets
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    rows, ece = [], 0.0
+    n = max(1, len(targets))
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        inside = (conf > lo) & (conf <= hi) if lo > 0 else (conf >= lo) & (conf <= hi)
+        count = int(inside.sum())
+        if count:
+            c, a = float(conf[inside].mean()), float(correct[inside].mean())
+            ece += count / n * abs(a - c)
+            rows.append({"lower": float(lo), "upper": float(hi), "count": count, "confidence": c, "accuracy": a})
+    return {"ece": float(ece), "bins": rows}
+
+
+def fit_temperature(logits: np.ndarray, targets: np.ndarray) -> float:
+    """The temperature T > 0 minimising the NLL of softmax(logits / T) (temperature scaling,
+    Guo et al. 2017). NLL is smooth and unimodal in log T: a golden-section search over
+    T in [0.05, 20] to 1e-4 in log T, then the better end is kept if it wins."""
+    logits, targets = logits.astype(np.float64), targets.astype(np.int64)
+    lo, hi = np.log(0.05), np.log(20.0)
+    g = (np.sqrt(5) - 1) / 2
+    a, b = hi - g * (hi - lo), lo + g * (hi - lo)
+    fa, fb = nll(logits, targets, np.exp(a)), nll(logits, targets, np.exp(b))
+    while hi - lo > 1e-4:
+        if fa < fb:
+            hi, b, fb = b, a, fa
+            a = hi - g * (hi - lo)
+            fa = nll(logits, targets, np.exp(a))
+        else:
+            lo, a, fa = a, b, fb
+            b = lo + g * (hi - lo)
+            fb = nll(logits, targets, np.exp(b))
+    return float(np.exp((lo + hi) / 2))

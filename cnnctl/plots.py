@@ -66,3 +66,26 @@ def plot_confusion(cm: list[list[int]], class_names: list[str], path: str | Path
                 ax.text(j, i, str(v), ha="center", va="center", fontsize=7, color="white" if v > top / 2 else "black")
     _save(fig, path)
     plt.close(fig)
+
+
+def plot_calibration(bins: list[dict[str, Any]], ece: float, path: str | Path, title: str = "") -> None:
+    """A reliability diagram: accuracy against confidence per bin, the diagonal, and the share of images per bin."""
+    plt = _pyplot()
+    fig, (ax, hist) = plt.subplots(2, 1, figsize=(5, 6), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    width = (bins[0]["upper"] - bins[0]["lower"]) if bins else 1 / 15
+    centres = [(b["lower"] + b["upper"]) / 2 for b in bins]
+    ax.bar(centres, [b["accuracy"] for b in bins], width=width * 0.9, color="#2a7", label="accuracy")
+    ax.bar(centres, [b["confidence"] - b["accuracy"] for b in bins], bottom=[b["accuracy"] for b in bins], width=width * 0.9,
+           color="#e55", alpha=0.5, label="gap to confidence")  # fmt: skip
+    ax.plot([0, 1], [0, 1], "k--", lw=1)
+    ax.set_ylabel("accuracy")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_title(f"{title} ECE {ece:.4f}".strip())
+    ax.legend(loc="upper left", fontsize=8)
+    total = sum(b["count"] for b in bins) or 1
+    hist.bar(centres, [b["count"] / total for b in bins], width=width * 0.9, color="#888")
+    hist.set_xlabel("confidence (top-1 probability)")
+    hist.set_ylabel("share")
+    _save(fig, path)
+    plt.close(fig)

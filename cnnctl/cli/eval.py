@@ -25,6 +25,7 @@ def eval_cmd(
     tta_shift: Annotated[int, typer.Option("--tta-shift", min=0, metavar="PX", help="Also average over the images translated by PX pixels both ways (half the weight; airbench's multi-crop TTA, e.g. 1).")] = 0,
     limit: Annotated[int, typer.Option("--limit", min=0, help="Evaluate only the first N images of the split (0 = all).")] = 0,
     plot_confusion: Annotated[Optional[str], typer.Option("--plot-confusion", help="Draw the confusion matrix into this .png file.")] = None,
+    plot_calibration: Annotated[Optional[str], typer.Option("--plot-calibration", help="Draw the reliability diagram (confidence vs accuracy, ECE) into this .png file.")] = None,
     output: Annotated[Optional[str], typer.Option("--output", "-o", help="Write the report: JSON, or the per-class table as CSV for *.csv.")] = None,
     json_: Annotated[bool, typer.Option("--json", help="Print the whole report as one JSON document.")] = False,
 ) -> None:
@@ -53,6 +54,10 @@ def eval_cmd(
         from cnnctl.plots import plot_confusion as draw
 
         draw(report["confusion_matrix"], report["class_names"], plot_confusion)
+    if plot_calibration:
+        from cnnctl.plots import plot_calibration as reliability
+
+        reliability(report["calibration_bins"], report["ece"], plot_calibration, title=f"{report['data']} {report['split']}:")
     if json_:
         print_json(report)
     else:
@@ -71,6 +76,9 @@ def _render(r: dict[str, Any]) -> None:
         f"{escape(r['target'])} ({r['kind']}, {r['provider']}) on {escape(r['data'])} ({r['split']} split), {r['images']:,} images: "
         f"top-1 [bold]{r['top1']:.4f}[/bold]{top5}  loss {r['loss']:.4f}  ({r['images_per_s']:,.0f} img/s)"
     )
+    t = r.get("temperature")
+    calibrated = f" (temperature {t:.3f}; uncalibrated {r['ece_uncalibrated']:.4f})" if t is not None else " (not calibrated: cnnctl calibrate)"
+    console.print(f"calibration: expected calibration error {r['ece']:.4f}{calibrated}", highlight=False)
     table = Table(title="per class")
     for col in ("class", "precision", "recall", "f1", "support"):
         table.add_column(col, justify="left" if col == "class" else "right")

@@ -87,6 +87,7 @@ class ServeState:
             "max_queue": cfg.max_queue,
             "timeout_s": cfg.timeout_s,
             "auth": "bearer" if self.key else "none",
+            "calibrated": clf.meta.temperature is not None,  # probabilities are softmax(logits / temperature)
         }
         self.clf = clf
         return clf
