@@ -89,3 +89,23 @@ def plot_calibration(bins: list[dict[str, Any]], ece: float, path: str | Path, t
     hist.set_ylabel("share")
     _save(fig, path)
     plt.close(fig)
+
+
+def plot_lr_curve(points: list[dict[str, float]], marks: dict[str, float], path: str | Path, title: str = "") -> None:
+    """The range test: loss (raw and smoothed) against the learning rate on a log axis, with the suggestions marked."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    lrs = [p["lr"] for p in points]
+    ax.plot(lrs, [p["loss"] for p in points], color="#bbb", lw=1, label="loss")
+    ax.plot(lrs, [p["smoothed"] for p in points], color="#2a7", lw=2, label="smoothed")
+    for (name, lr), colour in zip(marks.items(), ("#e55", "#36c", "#888")):
+        ax.axvline(lr, color=colour, ls="--", lw=1, label=f"{name} {lr:.2g}")
+    ax.set_xscale("log")
+    smooth = [p["smoothed"] for p in points]
+    ax.set_ylim(min(smooth) * 0.9, min(max(smooth), 4 * min(smooth)) * 1.1)
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("training loss")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    _save(fig, path)
+    plt.close(fig)

@@ -161,16 +161,17 @@ def _render(summary: dict[str, Any], epochs: list[dict[str, Any]]) -> None:
         console.print(line, highlight=False)
 
 
-def _signature() -> inspect.Signature:
+def config_signature(fixed: dict[str, Any], fixed_panel: dict[str, str]) -> inspect.Signature:
+    """MODEL, the command's own options (`fixed`, shown in `fixed_panel`) and every TrainConfig
+    field as a flag: one definition for `train` and for the commands that take train's options."""
     params = [
         inspect.Parameter(
             "model", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None,
             annotation=Annotated[Optional[str], typer.Argument(help="Model name (`cnnctl models`); may come from --recipe or --resume.", show_default=False, autocompletion=complete_model)],
         )  # fmt: skip
     ]
-    fixed_panel = {"recipe": _START, "resume": _START, "out": _RUN, "overwrite": _RUN, "json_": _RUN, "dry_run": _RUN}
     for panel, names in PANELS.items():  # the panels show in this order
-        for name, (typ, opt) in _FIXED.items():
+        for name, (typ, opt) in fixed.items():
             if fixed_panel[name] == panel:
                 default = False if typ is bool else None
                 params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=Annotated[typ, opt]))
@@ -181,7 +182,7 @@ def _signature() -> inspect.Signature:
     return inspect.Signature(params)
 
 
-train.__signature__ = _signature()  # type: ignore[attr-defined]
+train.__signature__ = config_signature(_FIXED, {"recipe": _START, "resume": _START, "out": _RUN, "overwrite": _RUN, "json_": _RUN, "dry_run": _RUN})  # type: ignore[attr-defined]
 train.__annotations__ = {p.name: p.annotation for p in train.__signature__.parameters.values()}  # type: ignore[attr-defined]
 
 

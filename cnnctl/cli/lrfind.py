@@ -1,0 +1,73 @@
+"""`cnnctl lr-find MODEL [train options]`: the learning-rate range test; nothing is kept."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import typer
+
+from cnnctl.cli.train import _FIXED, _RUN, _START, config_signature
+
+_OWN = {
+    "recipe": _FIXED["recipe"],
+    "start_lr": (float, typer.Option("--start-lr", help="The first rate of the range.", rich_help_panel=_RUN)),
+    "end_lr": (float, typer.Option("--end-lr", help="The last rate of the range.", rich_help_panel=_RUN)),
+    "steps": (int, typer.Option("--steps", help="Optimizer steps over the range (100 is usual; more for a smoother curve).", rich_help_panel=_RUN)),
+    "plot": (Optional[str], typer.Option("--plot", help="Draw the curve with the suggestions into this .png file.", rich_help_panel=_RUN)),
+    "output": (Optional[str], typer.Option("--output", help="Write the curve and suggestions as JSON to this file.", rich_help_panel=_RUN)),
+    "json_": (bool, typer.Option("--json", help="Print the curve and suggestions as JSON on stdout.", rich_help_panel=_RUN)),
+}
+_DEFAULTS = {"start_lr": 1e-7, "end_lr": 10.0, "steps": 100}
+
+
+def lr_find_cmd(**kwargs: Any) -> None:
+    """Find a learning rate: train briefly while the rate grows from --start-lr to --end-lr,
+    and read the loss curve. Takes train's options (the same model, data, optimizer, batch,
+    augmentation); the schedule options are ignored. No run directory is made.
+
+    Examples:
+
+    $ cnnctl lr-find model-a --data mnist-mini --optimizer adamw --plot lr.png
+
+    $ cnnctl lr-find --recipe cifar10-fast --data cifar10-jpg/ --json
+    """
+    from cnnctl.cli.common import out, print_json
+    from cnnctl.cli.progress import TrainReporter
+    from cnnctl.lrfind import lr_find
+    from cnnctl.trainer import resolve_run
+
+    model = kwargs.pop("model")
+    own = {k: kwargs.pop(k) for k in list(_OWN)}
+    for k, v in _DEFAULTS.items():
+        own[k] = v if own[k] is None else own[k]
+    cfg = resolve_run(model, own["recipe"], kwargs, None)
+    curve = lr_find(cfg, TrainReporter(bars=False), start=own["start_lr"], end=own["end_lr"], steps=own["steps"])
+    report = curve.to_dict()
+    if own["output"]:
+        from cnnctl.io import write_json
+
+        write_json(own["output"], report)
+    if own["plot"]:
+        from cnnctl.plots import plot_lr_curve
+
+        plot_lr_curve(curve.points, {"suggested (steepest)": curve.steepest_lr, "valley (minimum / 10)": curve.valley_lr, "minimum": curve.min_loss_lr},
+                      own["plot"], title=f"{curve.model} on {curve.data}, {curve.optimizer}")  # fmt: skip
+    if own["json_"]:
+        print_json(report)
+        return
+    console = out()
+    console.print(f"suggested lr {curve.suggested_lr:.3g} ({curve.rule})", highlight=False)
+    console.print(f"  valley (minimum / 10) {curve.valley_lr:.3g}; smoothed loss lowest at {curve.min_loss_lr:.3g}; "
+                  f"{len(curve.points)} of {curve.steps_planned} steps ({curve.stopped})", highlight=False)  # fmt: skip
+    console.print(f"next: cnnctl train ... --lr {curve.suggested_lr:.2g}   (with --scheduler onecycle, --lr is the peak)", highlight=False)
+
+
+lr_find_cmd.__signature__ = config_signature(  # type: ignore[attr-defined]
+    {k: ((float | None) if t is float else (int | None) if t is int else t, o) for k, (t, o) in _OWN.items()},
+    {"recipe": _START, **{k: _RUN for k in _OWN if k != "recipe"}},
+)
+lr_find_cmd.__annotations__ = {p.name: p.annotation for p in lr_find_cmd.__signature__.parameters.values()}  # type: ignore[attr-defined]
+
+
+def register(app: typer.Typer) -> None:
+    app.command("lr-find")(lr_find_cmd)
