@@ -31,6 +31,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "interpolation": ("auto", "bilinear", "bicubic", "nearest"),
     "auto_augment": ("none", "randaugment", "trivialaugment"),
     "log": ("none", "csv", "tensorboard"),
+    "sampler": ("none", "balanced"),
 }
 
 
@@ -91,6 +92,10 @@ class TrainConfig:
     weight_decay: float = _f(0.0, "Weight decay.")
     loss: str = _f("ce", "Loss: ce (cross-entropy) or mse (softmax vs one-hot, as the cats-vs-dogs tutorial).")
     label_smoothing: float = _f(0.0, "Label smoothing for cross-entropy.")
+    class_weights: str = _f("none", "Weigh the loss per class for imbalanced data: none, auto (inverse frequency: N / (K * n_class)), "
+                                    "effective (the effective number of samples, beta 0.999; Cui et al. 2019), or a JSON file {\"class\": weight}.")
+    sampler: str = _f("none", "Which images an epoch draws: none (each once, shuffled) or balanced (with replacement, every class "
+                              "equally likely; the same number of images per epoch).")
     clip_grad: float = _f(0.0, "Clip the gradients' global L2 norm to this value before each step; 0 = off.")
     accumulate: int = _f(1, "Accumulate gradients over N batches of --batch-size per optimizer step (an effective batch of N x --batch-size).")
     ema: float = _f(0.0, "Keep an exponential moving average of the weights with this decay per step (e.g. 0.999); it is validated "
@@ -136,7 +141,7 @@ PANELS: dict[str, tuple[str, ...]] = {
              "cache_dir"),
     "Model & start": ("pretrained", "weights", "init", "freeze", "unfreeze_at", "backbone_lr_scale"),
     "Optimisation": ("epochs", "iters", "batch_size", "eval_batch_size", "optimizer", "lr", "momentum", "nesterov",
-                     "weight_decay", "bn_bias_lr_scale", "bn_momentum", "loss", "label_smoothing", "clip_grad", "accumulate", "ema", "lookahead"),
+                     "weight_decay", "bn_bias_lr_scale", "bn_momentum", "loss", "label_smoothing", "class_weights", "sampler", "clip_grad", "accumulate", "ema", "lookahead"),
     "Schedule & stopping": ("scheduler", "warmup", "step_size", "gamma", "patience", "monitor", "time_limit"),
     "Augmentation": ("augment", "alternate_flip", "allow_flip", "auto_augment", "aug_magnitude", "aug_group", "mixup", "cutmix", "mix_prob"),
     "Run & output": ("seed", "log"),
@@ -169,6 +174,10 @@ def validate(cfg: TrainConfig) -> TrainConfig:
             raise UsageError(f"--{name.replace('_', '-')} {value!r} is not one of {', '.join(choices)}{hint}")
     if cfg.batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {cfg.batch_size}")
+    if cfg.class_weights not in ("none", "auto", "effective") and not cfg.class_weights.endswith(".json"):
+        raise UsageError(f"--class-weights must be none, auto, effective or a .json file of {{class: weight}}, got {cfg.class_weights!r}")
+    if cfg.class_weights != "none" and cfg.loss == "mse":
+        raise UsageError("--class-weights weighs cross-entropy; use it with --loss ce")
     parse_batch_size(cfg.eval_batch_size, "--eval-batch-size")
     if cfg.epochs < 1 and cfg.iters < 1:
         raise UsageError("--epochs must be at least 1 (or give --iters)")

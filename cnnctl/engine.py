@@ -35,8 +35,9 @@ class Reporter(Protocol):
     def log(self, message: str) -> None: ...
 
 
-def make_loss(kind: str, num_classes: int, label_smoothing: float = 0.0) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """Cross-entropy, or MSE between softmax(logits) and one-hot targets (the cats-vs-dogs tutorial).
+def make_loss(kind: str, num_classes: int, label_smoothing: float = 0.0, weight: torch.Tensor | None = None) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """Cross-entropy (optionally weighted per class: --class-weights), or MSE between
+    softmax(logits) and one-hot targets (the cats-vs-dogs tutorial).
 
     Targets are class indices (N,) or, from --mixup/--cutmix, class probabilities (N, classes).
     """
@@ -47,7 +48,8 @@ def make_loss(kind: str, num_classes: int, label_smoothing: float = 0.0) -> Call
         return mse
 
     def ce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
+        w = weight.to(logits.device) if weight is not None else None
+        return F.cross_entropy(logits.float(), y, weight=w, label_smoothing=label_smoothing)
     return ce
 
 

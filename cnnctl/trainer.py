@@ -241,7 +241,7 @@ def setup(cfg: TrainConfig, run_dir: Path, resuming: bool, reporter: Reporter, d
     hardware = dataclasses.replace(hardware, eval_batch=machine.eval_batch(cfg.eval_batch_size, cfg.model, data.input_shape, len(data.classes), device.type))
     reporter.log(hardware.summary())
     start = _start(cfg, data, weights, resuming, device, reporter)
-    opt = _optimisation(cfg, start.model, len(data.classes), hardware)
+    opt = _optimisation(cfg, start.model, data, hardware, reporter.log)
     train_batches, val_batches = _batches(cfg, data, hardware, device, dist)
     schedule, limits = _schedule(cfg, train_batches)
     state, history = LoopState(), History()
@@ -292,23 +292,36 @@ def _start(cfg: TrainConfig, data: DataBundle, weights: Pretrained | None, resum
     return Start(model, init_report)
 
 
-def _optimisation(cfg: TrainConfig, model: torch.nn.Module, num_classes: int, hardware: machine.HardwarePlan) -> Optimisation:
+def _optimisation(cfg: TrainConfig, model: torch.nn.Module, data: DataBundle, hardware: machine.HardwarePlan, log: Callable[[str], None]) -> Optimisation:
+    num_classes = len(data.classes)
     freezer = Freezer(model, cfg.freeze, cfg.unfreeze_at) if cfg.freeze != "none" else None
     groups = param_groups(model, freezer, cfg.backbone_lr_scale, cfg.bn_bias_lr_scale)
     amp = hardware.amp.amp
     stepping = Stepping(accumulate=cfg.accumulate, clip_grad=cfg.clip_grad, ema=EMA(model, cfg.ema) if cfg.ema else None,
                         lookahead=Lookahead(model, cfg.lookahead) if cfg.lookahead else None, amp=amp,
                         scaler=torch.amp.GradScaler("cuda") if amp == "fp16" else None, lr_scales=[g.lr_scale for g in groups])  # fmt: skip
-    return Optimisation(freezer, make_optimizer(cfg, groups), make_loss(cfg.loss, num_classes, cfg.label_smoothing), stepping)
+    weights = None
+    if cfg.class_weights != "none":
+        from cnnctl.imbalance import class_counts, describe, loss_weights
+
+        counts = class_counts(data.train.y, num_classes)
+        weights = loss_weights(cfg.class_weights, counts, list(data.classes))
+        log(f"class weights ({cfg.class_weights}; weight (training images)): {describe(weights, counts, list(data.classes))}")
+    return Optimisation(freezer, make_optimizer(cfg, groups), make_loss(cfg.loss, num_classes, cfg.label_smoothing, weights), stepping)
 
 
 def _batches(cfg: TrainConfig, data: DataBundle, hardware: machine.HardwarePlan, device: torch.device, dist: Dist) -> tuple[Batches, Batches | None]:
     """Training batches (augmented, mixed, this rank's slice) and validation batches (this rank's shard)."""
     policy = PolicyAugment(cfg.auto_augment, magnitude=cfg.aug_magnitude, group=cfg.aug_group) if cfg.auto_augment != "none" else None
     mix = BatchMix(len(data.classes), mixup=cfg.mixup, cutmix=cfg.cutmix, prob=cfg.mix_prob) if (cfg.mixup or cfg.cutmix) else None
+    draw = None
+    if cfg.sampler == "balanced":  # the same global draw on every rank (seeded), which then takes its slice
+        from cnnctl.imbalance import balanced_sample_weights, class_counts
+
+        draw = balanced_sample_weights(data.train.y, class_counts(data.train.y, len(data.classes)))
     train = Batches(data.train, data.prep, cfg.batch_size, shuffle=True, augment=cfg.augment, seed=cfg.seed, device=device,
                     channels_last=cfg.channels_last, rank=dist.rank, world=dist.world_size, policy=policy, mix=mix,
-                    alternate_flip=cfg.alternate_flip)  # fmt: skip
+                    alternate_flip=cfg.alternate_flip, draw=draw)  # fmt: skip
     if len(train) == 0:
         raise UsageError(f"{len(data.train)} training image(s) cannot feed {dist.world_size} processes; use more data or fewer processes")
     assert hardware.eval_batch is not None

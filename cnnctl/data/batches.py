@@ -102,6 +102,7 @@ class Batches:
         policy: PolicyAugment | None = None,
         mix: BatchMix | None = None,
         alternate_flip: bool = False,
+        draw: torch.Tensor | None = None,
     ) -> None:
         self.split = split
         self.batch_size = batch_size
@@ -113,6 +114,7 @@ class Batches:
         self.drop_last = drop_last and len(split) > batch_size
         self.rank, self.world = rank, world
         self.policy, self.mix = policy, mix
+        self.draw = draw  # per-image weights: each epoch draws len(split) images with replacement (--sampler balanced)
         # airbench's alternating flip: one coin per image for epoch 0, the other side every odd epoch.
         self.coins = torch.rand(len(split), generator=torch.Generator().manual_seed(self.seed * 1_000_003 - 1)) < 0.5 if alternate_flip else None
         self.size = tuple(prep.size)  # the model's input; stored images may be larger (random-resized crops)
@@ -133,7 +135,10 @@ class Batches:
         """Batches of float inputs and labels: int64 (N,), or float (N, classes) soft targets with a `mix`."""
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
         n = len(self.split)
-        order = torch.randperm(n, generator=gen) if self.shuffle else None
+        if self.draw is not None:
+            order = torch.multinomial(self.draw, n, replacement=True, generator=gen)
+        else:
+            order = torch.randperm(n, generator=gen) if self.shuffle else None
         for b in range(len(self)):
             sl = slice(b * self.batch_size, min(n, (b + 1) * self.batch_size))
             idx = sl if order is None else order[sl]

@@ -1,0 +1,57 @@
+"""Imbalanced classes: per-class loss weights (`--class-weights`) and balanced sampling (`--sampler balanced`).
+
+Both are computed from the training split's own labels (never validation or test). Weights are
+normalised so that their mean over the training images is 1 (the loss keeps its scale, so a
+learning rate tuned without weights still fits).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from cnnctl.errors import UsageError
+
+EFFECTIVE_BETA = 0.999
+
+
+def class_counts(y: torch.Tensor, num_classes: int) -> torch.Tensor:
+    return torch.bincount(y.to(torch.int64), minlength=num_classes).to(torch.float64)
+
+
+def loss_weights(spec: str, counts: torch.Tensor, classes: list[str]) -> torch.Tensor | None:
+    """The weight of each class in the loss for `--class-weights spec`, or None for none."""
+    if spec == "none":
+        return None
+    if (counts == 0).any():
+        empty = [c for c, n in zip(classes, counts.tolist()) if n == 0]
+        raise UsageError(f"--class-weights: class(es) {', '.join(empty[:5])} have no training images; remove them or add images")
+    if spec == "auto":
+        raw = counts.sum() / (len(classes) * counts)
+    elif spec == "effective":
+        raw = (1 - EFFECTIVE_BETA) / (1 - EFFECTIVE_BETA ** counts)
+    else:
+        path = Path(spec)
+        try:
+            given = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise UsageError(f"--class-weights {spec}: no such file") from None
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"--class-weights {spec}: not a JSON object of {{class: weight}} ({exc})") from None
+        if not isinstance(given, dict) or set(given) != set(classes) or not all(isinstance(v, (int, float)) and v > 0 for v in given.values()):
+            raise UsageError(f"--class-weights {spec} must give a positive weight for exactly the classes {', '.join(classes[:10])}")
+        raw = torch.tensor([float(given[c]) for c in classes], dtype=torch.float64)
+    mean = (raw * counts).sum() / counts.sum()  # the average weight an image gets
+    return (raw / mean).to(torch.float32)
+
+
+def balanced_sample_weights(y: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """A weight per training image so that each class is drawn with the same probability."""
+    return (1.0 / counts)[y.to(torch.int64)].to(torch.float64)
+
+
+def describe(weights: torch.Tensor, counts: torch.Tensor, classes: list[str], limit: int = 8) -> str:
+    parts = [f"{c} {w:.3g} ({int(n)})" for c, w, n in zip(classes, weights.tolist(), counts.tolist())]
+    return ", ".join(parts[:limit]) + (", ..." if len(parts) > limit else "")
