@@ -6,7 +6,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from cnnctl.cli.common import out, print_json
+from cnnctl.cli.common import emit, out
 
 
 def calibrate_cmd(
@@ -37,10 +37,7 @@ def calibrate_cmd(
     if split == "train":
         raise UsageError("--split train: the model has seen those images; fit the temperature on held-out ones (val, test or all of a new folder)")
     report = calibrate(target, data=data, data_dir=data_dir, split=split, check=check, provider=provider, dry_run=dry_run)
-    if json_:
-        print_json(report)
-    else:
-        _render(report)
+    emit(report, json_, _render)
 
 
 def _render(r: dict[str, Any]) -> None:

@@ -37,6 +37,14 @@ def print_json(obj: Any) -> None:
     sys.stdout.flush()
 
 
+def emit(report: Any, as_json: bool, render: Any) -> None:
+    """A command's result on stdout: one JSON document with --json, else `render(report)`."""
+    if as_json:
+        print_json(report)
+    else:
+        render(report)
+
+
 def human_count(n: int | float) -> str:
     """1116970 -> "1.12M" (for compact table cells)."""
     n = float(n)

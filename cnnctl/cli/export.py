@@ -6,7 +6,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from cnnctl.cli.common import out, print_json
+from cnnctl.cli.common import emit, out
 from cnnctl.cli.completion import choices
 
 
@@ -56,10 +56,7 @@ def export_cmd(
         report = export(target, output, **options)
     else:
         raise UsageError(f"--format must be onnx or triton, got {format_!r}")
-    if json_:
-        print_json(report)
-    else:
-        _render(report)
+    emit(report, json_, _render)
 
 
 def _render(r: dict[str, Any]) -> None:
