@@ -14,7 +14,7 @@ pytestmark = pytest.mark.quick
 
 # A value other than the default for every field, of the field's own type.
 OTHER = {"model": "tiny", "data": "cifar10", "data_dir": "/d", "image_size": "64", "mean": "0.5,0.5,0.5", "std": "0.2,0.2,0.2",
-         "weights": "IMAGENET1K_V1", "init": "runs/x", "cache_dir": "/c", "eval_batch_size": "256"}  # fmt: skip
+         "weights": "IMAGENET1K_V1", "init": "runs/x", "cache_dir": "/c", "eval_batch_size": "256", "class_weights": "effective"}  # fmt: skip
 
 
 def _other(name: str):
