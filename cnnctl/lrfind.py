@@ -125,6 +125,5 @@ def lr_find(cfg: TrainConfig, reporter: Reporter, *, start: float = 1e-7, end: f
     for p, v in zip(points, smoothed):
         p["smoothed"] = float(v)
     min_lr, valley, steepest = suggestions(lrs, smoothed)
-    data = cfg.data if isinstance(cfg.data, str) else str(cfg.data)
-    return LrCurve(cfg.model, data, cfg.optimizer, start, end, steps, state["stop"], points, min_lr, valley, steepest, steepest,
+    return LrCurve(cfg.model, cfg.data, cfg.optimizer, start, end, steps, state["stop"], points, min_lr, valley, steepest, steepest,
                    "steepest: where the smoothed loss falls fastest against log(lr), before its minimum")  # fmt: skip

@@ -94,9 +94,9 @@ class FrontDoor:
             await send(message)
 
         state.stats.requests += 1
-        path = scope["path"]
+        label = route_label(scope["path"])  # once per request: auth, metrics and the log line use it
         try:
-            if state.key is not None and route_label(path) not in OPEN and not self._authorized(scope):
+            if state.key is not None and label not in OPEN and not self._authorized(scope):
                 await JSONResponse({"error": "missing or wrong API key: send 'Authorization: Bearer <key>' (the value of --api-key-env)"},
                                    status_code=401, headers={"WWW-Authenticate": 'Bearer realm="cnnctl"'})(scope, receive, send_logged)  # fmt: skip
             else:
@@ -105,10 +105,9 @@ class FrontDoor:
             seconds = time.perf_counter() - start
             if status[0] >= 400:
                 state.stats.errors += 1
-            label = route_label(path)
             state.metrics.requests.labels(label, str(status[0])).inc()
             state.metrics.latency.labels(label).observe(seconds)
-            self._log(scope, status[0], seconds)
+            self._log(scope, label, status[0], seconds)
 
     def _authorized(self, scope: dict[str, Any]) -> bool:
         assert self.state.key is not None
@@ -118,12 +117,12 @@ class FrontDoor:
                 return scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), self.state.key)
         return False
 
-    def _log(self, scope: dict[str, Any], status: int, seconds: float) -> None:
+    def _log(self, scope: dict[str, Any], label: str, status: int, seconds: float) -> None:
         client = (scope.get("client") or ("-", 0))[0]
         if self.state.cfg.log_format == "json":
             request_id = next((v.decode(errors="replace") for k, v in scope.get("headers", []) if k == b"x-request-id"), None)
             line = {"time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"), "client": client, "method": scope["method"],
-                    "path": scope["path"], "route": route_label(scope["path"]), "status": status, "ms": round(seconds * 1000, 2)}  # fmt: skip
+                    "path": scope["path"], "route": label, "status": status, "ms": round(seconds * 1000, 2)}  # fmt: skip
             if request_id:
                 line["request_id"] = request_id
             log(json.dumps(line))
