@@ -166,8 +166,14 @@ def run_eval(
     tta_flip: bool = False,
     tta_shift: int = 0,
     limit: int = 0,
+    errors_csv: str | None = None,
+    predictions_csv: str | None = None,
+    top_losses: int = 10,
 ) -> dict[str, Any]:
     """The full report of `target` on one split (see docs/eval.md)."""
+    for flag, path in (("--errors", errors_csv), ("--predictions", predictions_csv)):
+        if path and not path.lower().endswith(".csv"):  # before any image is decoded
+            raise UsageError(f"{flag} {path}: writes CSV; give a name ending in .csv")
     model = Target(target, provider, device)
     if tta_shift and min(model.prep.size) <= tta_shift:  # refused before any image is decoded
         raise UsageError(f"--tta-shift {tta_shift} must be smaller than the model's input ({model.prep.size[0]}x{model.prep.size[1]} px); try 1 or 2")
@@ -208,6 +214,13 @@ def run_eval(
     if model.meta.temperature is not None:
         report["ece_uncalibrated"] = calibration(softmax(logits64), targets)["ece"]
         report["loss_calibrated"] = nll(logits64, targets, model.meta.scale)
+    rows = per_image(probs, targets, classes, images.paths or [f"{name}/{split}#{i}" for i in range(len(targets))])
+    report["most_confused"] = most_confused(cm, classes)
+    report["top_losses"] = sorted(rows, key=lambda r: -r["loss"])[:top_losses]
+    if errors_csv:
+        write_rows(errors_csv, [r for r in rows if r["predicted"] != r["true"]])
+    if predictions_csv:
+        write_rows(predictions_csv, rows)
     if misclassified:
         wrong = np.nonzero(preds != targets)[0]
         order = wrong[np.argsort(-probs[wrong, preds[wrong]], kind="stable")][:misclassified]
@@ -235,6 +248,46 @@ def run_eval(
             "seconds": round(time.perf_counter() - start, 3),
         }
     return report
+
+
+ROW_FIELDS = ("path", "true", "predicted", "prob", "true_prob", "loss", "rank")
+
+
+def per_image(probs: np.ndarray, targets: np.ndarray, classes: list[str], paths: list[str]) -> list[dict[str, Any]]:
+    """One row per image: its file, true and predicted label, the predicted label's and the true
+    label's probability, its loss (-log of the true label's probability) and the true label's
+    rank among the classes (1 = the prediction)."""
+    preds = probs.argmax(1)
+    true_p = probs[np.arange(len(targets)), targets]
+    rank = 1 + (probs > true_p[:, None]).sum(1)
+    loss = -np.log(np.clip(true_p, 1e-12, None))
+    return [{"path": paths[i], "true": classes[targets[i]], "predicted": classes[preds[i]], "prob": round(float(probs[i, preds[i]]), 6),
+             "true_prob": round(float(true_p[i]), 6), "loss": round(float(loss[i]), 6), "rank": int(rank[i])} for i in range(len(targets))]  # fmt: skip
+
+
+def most_confused(cm: np.ndarray, classes: list[str], n: int = 10) -> list[dict[str, Any]]:
+    """The class pairs most often mistaken (true -> predicted), largest count first."""
+    off = cm.copy()
+    np.fill_diagonal(off, 0)
+    order = np.argsort(-off, axis=None, kind="stable")[:n]
+    pairs = [np.unravel_index(k, off.shape) for k in order]
+    return [{"true": classes[i], "predicted": classes[j], "count": int(off[i, j])} for i, j in pairs if off[i, j] > 0]
+
+
+def write_rows(path: str, rows: list[dict[str, Any]]) -> None:
+    """--errors / --predictions: the per-image rows as CSV, written atomically."""
+    import csv
+    import io
+
+    from cnnctl.io import write_bytes
+
+    if not path.lower().endswith(".csv"):
+        raise UsageError(f"{path}: --errors and --predictions write CSV; give a name ending in .csv")
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(ROW_FIELDS))
+    writer.writeheader()
+    writer.writerows(rows)
+    write_bytes(path, buf.getvalue().encode())
 
 
 def write_report(report: dict[str, Any], path: str) -> None:

@@ -26,6 +26,9 @@ def eval_cmd(
     limit: Annotated[int, typer.Option("--limit", min=0, help="Evaluate only the first N images of the split (0 = all).")] = 0,
     plot_confusion: Annotated[Optional[str], typer.Option("--plot-confusion", help="Draw the confusion matrix into this .png file.")] = None,
     plot_calibration: Annotated[Optional[str], typer.Option("--plot-calibration", help="Draw the reliability diagram (confidence vs accuracy, ECE) into this .png file.")] = None,
+    errors: Annotated[Optional[str], typer.Option("--errors", help="Write every misclassified image to this CSV: path, true, predicted, prob, true_prob, loss, rank.")] = None,
+    predictions: Annotated[Optional[str], typer.Option("--predictions", help="Write every image's row (as --errors) to this CSV.")] = None,
+    top_losses: Annotated[int, typer.Option("--top-losses", min=0, help="How many of the highest-loss images the report lists by path.")] = 10,
     output: Annotated[Optional[str], typer.Option("--output", "-o", help="Write the report: JSON, or the per-class table as CSV for *.csv.")] = None,
     json_: Annotated[bool, typer.Option("--json", help="Print the whole report as one JSON document.")] = False,
 ) -> None:
@@ -47,6 +50,7 @@ def eval_cmd(
     report = run_eval(
         target, data=data, data_dir=data_dir, split=split, batch_size=batch_size, provider=provider,
         device=device, compare=compare, misclassified=misclassified, tta_flip=tta_flip, tta_shift=tta_shift, limit=limit,
+        errors_csv=errors, predictions_csv=predictions, top_losses=top_losses,
     )  # fmt: skip
     if output:
         write_report(report, output)
@@ -102,6 +106,16 @@ def _render(r: dict[str, Any]) -> None:
         for m in r["misclassified"]:
             mt.add_row(escape(m["source"]), escape(m["true"]), escape(m["predicted"]), f"{m['probability']:.4f}")
         console.print(mt)
+    if r.get("most_confused"):
+        console.print("most confused (true -> predicted): " + ", ".join(f"{escape(p['true'])} -> {escape(p['predicted'])} {p['count']}"
+                                                                       for p in r["most_confused"][:5]), highlight=False)  # fmt: skip
+    if r.get("top_losses"):
+        lt = Table(title="highest losses")
+        for col in ("path", "true", "predicted", "prob", "true prob", "loss"):
+            lt.add_column(col)
+        for m in r["top_losses"][:10]:
+            lt.add_row(escape(m["path"]), escape(m["true"]), escape(m["predicted"]), f"{m['prob']:.4f}", f"{m['true_prob']:.4f}", f"{m['loss']:.3f}")
+        console.print(lt)
     if r.get("compare"):
         c = r["compare"]
         console.print(f"compare {c['target']} ({c['kind']}): top-1 {c['top1']:.4f}, agreement {c['agreement']:.4%}, max |logit diff| {c['max_abs_logit_diff']:.3g}")
