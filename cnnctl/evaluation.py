@@ -274,36 +274,31 @@ def most_confused(cm: np.ndarray, classes: list[str], n: int = 10) -> list[dict[
     return [{"true": classes[i], "predicted": classes[j], "count": int(off[i, j])} for i, j in pairs if off[i, j] > 0]
 
 
-def write_rows(path: str, rows: list[dict[str, Any]]) -> None:
-    """--errors / --predictions: the per-image rows as CSV, written atomically."""
+def write_csv(path: str, fields: list[str], rows: list[dict[str, Any]]) -> None:
+    """Rows as CSV with a header, written atomically (--errors, --predictions, --output *.csv)."""
     import csv
     import io
 
     from cnnctl.io import write_bytes
 
-    if not path.lower().endswith(".csv"):
-        raise UsageError(f"{path}: --errors and --predictions write CSV; give a name ending in .csv")
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(ROW_FIELDS))
+    writer = csv.DictWriter(buf, fieldnames=fields)
     writer.writeheader()
     writer.writerows(rows)
     write_bytes(path, buf.getvalue().encode())
 
 
+def write_rows(path: str, rows: list[dict[str, Any]]) -> None:
+    """--errors / --predictions: the per-image rows (run_eval checked the .csv name before decoding)."""
+    write_csv(path, list(ROW_FIELDS), rows)
+
+
 def write_report(report: dict[str, Any], path: str) -> None:
     """--output: the whole report as JSON, or the per-class table as CSV for a .csv name."""
-    import csv
-    import io
-
-    from cnnctl.io import write_bytes, write_json
+    from cnnctl.io import write_json
 
     if Path(path).suffix.lower() == ".csv":
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=["class", "precision", "recall", "f1", "support"])
-        writer.writeheader()
-        writer.writerows(report["per_class"])
-        for avg, values in report["averages"].items():
-            writer.writerow({"class": f"{avg} avg", **values})
-        write_bytes(path, buf.getvalue().encode())
+        averages = [{"class": f"{avg} avg", **values} for avg, values in report["averages"].items()]
+        write_csv(path, ["class", "precision", "recall", "f1", "support"], report["per_class"] + averages)
     else:
         write_json(path, report)
