@@ -233,25 +233,42 @@ def setup(cfg: TrainConfig, run_dir: Path, resuming: bool, reporter: Reporter, d
     saved state when resuming. Each stage fails before the slower ones after it."""
     hardware = _machine(cfg, device, dist)
     resuming = resuming and (run_dir / "last.safetensors").exists()  # else: stopped before its first epoch
-    weights = pretrained_weights(cfg.model, cfg.weights or "DEFAULT") if (cfg.pretrained or cfg.weights) else None
+    weights = start_weights(cfg)
     cfg = _preprocessing_defaults(cfg, weights)
     data = build(cfg, reporter.log)
     for note in data.notes:
         reporter.log(note)
+    run = prepare(cfg, data, weights, hardware, reporter, device, dist, resuming=resuming)
+    if resuming:
+        run.state, run.history = _resume(run_dir, run.model, run.opt, run.schedule, run.limits, reporter)
+    elif (run_dir / "config.json").exists() and not (run_dir / "last.safetensors").exists():
+        reporter.log(f"{run_dir} has no finished epoch yet; starting from epoch 1")
+    if run.opt.freezer is not None:
+        run.opt.freezer.apply(run.state.epoch + 1)  # before DDP wraps the model: it keeps the trainable set it sees
+    return run
+
+
+def start_weights(cfg: TrainConfig) -> Pretrained | None:
+    """The --pretrained/--weights checkpoint the run starts from, found (or downloaded) before any
+    image is decoded; which weights DEFAULT resolved to is in the log line that loads them."""
+    if not (cfg.pretrained or cfg.weights):
+        return None
+    from cnnctl.weights import fetch_pretrained
+
+    return fetch_pretrained(pretrained_weights(cfg.model, cfg.weights or "DEFAULT"))
+
+
+def prepare(cfg: TrainConfig, data: DataBundle, weights: Pretrained | None, hardware: machine.HardwarePlan, reporter: Reporter,
+            device: torch.device, dist: Dist, *, resuming: bool = False) -> Prepared:  # fmt: skip
+    """The stages after the data: the model and its start weights, optimisation, batches and
+    schedule, for `data` as given (`cnnctl check --labels` calls this once per fold)."""
     hardware = dataclasses.replace(hardware, eval_batch=machine.eval_batch(cfg.eval_batch_size, cfg.model, data.input_shape, len(data.classes), device.type))
     reporter.log(hardware.summary())
     start = _start(cfg, data, weights, resuming, device, reporter)
     opt = _optimisation(cfg, start.model, data, hardware, reporter.log)
     train_batches, val_batches = _batches(cfg, data, hardware, device, dist)
     schedule, limits = _schedule(cfg, train_batches)
-    state, history = LoopState(), History()
-    if resuming:
-        state, history = _resume(run_dir, start.model, opt, schedule, limits, reporter)
-    elif (run_dir / "config.json").exists() and not (run_dir / "last.safetensors").exists():
-        reporter.log(f"{run_dir} has no finished epoch yet; starting from epoch 1")
-    if opt.freezer is not None:
-        opt.freezer.apply(state.epoch + 1)  # before DDP wraps the model: it keeps the trainable set it sees
-    return Prepared(cfg, hardware, data, start, opt, schedule, limits, train_batches, val_batches, state, history)
+    return Prepared(cfg, hardware, data, start, opt, schedule, limits, train_batches, val_batches, LoopState(), History())
 
 
 def _machine(cfg: TrainConfig, device: torch.device, dist: Dist) -> machine.HardwarePlan:

@@ -154,8 +154,10 @@ def pretrained_weights(model_name: str, choice: str) -> Pretrained:
     )  # fmt: skip
 
 
-def load_pretrained(model: nn.Module, weights: Pretrained) -> InitReport:
-    """Load torchvision's weights from the torch hub cache (downloading them when possible)."""
+def fetch_pretrained(weights: Pretrained) -> Pretrained:
+    """Make sure the weights file is in the torch hub cache, downloading it when possible; refuse
+    in one line naming the URL and the place for the file otherwise. Called before any image is
+    decoded, so a missing file costs nothing."""
     if not weights.file.is_file():
         try:
             torch.hub.download_url_to_file(weights.url, str(weights.file), progress=False)
@@ -165,6 +167,12 @@ def load_pretrained(model: nn.Module, weights: Pretrained) -> InitReport:
                 f"{weights.name} is not in the torch hub cache and could not be downloaded ({type(exc).__name__}); "
                 f"fetch {weights.url} and save it as {weights.file} (TORCH_HOME sets the cache folder)"
             ) from None
+    return weights
+
+
+def load_pretrained(model: nn.Module, weights: Pretrained) -> InitReport:
+    """Load torchvision's weights from the torch hub cache (downloading them when possible)."""
+    fetch_pretrained(weights)
     try:
         # weights_only: the restricted unpickler that loads tensors and plain containers, no code.
         state = torch.load(str(weights.file), map_location="cpu", weights_only=True)

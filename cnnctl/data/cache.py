@@ -28,7 +28,6 @@ import hashlib
 import json
 import os
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
@@ -37,6 +36,7 @@ import numpy as np
 import torch
 
 from cnnctl.errors import DataError
+from cnnctl.meter import Meter
 from cnnctl.preprocess import Preprocess, load_image
 
 FORMAT = 2
@@ -192,7 +192,7 @@ def _decode_rows_in_processes(files: list[str], prep: Preprocess, tmp: Path, sha
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    meter = _Meter(len(files), where)
+    meter = Meter(len(files), f"into {where}")
     failed: dict[int, str] = {}
     workers = max(1, min(len(files) // WINDOW + 1, os.cpu_count() or 1))
     if workers == 1:
@@ -228,7 +228,7 @@ def _decode_in_memory(files: list[str], prep: Preprocess, key: str, log: Log) ->
         return None
 
     failed: dict[int, str] = {}
-    meter = _Meter(len(files), "memory")
+    meter = Meter(len(files), "into memory")
     with ThreadPoolExecutor(max_workers=max(1, min(16, (os.cpu_count() or 1) * 2))) as pool:
         for start in range(0, len(files), WINDOW):
             rows = range(start, min(len(files), start + WINDOW))
@@ -238,28 +238,3 @@ def _decode_in_memory(files: list[str], prep: Preprocess, key: str, log: Log) ->
             meter.update(rows.stop)
     log(meter.summary())
     return Pixels(torch.from_numpy(out), failed, key, None)
-
-
-class _Meter:
-    """Decode progress: a self-rewriting line on a terminal (images/s, ETA), nothing otherwise."""
-
-    def __init__(self, total: int, where: str) -> None:
-        self.total, self.where = total, where
-        self.start = self.last = time.perf_counter()
-        self.tty = sys.stderr.isatty()
-
-    def update(self, done: int) -> None:
-        now = time.perf_counter()
-        if not self.tty or (now - self.last < 0.25 and done < self.total):
-            return
-        self.last = now
-        rate = done / max(1e-9, now - self.start)
-        eta = (self.total - done) / max(1e-9, rate)
-        sys.stderr.write(f"\rdecoding images {done}/{self.total}  {rate:.0f} img/s  ETA {eta:.0f}s ")
-        if done >= self.total:
-            sys.stderr.write("\r\033[K")
-        sys.stderr.flush()
-
-    def summary(self) -> str:
-        seconds = time.perf_counter() - self.start
-        return f"decoded {self.total} images in {seconds:.1f}s ({self.total / max(1e-9, seconds):.0f} img/s) into {self.where}"

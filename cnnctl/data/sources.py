@@ -17,19 +17,10 @@ import numpy as np
 import torch
 
 from cnnctl.errors import DataError, UsageError
+from cnnctl.layout import DIGIT_SETS, NAMED_SETS, SPLIT_DIRS, TORCHVISION_SETS, FolderLayout, class_dirs, folder_layout, short  # noqa: F401 (re-exported)
 from cnnctl.preprocess import IMAGE_SUFFIXES, Preprocess, decode
 
 BUILTIN = Path(__file__).parent / "builtin"
-TORCHVISION_SETS = {
-    "mnist": ("MNIST", 1, 28),
-    "fashion-mnist": ("FashionMNIST", 1, 28),
-    "kmnist": ("KMNIST", 1, 28),
-    "cifar10": ("CIFAR10", 3, 32),
-    "cifar100": ("CIFAR100", 3, 32),
-}
-# Data sets of handwritten characters, where a horizontal flip makes a different (or no) symbol.
-DIGIT_SETS = {"mnist", "kmnist", "mnist-mini"}
-NAMED_SETS = ("mnist-mini", *TORCHVISION_SETS)
 
 
 @dataclass
@@ -148,55 +139,6 @@ def torchvision_set(name: str, data_dir: str, download: bool) -> Source:
     return Source(name, classes, splits[0], splits[1], None, channels, (side, side))
 
 
-SPLIT_DIRS = ("train", "val", "test")
-
-
-def _class_dirs(root: Path) -> list[Path]:
-    try:
-        return sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")), key=lambda p: p.name)
-    except PermissionError as exc:
-        raise DataError(f"{root}: permission denied") from exc
-
-
-def _short(names: list[str]) -> str:
-    return f"{names[:5]}{'...' if len(names) > 5 else ''}"
-
-
-@dataclass
-class FolderLayout:
-    """An image folder as found on disk: ROOT/<class>/... (plain) or ROOT/{train,val,test}/<class>/..."""
-
-    root: Path
-    splits: dict[str, Path]  # empty for a plain folder of class subfolders
-
-    def classes_of(self, directory: Path) -> list[str]:
-        return [p.name for p in _class_dirs(directory)]
-
-
-def folder_layout(path: str) -> FolderLayout:
-    """Look at a folder and say how it is laid out; refuse layouts whose classes would be guessed.
-
-    A subfolder named train, val or test counts as a split when it holds class subfolders itself;
-    a folder that mixes such splits with other subfolders is refused rather than read one way
-    (the other subfolders as classes, the splits as classes too) that mislabels every image.
-    """
-    root = Path(path)
-    if not root.is_dir():
-        raise DataError(
-            f"data {path!r} is neither a known data set ({', '.join(NAMED_SETS)}) nor a folder; "
-            f"give an image folder with one subfolder per class"
-        )
-    dirs = _class_dirs(root)
-    splits = {p.name: p for p in dirs if p.name in SPLIT_DIRS and _class_dirs(p)}
-    others = [p.name for p in dirs if p.name not in splits]
-    if splits and others:
-        raise DataError(
-            f"{root} mixes split folders ({', '.join(splits)}) with other folders ({', '.join(others[:5])}); "
-            f"put the class folders under {root}/train/ (and val/, test/), or point --data at one folder of class subfolders"
-        )
-    return FolderLayout(root, splits)
-
-
 def _list_files(root: Path, classes: list[str], labels_of: list[int]) -> tuple[list[str], list[int]]:
     """Image files under root/<class>/ (recursively, sorted), labelled `labels_of[i]` for classes[i]."""
     # Plain strings and os.walk: pathlib costs seconds on 60,000 files.
@@ -222,12 +164,12 @@ def folder_split(directory: Path, classes: list[str], prep: Preprocess, cache_di
     Labels come from this listing, now: the decode cache holds pixels only. Class folders that
     `classes` lacks are refused (`owner` names whose class list it is, for the message).
     """
-    present = [p.name for p in _class_dirs(directory)]
+    present = [p.name for p in class_dirs(directory)]
     if not present:
         raise DataError(f"{directory}: no class subfolders; put images in {directory}/<class name>/")
     unknown = [c for c in present if c not in classes]
     if unknown:
-        raise DataError(f"{directory} has classes {_short(unknown)} that {owner or 'the class list'} lacks (it has {_short(classes)})")
+        raise DataError(f"{directory} has classes {short(unknown)} that {owner or 'the class list'} lacks (it has {short(classes)})")
     files, labels = _list_files(directory, present, [classes.index(c) for c in present])
     if not files:
         raise DataError(f"{directory}: no image files ({', '.join(IMAGE_SUFFIXES[:4])}, ...) in its class folders")

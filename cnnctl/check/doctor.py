@@ -1,0 +1,234 @@
+"""`cnnctl check`: the data doctor's report over one or more image folders (or torchvision sets).
+
+It reads every file once (scan.py), never writes to the data, and reports findings with a level:
+- error: what a script should stop for (`--strict` exits 1): files training cannot read
+  (zero-byte, undecodable, truncated, over the pixel limit), duplicates that leak between roots
+  (train vs test vs holdout), duplicates that carry different labels;
+- warning: what changes results quietly: non-image files in class folders, duplicates within a
+  root, EXIF rotations (training reads stored pixels), CMYK/palette/alpha/16-bit files (converted),
+  class imbalance, empty classes, huge files, suspected label errors (`--labels`);
+- info: the statistics (class counts, sizes and aspect ratios, modes, formats).
+
+A root is one folder of class subfolders: DATA itself, or each of its train/val/test splits, and
+each `--against` folder (or its splits): duplicates across them are leakage.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from cnnctl.check.duplicates import Group, Item, find_groups
+from cnnctl.check.scan import GRAY_MODES, HIGH_DEPTH_MODES, HUGE_BYTES, ORIENTATIONS, FileRecord, scan
+from cnnctl.errors import DataError
+
+FORMAT = 1
+NEAR_DEFAULT = 6  # bits of 64: re-encoded/resized copies measure 0-2, distinct photos >= 12 (docs/check.md)
+IMBALANCE_WARN = 3.0
+EXAMPLES = 5
+Log = Callable[[str], None]
+
+
+@dataclass
+class Root:
+    """One folder of class subfolders (or one split of a named set) and what was found in it."""
+
+    name: str
+    path: str
+    classes: list[str]
+    records: list[FileRecord]
+    labels: list[str]  # per record: its class folder
+
+
+def resolve_roots(target: str, data_dir: str = "", download: bool = False) -> list[tuple[str, str]]:
+    """(name, path) of each root `target` stands for: a plain folder, or each split of one."""
+    from cnnctl.layout import NAMED_SETS, folder_layout
+
+    if target in NAMED_SETS and not os.path.isdir(target):
+        return [(f"{target}/train", f"{target}:train"), (f"{target}/test", f"{target}:test")]
+    layout = folder_layout(target)
+    if layout.splits:
+        return [(os.path.join(target, name), str(path)) for name, path in layout.splits.items()]
+    return [(target, str(layout.root))]
+
+
+def _scan_folder(name: str, path: str, workers: int, log: Log) -> Root:
+    from cnnctl.check.scan import list_files
+
+    found = list(list_files(path))
+    if not found:
+        raise DataError(f"{path}: no class subfolders with files; put images in {path}/<class name>/")
+    classes = sorted({label for label, _ in found})
+    records = scan([p for _, p in found], workers=workers, log=lambda m: log(f"{name}: {m}"))
+    return Root(name, path, classes, records, [label for label, _ in found])
+
+
+def _scan_named(name: str, spec: str, data_dir: str, download: bool, log: Log) -> Root:
+    """A torchvision set's split, hashed from its pixel arrays (no files to check)."""
+    import hashlib
+
+    from PIL import Image
+
+    from cnnctl.check.phash import phash, thumbnail
+    from cnnctl.data.sources import load_source
+
+    set_name, split = spec.split(":")
+    src = load_source(set_name, data_dir or "data", download)
+    part = src.train if split == "train" else src.test
+    if part is None:
+        raise DataError(f"{set_name} has no {split} split")
+    x = part.x.numpy()
+    records = []
+    for i in range(len(x)):
+        arr = x[i, 0] if x.shape[1] == 1 else x[i].transpose(1, 2, 0)
+        h, w = arr.shape[:2]
+        records.append(FileRecord(f"{name}#{i}", "ok", arr.nbytes, hashlib.blake2b(arr.tobytes(), digest_size=16).hexdigest(),
+                                  mode="L" if x.shape[1] == 1 else "RGB", width=w, height=h, phash=phash(im := Image.fromarray(arr)), thumb=thumbnail(im)))  # fmt: skip
+    labels = [src.classes[int(v)] for v in part.y.tolist()]
+    log(f"{name}: hashed {len(records)} images")
+    return Root(name, spec, list(src.classes), records, labels)
+
+
+def check(target: str, against: Sequence[str] = (), *, near: int = NEAR_DEFAULT, workers: int = 0, data_dir: str = "",
+          download: bool = False, log: Log = lambda m: None) -> tuple[dict[str, Any], list[Root], list[Item]]:  # fmt: skip
+    """Scan every root of `target` and `against`; return the report, the roots and the decodable items."""
+    if not 0 <= near <= 32 and near != -1:
+        raise DataError(f"--near {near}: give a Hamming distance between 0 and 32 bits (of 64), or -1 to skip near-duplicates")
+    specs: list[tuple[str, str]] = []
+    for t in (target, *against):
+        for name, path in resolve_roots(t):
+            if any(os.path.realpath(path) == os.path.realpath(p) for _, p in specs):
+                raise DataError(f"{path} is named twice (as {name}); give each folder once")
+            specs.append((name, path))
+    roots = [_scan_named(n, p, data_dir, download, log) if ":" in p and not os.path.isdir(p) else _scan_folder(n, p, workers, log)
+             for n, p in specs]  # fmt: skip
+    items = [Item(r, root.labels[k], rec.path, rec.digest, rec.phash, rec.thumb) for r, root in enumerate(roots)
+             for k, rec in enumerate(root.records) if rec.decodes and rec.phash is not None]  # fmt: skip
+    groups = find_groups(items, near)
+    return report(roots, items, groups, near), roots, items
+
+
+def _stats(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {}
+    a = np.asarray(values, dtype=np.float64)
+    return {"min": float(a.min()), "p5": float(np.percentile(a, 5)), "median": float(np.median(a)),
+            "p95": float(np.percentile(a, 95)), "max": float(a.max())}  # fmt: skip
+
+
+def _finding(kind: str, level: str, message: str, paths: list[str]) -> dict[str, Any]:
+    return {"kind": kind, "level": level, "count": len(paths), "message": message, "examples": paths[:EXAMPLES]}
+
+
+PROBLEMS = {
+    "zero-byte": ("error", "empty (zero-byte) files: training skips them"),
+    "undecodable": ("error", "files that do not decode as images: training skips them"),
+    "truncated": ("error", "truncated images (the file ends early): training skips them"),
+    "too-large": ("error", "images over cnnctl's pixel limit: training refuses them"),
+    "not-image": ("warning", "files in class folders that training ignores (not an image suffix)"),
+}
+
+
+def report(roots: list[Root], items: list[Item], groups: list[Group], near: int) -> dict[str, Any]:
+    names = [r.name for r in roots]
+    records = [rec for root in roots for rec in root.records]
+    ok = [rec for rec in records if rec.decodes]
+    findings: list[dict[str, Any]] = []
+    for status, (level, text) in PROBLEMS.items():
+        bad = [rec.path for rec in records if rec.status == status]
+        if bad:
+            findings.append(_finding(status, level, f"{len(bad)} {text}", bad))
+    # Non-image files (e.g. Thumbs.db) are only worth a line when they are not obviously junk.
+    per_root = []
+    for root in roots:
+        counts = Counter(label for label, rec in zip(root.labels, root.records) if rec.decodes)
+        classes = {c: counts.get(c, 0) for c in root.classes}
+        nonzero = [v for v in classes.values() if v]
+        ratio = max(nonzero) / min(nonzero) if nonzero else 0.0
+        per_root.append({"name": root.name, "path": root.path, "files": len(root.records), "images": sum(classes.values()),
+                         "classes": classes, "imbalance_ratio": round(ratio, 3)})  # fmt: skip
+        empty = [c for c, v in classes.items() if v == 0]
+        if empty:
+            findings.append(_finding("empty-class", "warning", f"{root.name}: {len(empty)} class folder(s) with no readable image: {', '.join(empty[:5])}",
+                                     [os.path.join(root.path, c) for c in empty]))  # fmt: skip
+        if ratio >= IMBALANCE_WARN:
+            big, small = max(classes, key=classes.get), min((c for c in classes if classes[c]), key=classes.get)
+            findings.append(_finding("imbalance", "warning", f"{root.name}: classes are imbalanced {ratio:.1f}:1 ({big} {classes[big]}, {small} {classes[small]}); "
+                                     f"consider --class-weights auto or --sampler balanced, and macro recall over accuracy", []))  # fmt: skip
+    leaks = [g for g in groups if g.across_roots]
+    conflicts = [g for g in groups if g.conflicting]
+    inside = [g for g in groups if not g.across_roots and not g.conflicting]
+    member_paths = lambda gs: [items[i].path for g in gs for i in g.members]  # noqa: E731
+    if leaks:
+        pairs = Counter(" & ".join(names[r] for r in g.roots) for g in leaks)
+        findings.append(_finding("leak", "error", f"{len(leaks)} duplicate group(s) span roots ({'; '.join(f'{k}: {v}' for k, v in pairs.most_common(3))}): "
+                                 f"held-out scores are inflated; remove the copies from one side", member_paths(leaks)))  # fmt: skip
+    if conflicts:
+        findings.append(_finding("conflicting-labels", "error", f"{len(conflicts)} duplicate group(s) carry different labels: "
+                                 f"the same picture cannot be both; keep one copy in the right class", member_paths(conflicts)))  # fmt: skip
+    if inside:
+        extra = sum(len(g.members) - 1 for g in inside)
+        findings.append(_finding("duplicate", "warning", f"{len(inside)} duplicate group(s) within one root and class ({extra} extra copies): "
+                                 f"they weigh those pictures more", member_paths(inside)))  # fmt: skip
+    rotated = [rec.path for rec in ok if rec.orientation in ORIENTATIONS]
+    if rotated:
+        kinds = Counter(ORIENTATIONS[rec.orientation] for rec in ok if rec.orientation in ORIENTATIONS)
+        findings.append(_finding("exif-rotated", "warning", f"{len(rotated)} image(s) carry an EXIF rotation ({', '.join(f'{k} {v}' for k, v in kinds.most_common())}): "
+                                 f"viewers turn them, training reads the stored pixels; rotate them on disk if the turned view is right", rotated))  # fmt: skip
+    modes = Counter(rec.mode for rec in ok)
+    odd = {
+        "cmyk": ([r.path for r in ok if r.mode == "CMYK"], "CMYK image(s), converted to RGB (colours may shift)"),
+        "palette": ([r.path for r in ok if r.mode == "P"], "palette image(s), converted"),
+        "alpha": ([r.path for r in ok if r.alpha], "image(s) with transparency, composited on black"),
+        "high-bit-depth": ([r.path for r in ok if r.mode in HIGH_DEPTH_MODES], "16-/32-bit image(s), reduced to 8 bits"),
+    }
+    for kind, (paths, text) in odd.items():
+        if paths:
+            findings.append(_finding(kind, "warning", f"{len(paths)} {text}", paths))
+    looks = Counter("grayscale" if r.mode in GRAY_MODES else "colour" for r in ok)
+    if len(looks) > 1:
+        minority = min(looks, key=looks.get)
+        findings.append(_finding("mixed-modes", "warning", f"grayscale and colour files are mixed ({dict(looks)}): the {minority} ones are converted",
+                                 [r.path for r in ok if ("grayscale" if r.mode in GRAY_MODES else "colour") == minority]))  # fmt: skip
+    huge = [r.path for r in records if r.bytes > HUGE_BYTES]
+    if huge:
+        findings.append(_finding("huge-file", "warning", f"{len(huge)} file(s) over {HUGE_BYTES >> 20} MB", huge))
+    sizes = Counter((r.width, r.height) for r in ok)
+    order = {"error": 0, "warning": 1, "info": 2}
+    findings.sort(key=lambda f: order[f["level"]])
+    return {
+        "format": FORMAT,
+        "roots": per_root,
+        "files": len(records),
+        "images": len(ok),
+        "sizes": {"width": _stats([r.width for r in ok]), "height": _stats([r.height for r in ok]),
+                  "aspect": _stats([r.width / r.height for r in ok if r.height]), "distinct": len(sizes),
+                  "most_common": [[w, h, n] for (w, h), n in sizes.most_common(5)]},  # fmt: skip
+        "modes": dict(modes.most_common()),
+        "formats": dict(Counter(r.format for r in ok).most_common()),
+        "near_distance": near,
+        "findings": findings,
+        "problems": [{"path": r.path, "status": r.status, "error": r.error, "bytes": r.bytes} for r in records if not r.decodes],
+        "duplicates": [g.to_dict(items, names) for g in groups],
+        "errors": sum(1 for f in findings if f["level"] == "error"),
+        "warnings": sum(1 for f in findings if f["level"] == "warning"),
+    }
+
+
+def add_label_issues(report: dict[str, Any], root: Root, opts: Any, log: Log) -> None:
+    """Run the label-issue search on `root` (the first root: DATA or its train split) and add
+    its suspects to the report, as `labels` and as a warning finding."""
+    from cnnctl.check.labels import label_issues
+
+    gray = sum(1 for rec in root.records if rec.decodes and rec.mode in GRAY_MODES) > 0.9 * max(1, sum(r.decodes for r in root.records))
+    path = root.path if ":" not in root.path or os.path.isdir(root.path) else root.path.split(":")[0]
+    result = label_issues(path, opts, gray, log)
+    report["labels"] = result
+    if result["issues"]:
+        report["findings"].append(_finding("label-issues", "warning", f"{result['issues']} image(s) in {root.name} look mislabelled "
+                                           f"({result['method']}); review them (cnnctl review) before training", [s["path"] for s in result["suspects"]]))  # fmt: skip
+        report["warnings"] += 1
