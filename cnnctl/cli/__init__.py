@@ -42,9 +42,9 @@ def _root(
 
 
 def _register() -> None:
-    from cnnctl.cli import calibrate, check, env, eval, explain, export, lrfind, models, plot, predict, recipes, serve, shapes, train
+    from cnnctl.cli import calibrate, check, env, eval, explain, export, lrfind, models, plot, predict, recipes, review, serve, shapes, train
 
-    for module in (models, shapes, check, train, lrfind, eval, calibrate, explain, export, predict, serve, plot, env, recipes):
+    for module in (models, shapes, check, train, lrfind, eval, calibrate, explain, export, predict, serve, review, plot, env, recipes):
         module.register(app)
 
 

@@ -1,0 +1,192 @@
+"""`cnnctl review`: the page's API, the change log, apply and undo, and the round trip in a real browser."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import PETS_MINI, ROOT, assert_user_error, run_cli
+from tests.serve.test_server import BROWSER_FLAGS, _chromium, free_port
+
+
+def tree(root: Path) -> dict[str, str]:
+    """Every file under root (relative path -> content hash): "the folder is as before"."""
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture()
+def pets(tmp_path) -> Path:
+    data = tmp_path / "pets"
+    shutil.copytree(PETS_MINI, data)
+    return data
+
+
+@pytest.fixture(scope="module")
+def suspects(tmp_path_factory) -> Path:
+    """`cnnctl check --labels --json` of the photos, as a user would write it."""
+    path = tmp_path_factory.mktemp("suspects") / "suspects.json"
+    proc = run_cli("check", PETS_MINI, "--labels", "--epochs", "2", "--json")
+    assert proc.returncode == 0, proc.stderr
+    path.write_text(proc.stdout)
+    return path
+
+
+def _relocate(suspects: Path, data: Path, tmp_path: Path) -> Path:
+    """The suspects file with its paths pointing into the copy `data` of PETS_MINI."""
+    text = suspects.read_text().replace(str(PETS_MINI), str(data))
+    out = tmp_path / "suspects.json"
+    out.write_text(text)
+    return out
+
+
+def test_the_api_lists_items_serves_files_and_heatmaps_and_logs_each_mark(photo_run, pets, suspects, tmp_path):
+    from starlette.testclient import TestClient
+
+    from cnnctl.review.app import Review, create_app
+    from cnnctl.review.items import build_items
+
+    items, classes = build_items(str(photo_run), str(pets), labels=str(_relocate(suspects, pets, tmp_path)), top=10)
+    assert classes == ["Cat", "Dog"] and len(items) >= 10
+    assert all(Path(it["path"]).is_file() and it["rel"].split("/")[0] == it["given"] for it in items)
+    assert any("label-issue" in it["sources"] for it in items) and any("top-loss" in it["sources"] for it in items)
+    losses = [it["loss"] for it in items if "top-loss" in it["sources"]]
+    log = tmp_path / "log.json"
+    client = TestClient(create_app(Review(str(photo_run), str(pets), items, classes, str(log))))
+    listing = client.get("/api/items").json()
+    assert len(listing["items"]) == len(items) and listing["decisions"] == {} and max(losses) == items[0]["loss"]
+    first = items[0]
+    assert client.get("/image/0").content == Path(first["path"]).read_bytes()
+    cam = client.get("/cam/0.png")
+    assert cam.status_code == 200 and cam.content[:8] == b"\x89PNG\r\n\x1a\n"
+    assert client.get("/image/999").status_code == 404 and client.get("/image/..%2F..%2Fetc%2Fpasswd").status_code == 404
+    other = "Dog" if first["given"] == "Cat" else "Cat"
+    assert client.post("/api/decisions", json={"id": 0, "action": "relabel", "to": other}).json()["to"] == other
+    assert client.post("/api/decisions", json={"id": 1, "action": "remove"}).status_code == 200
+    assert client.post("/api/decisions", json={"id": 1, "action": "explode"}).status_code == 400
+    assert client.post("/api/decisions", json={"id": 2, "action": "relabel", "to": "Horse"}).status_code == 400
+    assert client.post("/api/decisions", content=b"{").status_code == 400
+    saved = json.loads(log.read_text())
+    assert saved["data"] == str(pets) and saved["decisions"] == {first["rel"]: {"action": "relabel", "to": other}, items[1]["rel"]: {"action": "remove"}}
+
+
+def _log(data: Path, decisions: dict) -> dict:
+    return {"format": 1, "data": str(data), "classes": ["Cat", "Dog"], "decisions": decisions}
+
+
+def test_apply_moves_files_and_undo_puts_the_folder_back(pets, tmp_path):
+    before = tree(pets.parent)
+    log = tmp_path / "log.json"
+    log.write_text(json.dumps(_log(pets, {"Cat/3.jpg": {"action": "relabel", "to": "Dog"}, "Dog/7.jpg": {"action": "remove"},
+                                          "Dog/8.jpg": {"action": "fine"}})))  # fmt: skip
+    proc = run_cli("review", "--apply", log, "--json")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["applied"] == 2 and result["decisions"] == {"relabel": 1, "remove": 1, "fine": 1}
+    assert (pets / "Dog" / "3.from-Cat.jpg").is_file() and not (pets / "Cat" / "3.jpg").exists()  # Dog/3.jpg is another photo
+    assert (pets.parent / "pets-quarantine" / "Dog" / "7.jpg").is_file() and not (pets / "Dog" / "7.jpg").exists()
+    assert_user_error(run_cli("review", "--apply", log), "applied already")
+    assert run_cli("review", "--undo", result["undo"]).returncode == 0
+    after = tree(pets.parent)
+    assert {k: v for k, v in after.items() if not k.startswith("pets-quarantine") and "log" not in k} == \
+        {k: v for k, v in before.items() if "log" not in k}  # fmt: skip
+    assert_user_error(run_cli("review", "--undo", result["undo"]), "undone already")
+
+
+def test_a_log_that_cannot_be_applied_whole_changes_nothing(pets, tmp_path):
+    before = tree(pets)
+    log = tmp_path / "log.json"
+    shutil.copy(pets / "Cat" / "5.jpg", pets / "Dog" / "5.from-Cat.jpg")  # with Dog/5.jpg: both names taken
+    before = tree(pets)
+    log.write_text(json.dumps(_log(pets, {"Cat/4.jpg": {"action": "remove"}, "Cat/5.jpg": {"action": "relabel", "to": "Dog"}})))
+    assert_user_error(run_cli("review", "--apply", log), "already exists")
+    log.write_text(json.dumps(_log(pets, {"Cat/4.jpg": {"action": "remove"}, "Cat/99.jpg": {"action": "remove"}})))
+    assert_user_error(run_cli("review", "--apply", log), "no longer there")
+    log.write_text(json.dumps(_log(pets, {"../../etc/passwd": {"action": "remove"}})))
+    assert_user_error(run_cli("review", "--apply", log), "not a path inside")
+    assert tree(pets) == before and not (tmp_path / "log.undo.json").exists()
+
+
+def test_a_failed_move_midway_is_rolled_back(pets, tmp_path, monkeypatch):
+    import os
+
+    from cnnctl.errors import DataError
+    from cnnctl.review import changes
+
+    before = tree(pets)
+    log = tmp_path / "log.json"
+    log.write_text(json.dumps(_log(pets, {f"Cat/{i}.jpg": {"action": "remove"} for i in range(5)})))
+    real, calls = os.rename, []
+
+    def flaky(src, dst):
+        calls.append(src)
+        if len(calls) == 4:
+            raise OSError(5, "Input/output error")
+        real(src, dst)
+
+    monkeypatch.setattr(changes.os, "rename", flaky)
+    with pytest.raises(DataError, match="moved back"):
+        changes.apply_log(str(log))
+    monkeypatch.undo()
+    assert tree(pets) == before and not (tmp_path / "log.undo.json").exists()
+
+
+@pytest.mark.skipif(_chromium() is None, reason="no chromium here (apt-get install chromium; .ci/run installs it)")
+def test_mark_apply_and_undo_through_the_page_in_a_real_browser(photo_run, pets, tmp_path):
+    playwright = pytest.importorskip("playwright.sync_api", reason="pip install playwright (the dev extra has it)")
+    before = tree(pets)
+    port, log = free_port(), tmp_path / "review-log.json"
+    proc = subprocess.Popen([sys.executable, "-m", "cnnctl", "review", str(photo_run), "--data", str(pets), "--top", "6", "--port", str(port),
+                             "--log", str(log)], cwd=ROOT, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    err: list[str] = []
+    threading.Thread(target=lambda: err.extend(proc.stderr), daemon=True).start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            assert proc.poll() is None, "".join(err)
+            try:
+                items = httpx.get(url + "/api/items", timeout=2).json()["items"]
+                break
+            except httpx.HTTPError:
+                assert time.monotonic() < deadline, "".join(err)
+                time.sleep(0.2)
+        with playwright.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=_chromium(), args=BROWSER_FLAGS)
+            page = browser.new_page()
+            page.goto(url + "/")
+            page.wait_for_selector("#grid[data-ready='1']")
+            cards = page.locator(".card")
+            assert cards.count() == 6
+            page.wait_for_function("[...document.querySelectorAll('img.cam')].every(i => i.complete && i.naturalWidth > 0)", timeout=60000)
+            cards.nth(0).locator("button.remove").click()
+            cards.nth(1).locator("button.relabel").click()  # to the preselected other class
+            cards.nth(2).locator("button.fine").click()
+            page.wait_for_selector("#summary[data-marked='3']")
+            pair = items[0]["given"] + " \u2192 " + items[0]["predicted"]
+            page.select_option("#pair", pair)
+            shown = page.locator(".card").count()
+            browser.close()
+        assert shown == sum(1 for it in items if it["given"] + " \u2192 " + it["predicted"] == pair)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    decisions = json.loads(log.read_text())["decisions"]
+    assert [decisions[items[i]["rel"]]["action"] for i in range(3)] == ["remove", "relabel", "fine"]
+    assert decisions[items[1]["rel"]]["to"] != items[1]["given"]
+    applied = run_cli("review", "--apply", log, "--json")
+    assert applied.returncode == 0, applied.stderr
+    moved = json.loads(applied.stdout)
+    assert moved["applied"] == 2 and not (pets / items[0]["rel"]).exists()
+    assert (pets.parent / "pets-quarantine" / items[0]["rel"]).is_file()
+    assert run_cli("review", "--undo", moved["undo"]).returncode == 0
+    assert tree(pets) == before
