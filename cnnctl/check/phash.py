@@ -63,11 +63,16 @@ def popcount(x: np.ndarray) -> np.ndarray:
     return (x * np.uint64(0x0101010101010101)) >> np.uint64(56)
 
 
-def close_pairs(hashes: np.ndarray, max_distance: int, rows: int = 2048) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+# Elements of one block of XORed hashes (uint64): 32 MiB, whatever the number of images.
+BLOCK = 1 << 22
+
+
+def close_pairs(hashes: np.ndarray, max_distance: int, rows: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Every pair i < j with Hamming(hashes[i], hashes[j]) <= max_distance, as (i, j, distance)
-    arrays, one block of `rows` rows at a time: memory stays at rows x N bytes, whatever N."""
+    arrays, `rows` rows at a time (0: as many as keep a block at BLOCK elements)."""
     h = np.ascontiguousarray(hashes, dtype=np.uint64)
     n = len(h)
+    rows = rows or max(1, BLOCK // max(1, n))
     for start in range(0, n, rows):
         block = h[start:start + rows]
         d = popcount(block[:, None] ^ h[None, start:])  # against itself and everything after it
