@@ -231,13 +231,8 @@ def setup(cfg: TrainConfig, run_dir: Path, resuming: bool, reporter: Reporter, d
     """Everything before the first step, in stages: the machine's choices, the start weights'
     preprocessing, data, model and start weights, optimisation, batches and schedule, and the
     saved state when resuming. Each stage fails before the slower ones after it."""
-    hardware = _machine(cfg, device, dist)
     resuming = resuming and (run_dir / "last.safetensors").exists()  # else: stopped before its first epoch
-    weights = start_weights(cfg)
-    cfg = _preprocessing_defaults(cfg, weights)
-    data = build(cfg, reporter.log)
-    for note in data.notes:
-        reporter.log(note)
+    cfg, hardware, weights, data = setup_data(cfg, reporter, device, dist)
     run = prepare(cfg, data, weights, hardware, reporter, device, dist, resuming=resuming)
     if resuming:
         run.state, run.history = _resume(run_dir, run.model, run.opt, run.schedule, run.limits, reporter)
@@ -246,6 +241,20 @@ def setup(cfg: TrainConfig, run_dir: Path, resuming: bool, reporter: Reporter, d
     if run.opt.freezer is not None:
         run.opt.freezer.apply(run.state.epoch + 1)  # before DDP wraps the model: it keeps the trainable set it sees
     return run
+
+
+def setup_data(cfg: TrainConfig, reporter: Reporter, device: torch.device,
+               dist: Dist) -> tuple[TrainConfig, machine.HardwarePlan, Pretrained | None, DataBundle]:  # fmt: skip
+    """The stages before the model: the machine's choices, the start weights (found before any
+    image is decoded), the preprocessing they imply, and the data. Returns the config with that
+    preprocessing filled in (`cnnctl check --labels` starts here too)."""
+    hardware = _machine(cfg, device, dist)
+    weights = start_weights(cfg)
+    cfg = _preprocessing_defaults(cfg, weights)
+    data = build(cfg, reporter.log)
+    for note in data.notes:
+        reporter.log(note)
+    return cfg, hardware, weights, data
 
 
 def start_weights(cfg: TrainConfig) -> Pretrained | None:

@@ -3,7 +3,7 @@
 Every image gets a predicted probability from a model that never trained on it (k-fold: each
 fold is predicted by a model trained on the other folds), then confident learning (confident.py)
 picks and ranks the suspects. Two ways to get the probabilities, both through cnnctl's own setup
-(`trainer.start_weights` / `trainer.prepare`), so the data, preprocessing and start weights are
+(`trainer.setup_data` / `trainer.prepare`), so the data, preprocessing and start weights are
 exactly what `cnnctl train` would use:
 - from scratch (the default, offline): the small net trained k times with the one epoch loop
   (`engine.fit`): model-a at 28x28 grayscale for digit-like data, tiny at 32x32 otherwise;
@@ -94,20 +94,15 @@ def out_of_sample(data: str, opts: LabelOptions, grayscale: bool, log: Log) -> t
     model that did not train on it."""
     from cnnctl.distributed import Dist
     from cnnctl.errors import UsageError
-    from cnnctl.trainer import _machine, _preprocessing_defaults, pick_device, start_weights
+    from cnnctl.trainer import pick_device, setup_data
 
     if not 2 <= opts.folds <= 20:
         raise UsageError(f"--folds {opts.folds}: give 2 to 20 (4 or 5 is usual)")
     cfg = _config(data, opts, grayscale)
     device = pick_device(cfg.device)
     dist = Dist()
-    hardware = _machine(cfg, device, dist)
-    weights = start_weights(cfg)  # refuses missing weights before any image is decoded
-    cfg = _preprocessing_defaults(cfg, weights)
-    from cnnctl.data import build
-
     reporter = _Quiet(log)
-    bundle = build(cfg, reporter.log)
+    cfg, hardware, weights, bundle = setup_data(cfg, reporter, device, dist)
     split = bundle.train
     n, k = len(split), len(bundle.classes)
     if n < 2 * opts.folds or k < 2:
