@@ -38,22 +38,31 @@ class Root:
     """One folder of class subfolders (or one split of a named set) and what was found in it."""
 
     name: str
-    path: str
+    path: str  # the folder, or the name of a data set (mnist, cifar10, ...)
     classes: list[str]
     records: list[FileRecord]
     labels: list[str]  # per record: its class folder
 
 
-def resolve_roots(target: str, data_dir: str = "", download: bool = False) -> list[tuple[str, str]]:
-    """(name, path) of each root `target` stands for: a plain folder, or each split of one."""
+@dataclass(frozen=True)
+class RootSpec:
+    """Where a root comes from: a folder of class subfolders, or one split of a named data set."""
+
+    name: str
+    path: str
+    split: str = ""  # "train" or "test" of the named set `path`; "" for a folder
+
+
+def resolve_roots(target: str) -> list[RootSpec]:
+    """The roots `target` stands for: a plain folder, each split of one, or a named set's splits."""
     from cnnctl.layout import NAMED_SETS, folder_layout
 
     if target in NAMED_SETS and not os.path.isdir(target):
-        return [(f"{target}/train", f"{target}:train"), (f"{target}/test", f"{target}:test")]
+        return [RootSpec(f"{target}/{split}", target, split) for split in ("train", "test")]
     layout = folder_layout(target)
     if layout.splits:
-        return [(os.path.join(target, name), str(path)) for name, path in layout.splits.items()]
-    return [(target, str(layout.root))]
+        return [RootSpec(os.path.join(target, name), str(path)) for name, path in layout.splits.items()]
+    return [RootSpec(target, str(layout.root))]
 
 
 def _scan_folder(name: str, path: str, workers: int, log: Log) -> Root:
@@ -67,7 +76,7 @@ def _scan_folder(name: str, path: str, workers: int, log: Log) -> Root:
     return Root(name, path, classes, records, [label for label, _ in found])
 
 
-def _scan_named(name: str, spec: str, data_dir: str, download: bool, log: Log) -> Root:
+def _scan_named(spec: RootSpec, data_dir: str, download: bool, log: Log) -> Root:
     """A torchvision set's split, hashed from its pixel arrays (no files to check)."""
     import hashlib
 
@@ -76,11 +85,11 @@ def _scan_named(name: str, spec: str, data_dir: str, download: bool, log: Log) -
     from cnnctl.check.phash import phash, thumbnail
     from cnnctl.data.sources import load_source
 
-    set_name, split = spec.split(":")
-    src = load_source(set_name, data_dir or "data", download)
-    part = src.train if split == "train" else src.test
+    name = spec.name
+    src = load_source(spec.path, data_dir or "data", download)
+    part = src.train if spec.split == "train" else src.test
     if part is None:
-        raise DataError(f"{set_name} has no {split} split")
+        raise DataError(f"{spec.path} has no {spec.split} split")
     x = part.x.numpy()
     records = []
     for i in range(len(x)):
@@ -90,7 +99,7 @@ def _scan_named(name: str, spec: str, data_dir: str, download: bool, log: Log) -
                                   mode="L" if x.shape[1] == 1 else "RGB", width=w, height=h, phash=phash(im := Image.fromarray(arr)), thumb=thumbnail(im)))  # fmt: skip
     labels = [src.classes[int(v)] for v in part.y.tolist()]
     log(f"{name}: hashed {len(records)} images")
-    return Root(name, spec, list(src.classes), records, labels)
+    return Root(name, spec.path, list(src.classes), records, labels)
 
 
 def check(target: str, against: Sequence[str] = (), *, near: int = NEAR_DEFAULT, workers: int = 0, data_dir: str = "",
@@ -98,14 +107,13 @@ def check(target: str, against: Sequence[str] = (), *, near: int = NEAR_DEFAULT,
     """Scan every root of `target` and `against`; return the report, the roots and the decodable items."""
     if not 0 <= near <= 32 and near != -1:
         raise DataError(f"--near {near}: give a Hamming distance between 0 and 32 bits (of 64), or -1 to skip near-duplicates")
-    specs: list[tuple[str, str]] = []
+    specs: list[RootSpec] = []
     for t in (target, *against):
-        for name, path in resolve_roots(t):
-            if any(os.path.realpath(path) == os.path.realpath(p) for _, p in specs):
-                raise DataError(f"{path} is named twice (as {name}); give each folder once")
-            specs.append((name, path))
-    roots = [_scan_named(n, p, data_dir, download, log) if ":" in p and not os.path.isdir(p) else _scan_folder(n, p, workers, log)
-             for n, p in specs]  # fmt: skip
+        for spec in resolve_roots(t):
+            if any(os.path.realpath(spec.path) == os.path.realpath(s.path) and spec.split == s.split for s in specs):
+                raise DataError(f"{spec.path} is named twice (as {spec.name}); give each folder once")
+            specs.append(spec)
+    roots = [_scan_named(s, data_dir, download, log) if s.split else _scan_folder(s.name, s.path, workers, log) for s in specs]
     items = [Item(r, root.labels[k], rec.path, rec.digest, rec.phash, rec.thumb) for r, root in enumerate(roots)
              for k, rec in enumerate(root.records) if rec.decodes and rec.phash is not None]  # fmt: skip
     groups = find_groups(items, near)
@@ -142,7 +150,6 @@ def report(roots: list[Root], items: list[Item], groups: list[Group], near: int)
         bad = [rec.path for rec in records if rec.status == status]
         if bad:
             findings.append(_finding(status, level, f"{len(bad)} {text}", bad))
-    # Non-image files (e.g. Thumbs.db) are only worth a line when they are not obviously junk.
     per_root = []
     for root in roots:
         counts = Counter(label for label, rec in zip(root.labels, root.records) if rec.decodes)
@@ -225,8 +232,7 @@ def add_label_issues(report: dict[str, Any], root: Root, opts: Any, log: Log) ->
     from cnnctl.check.labels import label_issues
 
     gray = sum(1 for rec in root.records if rec.decodes and rec.mode in GRAY_MODES) > 0.9 * max(1, sum(r.decodes for r in root.records))
-    path = root.path if ":" not in root.path or os.path.isdir(root.path) else root.path.split(":")[0]
-    result = label_issues(path, opts, gray, log)
+    result = label_issues(root.path, opts, gray, log)  # a named set's root: its training split
     report["labels"] = result
     if result["issues"]:
         report["findings"].append(_finding("label-issues", "warning", f"{result['issues']} image(s) in {root.name} look mislabelled "

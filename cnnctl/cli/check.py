@@ -13,6 +13,7 @@ from cnnctl.cli.common import emit, out
 def check_cmd(
     data: Annotated[str, typer.Argument(help="Image folder (class subfolders, or train/val/test of them), or a data set name (mnist, cifar10, ...).")],
     against: Annotated[Optional[list[str]], typer.Option("--against", help="Another folder (e.g. the test set or a holdout) to look for leaked duplicates in; repeatable.")] = None,
+    data_dir: Annotated[str, typer.Option("--data-dir", help="Where torchvision data sets live (torchvision's layout), for DATA like mnist or cifar10.")] = "./data",
     near: Annotated[int, typer.Option("--near", min=-1, max=32, help="Near-duplicates: perceptual hashes within this many bits of 64 (-1: exact copies only).")] = 6,
     strict: Annotated[bool, typer.Option("--strict", help="Exit 1 when a finding is an error (unreadable files, leakage, duplicates with different labels).")] = False,
     labels: Annotated[bool, typer.Option("--labels", help="Also rank the images most likely mislabelled (k-fold predictions + confident learning).")] = False,
@@ -51,7 +52,7 @@ def check_cmd(
     def log(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
-    report, roots, _ = check(data, against or [], near=near, workers=workers, log=log)
+    report, roots, _ = check(data, against or [], near=near, workers=workers, data_dir=data_dir, log=log)
     if labels:
         from cnnctl.check.doctor import add_label_issues
         from cnnctl.check.labels import LabelOptions
