@@ -213,7 +213,6 @@ def explain_files(target: str, paths: list[str], *, method: str = "gradcam", lay
             continue
         if out_dir:
             png = Path(out_dir) / f"{Path(path).stem}.{method.replace('+', 'p')}.png"
-            Path(out_dir).mkdir(parents=True, exist_ok=True)
             write_bytes(png, overlay_png(exp))
             exp.record["png"] = str(png)
         records.append(exp.record)
