@@ -7,12 +7,10 @@ learning rate tuned without weights still fits).
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import torch
 
 from cnnctl.errors import UsageError
+from cnnctl.io import read_json
 
 EFFECTIVE_BETA = 0.999
 
@@ -33,13 +31,7 @@ def loss_weights(spec: str, counts: torch.Tensor, classes: list[str]) -> torch.T
     elif spec == "effective":
         raw = (1 - EFFECTIVE_BETA) / (1 - EFFECTIVE_BETA ** counts)
     else:
-        path = Path(spec)
-        try:
-            given = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise UsageError(f"--class-weights {spec}: no such file") from None
-        except (OSError, ValueError) as exc:
-            raise UsageError(f"--class-weights {spec}: not a JSON object of {{class: weight}} ({exc})") from None
+        given = read_json(spec, UsageError, f"--class-weights {spec}: no such file", "give a JSON object of {class: weight}")
         if not isinstance(given, dict) or set(given) != set(classes) or not all(isinstance(v, (int, float)) and v > 0 for v in given.values()):
             raise UsageError(f"--class-weights {spec} must give a positive weight for exactly the classes {', '.join(classes[:10])}")
         raw = torch.tensor([float(given[c]) for c in classes], dtype=torch.float64)

@@ -68,15 +68,16 @@ def write_json(path: str | os.PathLike[str], obj: Any) -> None:
     write_bytes(path, (json.dumps(obj, indent=2, default=str) + "\n").encode())
 
 
-def read_json(path: str | os.PathLike[str], error: type[CnnctlError], missing: str) -> Any:
-    """Parse a JSON file; a missing file raises `error(missing)`, a damaged one says so."""
+def read_json(path: str | os.PathLike[str], error: type[CnnctlError], missing: str, damaged: str = "the run directory is damaged") -> Any:
+    """Parse a JSON file; a missing file raises `error(missing)`, a damaged one says so, then
+    `damaged` (what it means, or how to fix it)."""
     p = Path(path)
     try:
         return json.loads(p.read_text())
     except FileNotFoundError:
         raise error(missing) from None
     except (OSError, ValueError) as exc:
-        raise error(f"{p} is not readable JSON ({exc}); the run directory is damaged") from None
+        raise error(f"{p} is not readable JSON ({exc}); {damaged}") from None
 
 
 def _pid_alive(pid: int) -> bool:

@@ -78,5 +78,8 @@ def test_the_cli_logs_records_and_refuses(tmp_path):
     assert cfg["class_weights"] == "auto" and cfg["sampler"] == "balanced"
     assert_user_error(run_cli("train", "tiny", "--data", data, "--class-weights", "inverse", "--iters", "1"), "--class-weights")
     assert_user_error(run_cli("train", "tiny", "--data", data, "--class-weights", str(tmp_path / "none.json"), "--iters", "1", "--image-size", "32"), "no such file")
+    (tmp_path / "bad.json").write_text("{Cat: 1")
+    assert_user_error(run_cli("train", "tiny", "--data", data, "--class-weights", str(tmp_path / "bad.json"), "--iters", "1", "--image-size", "32"),
+                      "give a JSON object of {class: weight}")  # fmt: skip
     assert_user_error(run_cli("train", "tiny", "--data", data, "--class-weights", "auto", "--loss", "mse", "--iters", "1"), "--loss ce")
     assert_user_error(run_cli("train", "tiny", "--data", data, "--sampler", "oversample", "--iters", "1"), "--sampler")

@@ -46,7 +46,8 @@ def mark(log: dict[str, Any], rel: str, action: str, to: str | None = None) -> d
 
 
 def read_log(path: str) -> dict[str, Any]:
-    log = read_json(path, UsageError, f"{path}: no such change log (cnnctl review writes it as you mark images)")
+    log = read_json(path, UsageError, f"{path}: no such change log (cnnctl review writes it as you mark images)",
+                    "it is not a change log cnnctl review wrote")  # fmt: skip
     if not isinstance(log, dict) or log.get("format") != FORMAT or not isinstance(log.get("decisions"), dict) or "data" not in log:
         raise DataError(f"{path} is not a cnnctl review change log (format {FORMAT})")
     return log
@@ -120,7 +121,7 @@ def _move_all(moves: list[Move]) -> None:
 def apply_log(log_path: str, quarantine: str | None = None) -> dict[str, Any]:
     log = read_log(log_path)
     undo_file = undo_path(log_path)
-    if undo_file.exists() and read_json(undo_file, DataError, "").get("state") == "applied":
+    if undo_file.exists() and read_json(undo_file, DataError, "", "move it away to apply the log again").get("state") == "applied":
         raise UsageError(f"{log_path} was applied already ({undo_file}); undo it first (cnnctl review --undo {undo_file})")
     moves = plan(log, quarantine)
     _same_device(moves)
@@ -138,7 +139,7 @@ def apply_log(log_path: str, quarantine: str | None = None) -> dict[str, Any]:
 
 
 def undo(undo_file: str) -> dict[str, Any]:
-    record = read_json(undo_file, UsageError, f"{undo_file}: no such undo log")
+    record = read_json(undo_file, UsageError, f"{undo_file}: no such undo log", "it is not an undo log cnnctl review --apply wrote")
     if not isinstance(record, dict) or record.get("format") != FORMAT or "moves" not in record:
         raise DataError(f"{undo_file} is not a cnnctl review undo log")
     if record.get("state") == "undone":

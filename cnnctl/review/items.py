@@ -26,7 +26,8 @@ def build_items(target: str, data: str, *, labels: str | None = None, top: int =
     for row in report["top_losses"]:
         by_path[os.path.abspath(row["path"])] = {**row, "sources": ["top-loss"]}
     if labels:
-        check = read_json(labels, UsageError, f"{labels}: no such file (write it with cnnctl check DATA --labels --json > FILE)")
+        again = "write it with cnnctl check DATA --labels --json > FILE"
+        check = read_json(labels, UsageError, f"{labels}: no such file ({again})", again)
         suspects = (check.get("labels") or {}).get("suspects") if isinstance(check, dict) else None
         if suspects is None:
             raise DataError(f"{labels} holds no label suspects; write it with cnnctl check DATA --labels --json")

@@ -190,3 +190,10 @@ def test_mark_apply_and_undo_through_the_page_in_a_real_browser(photo_run, pets,
     assert (pets.parent / "pets-quarantine" / items[0]["rel"]).is_file()
     assert run_cli("review", "--undo", moved["undo"]).returncode == 0
     assert tree(pets) == before
+
+
+def test_damaged_logs_are_named_for_what_they_are(tmp_path):
+    log = tmp_path / "log.json"
+    log.write_text("{")
+    assert_user_error(run_cli("review", "--apply", log), "not a change log cnnctl review wrote")
+    assert_user_error(run_cli("review", "--undo", log), "not an undo log")
