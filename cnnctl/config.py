@@ -55,10 +55,12 @@ class TrainConfig:
     grayscale: bool = _f(False, "Convert images to 1-channel grayscale (image folders).")
     mean: str = _f("", "Per-channel mean, e.g. 0.5,0.5,0.5 (default: computed on the training split).")
     std: str = _f("", "Per-channel std, e.g. 0.25,0.25,0.25 (default: computed on the training split).")
-    pretrained: bool = _f(False, "tv:NAME models: start from torchvision's DEFAULT weights (torch hub cache, TORCH_HOME); their mean/std become the run's.")
-    weights: str = _f("", "tv:NAME models: start from these torchvision weights, e.g. IMAGENET1K_V1 (implies --pretrained).")
-    init: str = _f("", "Start from the weights of a cnnctl run directory or checkpoint, or a safetensors state dict: "
-                       "tensors whose names and shapes match are loaded, the rest (usually the head) start fresh.")
+    pretrained: bool = _f(False, "tv:NAME and timm:NAME models: start from the published DEFAULT weights (torchvision's through the torch hub "
+                                 "cache, TORCH_HOME; timm's through the Hugging Face cache, HF_HOME); their preprocessing becomes the run's.")
+    weights: str = _f("", "Start from these published weights (implies --pretrained): a torchvision name, e.g. IMAGENET1K_V1, or a timm tag, e.g. in1k.")
+    init: str = _f("", "Start from the weights of a cnnctl run directory or checkpoint, or a plain state dict (.safetensors, or .pth/.bin "
+                       "read with torch.load(weights_only=True)): tensors whose names and shapes match are loaded, the rest (usually the "
+                       "head) start fresh. With --pretrained: the file holding those weights (offline), their preprocessing kept.")
     freeze: str = _f("none", "none, or backbone: train only the head (a linear probe; frozen BatchNorm statistics stay as they are).")
     unfreeze_at: int = _f(0, "With --freeze backbone: train the whole network from this epoch on (probe, then fine-tune); 0 = never.")
     backbone_lr_scale: float = _f(1.0, "Learning-rate factor for all but the head, e.g. 0.1 when fine-tuning from --init.")
@@ -195,8 +197,6 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         raise UsageError(f"--alternate-flip needs an --augment with flips (flip-shift, flip-crop, flip, rrc-flip), not {cfg.augment}")
     if cfg.augment == "rrc-flip" and cfg.resize == "stretch":
         raise UsageError("--augment rrc-flip crops from images stored larger than the model's input: use it with --resize crop")
-    if (cfg.pretrained or cfg.weights) and cfg.init:
-        raise UsageError("--pretrained/--weights and --init both choose the start weights; give one of them")
     if cfg.unfreeze_at < 0 or cfg.backbone_lr_scale < 0 or cfg.bn_bias_lr_scale < 0:
         raise UsageError("--unfreeze-at, --backbone-lr-scale and --bn-bias-lr-scale cannot be negative")
     if cfg.unfreeze_at and cfg.freeze == "none":

@@ -33,7 +33,7 @@ from cnnctl.engine import History, Hooks, Interrupted, Limits, Loop, LoopState, 
 from cnnctl.errors import CnnctlError, RunDirError, UsageError
 from cnnctl.io import RunLock, write_json
 from cnnctl.metadata import DataInfo, Metadata, TrainingInfo
-from cnnctl.models import create
+from cnnctl.models import create, get_entry
 from cnnctl.models.layers import init_from_data
 from cnnctl.runlog import RunLog, check_available
 from cnnctl.schedule import Schedule
@@ -249,6 +249,7 @@ def setup_data(cfg: TrainConfig, reporter: Reporter, device: torch.device,
     image is decoded), the preprocessing they imply, and the data. Returns the config with that
     preprocessing filled in (`cnnctl check --labels` starts here too)."""
     hardware = _machine(cfg, device, dist)
+    get_entry(cfg.model)  # an unknown model, or timm not installed: refused before anything is read
     weights = start_weights(cfg)
     cfg = _preprocessing_defaults(cfg, weights)
     data = build(cfg, reporter.log)
@@ -264,7 +265,8 @@ def start_weights(cfg: TrainConfig) -> Pretrained | None:
         return None
     from cnnctl.weights import fetch_pretrained
 
-    return fetch_pretrained(pretrained_weights(cfg.model, cfg.weights or "DEFAULT"))
+    # --pretrained --init FILE: FILE holds the weights (offline), the preprocessing is still theirs.
+    return fetch_pretrained(pretrained_weights(cfg.model, cfg.weights or "DEFAULT", file=cfg.init))
 
 
 def prepare(cfg: TrainConfig, data: DataBundle, weights: Pretrained | None, hardware: machine.HardwarePlan, reporter: Reporter,
@@ -307,9 +309,9 @@ def _start(cfg: TrainConfig, data: DataBundle, weights: Pretrained | None, resum
         reporter.log(f"{', '.join(names)}: initialised from {len(sample)} training images (patch whitening)")
     if weights is not None and not resuming:
         init_report = load_pretrained(model, weights)
-        reporter.log(init_report.summary().replace("--init ", "--pretrained ", 1)
-                     + f"; torchvision trained them on {weights.crop_size}x{weights.crop_size} crops of images resized to {weights.resize_size}")  # fmt: skip
-    if cfg.init and not resuming:
+        given = f" from {weights.file}" if weights.given else ""
+        reporter.log(init_report.summary().replace("--init ", "--pretrained ", 1).replace(":", f"{given}:", 1) + f"; {weights.trained_on}")
+    if cfg.init and not resuming and weights is None:
         init_report = init_from(model, cfg.init)
         reporter.log(init_report.summary())
     model = model.to(device)

@@ -10,7 +10,7 @@ from cnnctl.cli.common import human_count, out, print_json
 
 
 def models(
-    pattern: Annotated[str, typer.Argument(help="Shell-style wildcard, e.g. 'resnet*' or 'tv:*'.")] = "*",
+    pattern: Annotated[str, typer.Argument(help="Shell-style wildcard, e.g. 'resnet*', 'tv:*' or 'timm:*lite*'.")] = "*",
     json_: Annotated[bool, typer.Option("--json", help="Print a JSON list instead of a table.")] = False,
 ) -> None:
     """List registered models: default input, parameter count, description."""
@@ -29,7 +29,8 @@ def models(
         table.add_row(r["name"], r["default_input"], str(r["num_classes"]), human_count(r["params"]), r["description"])
     out().print(table)
     if pattern == "*":
-        out().print("Any torchvision classifier works too as tv:NAME (list them with `cnnctl models 'tv:*'`).")
+        out().print("Any torchvision classifier works too as tv:NAME (list them with `cnnctl models 'tv:*'`), "
+                    "and any timm model as timm:NAME with `pip install 'cnnctl[timm]'` (`cnnctl models 'timm:*lite*'`).")
 
 
 def register(app: typer.Typer) -> None:

@@ -2,7 +2,8 @@
 
 Torch-free on import. A factory takes the input shape (C, H, W) and the number of classes and
 returns an `nn.Module` whose head was sized by a dummy forward pass, so every model works for
-any input it can physically take. `tv:NAME` resolves any torchvision classification model.
+any input it can physically take. `tv:NAME` resolves any torchvision classification model,
+`timm:NAME` any timm model (with timm installed).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from cnnctl.errors import ModelError
 from cnnctl.specs import format_shape
 
 TORCHVISION_PREFIX = "tv:"
+TIMM_PREFIX = "timm:"
 
 
 @dataclass(frozen=True)
@@ -65,9 +67,14 @@ def list_models(pattern: str = "*", *, include_torchvision: bool = False) -> lis
     """Registered names matching a shell-style wildcard, in registration order.
 
     torchvision models are listed only on request (or when the pattern starts with "tv:"),
-    because there are ~80 of them and most are far too large for a CPU test suite.
+    because there are ~80 of them and most are far too large for a CPU test suite; timm's 1,300
+    only for a pattern that starts with "timm:".
     """
     _ensure_loaded()
+    if pattern.startswith(TIMM_PREFIX):
+        from cnnctl.models.timm_models import timm_names
+
+        return timm_names(pattern)
     names = [n for n in _REGISTRY if fnmatch.fnmatchcase(n, pattern)]
     if include_torchvision or pattern.startswith(TORCHVISION_PREFIX):
         names += [n for n in torchvision_names() if fnmatch.fnmatchcase(n, pattern)]
@@ -90,11 +97,15 @@ def get_entry(name: str) -> ModelEntry:
         from cnnctl.models.zoo import torchvision_entry
 
         return torchvision_entry(name)
+    if name.startswith(TIMM_PREFIX):
+        from cnnctl.models.timm_models import timm_entry
+
+        return timm_entry(name)
     close = difflib.get_close_matches(name, list(_REGISTRY), n=3, cutoff=0.5)
     hint = f"did you mean {', '.join(close)}? " if close else ""
     raise ModelError(
         f"unknown model {name!r}: {hint}run `cnnctl models` to list them, "
-        f"or use tv:NAME for a torchvision model"
+        f"or use tv:NAME for a torchvision model, timm:NAME for a timm one"
     )
 
 
