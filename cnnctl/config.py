@@ -27,6 +27,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "amp": ("none", "auto", "bf16", "fp16"),
     "monitor": ("val_acc", "val_loss", "last"),
     "freeze": ("none", "backbone"),
+    "feature_cache": ("auto", "off"),
     "resize": ("auto", "stretch", "crop"),
     "interpolation": ("auto", "bilinear", "bicubic", "nearest"),
     "auto_augment": ("none", "randaugment", "trivialaugment"),
@@ -63,6 +64,10 @@ class TrainConfig:
                        "head) start fresh. With --pretrained: the file holding those weights (offline), their preprocessing kept.")
     freeze: str = _f("none", "none, or backbone: train only the head (a linear probe; frozen BatchNorm statistics stay as they are).")
     unfreeze_at: int = _f(0, "With --freeze backbone: train the whole network from this epoch on (probe, then fine-tune); 0 = never.")
+    feature_cache: str = _f("auto", "With --freeze backbone: auto runs the frozen backbone once per image view and trains the head on the "
+                                    "stored features until --unfreeze-at (memory-mapped in the cache folder); off: every epoch runs it again.")
+    feature_views: int = _f(0, "Views of each training image stored by the feature cache: 1 = un-augmented only; N = 1 un-augmented + N-1 "
+                               "augmented (each epoch draws one per image); 0 = auto (1 without --augment, else 4).")
     backbone_lr_scale: float = _f(1.0, "Learning-rate factor for all but the head, e.g. 0.1 when fine-tuning from --init.")
     bn_bias_lr_scale: float = _f(0.0, "Hold BatchNorm weights fixed (at 1 in a fresh net) and train BatchNorm biases at this many times the "
                                       "learning rate, weight decay per step unchanged (airbench's scalebias: 64); 0 = off.")
@@ -141,7 +146,7 @@ FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 PANELS: dict[str, tuple[str, ...]] = {
     "Data": ("data", "data_dir", "download", "val_split", "subset", "image_size", "resize", "crop_pct", "interpolation", "grayscale", "mean", "std",
              "cache_dir"),
-    "Model & start": ("pretrained", "weights", "init", "freeze", "unfreeze_at", "backbone_lr_scale"),
+    "Model & start": ("pretrained", "weights", "init", "freeze", "unfreeze_at", "feature_cache", "feature_views", "backbone_lr_scale"),
     "Optimisation": ("epochs", "iters", "batch_size", "eval_batch_size", "optimizer", "lr", "momentum", "nesterov",
                      "weight_decay", "bn_bias_lr_scale", "bn_momentum", "loss", "label_smoothing", "class_weights", "sampler", "clip_grad", "accumulate", "ema", "lookahead"),
     "Schedule & stopping": ("scheduler", "warmup", "step_size", "gamma", "patience", "monitor", "time_limit"),
@@ -199,6 +204,8 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         raise UsageError("--augment rrc-flip crops from images stored larger than the model's input: use it with --resize crop")
     if cfg.unfreeze_at < 0 or cfg.backbone_lr_scale < 0 or cfg.bn_bias_lr_scale < 0:
         raise UsageError("--unfreeze-at, --backbone-lr-scale and --bn-bias-lr-scale cannot be negative")
+    if cfg.feature_views < 0:
+        raise UsageError("--feature-views cannot be negative (0 = auto)")
     if cfg.unfreeze_at and cfg.freeze == "none":
         raise UsageError("--unfreeze-at needs --freeze backbone (it says when the frozen backbone starts training)")
     if cfg.clip_grad < 0 or cfg.mixup < 0 or cfg.cutmix < 0:

@@ -58,6 +58,11 @@ class Target:
             self.kind, self.provider, self.path = "pytorch", f"torch-{self.device.type}", str(resolved)
             self.module = self.module.to(memory_format=torch.channels_last)
         self.prep = self.meta.preprocess
+        self.frozen_run: dict | None = None  # the config of a run whose backbone stayed frozen (features.frozen_run)
+        if self.kind == "pytorch":
+            from cnnctl.features import frozen_run
+
+            self.frozen_run = frozen_run(Path(self.path), self.meta.training.epoch if self.meta.training else None)
 
     def eval_batch(self, requested: int | str, views: int = 1) -> EvalBatch:
         """The inference batch (`cnnctl eval --batch-size`): `requested`, or the largest that fits the memory budget ("auto")."""
@@ -184,7 +189,13 @@ def run_eval(
         raise UsageError(f"--tta-flip on {name}: a mirrored digit is not that digit; use --tta-shift alone")
     tta = {"tta_flip": tta_flip, "tta_shift": tta_shift}
     batch = model.eval_batch(batch_size, views=(2 if tta_flip else 1) * (3 if tta_shift else 1))
-    result = evaluate(model.module, model.batches(images, batch.size), **tta)
+    module, batches = model.module, model.batches(images, batch.size)
+    if model.frozen_run is not None and not (tta_flip or tta_shift):  # a linear probe: its head on the stored features
+        from cnnctl.features import eval_batches
+
+        cached = eval_batches(module, model.meta.model, images, batches, model.frozen_run, lambda m: print(m, file=sys.stderr, flush=True))
+        module, batches = cached if cached is not None else (module, batches)
+    result = evaluate(module, batches, **tta)
     targets = result.targets.numpy()
     preds = result.logits.argmax(1).numpy()
     cm = confusion_matrix(targets, preds, len(classes))

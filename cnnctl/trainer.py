@@ -464,39 +464,81 @@ def _run_locked(cfg: TrainConfig, run_dir: Path, resuming: bool, reporter: Repor
     return RunResult(run_dir, history.stopped, history.epochs, state.best_epoch, state.best, test)
 
 
-def _fit(run: Prepared, checkpoints: Checkpointer, reporter: Reporter, device: torch.device, dist: Dist, run_dir: Path) -> History:
-    """The epoch loop over the prepared run, with Ctrl-C/SIGTERM turned into a clean stop.
+@dataclass
+class Phase:
+    """A stretch of epochs trained one way: up to epoch `end`, the whole model on images, or (for a
+    frozen backbone, `cached`) the head on the backbone's stored features."""
 
-    DDP fixes the set of trainable parameters when it wraps the model, so under torchrun a
-    --unfreeze-at run trains in two phases: frozen up to the epoch before, then re-wrapped.
-    """
+    end: int
+    cached: bool = False
+
+
+def _phases(run: Prepared, dist: Dist, log: Callable[[str], None]) -> list[Phase]:
+    """The run's phases from the epoch it starts at. DDP fixes the set of trainable parameters when
+    it wraps the model, so under torchrun an --unfreeze-at run re-wraps it in a second phase; the
+    frozen epochs train on cached features where they can (cnnctl/features.py)."""
+    from cnnctl.features import why_not_cached
+
+    freezer, cfg, epochs = run.opt.freezer, run.cfg, run.limits.epochs
+    first = run.state.epoch + 1
+    unfreeze = cfg.unfreeze_at if freezer is not None else 0
+    frozen_end = min(epochs, unfreeze - 1) if unfreeze else epochs
+    if freezer is None or first > frozen_end:
+        return [Phase(epochs)]
+    reason = why_not_cached(mixing=bool(cfg.mixup or cfg.cutmix), ema=run.stepping.ema is not None, feature_cache=cfg.feature_cache)
+    if reason:
+        log(f"features: not cached ({reason}); every frozen epoch runs the backbone")
+    cached = reason is None
+    if not cached and not (dist.enabled and unfreeze):
+        return [Phase(epochs)]
+    return [Phase(frozen_end, cached)] + ([Phase(epochs)] if frozen_end < epochs else [])
+
+
+def _phase_loop(run: Prepared, phase: Phase, device: torch.device, dist: Dist, reporter: Reporter) -> Loop:
+    """The loop one phase drives: the (DDP-wrapped, compiled) model on images, or its head on
+    stored features (falling back to images when the model's output is not its head's)."""
+    if phase.cached:
+        from cnnctl.data.sources import default_cache_dir
+        from cnnctl.features import cached_batches, head_module, views_for
+
+        cfg = run.cfg
+        freezer = run.opt.freezer
+        assert freezer is not None and run.hardware.eval_batch is not None
+        policy = run.train_batches.policy
+        views = views_for(cfg.augment, cfg.feature_views, cfg.seed, policy)
+        batches = cached_batches(run.model, freezer.head_name, cfg.model, run.train_batches, run.val_batches, run.data.val, views,
+                                 amp=run.stepping.amp, cache_dir=default_cache_dir(cfg.cache_dir), eval_batch=run.hardware.eval_batch.size,
+                                 rank=dist.rank, world=dist.world_size, log=reporter.log)  # fmt: skip
+        if batches is not None:
+            head = head_module(run.model, freezer.head_name)
+            reporter.log(f"epochs up to {phase.end}: the head ({freezer.head_name}) trains on the stored features")
+            return Loop(dist.wrap(head, device), run.opt.optimizer, run.opt.loss_fn, batches[0], batches[1], eval_model=head)
+    train_model = dist.wrap(run.model, device)
+    train_model = torch.compile(train_model) if run.cfg.compile else train_model
+    return Loop(train_model, run.opt.optimizer, run.opt.loss_fn, run.train_batches, run.val_batches,
+                eval_model=run.model if dist.enabled else train_model)  # fmt: skip
+
+
+def _fit(run: Prepared, checkpoints: Checkpointer, reporter: Reporter, device: torch.device, dist: Dist, run_dir: Path) -> History:
+    """The epoch loop over the prepared run, phase by phase (`_phases`), with Ctrl-C/SIGTERM
+    turned into a clean stop."""
     freezer = run.opt.freezer
 
     def on_epoch_start(epoch: int) -> None:
         if freezer is not None and freezer.apply(epoch):
             reporter.log(f"epoch {epoch}: the backbone {'is frozen' if freezer.frozen else 'trains from now on'} (--unfreeze-at {run.cfg.unfreeze_at})")
 
-    phases = [run.limits.epochs]
-    unfreeze = run.cfg.unfreeze_at if freezer is not None else 0
-    if dist.enabled and unfreeze and run.state.epoch + 1 < unfreeze <= run.limits.epochs:
-        phases = [unfreeze - 1, run.limits.epochs]
     history = run.history
     with _signals() as caught:
         hooks = Hooks(should_stop=lambda: bool(caught), reporter=reporter, on_epoch_start=on_epoch_start, on_epoch_end=checkpoints.epoch_end,
                       on_step=checkpoints.log.step if checkpoints.log is not None else None)  # fmt: skip
         try:
-            for i, end in enumerate(phases):
-                if i:
-                    assert freezer is not None
-                    freezer.apply(unfreeze)
-                    reporter.log(f"epoch {unfreeze}: the backbone trains from now on (--unfreeze-at {unfreeze})")
-                train_model = dist.wrap(run.model, device)
-                train_model = torch.compile(train_model) if run.cfg.compile else train_model
-                loop = Loop(train_model, run.opt.optimizer, run.opt.loss_fn, run.train_batches, run.val_batches,
-                            eval_model=run.model if dist.enabled else train_model)  # fmt: skip
-                history = fit(loop, run.schedule, run.stepping, dataclasses.replace(run.limits, epochs=end), hooks, state=run.state,
+            for phase in _phases(run, dist, reporter.log):
+                on_epoch_start(run.state.epoch + 1)  # before DDP wraps the model: it keeps the trainable set it sees
+                loop = _phase_loop(run, phase, device, dist, reporter)
+                history = fit(loop, run.schedule, run.stepping, dataclasses.replace(run.limits, epochs=phase.end), hooks, state=run.state,
                               history=history, seed=run.cfg.seed, dist=dist)  # fmt: skip
-                del train_model, loop
+                del loop
                 if history.stopped != "completed":
                     break
         except Interrupted:

@@ -117,6 +117,7 @@ class Batches:
         self.draw = draw  # per-image weights: each epoch draws len(split) images with replacement (--sampler balanced)
         # airbench's alternating flip: one coin per image for epoch 0, the other side every odd epoch.
         self.coins = torch.rand(len(split), generator=torch.Generator().manual_seed(self.seed * 1_000_003 - 1)) < 0.5 if alternate_flip else None
+        self.prep = prep
         self.size = tuple(prep.size)  # the model's input; stored images may be larger (random-resized crops)
         self.mean = torch.tensor(prep.mean or [0.0] * prep.channels, dtype=torch.float32, device=self.device).reshape(1, -1, 1, 1)
         self.std = torch.tensor(prep.std or [1.0] * prep.channels, dtype=torch.float32, device=self.device).reshape(1, -1, 1, 1)
@@ -131,14 +132,19 @@ class Batches:
         n = len(self.split)
         return [min(n, (b + 1) * self.batch_size) - b * self.batch_size for b in range(len(self))]
 
-    def epoch(self, epoch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Batches of float inputs and labels: int64 (N,), or float (N, classes) soft targets with a `mix`."""
+    def order(self, epoch: int) -> tuple[torch.Generator, torch.Tensor | None]:
+        """Epoch `epoch`'s generator and the order it draws (None: the split's own order); the
+        augmentation draws from the same generator after it (features.FeatureBatches shares this)."""
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
         n = len(self.split)
         if self.draw is not None:
-            order = torch.multinomial(self.draw, n, replacement=True, generator=gen)
-        else:
-            order = torch.randperm(n, generator=gen) if self.shuffle else None
+            return gen, torch.multinomial(self.draw, n, replacement=True, generator=gen)
+        return gen, torch.randperm(n, generator=gen) if self.shuffle else None
+
+    def epoch(self, epoch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Batches of float inputs and labels: int64 (N,), or float (N, classes) soft targets with a `mix`."""
+        gen, order = self.order(epoch)
+        n = len(self.split)
         for b in range(len(self)):
             sl = slice(b * self.batch_size, min(n, (b + 1) * self.batch_size))
             idx = sl if order is None else order[sl]
@@ -176,5 +182,9 @@ def shard(split: Split, rank: int, world: int) -> Split:
     """Rank `rank`'s contiguous share of `split` (for validation and test passes)."""
     if world <= 1:
         return split
-    lo, hi = len(split) * rank // world, len(split) * (rank + 1) // world
-    return split.take(torch.arange(lo, hi))
+    return split.take(torch.arange(*shard_range(len(split), rank, world)))
+
+
+def shard_range(n: int, rank: int, world: int) -> tuple[int, int]:
+    """Rows [lo, hi) of `n` that are rank `rank`'s contiguous share."""
+    return n * rank // world, n * (rank + 1) // world

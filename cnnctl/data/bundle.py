@@ -67,7 +67,7 @@ def channel_stats(split: Split) -> tuple[list[float], list[float]]:
     return [round(float(v), 6) for v in mean], [round(max(float(v), 1e-3), 6) for v in std]
 
 
-def _fingerprint(*splits: Split | None) -> str:
+def fingerprint(*splits: Split | None) -> str:
     """A short hash of the images and labels a run trained on.
 
     Images from the decode cache are named by the cache key (the files' identity and decode
@@ -130,4 +130,4 @@ def build(cfg: TrainConfig, log: Callable[[str], None] = lambda m: print(m, file
             f"--augment {cfg.augment} flips images horizontally, which turns digits into other shapes; "
             f"use --augment shift for {src.name}, or add --allow-flip if you really mean it"
         )
-    return DataBundle(src.name, src.classes, train, val, src.test, prep, _fingerprint(train, val), src.notes)
+    return DataBundle(src.name, src.classes, train, val, src.test, prep, fingerprint(train, val), src.notes)

@@ -8,11 +8,12 @@ The key is the identity of the files (path, size, mtime, in order) plus the deco
 (every field of `Preprocess` but mean/std: channels, size, interpolation, resize mode and size). A cache entry is two files in the cache folder:
 
     pixels-<key>.u8     raw uint8, shape (N, C, H, W), C-contiguous, no header
-    pixels-<key>.json   {"format", "key", "shape", "failed": {row: reason}}: written last
+    pixels-<key>.json   {"format", "key", "shape", "dtype", "failed": {row: reason}}: written last
 
 An entry is complete only when the JSON exists, names the same key and shape, and the data file
 has exactly N*C*H*W bytes. Decoding writes to a temporary file that is renamed into place, under
-an exclusive lock (flock) on `pixels-<key>.lock`: a second process (another torchrun rank, a
+an exclusive lock (flock) on `pixels-<key>.lock` (`cached_array`, which the feature cache of
+cnnctl/features.py uses too): a second process (another torchrun rank, a
 parallel eval) waits for the first and then maps the same file, so the pixels sit once in the
 page cache whatever the number of processes; a kill during decoding leaves no entry that looks
 complete, and the next run decodes again.
@@ -83,78 +84,102 @@ def load_pixels(files: list[str], prep: Preprocess, cache_dir: Path | None, log:
     if cache_dir is None:
         return _decode_in_memory(files, prep, key, log)
     data = cache_dir / f"pixels-{key}.u8"
-    hit = _open_complete(data, key, shape)
-    if hit is not None:
-        return hit
+
+    def decode(tmp: Path) -> dict:
+        failed = _decode_rows_in_processes(files, prep, tmp, shape, log, str(cache_dir))
+        return {"failed": {str(i): m for i, m in failed.items()}}
+
     try:
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        lock_fd = os.open(cache_dir / f"pixels-{key}.lock", os.O_CREAT | os.O_RDWR, 0o666)
+        entry = cached_array(data, key, shape, torch.uint8, decode, log, "decoding these images", format=FORMAT)
     except OSError as exc:
         log(f"cannot use the decode cache in {cache_dir} ({exc.strerror or exc}); decoding into memory")
         return _decode_in_memory(files, prep, key, log)
     try:
+        failed = {int(k): str(v) for k, v in entry.info.get("failed", {}).items()}
+    except (AttributeError, ValueError):
+        raise DataError(f"the decode cache {data.with_suffix('.json')} is damaged; remove {cache_dir} and retry") from None
+    return Pixels(entry.array, failed, key, data)
+
+
+class Entry:
+    """A complete cache entry: the mapped array and its JSON record."""
+
+    def __init__(self, array: torch.Tensor, info: dict) -> None:
+        self.array, self.info = array, info
+
+
+def cached_array(data: Path, key: str, shape: tuple[int, ...], dtype: torch.dtype, fill: Callable[[Path], dict], log: Log, busy: str,
+                 *, format: int) -> Entry:  # fmt: skip
+    """The array cached at `data` under `key`, made by `fill(tmp)` when it is not complete yet.
+
+    `fill` writes the array's raw bytes into the preallocated temporary file `tmp` and returns what
+    else the entry records. Under an exclusive flock on `<data>.lock` the first process fills, the
+    others wait (logging `busy`) and map the same file; the data file is fsynced and renamed into
+    place before its JSON is written, so a kill at any point leaves nothing that looks complete.
+    An OSError (no cache folder, a full disk) is the caller's to fall back on.
+    """
+    hit = _open_complete(data, key, shape, dtype, format)
+    if hit is not None:
+        return hit
+    data.parent.mkdir(parents=True, exist_ok=True)
+    lock_fd = os.open(data.with_suffix(".lock"), os.O_CREAT | os.O_RDWR, 0o666)
+    try:
         try:
             fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            log(f"waiting for another process that is decoding these images into {data.name}")
+            log(f"waiting for another process that is {busy} into {data.name}")
             fcntl.flock(lock_fd, fcntl.LOCK_EX)
-        hit = _open_complete(data, key, shape)  # the process we waited for may have written it
+        hit = _open_complete(data, key, shape, dtype, format)  # the process we waited for may have written it
         if hit is not None:
             return hit
-        try:
-            failed = _decode_to_file(files, prep, data, shape, log)
-        except OSError as exc:
-            log(f"could not write the decode cache {data} ({exc.strerror or exc}); decoding into memory")
-            return _decode_in_memory(files, prep, key, log)
+        info = _fill_file(data, shape, dtype, fill)
         from cnnctl.io import write_json
 
-        write_json(data.with_suffix(".json"), {"format": FORMAT, "key": key, "shape": list(shape),
-                                               "failed": {str(i): m for i, m in failed.items()}})  # fmt: skip
-        hit = _open_complete(data, key, shape)
+        write_json(data.with_suffix(".json"), {"format": format, "key": key, "shape": list(shape), "dtype": str(dtype).removeprefix("torch."), **info})
+        hit = _open_complete(data, key, shape, dtype, format)
         if hit is None:
-            raise DataError(f"the decode cache {data} could not be read back after writing it; remove {cache_dir} and retry")
+            raise DataError(f"the cache entry {data} could not be read back after writing it; remove {data.parent} and retry")
         return hit
     finally:
         os.close(lock_fd)  # releases the flock
 
 
-def _open_complete(data: Path, key: str, shape: tuple[int, ...]) -> Pixels | None:
+def _open_complete(data: Path, key: str, shape: tuple[int, ...], dtype: torch.dtype, format: int) -> Entry | None:
     """Map a complete cache entry, or None (absent, partial, or not this key's)."""
     try:
         info = json.loads(data.with_suffix(".json").read_text())
         size = data.stat().st_size
     except (OSError, ValueError):
         return None
-    nbytes = int(np.prod(shape))
-    if not isinstance(info, dict) or info.get("format") != FORMAT or info.get("key") != key or info.get("shape") != list(shape) or size != nbytes:
+    count = int(np.prod(shape))
+    nbytes = count * dtype.itemsize
+    if not isinstance(info, dict) or info.get("format") != format or info.get("key") != key or info.get("shape") != list(shape) or size != nbytes:
         return None
-    try:
-        failed = {int(k): str(v) for k, v in info.get("failed", {}).items()}
-    except (AttributeError, ValueError):
+    if info.get("dtype", "uint8") != str(dtype).removeprefix("torch."):
         return None
-    array = torch.from_file(str(data), shared=False, size=nbytes, dtype=torch.uint8).view(shape) if nbytes else torch.zeros(shape, dtype=torch.uint8)
-    return Pixels(array, failed, key, data)
+    array = torch.from_file(str(data), shared=False, size=count, dtype=dtype).view(shape) if count else torch.zeros(shape, dtype=dtype)
+    return Entry(array, info)
 
 
-def _decode_to_file(files: list[str], prep: Preprocess, data: Path, shape: tuple[int, ...], log: Log) -> dict[int, str]:
-    """Decode into a temporary file beside `data`, fsync it and rename it into place."""
-    for stale in data.parent.glob(f".{data.name}.*.partial"):  # left by a killed decoder; we hold the lock
+def _fill_file(data: Path, shape: tuple[int, ...], dtype: torch.dtype, fill: Callable[[Path], dict]) -> dict:
+    """`fill` a temporary file beside `data`, fsync it and rename it into place."""
+    for stale in data.parent.glob(f".{data.name}.*.partial"):  # left by a killed writer; we hold the lock
         stale.unlink(missing_ok=True)
     tmp = data.with_name(f".{data.name}.{os.getpid()}.partial")
-    nbytes = int(np.prod(shape))
+    nbytes = int(np.prod(shape)) * dtype.itemsize
     try:
         with open(tmp, "wb") as fh:
             if nbytes:
-                # Reserve the blocks now: a full disk is an OSError here, not a SIGBUS mid-decode.
+                # Reserve the blocks now: a full disk is an OSError here, not a SIGBUS mid-write.
                 os.posix_fallocate(fh.fileno(), 0, nbytes)
-        failed = _decode_rows_in_processes(files, prep, tmp, shape, log, str(data.parent))
+        info = fill(tmp)
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, data)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    return failed
+    return info
 
 
 def _decode_rows(path: str, shape: tuple[int, ...], start: int, files: list[str], prep: Preprocess) -> dict[int, str]:

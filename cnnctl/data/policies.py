@@ -38,7 +38,7 @@ class PolicyAugment:
             self.transform = v2.TrivialAugmentWide()
         else:
             raise ValueError(policy)
-        self.group = group
+        self.name, self.magnitude, self.group = policy, magnitude, group
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """uint8 (N, C, H, W) -> uint8 (N, C, H, W), contiguous."""

@@ -42,7 +42,7 @@ def test_cache_holds_pixels_only_and_maps_them_back(tmp_path):
     assert first.path is not None and first.failed.keys() == {12}
     assert [m for m in logs if m.startswith("decoded 13 images")]
     data, info = first.path, json.loads(first.path.with_suffix(".json").read_text())
-    assert set(info) == {"format", "key", "shape", "failed"}  # no labels, no paths
+    assert set(info) == {"format", "key", "shape", "dtype", "failed"}  # no labels, no paths
     assert data.stat().st_size == 13 * 3 * 40 * 40  # raw pixels, nothing else
     for i in (0, 5, 11):
         assert np.array_equal(first.array[i].numpy(), load_image(files[i], PREP))
