@@ -191,9 +191,12 @@ def test_fine_tuned_runs_work_downstream_under_torchrun_with_int8_export_and_plo
     out = tmp_path / "ddp"
     proc = torchrun("train", "model-a", "--data", three_digits, "--grayscale", "--image-size", "28", "--init", quick_run,
                     "--freeze", "backbone", "--unfreeze-at", "2", "--backbone-lr-scale", "0.1", "--epochs", "2", "--batch-size", "16",
-                    "--threads", "1", "--out", out, timeout=180)  # fmt: skip
+                    "--threads", "1", "--cache-dir", tmp_path / "cache", "--out", out, timeout=180)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert "epoch 2: the backbone trains from now on" in proc.stderr  # DDP re-wrapped with the whole model trainable
+    # Epoch 1 trained the DDP-wrapped head on stored features: one file per machine, one rank computed it.
+    assert proc.stderr.count("running the frozen backbone once over") == 2  # training + validation images, once each
+    assert len(list((tmp_path / "cache").glob("features-*.json"))) == 2
     assert not last_weights(out)["features.0.weight"].equal(weights(quick_run)["features.0.weight"])
     proc = run_cli("export", out, "--int8", "--json")
     assert proc.returncode == 0, proc.stderr
