@@ -67,7 +67,7 @@ class TrainConfig:
     feature_cache: str = _f("auto", "With --freeze backbone: auto runs the frozen backbone once per image view and trains the head on the "
                                     "stored features until --unfreeze-at (memory-mapped in the cache folder); off: every epoch runs it again.")
     feature_views: int = _f(0, "Views of each training image stored by the feature cache: 1 = un-augmented only; N = 1 un-augmented + N-1 "
-                               "augmented (each epoch draws one per image); 0 = auto (1 without --augment, else 4).")
+                               "augmented (each epoch draws one per image); 0 = auto (1).")
     backbone_lr_scale: float = _f(1.0, "Learning-rate factor for all but the head, e.g. 0.1 when fine-tuning from --init.")
     bn_bias_lr_scale: float = _f(0.0, "Hold BatchNorm weights fixed (at 1 in a fresh net) and train BatchNorm biases at this many times the "
                                       "learning rate, weight decay per step unchanged (airbench's scalebias: 64); 0 = off.")

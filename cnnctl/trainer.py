@@ -400,6 +400,8 @@ def _preprocessing_defaults(cfg: TrainConfig, weights: Pretrained | None) -> Tra
         if cfg.resize == "auto" and cfg.data not in NAMED_SETS:
             cfg = dataclasses.replace(cfg, resize="crop", crop_pct=weights.crop_size / weights.resize_size,
                                       image_size=cfg.image_size or str(weights.crop_size))  # fmt: skip
+        elif cfg.resize == "crop" and not cfg.image_size:
+            cfg = dataclasses.replace(cfg, image_size=str(weights.crop_size))  # --resize crop: the weights' crop size
         if cfg.interpolation == "auto":
             cfg = dataclasses.replace(cfg, interpolation=weights.interpolation)
     if cfg.resize == "auto":
@@ -506,6 +508,9 @@ def _phase_loop(run: Prepared, phase: Phase, device: torch.device, dist: Dist, r
         assert freezer is not None and run.hardware.eval_batch is not None
         policy = run.train_batches.policy
         views = views_for(cfg.augment, cfg.feature_views, cfg.seed, policy)
+        if views.count == 1 and (cfg.augment != "none" or policy is not None):
+            reporter.log(f"features: the frozen epochs train on the un-augmented images (--feature-views 1 by default); "
+                         f"--feature-views N adds N-1 views with --augment {cfg.augment}")  # fmt: skip
         batches = cached_batches(run.model, freezer.head_name, cfg.model, run.train_batches, run.val_batches, run.data.val, views,
                                  amp=run.stepping.amp, cache_dir=default_cache_dir(cfg.cache_dir), eval_batch=run.hardware.eval_batch.size,
                                  rank=dist.rank, world=dist.world_size, log=reporter.log)  # fmt: skip

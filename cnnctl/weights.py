@@ -193,8 +193,8 @@ class Pretrained:
 
     @property
     def trained_on(self) -> str:
-        who = "torchvision" if self.source == "torchvision" else "timm's pretrained_cfg says they were"
-        return f"{who} trained them on {self.crop_size}x{self.crop_size} crops of images resized to {self.resize_size}"
+        where = f"{self.crop_size}x{self.crop_size} crops of images resized to {self.resize_size}"
+        return f"torchvision trained them on {where}" if self.source == "torchvision" else f"timm's pretrained_cfg: trained on {where}"
 
 
 def pretrained_weights(model_name: str, choice: str, file: str = "") -> Pretrained:
