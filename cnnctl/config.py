@@ -64,6 +64,8 @@ class TrainConfig:
                        "head) start fresh. With --pretrained: the file holding those weights (offline), their preprocessing kept.")
     freeze: str = _f("none", "none, or backbone: train only the head (a linear probe; frozen BatchNorm statistics stay as they are).")
     unfreeze_at: int = _f(0, "With --freeze backbone: train the whole network from this epoch on (probe, then fine-tune); 0 = never.")
+    keep_bn_stats: bool = _f(False, "With --unfreeze-at: the backbone's BatchNorm layers keep their running statistics (eval mode) while "
+                                    "everything trains (Keras's fine-tuning advice for small data sets).")
     feature_cache: str = _f("auto", "With --freeze backbone: auto runs the frozen backbone once per image view and trains the head on the "
                                     "stored features until --unfreeze-at (memory-mapped in the cache folder); off: every epoch runs it again.")
     feature_views: int = _f(0, "Views of each training image stored by the feature cache: 1 = un-augmented only; N = 1 un-augmented + N-1 "
@@ -146,7 +148,7 @@ FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 PANELS: dict[str, tuple[str, ...]] = {
     "Data": ("data", "data_dir", "download", "val_split", "subset", "image_size", "resize", "crop_pct", "interpolation", "grayscale", "mean", "std",
              "cache_dir"),
-    "Model & start": ("pretrained", "weights", "init", "freeze", "unfreeze_at", "feature_cache", "feature_views", "backbone_lr_scale"),
+    "Model & start": ("pretrained", "weights", "init", "freeze", "unfreeze_at", "keep_bn_stats", "feature_cache", "feature_views", "backbone_lr_scale"),
     "Optimisation": ("epochs", "iters", "batch_size", "eval_batch_size", "optimizer", "lr", "momentum", "nesterov",
                      "weight_decay", "bn_bias_lr_scale", "bn_momentum", "loss", "label_smoothing", "class_weights", "sampler", "clip_grad", "accumulate", "ema", "lookahead"),
     "Schedule & stopping": ("scheduler", "warmup", "step_size", "gamma", "patience", "monitor", "time_limit"),
@@ -206,6 +208,8 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         raise UsageError("--unfreeze-at, --backbone-lr-scale and --bn-bias-lr-scale cannot be negative")
     if cfg.feature_views < 0:
         raise UsageError("--feature-views cannot be negative (0 = auto)")
+    if cfg.keep_bn_stats and not cfg.unfreeze_at:
+        raise UsageError("--keep-bn-stats is for --unfreeze-at (a frozen backbone keeps its statistics anyway)")
     if cfg.unfreeze_at and cfg.freeze == "none":
         raise UsageError("--unfreeze-at needs --freeze backbone (it says when the frozen backbone starts training)")
     if cfg.clip_grad < 0 or cfg.mixup < 0 or cfg.cutmix < 0:

@@ -40,8 +40,8 @@ def _stay_eval(self: nn.Module, mode: bool = True) -> nn.Module:
 class Freezer:
     """Freeze all but the head until epoch `unfreeze_at` (0: for the whole run)."""
 
-    def __init__(self, model: nn.Module, mode: str, unfreeze_at: int = 0) -> None:
-        self.model, self.mode, self.unfreeze_at = model, mode, unfreeze_at
+    def __init__(self, model: nn.Module, mode: str, unfreeze_at: int = 0, keep_bn_stats: bool = False) -> None:
+        self.model, self.mode, self.unfreeze_at, self.keep_bn_stats = model, mode, unfreeze_at, keep_bn_stats
         self.head_name, head = head_of(model) if mode != "none" else ("", None)
         self.head_params = {id(p) for p in head.parameters()} if head is not None else set()
         self.frozen = False
@@ -60,7 +60,7 @@ class Freezer:
                 p.requires_grad_(not want)
         for m in self.model.modules():
             if isinstance(m, nn.modules.batchnorm._BatchNorm) and id(m) not in head_modules:
-                if want:
+                if want or self.keep_bn_stats:
                     m.train = types.MethodType(_stay_eval, m)  # model.train() leaves it in eval mode
                     m.eval()
                 else:

@@ -322,7 +322,7 @@ def _start(cfg: TrainConfig, data: DataBundle, weights: Pretrained | None, resum
 
 def _optimisation(cfg: TrainConfig, model: torch.nn.Module, data: DataBundle, hardware: machine.HardwarePlan, log: Callable[[str], None]) -> Optimisation:
     num_classes = len(data.classes)
-    freezer = Freezer(model, cfg.freeze, cfg.unfreeze_at) if cfg.freeze != "none" else None
+    freezer = Freezer(model, cfg.freeze, cfg.unfreeze_at, cfg.keep_bn_stats) if cfg.freeze != "none" else None
     groups = param_groups(model, freezer, cfg.backbone_lr_scale, cfg.bn_bias_lr_scale)
     amp = hardware.amp.amp
     stepping = Stepping(accumulate=cfg.accumulate, clip_grad=cfg.clip_grad, ema=EMA(model, cfg.ema) if cfg.ema else None,

@@ -45,7 +45,7 @@ def test_every_field_is_a_flag_with_a_panel_and_help():
 def test_recipe_keys_flags_and_config_json_round_trip(tmp_path):
     """Every option set in a recipe comes back from config.json's fields as the same value."""
     values = {name: _other(name) for name in FIELDS}
-    values.update(pretrained=False, weights="", init="", unfreeze_at=0, alternate_flip=False, augment="flip-crop", resize="stretch",
+    values.update(pretrained=False, weights="", init="", unfreeze_at=0, keep_bn_stats=False, alternate_flip=False, augment="flip-crop", resize="stretch",
                   patience=0, loss="ce", label_smoothing=0.1)  # combinations validate() refuses are not the point here
     recipe = tmp_path / "all.toml"
     recipe.write_text("\n".join(f"{k.replace('_', '-')} = {json.dumps(v)}" for k, v in values.items()) + "\n")

@@ -131,6 +131,25 @@ def test_init_reads_a_plain_pth_state_dict_and_unwraps_a_checkpoint(quick_run, t
     assert all(model.state_dict()[k].equal(v) for k, v in state.items())
 
 
+def test_keep_bn_stats_trains_the_backbone_with_its_batchnorm_statistics_fixed():
+    from cnnctl.freezing import batchnorms
+
+    model = create("tv:resnet18", (3, 32, 32), 2)
+    freezer = Freezer(model, "backbone", unfreeze_at=2, keep_bn_stats=True)
+    freezer.apply(1)
+    assert freezer.apply(2) and all(p.requires_grad for p in model.parameters())
+    before = model.bn1.running_mean.clone()
+    model.train()
+    assert not any(m.training for m in batchnorms(model)) and model.layer1.training
+    model(torch.randn(4, 3, 32, 32)).sum().backward()
+    assert model.bn1.running_mean.equal(before) and model.conv1.weight.grad is not None and model.bn1.weight.grad is not None
+    plain = Freezer(model := create("tv:resnet18", (3, 32, 32), 2), "backbone", unfreeze_at=2)
+    plain.apply(1), plain.apply(2)
+    model.train()
+    assert all(m.training for m in batchnorms(model))  # without it, BatchNorm trains as usual once unfrozen
+    assert_user_error(run_cli("train", "model-a", "--keep-bn-stats"), "--unfreeze-at")
+
+
 def test_param_groups_give_the_backbone_its_own_rate():
     model = create("model-a")
     freezer = Freezer(model, "backbone")
