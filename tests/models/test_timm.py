@@ -39,7 +39,9 @@ def test_a_timm_model_trains_exports_and_predicts(tmp_path):
 
 def test_timm_pretrained_offline_is_one_line_naming_the_fix(tmp_path):
     env = {"HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1", "TORCH_HOME": str(tmp_path / "torch")}
-    proc = run_cli("train", "timm:tf_efficientnet_lite0", "--pretrained", "--data", PETS_MINI, "--iters", "1", "--out", tmp_path / "run", env=env)
+    # A process of its own: huggingface_hub reads HF_HUB_OFFLINE when it is imported.
+    proc = run_cli("train", "timm:tf_efficientnet_lite0", "--pretrained", "--data", PETS_MINI, "--iters", "1", "--out", tmp_path / "run", env=env,
+                   subprocess_=True)  # fmt: skip
     assert_user_error(proc, "timm/tf_efficientnet_lite0.in1k is not in the Hugging Face cache", "hf download timm/tf_efficientnet_lite0.in1k",
                       "--pretrained --init FILE")  # fmt: skip
     assert not (tmp_path / "run").exists() and "decoded" not in proc.stderr  # refused before any image was read
