@@ -101,6 +101,12 @@ def is_head_last(model: nn.Module, head: nn.Module, x: torch.Tensor) -> bool:
         model.train(was_training)
 
 
+def first_images(split: Split, pixels: Batches, n: int = 4) -> torch.Tensor:
+    """The first `n` images of `split` as the model sees them (the checks before a feature pass)."""
+    return next(iter(Batches(split.take(torch.arange(min(n, len(split)))), pixels.prep, n, device=pixels.device,
+                             channels_last=pixels.channels_last)))[0]  # fmt: skip
+
+
 def backbone_digest(model: nn.Module, head_name: str) -> str:
     """A hash of every tensor of the model outside the head (names, dtypes, shapes, bytes)."""
     h = hashlib.blake2b(digest_size=16)
@@ -146,8 +152,7 @@ def features_of(model: nn.Module, head_name: str, model_name: str, split: Split,
     head = head_module(model, head_name)
     digest = backbone_digest(model, head_name)
     key = feature_key(model_name, digest, prep, split, views, amp)
-    probe = next(iter(Batches(split.take(torch.arange(min(2, len(split)))), prep, 2, device=device, channels_last=channels_last)))[0]
-    sample = _head_inputs(model, head, probe, amp)
+    sample = _head_inputs(model, head, first_images(split, Batches(split, prep, 2, device=device, channels_last=channels_last), 2), amp)
     shape = (views.count, len(split), *sample.shape[1:])
     data = cache_dir / f"features-{key}.{str(sample.dtype).removeprefix('torch.')}"
     nbytes = int(torch.Size(shape).numel()) * sample.element_size()
@@ -254,9 +259,7 @@ def cached_batches(model: nn.Module, head_name: str, model_name: str, train: Bat
     from cnnctl.data.batches import shard_range
 
     head = head_module(model, head_name)
-    probe = next(iter(Batches(train.split.take(torch.arange(min(4, len(train.split)))), train.prep, 4, device=train.device,
-                              channels_last=train.channels_last)))[0]  # fmt: skip
-    if not is_head_last(model, head, probe):
+    if not is_head_last(model, head, first_images(train.split, train)):
         log(f"features: not cached: {model_name}'s output is not its {head_name} applied to what {head_name} receives; "
             f"every frozen epoch runs the backbone")
         return None
@@ -291,8 +294,7 @@ def eval_batches(model: nn.Module, model_name: str, split: Split, pixels: Batche
     from cnnctl.freezing import head_of
 
     head_name, head = head_of(model)
-    probe = next(iter(Batches(split.take(torch.arange(min(4, len(split)))), pixels.prep, 4, device=pixels.device, channels_last=pixels.channels_last)))[0]
-    if not len(split) or not is_head_last(model, head, probe):
+    if not len(split) or not is_head_last(model, head, first_images(split, pixels)):
         return None
     feats = features_of(model, head_name, model_name, split, pixels.prep, Views(), batch_size=pixels.batch_size, device=pixels.device,
                         amp="none", channels_last=pixels.channels_last, cache_dir=default_cache_dir(str(cfg.get("cache_dir") or "")),
