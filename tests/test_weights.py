@@ -120,6 +120,18 @@ def test_another_architecture_or_a_code_running_pickle_is_refused(quick_run, tmp
     assert_user_error(run_cli("train", "model-a", "--unfreeze-at", "2"), "needs --freeze backbone")
 
 
+def test_a_known_layout_that_does_not_line_up_is_refused(tmp_path):
+    model = create("model-a", (1, 28, 28), 10)
+    names = ["_conv_stem.weight"] + [f"_blocks.{i}.w" for i in range(len(model.state_dict()) - 1)]
+    state = {n: torch.zeros(3, 3) for n in names}  # the efficientnet-pytorch names, but other shapes
+    torch.save(state, tmp_path / "lite.pth")
+    with pytest.raises(CheckpointError, match="tensor 0 .* does not fit .* its layout does not line up"):
+        init_from(model, str(tmp_path / "lite.pth"))
+    torch.save(dict(list(state.items())[:3]), tmp_path / "short.pth")
+    with pytest.raises(CheckpointError, match="3 tensors, the model has"):
+        init_from(model, str(tmp_path / "short.pth"))
+
+
 def test_init_reads_a_plain_pth_state_dict_and_unwraps_a_checkpoint(quick_run, tmp_path):
     from safetensors.torch import load_file
 
