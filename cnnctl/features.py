@@ -159,11 +159,10 @@ def features_of(model: nn.Module, head_name: str, model_name: str, split: Split,
 
     computed: list[bool] = []
 
-    def compute(tmp: Path) -> dict:
+    def fill(out: torch.Tensor, where: str) -> None:
         computed.append(True)
         log(f"features: running the frozen backbone once over {len(split)} {what} image(s), {views.describe()}, {amp if amp != 'none' else 'float32'}"
-            f" -> {nbytes / 2**20:.1f} MiB in {data}")  # fmt: skip
-        out = torch.from_file(str(tmp), shared=True, size=int(torch.Size(shape).numel()), dtype=sample.dtype).view(shape)
+            f" -> {nbytes / 2**20:.1f} MiB {where}")  # fmt: skip
         meter = Meter(views.count * len(split), "through the frozen backbone", verb="computing features", done="ran", unit="image views")
         done = 0
         for v in range(views.count):
@@ -176,11 +175,19 @@ def features_of(model: nn.Module, head_name: str, model_name: str, split: Split,
                 start += len(feats)
                 done += len(feats)
                 meter.update(done)
-        del out
         log(meter.summary())
+
+    def compute(tmp: Path) -> dict:
+        fill(torch.from_file(str(tmp), shared=True, size=int(torch.Size(shape).numel()), dtype=sample.dtype).view(shape), f"in {data}")
         return {"views": views.count, "images": len(split), "what": what, "model": model_name}
 
-    entry = cached_array(data, key, shape, sample.dtype, compute, log, "computing these features", format=FORMAT)
+    try:
+        entry = cached_array(data, key, shape, sample.dtype, compute, log, "computing these features", format=FORMAT)
+    except OSError as exc:  # no usable cache folder, a full disk: this run keeps them in memory
+        log(f"features: cannot use the cache folder {cache_dir} ({exc.strerror or exc}); keeping them in memory")
+        out = torch.empty(shape, dtype=sample.dtype)
+        fill(out, "in memory")
+        return out
     if not computed:
         log(f"features: {what} images from {data.name} ({views.describe()})")
     return entry.array

@@ -153,3 +153,13 @@ def test_a_kill_during_the_feature_pass_leaves_nothing_complete(tmp_path):
     assert again.returncode == 0, again.stderr
     assert "running the frozen backbone once over" in again.stderr and "6 views per image" in again.stderr
     assert not list(cache.glob(".features-*.partial"))  # the killed writer's leftovers are gone
+
+
+def test_an_unwritable_cache_folder_keeps_the_features_in_memory(tmp_path):
+    split, prep = _photos(tmp_path / "pixels")
+    blocked = tmp_path / "file"
+    blocked.write_text("not a folder")  # mkdir below it fails, as a read-only or full disk would
+    logs: list[str] = []
+    feats = _features(_frozen(), split, prep, blocked / "cache", logs)
+    assert any("keeping them in memory" in m for m in logs) and feats.shape == (1, len(split), 512)
+    assert feats.equal(_features(_frozen(), split, prep, tmp_path / "ok", []))
