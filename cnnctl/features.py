@@ -32,7 +32,7 @@ from torch import nn
 
 from cnnctl.data.batches import Batches
 from cnnctl.data.bundle import fingerprint
-from cnnctl.data.cache import cached_array
+from cnnctl.data.cache import cached_array, hash_files
 from cnnctl.data.policies import PolicyAugment
 from cnnctl.data.sources import Split
 from cnnctl.engine import autocast
@@ -126,15 +126,8 @@ def images_identity(split: Split) -> str:
     labels; for a built-in set, the data bundle's fingerprint (pixel store identity and rows)."""
     if split.paths is None:
         return fingerprint(split)
-    import os
-
     h = hashlib.sha256(f"{tuple(split.store.shape[1:])}\n".encode())
-    for f in split.paths:
-        try:
-            st = os.stat(f)
-            h.update(f"{f}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-        except OSError:
-            h.update(f"{f}\0missing\n".encode())
+    hash_files(h, split.paths)
     h.update(split.y.numpy().tobytes())
     return h.hexdigest()[:32]
 

@@ -31,7 +31,7 @@ import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -53,14 +53,20 @@ def cache_key(files: list[str], prep: Preprocess) -> str:
     # batch later), so a setting added to Preprocess can never share an entry with another value.
     decode = {"format": FORMAT, **{k: v for k, v in prep.to_dict().items() if k not in ("mean", "std")}}
     h = hashlib.sha256(json.dumps(decode, sort_keys=True).encode())
+    hash_files(h, files)
+    return h.hexdigest()[:32]
+
+
+def hash_files(h: Any, files: list[str]) -> None:
+    """Feed the identity of `files` (path, size, mtime in ns, in order) into `h`; a file that
+    vanished since the listing counts as "missing" (decoding reports it as unreadable)."""
     for f in files:
         try:
             st = os.stat(f)
-        except OSError:  # vanished since the listing: decoding reports it as unreadable
+        except OSError:
             h.update(f"{f}\0missing\n".encode())
             continue
         h.update(f"{f}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-    return h.hexdigest()[:32]
 
 
 class Pixels:
