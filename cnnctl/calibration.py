@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from cnnctl.data.manifest import Manifest
 from cnnctl.engine import evaluate
 from cnnctl.errors import CnnctlError, UsageError
 from cnnctl.evaluation import Target, load_split
@@ -26,7 +27,8 @@ from cnnctl.metrics import calibration, fit_temperature, nll
 
 
 def _logits(model: Target, meta: Metadata, data: str | None, data_dir: str | None, split: str) -> tuple[np.ndarray, np.ndarray, str, str]:
-    images, name, _, used = load_split(meta, data, data_dir, split, log=lambda m: print(m, file=sys.stderr, flush=True))
+    log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    images, name, _, used = load_split(meta, data, data_dir, split, log=log, recorded=Manifest.beside(model.path))
     result = evaluate(model.module, model.batches(images, model.eval_batch("auto").size))
     return result.logits.numpy().astype(np.float64), result.targets.numpy(), name, used
 

@@ -18,7 +18,8 @@ from torch import nn
 
 from cnnctl.data.batches import Batches
 from cnnctl.data.bundle import split_off
-from cnnctl.data.sources import DIGIT_SETS, NAMED_SETS, Split, default_cache_dir, folder_layout, folder_split, load_source
+from cnnctl.data.manifest import Manifest
+from cnnctl.data.sources import DIGIT_SETS, NAMED_SETS, Split, default_cache_dir, files_split, folder_layout, folder_split, load_source
 from cnnctl.engine import evaluate
 from cnnctl.errors import DataError, UsageError
 from cnnctl.inference import OnnxClassifier, softmax
@@ -75,7 +76,8 @@ class Target:
 
 
 def load_split(
-    meta: Metadata, data: str | None, data_dir: str | None, split: str, log: Callable[[str], None] | None = None
+    meta: Metadata, data: str | None, data_dir: str | None, split: str, log: Callable[[str], None] | None = None,
+    recorded: Manifest | None = None,
 ) -> tuple[Split, str, list[str], str]:
     """The images of one split, decoded as the model's preprocessing says, labelled by class name.
 
@@ -84,6 +86,10 @@ def load_split(
     model's classes by name (a folder with fewer classes is fine, one the model does not know is
     refused); a plain folder of class subfolders is evaluated whole ("all"), unless it is the very
     folder the model was trained on, whose "val" split is the one it was selected on.
+
+    The train and val splits of the data a run was trained on are the ones it recorded (`recorded`,
+    its split manifest), whatever the folder holds now; a run without one (older cnnctl) re-splits
+    the folder, said in one line.
     """
     info = meta.data
     name = data or (info.name if info is not None else None)
@@ -95,6 +101,13 @@ def load_split(
     classes = list(meta.class_names)
     log = log or (lambda m: print(m, file=sys.stderr, flush=True))
     val_split = info.val_split if info is not None else 0.1
+    own = info is not None and (name == info.name or (name not in NAMED_SETS and os.path.realpath(name) == os.path.realpath(info.name)))
+    if own and split in ("val", "train"):
+        if recorded is not None and recorded.record(split) is not None:
+            return _recorded_split(recorded, split, meta, name, data_dir, log), name, classes, split
+        if recorded is None and info is not None:
+            log(f"the model's run has no split manifest (written by an older cnnctl): its {split} split is drawn again from {name} as "
+                f"it is now; images added or removed since training can move between train and val")  # fmt: skip
     if name not in NAMED_SETS:
         return _folder_split(name, info, split, classes, prep, val_split, log)
     src = load_source(name, data_dir or (info.data_dir if info is not None and info.data_dir else "./data"), False, prep.size, prep.channels == 1, log=log)
@@ -120,6 +133,39 @@ def load_split(
 
 
 SPLITS = ("test", "val", "train", "all")
+
+
+def _recorded_split(recorded: Manifest, split: str, meta: Metadata, name: str, data_dir: str | None, log: Callable[[str], None]) -> Split:
+    """The `split` a run recorded: its files that are still there unchanged (one line says what
+    is missing, changed, or new in the folder and left out), or its rows of a named set."""
+    rec = recorded.splits[split]
+    prep = meta.preprocess
+    if rec.rows is not None:
+        info = meta.data
+        src = load_source(name, data_dir or (info.data_dir if info is not None and info.data_dir else "./data"), False, prep.size,
+                          prep.channels == 1, log=log)  # fmt: skip
+        if rec.rows and max(rec.rows) >= len(src.train):
+            raise DataError(f"{name} has {len(src.train)} training images but the run recorded row {max(rec.rows)}; is it the same data set?")
+        return src.train.take(torch.tensor(rec.rows, dtype=torch.int64))
+    state = recorded.files(split)
+    new = 0
+    if os.path.isdir(recorded.data):
+        from cnnctl.data.sources import list_images
+
+        known = recorded.all_paths()
+        prefix = recorded.data.rstrip(os.sep) + os.sep
+        new = sum(1 for f in list_images(recorded.data) if f[len(prefix):] not in known)
+    if state.missing or state.changed or new:
+        gone = state.missing + state.changed
+        left = f"{len(state.missing)} missing and {len(state.changed)} changed since training are left out (e.g. {', '.join(gone[:3])})"
+        log(f"{split}: the {len(rec)} images the run recorded for this split; {left if gone else 'all still there'}; "
+            f"{new} file(s) added to {recorded.data} since are ignored")  # fmt: skip
+    if not state.present:
+        raise DataError(f"none of the {len(rec)} images the run recorded for its {split} split is left in {recorded.data}; "
+                        f"evaluate on other images with --data FOLDER --split all")  # fmt: skip
+    files = [f for f, _ in state.present]
+    labels = [label for _, label in state.present]
+    return files_split(files, labels, prep, default_cache_dir(), log, recorded.data)
 
 
 def _folder_split(name: str, info: DataInfo | None, split: str, classes: list[str], prep: Preprocess, val_split: float,
@@ -182,7 +228,7 @@ def run_eval(
     model = Target(target, provider, device)
     if tta_shift and min(model.prep.size) <= tta_shift:  # refused before any image is decoded
         raise UsageError(f"--tta-shift {tta_shift} must be smaller than the model's input ({model.prep.size[0]}x{model.prep.size[1]} px); try 1 or 2")
-    images, name, classes, split = load_split(model.meta, data, data_dir, split)
+    images, name, classes, split = load_split(model.meta, data, data_dir, split, recorded=Manifest.beside(model.path))
     if limit:
         images = images.take(torch.arange(min(limit, len(images))))
     if tta_flip and name in DIGIT_SETS:

@@ -31,6 +31,7 @@ from cnnctl.errors import CnnctlError, ExportError, UsageError
 from cnnctl.inference import OnnxClassifier, graph_input
 from cnnctl.io import atomic_path
 from cnnctl.metadata import ExportInfo, Metadata
+from cnnctl.data.manifest import Manifest
 from cnnctl.data.sources import Split
 from cnnctl.preprocess import Preprocess, normalize
 
@@ -41,11 +42,11 @@ def _stderr_log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def sample_split(meta: Metadata, n: int, split: str = "train") -> tuple[Split, str]:
+def sample_split(meta: Metadata, n: int, split: str = "train", recorded: Manifest | None = None) -> tuple[Split, str]:
     """Up to `n` real images (a seeded draw, still uint8) from the model's own data set and split.
 
     Falls back to the training split when there is no validation split; raises CnnctlError or
-    OSError when the data is not at hand.
+    OSError when the data is not at hand. `recorded`: the run's split manifest (its val split).
     """
     from cnnctl.evaluation import load_split
 
@@ -53,18 +54,19 @@ def sample_split(meta: Metadata, n: int, split: str = "train") -> tuple[Split, s
         pass
 
     try:
-        pool, name, _, _ = load_split(meta, None, None, split, log=quiet)
+        pool, name, _, _ = load_split(meta, None, None, split, log=quiet, recorded=recorded)
     except UsageError:  # no validation split (trained with --val-split 0): use training images
-        pool, name, _, _ = load_split(meta, None, None, "train", log=quiet)
+        pool, name, _, _ = load_split(meta, None, None, "train", log=quiet, recorded=recorded)
         split = "train"
     idx = torch.randperm(len(pool), generator=torch.Generator().manual_seed(0))[:n]
     return pool.take(idx), f"{len(idx)} {split} images of {name}"
 
 
-def sample_pixels(meta: Metadata, n: int, split: str = "train", log: Log = _stderr_log) -> tuple[np.ndarray, np.ndarray | None, str]:
+def sample_pixels(meta: Metadata, n: int, split: str = "train", log: Log = _stderr_log,
+                  recorded: Manifest | None = None) -> tuple[np.ndarray, np.ndarray | None, str]:  # fmt: skip
     """Up to `n` real images (uint8 N, C, H, W) from the model's own data set, else seeded random pixels."""
     try:
-        pick, source = sample_split(meta, n, split)
+        pick, source = sample_split(meta, n, split, recorded)
         images = pick.images()
         if tuple(images.shape[-2:]) != tuple(meta.preprocess.size):  # stored larger (random-resized crops): the centre, as validation
             from cnnctl.data.batches import centre_crop
@@ -214,7 +216,8 @@ def export(
     prep = meta.preprocess
     is_dynamic = dynamic == "batch"
     n_check = max(2, check_batch) if is_dynamic else batch
-    pixels, _, source = sample_pixels(meta, n_check, log=log)
+    recorded = Manifest.beside(ckpt)
+    pixels, _, source = sample_pixels(meta, n_check, log=log, recorded=recorded)
     source_sha256 = file_sha256(ckpt)
     order = ["dynamo", "torchscript"] if exporter == "auto" else [exporter]
     report: dict[str, Any] = {"output": str(out), "checkpoint": str(ckpt), "check_inputs": source, "dynamic": dynamic,
@@ -264,7 +267,7 @@ def export(
     if fp16:
         report["float_bytes_estimate"] = sum(t.numel() * 4 for t in model.state_dict().values() if t.is_floating_point())
     if int8:
-        report["int8"] = quantize(out, model, meta, prep, log=log)
+        report["int8"] = quantize(out, model, meta, prep, log=log, recorded=recorded)
     return report
 
 
@@ -282,12 +285,13 @@ def export_triton(target: str, repo: str, name: str | None = None, *, max_batch:
                             max_queue_delay_us=max_queue_delay_us, instances=instances, kind=kind)  # fmt: skip
 
 
-def quantize(float_path: Path, model: torch.nn.Module, meta: Metadata, prep: Preprocess, *, calib: int = 256, log: Log = _stderr_log) -> dict[str, Any]:
+def quantize(float_path: Path, model: torch.nn.Module, meta: Metadata, prep: Preprocess, *, calib: int = 256, log: Log = _stderr_log,
+             recorded: Manifest | None = None) -> dict[str, Any]:  # fmt: skip
     """Static QDQ per-channel int8 quantization calibrated on training images, then measured."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    pixels, _, source = sample_pixels(meta, calib, log=log)
+    pixels, _, source = sample_pixels(meta, calib, log=log, recorded=recorded)
     x_cal = normalize(pixels, prep)
 
     class Reader(CalibrationDataReader):
@@ -308,7 +312,7 @@ def quantize(float_path: Path, model: torch.nn.Module, meta: Metadata, prep: Pre
     pre_path.unlink(missing_ok=True)
     result: dict[str, Any] = {"output": str(out), "calibration": source}
     try:
-        val, result["validation"] = sample_split(meta, 2000, split="val")
+        val, result["validation"] = sample_split(meta, 2000, split="val", recorded=recorded)
     except (CnnctlError, OSError):
         val, result["validation"] = None, "no images: the model's data is not at hand"
     if val is not None:
@@ -323,7 +327,7 @@ def quantize(float_path: Path, model: torch.nn.Module, meta: Metadata, prep: Pre
     if val is not None:  # the timing batch: 64 of the validation images already drawn
         bench = normalize(val.take(torch.arange(min(64, len(val)))).images().numpy(), prep)
     else:
-        bench = normalize(sample_pixels(meta, 64, split="val", log=lambda m: None)[0], prep)
+        bench = normalize(sample_pixels(meta, 64, split="val", log=lambda m: None, recorded=recorded)[0], prep)
     result["float_ms_batch64"] = _time_ms(f_clf, bench)
     result["int8_ms_batch64"] = _time_ms(q_clf, bench)
     result["speedup"] = result["float_ms_batch64"] / result["int8_ms_batch64"]

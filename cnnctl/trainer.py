@@ -24,6 +24,7 @@ from cnnctl import machine
 from cnnctl.checkpoint import load_last, save_last, save_model, versions
 from cnnctl.config import TrainConfig, resolve
 from cnnctl.data import DataBundle, build
+from cnnctl.data.manifest import Manifest
 from cnnctl.data.batches import Batches, shard
 from cnnctl.data.policies import BatchMix, PolicyAugment
 from cnnctl.data.sources import NAMED_SETS
@@ -129,6 +130,7 @@ def run(
     overwrite: bool = False,
     reporter: Reporter,
     dist: Dist | None = None,
+    accept_data_change: bool = False,
 ) -> RunResult:
     """Train `cfg` into a run directory (new, overwritten, or resumed).
 
@@ -151,10 +153,10 @@ def run(
         try:
             with RunLock(run_dir) if dist.is_main else nullcontext():
                 if overwrite and not resume and dist.is_main:
-                    for name in ("model.safetensors", "last.safetensors", "history.json", "config.json"):
+                    for name in ("model.safetensors", "last.safetensors", "history.json", "config.json", "splits.json.gz"):
                         (run_dir / name).unlink(missing_ok=True)
                 dist.agree(True)  # the others read the run directory only after rank 0 holds it
-                result = _run_locked(cfg, run_dir, bool(resume), reporter, device, dist)
+                result = _run_locked(cfg, run_dir, bool(resume), reporter, device, dist, accept_data_change)
         except CnnctlError:
             if fresh and not (run_dir / "config.json").exists():
                 shutil.rmtree(run_dir, ignore_errors=True)  # refused during setup: leave nothing behind
@@ -227,12 +229,20 @@ class Prepared:
         return self.opt.stepping
 
 
-def setup(cfg: TrainConfig, run_dir: Path, resuming: bool, reporter: Reporter, device: torch.device, dist: Dist) -> Prepared:
+def setup(cfg: TrainConfig, run_dir: Path, resuming: bool, reporter: Reporter, device: torch.device, dist: Dist,
+          accept_data_change: bool = False) -> Prepared:  # fmt: skip
     """Everything before the first step, in stages: the machine's choices, the start weights'
     preprocessing, data, model and start weights, optimisation, batches and schedule, and the
-    saved state when resuming. Each stage fails before the slower ones after it."""
+    saved state when resuming. Each stage fails before the slower ones after it. A resumed run
+    trains on the splits it recorded (cnnctl/data/manifest.py)."""
     resuming = resuming and (run_dir / "last.safetensors").exists()  # else: stopped before its first epoch
-    cfg, hardware, weights, data = setup_data(cfg, reporter, device, dist)
+    recorded = None
+    if resuming:
+        recorded = Manifest.read(run_dir)
+        if recorded is None:
+            reporter.log(f"{run_dir} has no split manifest (written by an older cnnctl): the splits are drawn again from the data as it "
+                         f"is now; if files were added or removed since, images may move between train and val")  # fmt: skip
+    cfg, hardware, weights, data = setup_data(cfg, reporter, device, dist, recorded=recorded, accept_data_change=accept_data_change)
     run = prepare(cfg, data, weights, hardware, reporter, device, dist, resuming=resuming)
     if resuming:
         run.state, run.history = _resume(run_dir, run.model, run.opt, run.schedule, run.limits, reporter)
@@ -243,8 +253,8 @@ def setup(cfg: TrainConfig, run_dir: Path, resuming: bool, reporter: Reporter, d
     return run
 
 
-def setup_data(cfg: TrainConfig, reporter: Reporter, device: torch.device,
-               dist: Dist) -> tuple[TrainConfig, machine.HardwarePlan, Pretrained | None, DataBundle]:  # fmt: skip
+def setup_data(cfg: TrainConfig, reporter: Reporter, device: torch.device, dist: Dist, *, recorded: Manifest | None = None,
+               accept_data_change: bool = False) -> tuple[TrainConfig, machine.HardwarePlan, Pretrained | None, DataBundle]:  # fmt: skip
     """The stages before the model: the machine's choices, the start weights (found before any
     image is decoded), the preprocessing they imply, and the data. Returns the config with that
     preprocessing filled in (`cnnctl check --labels` starts here too)."""
@@ -252,7 +262,7 @@ def setup_data(cfg: TrainConfig, reporter: Reporter, device: torch.device,
     get_entry(cfg.model)  # an unknown model, or timm not installed: refused before anything is read
     weights = start_weights(cfg)
     cfg = _preprocessing_defaults(cfg, weights)
-    data = build(cfg, reporter.log)
+    data = build(cfg, reporter.log, recorded, accept_data_change)
     for note in data.notes:
         reporter.log(note)
     return cfg, hardware, weights, data
@@ -429,6 +439,7 @@ class Checkpointer:
             "data_summary": run.data.describe(), "preprocess": run.data.prep.to_dict(), "versions": versions(),
             "torch_threads": torch.get_num_threads(), "world_size": dist.world_size, "hardware": run.hardware.to_dict(),
         })  # fmt: skip
+        run.data.manifest().write(self.run_dir)
 
     def epoch_end(self, record: dict[str, Any], improved: bool, state: LoopState, history: History) -> None:
         if not self.writes:
@@ -454,9 +465,10 @@ class Checkpointer:
             history_file.save(self.run_dir / "history.json", history.epochs, **({"test": test} if test else {}), stopped=history.stopped)
 
 
-def _run_locked(cfg: TrainConfig, run_dir: Path, resuming: bool, reporter: Reporter, device: torch.device, dist: Dist) -> RunResult:
+def _run_locked(cfg: TrainConfig, run_dir: Path, resuming: bool, reporter: Reporter, device: torch.device, dist: Dist,
+                accept_data_change: bool = False) -> RunResult:  # fmt: skip
     """setup -> fit -> checkpointing, then the test pass on the best checkpoint."""
-    run = setup(cfg, run_dir, resuming, reporter, device, dist)
+    run = setup(cfg, run_dir, resuming, reporter, device, dist, accept_data_change)
     checkpoints = Checkpointer(run_dir, run, dist.is_main)
     checkpoints.write_config(device, dist)
     history = _fit(run, checkpoints, reporter, device, dist, run_dir)
@@ -582,13 +594,15 @@ class RunInterrupted(Exception):
 
 
 def train(model: str | None, recipe: str | None, flags: dict[str, Any], *, out: str | None, resume: str | None,
-          overwrite: bool, reporter: Reporter, dist: Dist | None = None) -> RunResult:
+          overwrite: bool, reporter: Reporter, dist: Dist | None = None, accept_data_change: bool = False) -> RunResult:
     """What `cnnctl train` calls: resolve the config (resumed run's config <- recipe <- flags) and
     run it; under torchrun an error names the rank it happened on."""
     dist = dist or Dist()
     try:
         cfg = resolve_run(model, recipe, flags, resume)
-        return run(cfg, out=out, resume=resume, overwrite=overwrite, reporter=reporter, dist=dist)
+        if accept_data_change and not resume:
+            raise UsageError("--accept-data-change goes with --resume RUN (a new run records the data as it is)")
+        return run(cfg, out=out, resume=resume, overwrite=overwrite, reporter=reporter, dist=dist, accept_data_change=accept_data_change)
     except CnnctlError as exc:
         raise dist.label(exc) from None
 

@@ -14,6 +14,9 @@ _START, _RUN = "Model & start", "Run & output"
 _FIXED = {
     "recipe": (Optional[str], typer.Option("--recipe", "-r", help="A shipped recipe's name (`cnnctl recipes`) or a TOML file; flags given here override it.", rich_help_panel=_START, autocompletion=complete_recipe)),
     "resume": (Optional[str], typer.Option("--resume", help="Continue the run in this directory (a larger --epochs extends it).", rich_help_panel=_START)),
+    "accept_data_change": (bool, typer.Option("--accept-data-change", help="With --resume: go on although the data folder's files "
+                                              "changed since the run recorded its splits (recorded files keep their split; new ones are dealt "
+                                              "to train/val by a hash of their path; the change is recorded).", rich_help_panel=_START)),
     "out": (Optional[str], typer.Option("--out", "-o", help="Run directory (default: runs/MODEL-DATA-TIME).", rich_help_panel=_RUN)),
     "overwrite": (bool, typer.Option("--overwrite", help="Replace the files of an existing --out.", rich_help_panel=_RUN)),
     "json_": (bool, typer.Option("--json", help="Print one JSON record per epoch and a JSON summary on stdout.", rich_help_panel=_RUN)),
@@ -69,7 +72,8 @@ def train(**kwargs: Any) -> None:
     reporter = TrainReporter(json_lines=fixed["json_"]) if dist.is_main else QuietReporter()
     try:
         result = run_training(model, fixed["recipe"], kwargs, out=fixed["out"], resume=fixed["resume"],
-                              overwrite=fixed["overwrite"], reporter=reporter, dist=dist)  # fmt: skip
+                              overwrite=fixed["overwrite"], reporter=reporter, dist=dist,
+                              accept_data_change=fixed["accept_data_change"])  # fmt: skip
     except RunInterrupted as exc:
         reporter.close()
         how = (f"relaunch the same torchrun command with --resume {exc.run_dir}" if dist.enabled
@@ -182,7 +186,7 @@ def config_signature(fixed: dict[str, Any], fixed_panel: dict[str, str]) -> insp
     return inspect.Signature(params)
 
 
-train.__signature__ = config_signature(_FIXED, {"recipe": _START, "resume": _START, "out": _RUN, "overwrite": _RUN, "json_": _RUN, "dry_run": _RUN})  # type: ignore[attr-defined]
+train.__signature__ = config_signature(_FIXED, {"recipe": _START, "resume": _START, "accept_data_change": _START, "out": _RUN, "overwrite": _RUN, "json_": _RUN, "dry_run": _RUN})  # type: ignore[attr-defined]
 train.__annotations__ = {p.name: p.annotation for p in train.__signature__.parameters.values()}  # type: ignore[attr-defined]
 
 

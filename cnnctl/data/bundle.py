@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import os
 import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -11,7 +12,8 @@ from typing import Any, Callable
 import torch
 
 from cnnctl.config import TrainConfig, parse_floats
-from cnnctl.data.sources import DIGIT_SETS, Source, Split, default_cache_dir, load_source, redecode
+from cnnctl.data.manifest import Manifest, SplitRecord, compare, deal, record_files
+from cnnctl.data.sources import DIGIT_SETS, NAMED_SETS, Source, Split, default_cache_dir, load_source, redecode
 from cnnctl.errors import DataError, UsageError
 from cnnctl.preprocess import Preprocess
 from cnnctl.specs import parse_image_size
@@ -33,6 +35,22 @@ class DataBundle:
     prep: Preprocess
     fingerprint: str
     notes: list[str] = field(default_factory=list)
+    root: str = ""  # the absolute data folder ("" for a named set)
+    excluded: Split | None = None  # training images left out by --subset
+    changes: tuple[dict[str, int | str], ...] = ()  # data changes accepted on resume (--accept-data-change)
+
+    def manifest(self) -> Manifest:
+        """Which images each split holds (written into the run directory as the split manifest)."""
+        splits: dict[str, SplitRecord] = {}
+        for name, split in (("train", self.train), ("val", self.val), ("test", self.test), ("unused", self.excluded)):
+            if split is None:
+                continue
+            if self.root and split.paths is not None:
+                splits[name] = record_files(self.root, split.paths, split.y.tolist())
+            elif not self.root and name != "test":
+                rows = split.rows if split.rows is not None else torch.arange(len(split))
+                splits[name] = SplitRecord(rows=tuple(rows.tolist()))
+        return Manifest(self.root or self.name, splits, self.fingerprint, self.changes)
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -98,21 +116,30 @@ def split_off(split: Split, fraction: float) -> tuple[Split, Split | None]:
     return split.take(perm[n_val:].sort().values), split.take(perm[:n_val].sort().values)
 
 
-def build(cfg: TrainConfig, log: Callable[[str], None] = lambda m: print(m, file=sys.stderr)) -> DataBundle:
-    """Load `cfg.data` and split it; mean/std come from the training split only."""
+def build(cfg: TrainConfig, log: Callable[[str], None] = lambda m: print(m, file=sys.stderr), recorded: Manifest | None = None,
+          accept_change: bool = False) -> DataBundle:  # fmt: skip
+    """Load `cfg.data` and split it; mean/std come from the training split only.
+
+    `recorded` is a resumed run's split manifest: the splits are then the recorded ones, and a data
+    folder whose files changed since is refused unless `accept_change` (docs/train.md#resume).
+    """
     size = parse_image_size(cfg.image_size) if cfg.image_size else None
     resize = "stretch" if cfg.resize == "auto" else cfg.resize
     interpolation = "bilinear" if cfg.interpolation == "auto" else cfg.interpolation
     src: Source = load_source(cfg.data, cfg.data_dir, cfg.download, size, cfg.grayscale, cfg.cache_dir, log, resize, cfg.crop_pct,
                               interpolation)  # fmt: skip
-    train, val = src.train, src.val
-    if val is None:
+    root = "" if cfg.data in NAMED_SETS else os.path.abspath(src.name)
+    train, val, excluded, changes = src.train, src.val, None, ()
+    if recorded is not None:
+        train, val, excluded, changes = _recorded(src, root, recorded, cfg.val_split, accept_change, log)
+    elif val is None:
         train, val = split_off(train, cfg.val_split)
-        if val is not None and src.prep is not None and src.train_prep is not None and src.train_prep != src.prep:
-            # The held-out images are judged as eval and predict will see them, not as stored for training.
-            val = redecode(val, src.prep, default_cache_dir(cfg.cache_dir), log)
-    if cfg.subset:
+    if val is not None and src.val is None and src.prep is not None and src.train_prep is not None and src.train_prep != src.prep:
+        # The held-out images are judged as eval and predict will see them, not as stored for training.
+        val = redecode(val, src.prep, default_cache_dir(cfg.cache_dir), log)
+    if cfg.subset and recorded is None:
         perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(VAL_SEED + 1))
+        excluded = train.take(perm[cfg.subset :].sort().values)
         train = train.take(perm[: cfg.subset].sort().values)
     if len(train) == 0:
         raise DataError(f"{cfg.data}: the training split is empty")
@@ -130,4 +157,59 @@ def build(cfg: TrainConfig, log: Callable[[str], None] = lambda m: print(m, file
             f"--augment {cfg.augment} flips images horizontally, which turns digits into other shapes; "
             f"use --augment shift for {src.name}, or add --allow-flip if you really mean it"
         )
-    return DataBundle(src.name, src.classes, train, val, src.test, prep, fingerprint(train, val), src.notes)
+    return DataBundle(src.name, src.classes, train, val, src.test, prep, fingerprint(train, val), src.notes, root, excluded, changes)
+
+
+def _recorded(src: Source, root: str, recorded: Manifest, val_split: float, accept: bool,
+              log: Callable[[str], None]) -> tuple[Split, Split | None, Split | None, tuple[dict[str, int | str], ...]]:  # fmt: skip
+    """(train, val, excluded, accepted changes): the splits a resumed run recorded, on the data as it is now."""
+    where = root or src.name
+    if recorded.data != where:
+        raise DataError(f"this run was trained on {recorded.data}, not {where}; resume with the same --data, or start a new run")
+    if not root:  # a named set: rows of its training split, which cannot change
+        def rows(name: str) -> Split | None:
+            rec = recorded.record(name)
+            if rec is None or rec.rows is None:
+                return None
+            if rec.rows and max(rec.rows) >= len(src.train):
+                raise DataError(f"{where} has {len(src.train)} training images but the run recorded row {max(rec.rows)}; is it the same data set?")
+            return src.train.take(torch.as_tensor(rec.rows, dtype=torch.int64))
+
+        train = rows("train")
+        assert train is not None
+        return train, rows("val"), rows("unused"), recorded.changes
+    current = list(src.train.paths or []) + list(src.val.paths or [] if src.val is not None else [])
+    change = compare(recorded, root, current, ("train", "val", "unused"))
+    if change and not accept:
+        raise DataError(f"{where} changed since this run recorded its splits: {change.summary()}; start a new run (--out NEW), "
+                        f"or add --accept-data-change to go on (recorded files keep their split, new ones are dealt to train/val)")  # fmt: skip
+    changes = recorded.changes
+    if change:
+        log(f"data changed since the run recorded its splits: {change.summary()}; accepted (--accept-data-change): recorded files "
+            f"keep their split, missing ones are dropped, new ones are dealt to train and val by a hash of their path")  # fmt: skip
+        changes = (*changes, {"added": len(change.added), "removed": len(change.removed), "changed": len(change.changed)})
+    if src.val is not None:  # a val/ folder: the folders are the splits
+        return src.train, src.val, None, changes
+    val_rec, unused_rec = recorded.record("val"), recorded.record("unused")
+    in_val = set(val_rec.paths) if val_rec is not None else set()
+    unused = set(unused_rec.paths) if unused_rec is not None else set()
+    known = recorded.all_paths()
+    prefix = root.rstrip(os.sep) + os.sep
+    groups: dict[str, list[int]] = {"train": [], "val": [], "unused": []}
+    for i, path in enumerate(src.train.paths or []):
+        full = os.path.abspath(path)
+        rel = full[len(prefix):] if full.startswith(prefix) else os.path.relpath(full, root)
+        if rel in unused:
+            groups["unused"].append(i)
+        elif rel in in_val or (rel not in known and val_rec is not None and deal(rel, val_split)):
+            groups["val"].append(i)
+        else:
+            groups["train"].append(i)
+
+    def take(name: str) -> Split | None:
+        return src.train.take(torch.as_tensor(groups[name], dtype=torch.int64)) if groups[name] else None
+
+    train = take("train")
+    if train is None:
+        raise DataError(f"{where}: none of the run's recorded training images is left; start a new run")
+    return train, take("val"), take("unused"), changes

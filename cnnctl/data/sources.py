@@ -157,6 +157,15 @@ def _list_files(root: Path, classes: list[str], labels_of: list[int]) -> tuple[l
     return files, labels
 
 
+def list_images(root: str) -> Iterator[str]:
+    """Every image file under `root`, recursively, in sorted order (paths joined onto `root`)."""
+    for dirpath, dirnames, names in os.walk(root):
+        dirnames.sort()
+        for n in sorted(names):
+            if n.lower().endswith(IMAGE_SUFFIXES):
+                yield os.path.join(dirpath, n)
+
+
 def folder_split(directory: Path, classes: list[str], prep: Preprocess, cache_dir: Path | None, log: Callable[[str], None],
                  owner: str = "") -> Split:  # fmt: skip
     """Every image under directory/<class>/, labelled by the position of <class> in `classes`.
@@ -173,6 +182,13 @@ def folder_split(directory: Path, classes: list[str], prep: Preprocess, cache_di
     files, labels = _list_files(directory, present, [classes.index(c) for c in present])
     if not files:
         raise DataError(f"{directory}: no image files ({', '.join(IMAGE_SUFFIXES[:4])}, ...) in its class folders")
+    return files_split(files, labels, prep, cache_dir, log, str(directory))
+
+
+def files_split(files: list[str], labels: list[int], prep: Preprocess, cache_dir: Path | None, log: Callable[[str], None],
+                where: str) -> Split:  # fmt: skip
+    """These image files with these labels, decoded through the decode cache; unreadable files are
+    left out and counted in one log line (`where` names the data in messages)."""
     from cnnctl.data.cache import load_pixels
 
     pixels = load_pixels(files, prep, cache_dir, log)
@@ -181,7 +197,7 @@ def folder_split(directory: Path, classes: list[str], prep: Preprocess, cache_di
         log(f"skipped {len(pixels.failed)} unreadable image(s) of {len(files)}: {shown}" + (" ..." if len(pixels.failed) > 3 else ""))
     ok = pixels.ok_rows
     if not ok:
-        raise DataError(f"{directory}: none of the {len(files)} image files could be read")
+        raise DataError(f"{where}: none of the {len(files)} image files could be read")
     rows = torch.as_tensor(ok, dtype=torch.int64) if pixels.failed else None
     y = torch.as_tensor(np.asarray(labels, dtype=np.int64)[ok])
     return Split(pixels.array, y, [files[i] for i in ok], rows, pixels.key)
