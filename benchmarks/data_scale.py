@@ -130,9 +130,9 @@ def train_throughput(folder: Path, size: int, cache: Path, iters: int) -> tuple[
     """(mapped img/s, in-memory img/s) for mobilenet_v3_small, batch 16, on the same pixels."""
     from cnnctl.data.batches import Batches
     from cnnctl.data.sources import folder_split
-    from cnnctl.engine import make_loss, train_one_epoch
+    from cnnctl.train.engine import make_loss, train_one_epoch
     from cnnctl.models import create
-    from cnnctl.preprocess import Preprocess
+    from cnnctl.runtime.preprocess import Preprocess
 
     classes = sorted(p.name for p in folder.iterdir())
     prep = Preprocess(channels=3, size=(size, size), mean=[0.5] * 3, std=[0.25] * 3)

@@ -42,9 +42,9 @@ def main() -> None:
     subprocess.run([sys.executable, "-m", "cnnctl", "train", "tiny", "--data", str(folder), "--epochs", "1",
                     "--augment", "flip-crop", "--out", str(run), "--cache-dir", str(work / "cache")],
                    check=True, capture_output=True)  # fmt: skip
-    from cnnctl.checkpoint import load_model
-    from cnnctl.export import export
-    from cnnctl.inference import OnnxClassifier
+    from cnnctl.models.checkpoint import load_model
+    from cnnctl.export.onnx import export
+    from cnnctl.runtime.inference import OnnxClassifier
 
     report = export(str(run), int8=True, log=lambda m: None)
     model, _, _ = load_model(run)

@@ -80,8 +80,8 @@ def build_models(work: Path) -> tuple[Path, Path, str]:
 
 
 def baselines(model: Path, pixels_model: Path | None, seconds: float, which: str = "all") -> dict[str, float]:
-    from cnnctl.inference import OnnxClassifier
-    from cnnctl.preprocess import load_image
+    from cnnctl.runtime.inference import OnnxClassifier
+    from cnnctl.runtime.preprocess import load_image
 
     clf = OnnxClassifier(model, "cpu")
     out: dict[str, float] = {}
@@ -208,9 +208,9 @@ def httpx_load(url: str, path: str, body: Path, headers: dict[str, str], concurr
 
 def infer_body(pixels_model: Path, work: Path) -> tuple[Path, dict[str, str], str]:
     """A binary-tensor infer request holding one decoded photo, as tritonclient sends it."""
-    from cnnctl.inference import OnnxClassifier
-    from cnnctl.preprocess import load_image
-    from cnnctl.triton import model_name
+    from cnnctl.runtime.inference import OnnxClassifier
+    from cnnctl.runtime.preprocess import load_image
+    from cnnctl.export.triton import model_name
 
     clf = OnnxClassifier(pixels_model, "cpu")
     x = clf.from_pixels(load_image(PHOTOS[0], clf.prep)[None])

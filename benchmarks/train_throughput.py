@@ -24,7 +24,7 @@ from benchmarks._common import SHARED, cifar_folder, matmul_gflops
 from cnnctl.config import TrainConfig
 from cnnctl.data import build
 from cnnctl.data.batches import Batches
-from cnnctl.engine import make_loss, train_one_epoch
+from cnnctl.train.engine import make_loss, train_one_epoch
 from cnnctl.models import create
 from cnnctl.models.tracing import trace_model
 

@@ -8,7 +8,7 @@ finish, and its final weights must equal an uninterrupted run's bit for bit (CPU
 
     python scripts/kill_test.py --trials 50          # the long version (docs/reliability.md)
 
-The test suite runs a short version of the same function (tests/test_kill.py).
+The test suite runs a short version of the same function (tests/train/test_kill.py).
 """
 
 from __future__ import annotations

@@ -55,7 +55,7 @@ class RootSpec:
 
 def resolve_roots(target: str) -> list[RootSpec]:
     """The roots `target` stands for: a plain folder, each split of one, or a named set's splits."""
-    from cnnctl.layout import NAMED_SETS, folder_layout
+    from cnnctl.data.layout import NAMED_SETS, folder_layout
 
     if target in NAMED_SETS and not os.path.isdir(target):
         return [RootSpec(f"{target}/{split}", target, split) for split in ("train", "test")]

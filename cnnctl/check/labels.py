@@ -92,9 +92,9 @@ def folds_of(n: int, k: int, seed: int) -> np.ndarray:
 def out_of_sample(data: str, opts: LabelOptions, grayscale: bool, log: Log) -> tuple[np.ndarray, np.ndarray, list[str], list[str], str]:
     """(probabilities N x K, given labels, paths, class names, how) with each image's row from a
     model that did not train on it."""
-    from cnnctl.distributed import Dist
+    from cnnctl.train.distributed import Dist
     from cnnctl.errors import UsageError
-    from cnnctl.trainer import pick_device, setup_data
+    from cnnctl.train.trainer import pick_device, setup_data
 
     if not 2 <= opts.folds <= 20:
         raise UsageError(f"--folds {opts.folds}: give 2 to 20 (4 or 5 is usual)")
@@ -120,8 +120,8 @@ def _scratch(cfg: Any, bundle: Any, hardware: Any, reporter: Any, device: Any, d
     import torch
 
     from cnnctl.data.batches import Batches
-    from cnnctl.engine import Hooks, Loop, evaluate, fit
-    from cnnctl.trainer import prepare
+    from cnnctl.train.engine import Hooks, Loop, evaluate, fit
+    from cnnctl.train.trainer import prepare
 
     split = bundle.train
     probs = np.zeros((len(split), len(bundle.classes)), dtype=np.float64)
@@ -146,9 +146,9 @@ def _probe(cfg: Any, bundle: Any, weights: Any, hardware: Any, reporter: Any, de
     from torch import nn
 
     from cnnctl.data.batches import Batches
-    from cnnctl.engine import evaluate
-    from cnnctl.freezing import head_of
-    from cnnctl.trainer import prepare
+    from cnnctl.train.engine import evaluate
+    from cnnctl.train.freezing import head_of
+    from cnnctl.train.trainer import prepare
 
     run = prepare(cfg, bundle, weights, hardware, reporter, device, dist)
     model = run.model

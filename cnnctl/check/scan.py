@@ -17,8 +17,8 @@ from typing import Any, Callable, Iterable
 from PIL import Image
 
 from cnnctl.check.phash import phash, thumbnail
-from cnnctl.meter import Meter
-from cnnctl.preprocess import IMAGE_SUFFIXES, MAX_PIXELS
+from cnnctl.progress import Meter
+from cnnctl.runtime.preprocess import IMAGE_SUFFIXES, MAX_PIXELS
 
 WINDOW = 256  # paths handed to the threads at a time
 # Files bigger than this are reported: a training set rarely needs a 20 MB photo.

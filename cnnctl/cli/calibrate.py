@@ -31,7 +31,7 @@ def calibrate_cmd(
 
     $ cnnctl calibrate runs/pets/model.onnx --data more-photos/ --split all --check test
     """
-    from cnnctl.calibration import calibrate
+    from cnnctl.evaluate.calibration import calibrate
     from cnnctl.errors import UsageError
 
     if split == "train":

@@ -45,7 +45,7 @@ def eval_cmd(
     Preprocessing comes from the model's own metadata, never from flags.
     """
     from cnnctl.errors import GateError
-    from cnnctl.evaluation import run_eval, write_report
+    from cnnctl.evaluate.report import run_eval, write_report
 
     report = run_eval(
         target, data=data, data_dir=data_dir, split=split, batch_size=batch_size, provider=provider,
@@ -55,11 +55,11 @@ def eval_cmd(
     if output:
         write_report(report, output)
     if plot_confusion:
-        from cnnctl.plots import plot_confusion as draw
+        from cnnctl.evaluate.plots import plot_confusion as draw
 
         draw(report["confusion_matrix"], report["class_names"], plot_confusion)
     if plot_calibration:
-        from cnnctl.plots import plot_calibration as reliability
+        from cnnctl.evaluate.plots import plot_calibration as reliability
 
         reliability(report["calibration_bins"], report["ece"], plot_calibration, title=f"{report['data']} {report['split']}:")
     if json_:

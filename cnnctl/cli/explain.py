@@ -28,8 +28,8 @@ def explain_cmd(
 
     $ cnnctl explain runs/pets wrong/ --method layercam --class Dog --json
     """
-    from cnnctl.explain import explain_files
-    from cnnctl.inference import expand_inputs
+    from cnnctl.evaluate.explain import explain_files
+    from cnnctl.runtime.inference import expand_inputs
 
     paths = expand_inputs(images)
     report = explain_files(target, paths, method=method, layer=layer or "", class_name=class_name, out_dir=out_dir, device=device,

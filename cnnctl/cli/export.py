@@ -42,7 +42,7 @@ def export_cmd(
     $ cnnctl export runs/pets --format triton -o model_repository
     """
     from cnnctl.errors import UsageError
-    from cnnctl.export import export, export_triton
+    from cnnctl.export.onnx import export, export_triton
 
     options: dict[str, Any] = dict(opset=opset, dynamic=dynamic, batch=batch, exporter=exporter, tolerance=tolerance, int8=int8,
                                    input_dtype=input_, layout=layout, fp16=fp16)  # fmt: skip
@@ -74,7 +74,7 @@ def _render(r: dict[str, Any]) -> None:
         console.print(f"wrote {q['output']}: {q['speedup']:.2f}x faster at batch 64{acc}; {verdict} the target (>= 1.25x, <= 0.5 point drop)", highlight=False)
     t = r.get("triton")
     if t:
-        from cnnctl.triton import docker_line
+        from cnnctl.export.triton import docker_line
 
         console.print(f"Triton model repository {t['repository']}: {t['name']}/config.pbtxt (max_batch_size {t['max_batch_size']}, dynamic batching; "
                       f"{t['validated_with']}), {t['name']}/labels.txt, {t['name']}/1/model.onnx", highlight=False)  # fmt: skip

@@ -32,9 +32,9 @@ def lr_find_cmd(**kwargs: Any) -> None:
     $ cnnctl lr-find --recipe cifar10-fast --data cifar10-jpg/ --json
     """
     from cnnctl.cli.common import out, print_json
-    from cnnctl.cli.progress import TrainReporter
-    from cnnctl.lrfind import lr_find
-    from cnnctl.trainer import resolve_run
+    from cnnctl.cli.reporter import TrainReporter
+    from cnnctl.train.lrfind import lr_find
+    from cnnctl.train.trainer import resolve_run
 
     model = kwargs.pop("model")
     own = {k: kwargs.pop(k) for k in list(_OWN)}
@@ -48,7 +48,7 @@ def lr_find_cmd(**kwargs: Any) -> None:
 
         write_json(own["output"], report)
     if own["plot"]:
-        from cnnctl.plots import plot_lr_curve
+        from cnnctl.evaluate.plots import plot_lr_curve
 
         plot_lr_curve(curve.points, {"suggested (steepest)": curve.steepest_lr, "valley (minimum / 10)": curve.valley_lr, "minimum": curve.min_loss_lr},
                       own["plot"], title=f"{curve.model} on {curve.data}, {curve.optimizer}")  # fmt: skip

@@ -14,9 +14,9 @@ def plot(
     """Draw train and validation loss and accuracy per epoch, several runs side by side."""
     from pathlib import Path
 
-    from cnnctl import history
+    from cnnctl.train import history
     from cnnctl.cli.common import out
-    from cnnctl.plots import plot_histories
+    from cnnctl.evaluate.plots import plot_histories
 
     histories = {}
     for run in runs:

@@ -31,12 +31,12 @@ def predict(
     $ find photos -name '*.jpg' | cnnctl predict runs/pets/model.onnx -
     """
     from cnnctl.errors import PartialFailure
-    from cnnctl.inference import OnnxClassifier, expand_inputs, predict_paths
+    from cnnctl.runtime.inference import OnnxClassifier, expand_inputs, predict_paths
 
     if model.endswith(".onnx"):
         clf = OnnxClassifier(model, provider, threads)
     else:
-        from cnnctl.checkpoint import TorchClassifier
+        from cnnctl.models.checkpoint import TorchClassifier
 
         clf = TorchClassifier(model)  # type: ignore[assignment]
     print(f"model {clf.path}: {clf.meta.model}, provider {clf.provider}", file=sys.stderr)

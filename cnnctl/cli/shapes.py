@@ -36,7 +36,7 @@ def shapes(
     """
     from cnnctl.errors import ShapeError
     from cnnctl.models.tracing import trace_target
-    from cnnctl.shapes import visible_rows
+    from cnnctl.models.shapes import visible_rows
     from cnnctl.specs import parse_input_shape
 
     shape = parse_input_shape(input) if input else None

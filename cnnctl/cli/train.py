@@ -59,10 +59,10 @@ def train(**kwargs: Any) -> None:
     writes the run directory and prints (docs/distributed.md).
     """
     from cnnctl.cli.common import print_json
-    from cnnctl.cli.progress import QuietReporter, TrainReporter
-    from cnnctl.distributed import Dist
+    from cnnctl.cli.reporter import QuietReporter, TrainReporter
+    from cnnctl.train.distributed import Dist
     from cnnctl.errors import InterruptedRun
-    from cnnctl.trainer import RunInterrupted, train as run_training
+    from cnnctl.train.trainer import RunInterrupted, train as run_training
 
     model = kwargs.pop("model")
     fixed = {k: kwargs.pop(k) for k in list(_FIXED)}
@@ -101,10 +101,10 @@ def train(**kwargs: Any) -> None:
 
 def _dry_run(model: str | None, fixed: dict[str, Any], flags: dict[str, Any], dist: Any) -> None:
     from cnnctl.cli.common import print_json
-    from cnnctl.cli.progress import TrainReporter
-    from cnnctl.dryrun import dry_run
+    from cnnctl.cli.reporter import TrainReporter
+    from cnnctl.train.dryrun import dry_run
     from cnnctl.errors import UsageError
-    from cnnctl.trainer import resolve_run
+    from cnnctl.train.trainer import resolve_run
 
     if dist.enabled:
         raise UsageError("--dry-run plans one process; run it without torchrun (it reports the per-process threads torchrun would get)")

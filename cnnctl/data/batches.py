@@ -19,7 +19,7 @@ import torch
 
 from cnnctl.data.policies import BatchMix, PolicyAugment, seeded
 from cnnctl.data.sources import Split
-from cnnctl.preprocess import Preprocess
+from cnnctl.runtime.preprocess import Preprocess
 
 PAD = {"flip-crop": 4, "flip-shift": 2, "shift": 2}
 

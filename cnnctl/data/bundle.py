@@ -15,7 +15,7 @@ from cnnctl.config import TrainConfig, parse_floats
 from cnnctl.data.manifest import Manifest, SplitRecord, compare, deal, record_files
 from cnnctl.data.sources import DIGIT_SETS, NAMED_SETS, Source, Split, default_cache_dir, load_source, redecode
 from cnnctl.errors import DataError, UsageError
-from cnnctl.preprocess import Preprocess
+from cnnctl.runtime.preprocess import Preprocess
 from cnnctl.specs import parse_image_size
 
 # The validation split is drawn with this fixed seed, whatever --seed is, so runs with different

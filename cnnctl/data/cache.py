@@ -13,7 +13,7 @@ The key is the identity of the files (path, size, mtime, in order) plus the deco
 An entry is complete only when the JSON exists, names the same key and shape, and the data file
 has exactly N*C*H*W bytes. Decoding writes to a temporary file that is renamed into place, under
 an exclusive lock (flock) on `pixels-<key>.lock` (`cached_array`, which the feature cache of
-cnnctl/features.py uses too): a second process (another torchrun rank, a
+cnnctl/train/features.py uses too): a second process (another torchrun rank, a
 parallel eval) waits for the first and then maps the same file, so the pixels sit once in the
 page cache whatever the number of processes; a kill during decoding leaves no entry that looks
 complete, and the next run decodes again.
@@ -37,8 +37,8 @@ import numpy as np
 import torch
 
 from cnnctl.errors import DataError
-from cnnctl.meter import Meter
-from cnnctl.preprocess import Preprocess, load_image
+from cnnctl.progress import Meter
+from cnnctl.runtime.preprocess import Preprocess, load_image
 
 FORMAT = 2
 # Files per unit of work handed to the decode workers: bounds the futures held at once.

@@ -17,8 +17,8 @@ import numpy as np
 import torch
 
 from cnnctl.errors import DataError, UsageError
-from cnnctl.layout import DIGIT_SETS, NAMED_SETS, SPLIT_DIRS, TORCHVISION_SETS, FolderLayout, class_dirs, folder_layout, short  # noqa: F401 (re-exported)
-from cnnctl.preprocess import IMAGE_SUFFIXES, Preprocess, decode
+from cnnctl.data.layout import DIGIT_SETS, NAMED_SETS, SPLIT_DIRS, TORCHVISION_SETS, FolderLayout, class_dirs, folder_layout, short  # noqa: F401 (re-exported)
+from cnnctl.runtime.preprocess import IMAGE_SUFFIXES, Preprocess, decode
 
 BUILTIN = Path(__file__).parent / "builtin"
 

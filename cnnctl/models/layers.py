@@ -21,7 +21,7 @@ def flat_features(features: nn.Module, in_shape: tuple[int, int, int]) -> int:
         with torch.no_grad():
             out = features(torch.zeros(1, *in_shape, device=device))
     except RuntimeError:
-        from cnnctl.shapes import trace
+        from cnnctl.models.shapes import trace
 
         # Say which layer could not take the input, the way `cnnctl shapes` would.
         diagnosis = trace(features, in_shape).diagnosis

@@ -1,6 +1,6 @@
 """Shape traces of what users name: a registry model, or a trained checkpoint / run directory.
 
-The tracer itself (`cnnctl.shapes`) takes any nn.Module and knows nothing of the registry; this
+The tracer itself (`cnnctl.models.shapes`) takes any nn.Module and knows nothing of the registry; this
 module connects the two, so the dependency runs one way: models -> shapes, never back.
 """
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from cnnctl.models.registry import create, get_entry
-from cnnctl.shapes import Trace, trace
+from cnnctl.models.shapes import Trace, trace
 
 
 def trace_model(
@@ -56,8 +56,8 @@ def trace_target(
     """
     p = Path(target)
     if p.is_dir() or p.suffix == ".safetensors":
-        from cnnctl.checkpoint import resolve_checkpoint
-        from cnnctl.metadata import read_checkpoint_metadata
+        from cnnctl.models.checkpoint import resolve_checkpoint
+        from cnnctl.runtime.metadata import read_checkpoint_metadata
 
         meta = read_checkpoint_metadata(resolve_checkpoint(p))
         built_for = meta.input_shape

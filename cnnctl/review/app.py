@@ -39,7 +39,7 @@ class Review:
     def cam_png(self, item_id: int) -> bytes:
         with self.lock:  # one backward pass at a time through the one model
             if item_id not in self.cams:
-                from cnnctl.explain import Explainer, overlay_png
+                from cnnctl.evaluate.explain import Explainer, overlay_png
 
                 if self.explainer is None:
                     self.explainer = Explainer(self.target)

@@ -14,8 +14,8 @@ from cnnctl.io import read_json
 def build_items(target: str, data: str, *, labels: str | None = None, top: int = 50, log: Callable[[str], None] = lambda m: None) -> tuple[list[dict[str, Any]], list[str]]:
     """(items, class names). Each item: id, path, rel (path inside `data`), given, predicted, prob,
     true_prob, loss, sources ("top-loss", "label-issue"), and suggested/score for suspects."""
-    from cnnctl.evaluation import run_eval
-    from cnnctl.layout import folder_layout
+    from cnnctl.evaluate.report import run_eval
+    from cnnctl.data.layout import folder_layout
 
     if folder_layout(data).splits:
         raise UsageError(f"{data} has train/val/test folders; review one of them (e.g. --data {os.path.join(data, 'train')})")

@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from cnnctl.inference import OnnxClassifier
+from cnnctl.runtime.inference import OnnxClassifier
 from cnnctl.serve import handlers as h
 from cnnctl.serve.config import ENV, HTTPError, ServeConfig
 from cnnctl.serve.state import ServeState, log

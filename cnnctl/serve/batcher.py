@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from cnnctl.inference import OnnxClassifier
-from cnnctl.serve.metrics import Metrics
+from cnnctl.runtime.inference import OnnxClassifier
+from cnnctl.serve.prometheus import Metrics
 
 
 @dataclass

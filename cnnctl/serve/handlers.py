@@ -12,8 +12,8 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 
 from cnnctl import __version__
 from cnnctl.errors import DataError
-from cnnctl.inference import prediction_json, softmax, top_k
-from cnnctl.preprocess import load_image
+from cnnctl.runtime.inference import prediction_json, softmax, top_k
+from cnnctl.runtime.preprocess import load_image
 from cnnctl.serve import oip
 from cnnctl.serve.body import read_body, uploads
 from cnnctl.serve.config import HTTPError

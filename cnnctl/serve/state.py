@@ -14,12 +14,12 @@ from typing import Any, Awaitable, Iterator, TypeVar
 import numpy as np
 
 from cnnctl import __version__
-from cnnctl.inference import OnnxClassifier
+from cnnctl.runtime.inference import OnnxClassifier
 from cnnctl.io import file_sha256
 from cnnctl.serve.batcher import Batcher, Stats
 from cnnctl.serve.config import HTTPError, ServeConfig, api_key
-from cnnctl.serve.metrics import Metrics
-from cnnctl.triton import model_name
+from cnnctl.serve.prometheus import Metrics
+from cnnctl.export.triton import model_name
 
 T = TypeVar("T")
 

@@ -8,7 +8,7 @@ import torch
 
 from cnnctl.data.batches import Batches
 from cnnctl.data.sources import Split
-from cnnctl.preprocess import Preprocess
+from cnnctl.runtime.preprocess import Preprocess
 from tests.conftest import assert_user_error, run_cli
 
 pytestmark = pytest.mark.quick

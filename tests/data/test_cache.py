@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from cnnctl.data.cache import load_pixels
-from cnnctl.preprocess import Preprocess, load_image
+from cnnctl.runtime.preprocess import Preprocess, load_image
 from tests.conftest import PETS_MINI, ROOT
 
 PREP = Preprocess(channels=3, size=(40, 40))
@@ -80,7 +80,7 @@ CHILD = """
 import os, sys, time
 from pathlib import Path
 from cnnctl.data.cache import load_pixels
-from cnnctl.preprocess import Preprocess
+from cnnctl.runtime.preprocess import Preprocess
 while len(sys.argv) > 3 and not os.path.exists(sys.argv[3]):  # start line: both processes begin together
     time.sleep(0.001)
 files = sorted(str(p) for p in Path(sys.argv[1]).glob("*.jpg"))
@@ -147,7 +147,7 @@ import torch
 from cnnctl.data.batches import Batches
 from cnnctl.data.bundle import channel_stats, split_off
 from cnnctl.data.sources import folder_split
-from cnnctl.preprocess import Preprocess
+from cnnctl.runtime.preprocess import Preprocess
 
 def rss_anon():
     for line in open("/proc/self/status"):

@@ -10,7 +10,7 @@ import torch
 
 from cnnctl.data.batches import Batches, random_resized_crop
 from cnnctl.data.sources import Split
-from cnnctl.preprocess import Preprocess
+from cnnctl.runtime.preprocess import Preprocess
 from tests.conftest import PETS_MINI, assert_user_error, run_cli
 
 

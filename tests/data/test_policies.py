@@ -9,7 +9,7 @@ from torchvision.transforms import v2
 from cnnctl.data.batches import Batches
 from cnnctl.data.policies import BatchMix, PolicyAugment, seeded
 from cnnctl.data.sources import load_source
-from cnnctl.preprocess import Preprocess
+from cnnctl.runtime.preprocess import Preprocess
 from tests.conftest import CIFAR_MINI
 
 

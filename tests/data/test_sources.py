@@ -11,7 +11,7 @@ import torch
 
 from cnnctl.data.sources import folder_layout, folder_split, image_folder
 from cnnctl.errors import DataError
-from cnnctl.preprocess import Preprocess, load_image
+from cnnctl.runtime.preprocess import Preprocess, load_image
 from tests.conftest import PETS_MINI, assert_user_error, run_cli
 
 PREP = Preprocess(channels=3, size=(24, 24))

@@ -8,7 +8,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from cnnctl.errors import ModelError
 from cnnctl.models import create, get_entry, list_models
-from cnnctl.shapes import trace
+from cnnctl.models.shapes import trace
 
 pytestmark = pytest.mark.quick
 

@@ -19,7 +19,7 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     from starlette.testclient import TestClient
 
-from cnnctl.inference import OnnxClassifier
+from cnnctl.runtime.inference import OnnxClassifier
 from cnnctl.serve import ServeConfig, create_app
 from tests.conftest import assert_user_error, run_cli, write_mnist_pngs
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cnnctl.inference import OnnxClassifier
-from cnnctl.preprocess import load_image
+from cnnctl.runtime.inference import OnnxClassifier
+from cnnctl.runtime.preprocess import load_image
 from tests.conftest import run_cli, write_mnist_pngs
 from tests.serve.test_server import Server
 

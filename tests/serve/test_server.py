@@ -101,8 +101,8 @@ def test_health_and_metadata(server, quick_onnx):
     assert meta["class_names"] == [str(i) for i in range(10)]
     assert meta["preprocess"]["size"] == [28, 28] and meta["preprocess"]["channels"] == 1
     assert meta["sha256"] == hashlib.sha256(quick_onnx.read_bytes()).hexdigest()
-    from cnnctl.inference import OnnxClassifier
-    from cnnctl.metadata import Metadata
+    from cnnctl.runtime.inference import OnnxClassifier
+    from cnnctl.runtime.metadata import Metadata
 
     assert Metadata.from_dict(meta, "/metadata") == OnnxClassifier(quick_onnx, "cpu").meta  # the file's own record, as JSON
     from cnnctl import __version__

@@ -1,0 +1,1 @@
+"""Judging a model: the eval report, metrics, calibration, explanations, plots."""

@@ -1,0 +1,94 @@
+"""`cnnctl calibrate`: temperature scaling fitted on held-out images, stored in the model file.
+
+The fit uses the logits of a split the model was not trained on (the validation split it was
+selected on, by default) and minimises the negative log-likelihood of softmax(logits / T) over
+the one number T (`metrics.fit_temperature`). Top-1 cannot change (dividing by T > 0 keeps the
+order). The result is checked on a second split when there is one (the test split by default),
+images used neither for training nor for the fit. T goes into the file's metadata
+(`temperature`), which `predict`, `serve` and `eval` apply; `export` carries it into ONNX files.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from cnnctl.data.manifest import Manifest
+from cnnctl.train.engine import evaluate
+from cnnctl.errors import CnnctlError, UsageError
+from cnnctl.evaluate.report import Target, load_split
+from cnnctl.runtime.inference import softmax
+from cnnctl.io import atomic_path
+from cnnctl.runtime.metadata import Metadata
+from cnnctl.evaluate.metrics import calibration, fit_temperature, nll
+
+
+def _logits(model: Target, meta: Metadata, data: str | None, data_dir: str | None, split: str) -> tuple[np.ndarray, np.ndarray, str, str]:
+    log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    images, name, _, used = load_split(meta, data, data_dir, split, log=log, recorded=Manifest.beside(model.path))
+    result = evaluate(model.module, model.batches(images, model.eval_batch("auto").size))
+    return result.logits.numpy().astype(np.float64), result.targets.numpy(), name, used
+
+
+def _scores(logits: np.ndarray, targets: np.ndarray, t: float) -> dict[str, float]:
+    probs = softmax(logits / t)
+    return {"ece": calibration(probs, targets)["ece"], "nll": nll(logits, targets, t), "top1": float((probs.argmax(1) == targets).mean())}
+
+
+def write_temperature(path: Path, meta: Metadata) -> None:
+    """Rewrite a checkpoint's or ONNX file's metadata with `meta` (tensors untouched), atomically."""
+    if path.suffix == ".onnx":
+        import onnx
+
+        model = onnx.load(str(path))
+        del model.metadata_props[:]
+        for key, value in meta.to_json_map().items():
+            entry = model.metadata_props.add()
+            entry.key, entry.value = key, value
+        with atomic_path(path) as tmp:
+            onnx.save(model, str(tmp))
+        return
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    with safe_open(str(path), "pt") as f:
+        raw = dict(f.metadata() or {})
+    raw.update(meta.to_json_map())
+    tensors = load_file(str(path))
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=raw)
+
+
+def calibrate(target: str, *, data: str | None = None, data_dir: str | None = None, split: str = "val", check: str = "test",
+              provider: str = "auto", dry_run: bool = False, log: Callable[[str], None] | None = None) -> dict[str, Any]:  # fmt: skip
+    """Fit, check, and (unless `dry_run`) store the temperature; returns the report (docs/eval.md)."""
+    log = log or (lambda m: print(m, file=sys.stderr, flush=True))
+    if split == check:
+        raise UsageError(f"--split and --check are both {split!r}: check the temperature on images it was not fitted on")
+    model = Target(target, provider)
+    meta = model.meta.replace(temperature=None)  # fitted on the raw logits, whatever is stored
+    logits, targets, name, used = _logits(model, meta, data, data_dir, split)
+    if len(targets) < 50:
+        raise UsageError(f"{len(targets)} images in the {used} split of {name} are too few to fit a temperature; give at least 50 (--data, --split)")
+    t = fit_temperature(logits, targets)
+    report: dict[str, Any] = {"target": model.path, "data": name, "fit": {"split": used, "images": int(len(targets)),
+                              "before": _scores(logits, targets, 1.0), "after": _scores(logits, targets, t)}, "temperature": t}  # fmt: skip
+    try:
+        c_logits, c_targets, _, c_used = _logits(model, meta, data, data_dir, check)
+        report["check"] = {"split": c_used, "images": int(len(c_targets)), "before": _scores(c_logits, c_targets, 1.0),
+                           "after": _scores(c_logits, c_targets, t)}  # fmt: skip
+    except (CnnctlError, OSError) as exc:
+        report["check"] = None
+        log(f"no check split ({getattr(exc, 'message', exc)}); the temperature was measured on the images it was fitted on only")
+    path = Path(model.path)
+    report["written"] = None if dry_run else str(path)
+    if not dry_run:
+        write_temperature(path, model.meta.replace(temperature=round(t, 6)))
+        onnx_beside = path.with_name("model.onnx")
+        if path.suffix != ".onnx" and onnx_beside.is_file():
+            report["stale"] = str(onnx_beside)
+            log(f"{onnx_beside} does not carry the temperature yet: re-export (cnnctl export {path.parent})")
+    return report

@@ -1,0 +1,361 @@
+"""`cnnctl eval`: metrics of a checkpoint or an ONNX file on a data split, via engine.evaluate().
+
+Preprocessing always comes from the file's own metadata; only the choice of images (data set,
+split) can come from flags.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from cnnctl.data.batches import Batches
+from cnnctl.data.bundle import split_off
+from cnnctl.data.manifest import Manifest
+from cnnctl.data.sources import DIGIT_SETS, NAMED_SETS, Split, default_cache_dir, files_split, folder_layout, folder_split, load_source
+from cnnctl.train.engine import evaluate
+from cnnctl.errors import DataError, UsageError
+from cnnctl.runtime.inference import OnnxClassifier, softmax
+from cnnctl.machine import EvalBatch, eval_batch
+from cnnctl.runtime.metadata import DataInfo, Metadata
+from cnnctl.evaluate.metrics import calibration, confusion_matrix, nll, per_class
+from cnnctl.runtime.preprocess import Preprocess
+
+
+class _OnnxModule(nn.Module):
+    """Lets engine.evaluate() drive an onnxruntime session like any model (normalised batches in;
+    a raw-pixel graph gets the exact uint8 pixels back, see OnnxClassifier.from_normalized)."""
+
+    def __init__(self, clf: OnnxClassifier) -> None:
+        super().__init__()
+        self.clf = clf
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self.clf.logits(self.clf.from_normalized(x.detach().cpu().numpy())))
+
+
+class Target:
+    """A model to evaluate: its metadata, preprocessing and an nn.Module that yields logits."""
+
+    def __init__(self, path: str, provider: str = "auto", device: str = "cpu") -> None:
+        self.path = path
+        if str(path).endswith(".onnx"):
+            clf = OnnxClassifier(path, provider)
+            self.kind, self.provider, self.meta = "onnx", clf.provider, clf.meta
+            self.module: nn.Module = _OnnxModule(clf)
+            self.device = torch.device("cpu")
+        else:
+            from cnnctl.models.checkpoint import load_model
+
+            self.device = torch.device(device)
+            self.module, self.meta, resolved = load_model(path, self.device)
+            self.kind, self.provider, self.path = "pytorch", f"torch-{self.device.type}", str(resolved)
+            self.module = self.module.to(memory_format=torch.channels_last)
+        self.prep = self.meta.preprocess
+        self.frozen_run: dict | None = None  # the config of a run whose backbone stayed frozen (features.frozen_run)
+        if self.kind == "pytorch":
+            from cnnctl.train.features import frozen_run
+
+            self.frozen_run = frozen_run(Path(self.path), self.meta.training.epoch if self.meta.training else None)
+
+    def eval_batch(self, requested: int | str, views: int = 1) -> EvalBatch:
+        """The inference batch (`cnnctl eval --batch-size`): `requested`, or the largest that fits the memory budget ("auto")."""
+        m = self.meta
+        return eval_batch(requested, m.model, m.input_shape, m.num_classes, self.device.type, views=views, model_kwargs=m.model_kwargs,
+                          flag="--batch-size")  # fmt: skip
+
+    def batches(self, split: Split, batch_size: int) -> Batches:
+        return Batches(split, self.prep, batch_size, device=self.device, channels_last=self.kind == "pytorch")
+
+
+def load_split(
+    meta: Metadata, data: str | None, data_dir: str | None, split: str, log: Callable[[str], None] | None = None,
+    recorded: Manifest | None = None,
+) -> tuple[Split, str, list[str], str]:
+    """The images of one split, decoded as the model's preprocessing says, labelled by class name.
+
+    Returns (images, data name, the model's classes, the split actually read). A named data set
+    must have exactly the model's classes. An image folder's class folders are matched to the
+    model's classes by name (a folder with fewer classes is fine, one the model does not know is
+    refused); a plain folder of class subfolders is evaluated whole ("all"), unless it is the very
+    folder the model was trained on, whose "val" split is the one it was selected on.
+
+    The train and val splits of the data a run was trained on are the ones it recorded (`recorded`,
+    its split manifest), whatever the folder holds now; a run without one (older cnnctl) re-splits
+    the folder, said in one line.
+    """
+    info = meta.data
+    name = data or (info.name if info is not None else None)
+    if not name:
+        raise UsageError("the model does not record its data set; pass --data")
+    if split not in SPLITS:
+        raise UsageError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
+    prep = meta.preprocess
+    classes = list(meta.class_names)
+    log = log or (lambda m: print(m, file=sys.stderr, flush=True))
+    val_split = info.val_split if info is not None else 0.1
+    own = info is not None and (name == info.name or (name not in NAMED_SETS and os.path.realpath(name) == os.path.realpath(info.name)))
+    if own and split in ("val", "train"):
+        if recorded is not None and recorded.record(split) is not None:
+            return _recorded_split(recorded, split, meta, name, data_dir, log), name, classes, split
+        if recorded is None and info is not None:
+            log(f"the model's run has no split manifest (written by an older cnnctl): its {split} split is drawn again from {name} as "
+                f"it is now; images added or removed since training can move between train and val")  # fmt: skip
+    if name not in NAMED_SETS:
+        return _folder_split(name, info, split, classes, prep, val_split, log)
+    src = load_source(name, data_dir or (info.data_dir if info is not None and info.data_dir else "./data"), False, prep.size, prep.channels == 1, log=log)
+    if (src.channels, tuple(src.size)) != (prep.channels, tuple(prep.size)):
+        raise DataError(f"{name} gives {src.channels}x{src.size[0]}x{src.size[1]} images, the model takes {prep.channels}x{prep.size[0]}x{prep.size[1]}")
+    if src.classes != classes:
+        raise DataError(
+            f"{name} has classes {src.classes[:5]}{'...' if len(src.classes) > 5 else ''} but the model was trained on "
+            f"{classes[:5]}{'...' if len(classes) > 5 else ''}; evaluate on the data set it was trained for"
+        )
+    if split == "all":
+        raise UsageError(f"--split all is for image folders; {name} has test, val and train splits")
+    if split == "test":
+        if src.test is None:
+            raise UsageError(f"{name} has no test split; use --split val")
+        return src.test, name, classes, "test"
+    train, val = (src.train, src.val) if src.val is not None else split_off(src.train, val_split)
+    if split == "val":
+        if val is None:
+            raise UsageError(f"{name} has no validation split (trained with --val-split 0); use --split test")
+        return val, name, classes, split
+    return train, name, classes, split
+
+
+SPLITS = ("test", "val", "train", "all")
+
+
+def _recorded_split(recorded: Manifest, split: str, meta: Metadata, name: str, data_dir: str | None, log: Callable[[str], None]) -> Split:
+    """The `split` a run recorded: its files that are still there unchanged (one line says what
+    is missing, changed, or new in the folder and left out), or its rows of a named set."""
+    rec = recorded.splits[split]
+    prep = meta.preprocess
+    if rec.rows is not None:
+        info = meta.data
+        src = load_source(name, data_dir or (info.data_dir if info is not None and info.data_dir else "./data"), False, prep.size,
+                          prep.channels == 1, log=log)  # fmt: skip
+        if rec.rows and max(rec.rows) >= len(src.train):
+            raise DataError(f"{name} has {len(src.train)} training images but the run recorded row {max(rec.rows)}; is it the same data set?")
+        return src.train.take(torch.tensor(rec.rows, dtype=torch.int64))
+    state = recorded.files(split)
+    new = 0
+    if os.path.isdir(recorded.data):
+        from cnnctl.data.sources import list_images
+
+        known = recorded.all_paths()
+        prefix = recorded.data.rstrip(os.sep) + os.sep
+        new = sum(1 for f in list_images(recorded.data) if f[len(prefix):] not in known)
+    if state.missing or state.changed or new:
+        gone = state.missing + state.changed
+        left = f"{len(state.missing)} missing and {len(state.changed)} changed since training are left out (e.g. {', '.join(gone[:3])})"
+        log(f"{split}: the {len(rec)} images the run recorded for this split; {left if gone else 'all still there'}; "
+            f"{new} file(s) added to {recorded.data} since are ignored")  # fmt: skip
+    if not state.present:
+        raise DataError(f"none of the {len(rec)} images the run recorded for its {split} split is left in {recorded.data}; "
+                        f"evaluate on other images with --data FOLDER --split all")  # fmt: skip
+    files = [f for f, _ in state.present]
+    labels = [label for _, label in state.present]
+    return files_split(files, labels, prep, default_cache_dir(), log, recorded.data)
+
+
+def _folder_split(name: str, info: DataInfo | None, split: str, classes: list[str], prep: Preprocess, val_split: float,
+                  log: Callable[[str], None]) -> tuple[Split, str, list[str], str]:  # fmt: skip
+    layout = folder_layout(name)
+    cache = default_cache_dir()
+    owner = "the model"
+
+    def read(directory: Path) -> Split:
+        return folder_split(directory, classes, prep, cache, log, owner)
+
+    if layout.splits:
+        if split in layout.splits:
+            return read(layout.splits[split]), name, classes, split
+        if split in ("val", "train") and "train" in layout.splits and "val" not in layout.splits:
+            train, val = split_off(read(layout.splits["train"]), val_split)
+            chosen = val if split == "val" else train
+            if chosen is None:
+                raise UsageError(f"{name} has no validation split (trained with --val-split 0); use --split test")
+            return chosen, name, classes, split
+        raise UsageError(f"{name} has no {split}/ folder; use --split {' or '.join(layout.splits)}")
+    own = info is not None and os.path.realpath(name) == os.path.realpath(info.name)
+    if split == "all" or (split == "test" and not own):
+        return read(layout.root), name, classes, "all"
+    if split == "test":
+        raise UsageError(
+            f"{name} is the folder this model was trained on and has no test split; use --split val "
+            f"(the images it was selected on), or give --data a folder of images it never saw"
+        )
+    train, val = split_off(read(layout.root), val_split)
+    if split == "val":
+        if val is None:
+            raise UsageError(f"{name}: the model was trained on all of it (--val-split 0); give --data a folder of images it never saw")
+        return val, name, classes, split
+    return train, name, classes, split
+
+
+def run_eval(
+    target: str,
+    *,
+    data: str | None = None,
+    data_dir: str | None = None,
+    split: str = "test",
+    batch_size: int | str = "auto",
+    provider: str = "auto",
+    device: str = "cpu",
+    compare: str | None = None,
+    misclassified: int = 0,
+    tta_flip: bool = False,
+    tta_shift: int = 0,
+    limit: int = 0,
+    errors_csv: str | None = None,
+    predictions_csv: str | None = None,
+    top_losses: int = 10,
+) -> dict[str, Any]:
+    """The full report of `target` on one split (see docs/eval.md)."""
+    for flag, path in (("--errors", errors_csv), ("--predictions", predictions_csv)):
+        if path and not path.lower().endswith(".csv"):  # before any image is decoded
+            raise UsageError(f"{flag} {path}: writes CSV; give a name ending in .csv")
+    model = Target(target, provider, device)
+    if tta_shift and min(model.prep.size) <= tta_shift:  # refused before any image is decoded
+        raise UsageError(f"--tta-shift {tta_shift} must be smaller than the model's input ({model.prep.size[0]}x{model.prep.size[1]} px); try 1 or 2")
+    images, name, classes, split = load_split(model.meta, data, data_dir, split, recorded=Manifest.beside(model.path))
+    if limit:
+        images = images.take(torch.arange(min(limit, len(images))))
+    if tta_flip and name in DIGIT_SETS:
+        raise UsageError(f"--tta-flip on {name}: a mirrored digit is not that digit; use --tta-shift alone")
+    tta = {"tta_flip": tta_flip, "tta_shift": tta_shift}
+    batch = model.eval_batch(batch_size, views=(2 if tta_flip else 1) * (3 if tta_shift else 1))
+    module, batches = model.module, model.batches(images, batch.size)
+    if model.frozen_run is not None and not (tta_flip or tta_shift):  # a linear probe: its head on the stored features
+        from cnnctl.train.features import eval_batches
+
+        cached = eval_batches(module, model.meta.model, images, batches, model.frozen_run, lambda m: print(m, file=sys.stderr, flush=True))
+        module, batches = cached if cached is not None else (module, batches)
+    result = evaluate(module, batches, **tta)
+    targets = result.targets.numpy()
+    preds = result.logits.argmax(1).numpy()
+    cm = confusion_matrix(targets, preds, len(classes))
+    report: dict[str, Any] = {
+        "target": model.path,
+        "kind": model.kind,
+        "provider": model.provider,
+        "data": name,
+        "split": split,
+        "images": int(len(targets)),
+        "loss": result.loss,
+        "top1": result.acc,
+        "top5": result.top5,
+        **per_class(cm, classes),
+        "class_names": classes,
+        "confusion_matrix": cm.tolist(),
+        "seconds": round(result.seconds, 3),
+        "images_per_s": round(result.images_per_s, 1),
+        "tta": tta,
+        "batch_size": batch.size,
+        "batch_size_reason": batch.reason,
+    }
+    logits64 = result.logits.numpy().astype(np.float64)
+    probs = softmax(logits64 / model.meta.scale)  # calibrated when the file stores a temperature
+    cal = calibration(probs, targets)
+    report.update(ece=cal["ece"], calibration_bins=cal["bins"], temperature=model.meta.temperature)
+    if model.meta.temperature is not None:
+        report["ece_uncalibrated"] = calibration(softmax(logits64), targets)["ece"]
+        report["loss_calibrated"] = nll(logits64, targets, model.meta.scale)
+    rows = per_image(probs, targets, classes, images.paths or [f"{name}/{split}#{i}" for i in range(len(targets))])
+    report["most_confused"] = most_confused(cm, classes)
+    report["top_losses"] = sorted(rows, key=lambda r: -r["loss"])[:top_losses]
+    if errors_csv:
+        write_rows(errors_csv, [r for r in rows if r["predicted"] != r["true"]])
+    if predictions_csv:
+        write_rows(predictions_csv, rows)
+    if misclassified:
+        wrong = np.nonzero(preds != targets)[0]
+        order = wrong[np.argsort(-probs[wrong, preds[wrong]], kind="stable")][:misclassified]
+        report["misclassified"] = [
+            {
+                "source": images.paths[i] if images.paths else f"{name}/{split}#{i}",
+                "true": classes[targets[i]],
+                "predicted": classes[preds[i]],
+                "probability": float(probs[i, preds[i]]),
+            }
+            for i in order
+        ]
+    if compare:
+        other = Target(compare, provider, device)
+        if other.meta.class_names != model.meta.class_names or other.prep.to_dict() != model.prep.to_dict():
+            raise UsageError(f"--compare {compare} has other classes or preprocessing than {target}; compare exports of the same model")
+        start = time.perf_counter()
+        theirs = evaluate(other.module, other.batches(images, batch.size), **tta)  # the same views: agreement compares like with like
+        report["compare"] = {
+            "target": other.path,
+            "kind": other.kind,
+            "top1": theirs.acc,
+            "agreement": float((theirs.logits.argmax(1) == result.logits.argmax(1)).float().mean()),
+            "max_abs_logit_diff": float((theirs.logits - result.logits).abs().max()),
+            "seconds": round(time.perf_counter() - start, 3),
+        }
+    return report
+
+
+ROW_FIELDS = ("path", "true", "predicted", "prob", "true_prob", "loss", "rank")
+
+
+def per_image(probs: np.ndarray, targets: np.ndarray, classes: list[str], paths: list[str]) -> list[dict[str, Any]]:
+    """One row per image: its file, true and predicted label, the predicted label's and the true
+    label's probability, its loss (-log of the true label's probability) and the true label's
+    rank among the classes (1 = the prediction)."""
+    preds = probs.argmax(1)
+    true_p = probs[np.arange(len(targets)), targets]
+    rank = 1 + (probs > true_p[:, None]).sum(1)
+    loss = -np.log(np.clip(true_p, 1e-12, None))
+    return [{"path": paths[i], "true": classes[targets[i]], "predicted": classes[preds[i]], "prob": round(float(probs[i, preds[i]]), 6),
+             "true_prob": round(float(true_p[i]), 6), "loss": round(float(loss[i]), 6), "rank": int(rank[i])} for i in range(len(targets))]  # fmt: skip
+
+
+def most_confused(cm: np.ndarray, classes: list[str], n: int = 10) -> list[dict[str, Any]]:
+    """The class pairs most often mistaken (true -> predicted), largest count first."""
+    off = cm.copy()
+    np.fill_diagonal(off, 0)
+    order = np.argsort(-off, axis=None, kind="stable")[:n]
+    pairs = [np.unravel_index(k, off.shape) for k in order]
+    return [{"true": classes[i], "predicted": classes[j], "count": int(off[i, j])} for i, j in pairs if off[i, j] > 0]
+
+
+def write_csv(path: str, fields: list[str], rows: list[dict[str, Any]]) -> None:
+    """Rows as CSV with a header, written atomically (--errors, --predictions, --output *.csv)."""
+    import csv
+    import io
+
+    from cnnctl.io import write_bytes
+
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows(rows)
+    write_bytes(path, buf.getvalue().encode())
+
+
+def write_rows(path: str, rows: list[dict[str, Any]]) -> None:
+    """--errors / --predictions: the per-image rows (run_eval checked the .csv name before decoding)."""
+    write_csv(path, list(ROW_FIELDS), rows)
+
+
+def write_report(report: dict[str, Any], path: str) -> None:
+    """--output: the whole report as JSON, or the per-class table as CSV for a .csv name."""
+    from cnnctl.io import write_json
+
+    if Path(path).suffix.lower() == ".csv":
+        averages = [{"class": f"{avg} avg", **values} for avg, values in report["averages"].items()]
+        write_csv(path, ["class", "precision", "recall", "f1", "support"], report["per_class"] + averages)
+    else:
+        write_json(path, report)

@@ -1,0 +1,1 @@
+"""Training: the plan, the trainer (setup -> fit -> checkpoints), the epoch loop (engine) and what it uses."""

@@ -1,0 +1,623 @@
+"""A training run end to end: run directory, data, model, optimizer, resume, checkpoints.
+
+`run(cfg, ...)` is what `cnnctl train` calls. Every file it writes is atomic, and after each epoch
+the run directory holds a consistent `last.safetensors` + `history.json` to resume from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import shutil
+import signal
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+
+from cnnctl.train import history as history_file
+from cnnctl import machine
+from cnnctl.models.checkpoint import load_last, save_last, save_model, versions
+from cnnctl.config import TrainConfig, resolve
+from cnnctl.data import DataBundle, build
+from cnnctl.data.manifest import Manifest
+from cnnctl.data.batches import Batches, shard
+from cnnctl.data.policies import BatchMix, PolicyAugment
+from cnnctl.data.sources import NAMED_SETS
+from cnnctl.train.distributed import Dist, is_comm_error
+from cnnctl.train.ema import EMA, Lookahead
+from cnnctl.train.engine import History, Hooks, Interrupted, Limits, Loop, LoopState, Reporter, Stepping, evaluate, fit, make_loss
+from cnnctl.errors import CnnctlError, RunDirError, UsageError
+from cnnctl.io import RunLock, write_json
+from cnnctl.runtime.metadata import DataInfo, Metadata, TrainingInfo
+from cnnctl.models import create, get_entry
+from cnnctl.models.layers import init_from_data
+from cnnctl.train.runlog import RunLog, check_available
+from cnnctl.train.schedule import Schedule
+from cnnctl.train.freezing import Freezer, ParamGroup, param_groups, set_batchnorm_momentum
+from cnnctl.train.weights import InitReport, Pretrained, init_from, load_pretrained, pretrained_weights
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    reason: str
+    epochs: list[dict[str, Any]]
+    best_epoch: int
+    best: float | None
+    test: dict[str, Any] | None
+
+
+def pick_device(name: str, dist: Dist | None = None) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda: no CUDA device is available here; use --device cpu or auto")
+    if dist is not None and dist.enabled and (name == "cuda" or (name == "auto" and torch.cuda.is_available())):
+        if dist.local_rank >= torch.cuda.device_count():
+            raise UsageError(f"LOCAL_RANK {dist.local_rank} but this node has {torch.cuda.device_count()} CUDA device(s); lower --nproc-per-node")
+        torch.cuda.set_device(dist.local_rank)
+        return torch.device("cuda", dist.local_rank)
+    if dist is not None and dist.enabled and name == "auto":
+        return torch.device("cpu")  # DDP runs on CUDA (NCCL) or CPU (Gloo), not MPS
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise UsageError("--device mps: MPS is not available here; use --device cpu or auto")
+    return torch.device(name)
+
+
+def make_optimizer(cfg: TrainConfig, groups: list[ParamGroup]) -> torch.optim.Optimizer:
+    """The optimizer over typed parameter groups: each group's `wd_scale` applied here to the
+    weight decay; its `lr_scale` is the epoch loop's (Stepping.lr_scales), per step."""
+    params = [{"params": g.params, "name": g.name, "weight_decay": cfg.weight_decay * g.wd_scale} for g in groups]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def default_run_dir(cfg: TrainConfig) -> Path:
+    data = Path(cfg.data).name if os.sep in cfg.data or Path(cfg.data).exists() else cfg.data
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{cfg.model.replace(':', '_')}-{data}-{stamp}"
+
+
+@contextmanager
+def _signals() -> Iterator[list[int]]:
+    """Turn SIGINT/SIGTERM into a flag the loop checks between batches."""
+    caught: list[int] = []
+    previous = {}
+
+    def handler(signum: int, frame: Any) -> None:
+        caught.append(signum)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            previous[sig] = signal.signal(sig, handler)
+        except ValueError:  # not the main thread
+            pass
+    try:
+        yield caught
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def checkpoint_metadata(cfg: TrainConfig, data: DataBundle) -> Metadata:
+    """The self-describing part of every checkpoint (docs/formats.md)."""
+    c, h, w = data.input_shape
+    return Metadata(
+        model=cfg.model, input_shape=(c, h, w), class_names=tuple(data.classes), preprocess=data.prep, versions=versions(),
+        # Absolute paths, so `cnnctl eval` finds the data from any working directory.
+        data=DataInfo(name=cfg.data if cfg.data in NAMED_SETS else os.path.abspath(cfg.data), data_dir=os.path.abspath(cfg.data_dir),
+                      val_split=cfg.val_split, fingerprint=data.fingerprint),
+    )  # fmt: skip
+
+
+def run(
+    cfg: TrainConfig,
+    *,
+    out: str | None = None,
+    resume: str | None = None,
+    overwrite: bool = False,
+    reporter: Reporter,
+    dist: Dist | None = None,
+    accept_data_change: bool = False,
+) -> RunResult:
+    """Train `cfg` into a run directory (new, overwritten, or resumed).
+
+    Under torchrun (`dist.enabled`) every rank calls this; rank 0 alone owns the run directory.
+    """
+    dist = dist or Dist()
+    dist.check_batch(cfg.batch_size)
+    device = pick_device(cfg.device, dist)
+    dist.start(device.type)
+    finished = False
+    fresh = False  # a directory this run created: removed again if the run fails before writing to it
+    try:
+        try:
+            fresh = dist.is_main and not resume and (out is None or not Path(out).exists())
+            run_dir = _prepare_run_dir(cfg, out, resume, overwrite) if dist.is_main else Path(resume or out or "")
+        except CnnctlError:
+            dist.agree(False)
+            raise
+        dist.agree(True)
+        try:
+            with RunLock(run_dir) if dist.is_main else nullcontext():
+                if overwrite and not resume and dist.is_main:
+                    for name in ("model.safetensors", "last.safetensors", "history.json", "config.json", "splits.json.gz"):
+                        (run_dir / name).unlink(missing_ok=True)
+                dist.agree(True)  # the others read the run directory only after rank 0 holds it
+                result = _run_locked(cfg, run_dir, bool(resume), reporter, device, dist, accept_data_change)
+        except CnnctlError:
+            if fresh and not (run_dir / "config.json").exists():
+                shutil.rmtree(run_dir, ignore_errors=True)  # refused during setup: leave nothing behind
+            raise
+        finished = True
+        return result
+    finally:
+        dist.stop(clean=finished)
+
+
+def _prepare_run_dir(cfg: TrainConfig, out: str | None, resume: str | None, overwrite: bool) -> Path:
+    if resume:
+        run_dir = Path(resume)
+        if not (run_dir / "config.json").is_file():
+            raise RunDirError(f"{run_dir} is not a cnnctl run directory (no config.json); nothing to resume")
+    else:
+        run_dir = Path(out) if out else default_run_dir(cfg)
+        if run_dir.exists() and not run_dir.is_dir():
+            raise RunDirError(f"--out {run_dir} is a file; give a directory")
+        if run_dir.is_dir() and any(p.name != ".lock" for p in run_dir.iterdir()) and not overwrite:
+            raise RunDirError(f"--out {run_dir} is not empty; add --resume {run_dir} to continue it, --overwrite to replace it, or choose another --out")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RunDirError(f"cannot create {run_dir}: {exc.strerror}") from None
+    return run_dir
+
+
+@dataclass
+class Start:
+    """The model as training starts it: built for the data, its start weights, on the device."""
+
+    model: torch.nn.Module
+    init_report: InitReport | None
+
+
+@dataclass
+class Optimisation:
+    """What trains the model: the frozen part, the optimizer over typed groups, loss and step."""
+
+    freezer: Freezer | None
+    optimizer: torch.optim.Optimizer
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    stepping: Stepping
+
+
+@dataclass
+class Prepared:
+    """What setup hands on: the resolved config, the machine's choices, data, model and its
+    start, the loop's parts, and where the loop starts (a resumed run's state and history)."""
+
+    cfg: TrainConfig
+    hardware: machine.HardwarePlan
+    data: DataBundle
+    start: Start
+    opt: Optimisation
+    schedule: Schedule
+    limits: Limits
+    train_batches: Batches
+    val_batches: Batches | None
+    state: LoopState
+    history: History
+
+    @property
+    def model(self) -> torch.nn.Module:
+        return self.start.model
+
+    @property
+    def stepping(self) -> Stepping:
+        return self.opt.stepping
+
+
+def setup(cfg: TrainConfig, run_dir: Path, resuming: bool, reporter: Reporter, device: torch.device, dist: Dist,
+          accept_data_change: bool = False) -> Prepared:  # fmt: skip
+    """Everything before the first step, in stages: the machine's choices, the start weights'
+    preprocessing, data, model and start weights, optimisation, batches and schedule, and the
+    saved state when resuming. Each stage fails before the slower ones after it. A resumed run
+    trains on the splits it recorded (cnnctl/data/manifest.py)."""
+    resuming = resuming and (run_dir / "last.safetensors").exists()  # else: stopped before its first epoch
+    recorded = None
+    if resuming:
+        recorded = Manifest.read(run_dir)
+        if recorded is None:
+            reporter.log(f"{run_dir} has no split manifest (written by an older cnnctl): the splits are drawn again from the data as it "
+                         f"is now; if files were added or removed since, images may move between train and val")  # fmt: skip
+    cfg, hardware, weights, data = setup_data(cfg, reporter, device, dist, recorded=recorded, accept_data_change=accept_data_change)
+    run = prepare(cfg, data, weights, hardware, reporter, device, dist, resuming=resuming)
+    if resuming:
+        run.state, run.history = _resume(run_dir, run.model, run.opt, run.schedule, run.limits, reporter)
+    elif (run_dir / "config.json").exists() and not (run_dir / "last.safetensors").exists():
+        reporter.log(f"{run_dir} has no finished epoch yet; starting from epoch 1")
+    if run.opt.freezer is not None:
+        run.opt.freezer.apply(run.state.epoch + 1)  # before DDP wraps the model: it keeps the trainable set it sees
+    return run
+
+
+def setup_data(cfg: TrainConfig, reporter: Reporter, device: torch.device, dist: Dist, *, recorded: Manifest | None = None,
+               accept_data_change: bool = False) -> tuple[TrainConfig, machine.HardwarePlan, Pretrained | None, DataBundle]:  # fmt: skip
+    """The stages before the model: the machine's choices, the start weights (found before any
+    image is decoded), the preprocessing they imply, and the data. Returns the config with that
+    preprocessing filled in (`cnnctl check --labels` starts here too)."""
+    hardware = _machine(cfg, device, dist)
+    get_entry(cfg.model)  # an unknown model, or timm not installed: refused before anything is read
+    weights = start_weights(cfg)
+    cfg = _preprocessing_defaults(cfg, weights)
+    data = build(cfg, reporter.log, recorded, accept_data_change)
+    for note in data.notes:
+        reporter.log(note)
+    return cfg, hardware, weights, data
+
+
+def start_weights(cfg: TrainConfig) -> Pretrained | None:
+    """The --pretrained/--weights checkpoint the run starts from, found (or downloaded) before any
+    image is decoded; which weights DEFAULT resolved to is in the log line that loads them."""
+    if not (cfg.pretrained or cfg.weights):
+        return None
+    from cnnctl.train.weights import fetch_pretrained
+
+    # --pretrained --init FILE: FILE holds the weights (offline), the preprocessing is still theirs.
+    return fetch_pretrained(pretrained_weights(cfg.model, cfg.weights or "DEFAULT", file=cfg.init))
+
+
+def prepare(cfg: TrainConfig, data: DataBundle, weights: Pretrained | None, hardware: machine.HardwarePlan, reporter: Reporter,
+            device: torch.device, dist: Dist, *, resuming: bool = False) -> Prepared:  # fmt: skip
+    """The stages after the data: the model and its start weights, optimisation, batches and
+    schedule, for `data` as given (`cnnctl check --labels` calls this once per fold)."""
+    hardware = dataclasses.replace(hardware, eval_batch=machine.eval_batch(cfg.eval_batch_size, cfg.model, data.input_shape, len(data.classes), device.type))
+    reporter.log(hardware.summary())
+    start = _start(cfg, data, weights, resuming, device, reporter)
+    opt = _optimisation(cfg, start.model, data, hardware, reporter.log)
+    train_batches, val_batches = _batches(cfg, data, hardware, device, dist)
+    schedule, limits = _schedule(cfg, train_batches)
+    return Prepared(cfg, hardware, data, start, opt, schedule, limits, train_batches, val_batches, LoopState(), History())
+
+
+def _machine(cfg: TrainConfig, device: torch.device, dist: Dist) -> machine.HardwarePlan:
+    """The machine's choices (amp, threads; the eval batch follows once the data is known),
+    applied to torch; refuses what this machine cannot run before any image is decoded."""
+    hardware = machine.plan(cfg.amp, cfg.threads, cfg.channels_last, device.type, device_index=device.index or 0,
+                            local_world_size=dist.local_world_size)  # fmt: skip
+    check_available(cfg.log)
+    torch.set_num_threads(hardware.threads)
+    if cfg.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    return hardware
+
+
+def _start(cfg: TrainConfig, data: DataBundle, weights: Pretrained | None, resuming: bool, device: torch.device, reporter: Reporter) -> Start:
+    """The model built for the data, with its start weights (data-dependent init, --pretrained
+    or --init; a resumed run takes its weights from last.safetensors instead), on the device."""
+    torch.manual_seed(cfg.seed)
+    model = create(cfg.model, data.input_shape, len(data.classes))
+    if cfg.bn_momentum and not set_batchnorm_momentum(model, cfg.bn_momentum):
+        raise UsageError(f"--bn-momentum: {cfg.model} has no BatchNorm layers")
+    init_report = None
+    if not resuming and weights is None and not cfg.init and any(hasattr(m, "init_from_data") for m in model.modules()):
+        sample = _data_sample(data)
+        names = init_from_data(model, sample)
+        reporter.log(f"{', '.join(names)}: initialised from {len(sample)} training images (patch whitening)")
+    if weights is not None and not resuming:
+        init_report = load_pretrained(model, weights)
+        given = f" from {weights.file}" if weights.given else ""
+        reporter.log(init_report.summary().replace("--init ", "--pretrained ", 1).replace(":", f"{given}:", 1) + f"; {weights.trained_on}")
+    if cfg.init and not resuming and weights is None:
+        init_report = init_from(model, cfg.init)
+        reporter.log(init_report.summary())
+    model = model.to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return Start(model, init_report)
+
+
+def _optimisation(cfg: TrainConfig, model: torch.nn.Module, data: DataBundle, hardware: machine.HardwarePlan, log: Callable[[str], None]) -> Optimisation:
+    num_classes = len(data.classes)
+    freezer = Freezer(model, cfg.freeze, cfg.unfreeze_at, cfg.keep_bn_stats) if cfg.freeze != "none" else None
+    groups = param_groups(model, freezer, cfg.backbone_lr_scale, cfg.bn_bias_lr_scale)
+    amp = hardware.amp.amp
+    stepping = Stepping(accumulate=cfg.accumulate, clip_grad=cfg.clip_grad, ema=EMA(model, cfg.ema) if cfg.ema else None,
+                        lookahead=Lookahead(model, cfg.lookahead) if cfg.lookahead else None, amp=amp,
+                        scaler=torch.amp.GradScaler("cuda") if amp == "fp16" else None, lr_scales=[g.lr_scale for g in groups])  # fmt: skip
+    weights = None
+    if cfg.class_weights != "none":
+        from cnnctl.train.imbalance import class_counts, describe, loss_weights
+
+        counts = class_counts(data.train.y, num_classes)
+        weights = loss_weights(cfg.class_weights, counts, list(data.classes))
+        log(f"class weights ({cfg.class_weights}; weight (training images)): {describe(weights, counts, list(data.classes))}")
+    return Optimisation(freezer, make_optimizer(cfg, groups), make_loss(cfg.loss, num_classes, cfg.label_smoothing, weights), stepping)
+
+
+def _batches(cfg: TrainConfig, data: DataBundle, hardware: machine.HardwarePlan, device: torch.device, dist: Dist) -> tuple[Batches, Batches | None]:
+    """Training batches (augmented, mixed, this rank's slice) and validation batches (this rank's shard)."""
+    policy = PolicyAugment(cfg.auto_augment, magnitude=cfg.aug_magnitude, group=cfg.aug_group) if cfg.auto_augment != "none" else None
+    mix = BatchMix(len(data.classes), mixup=cfg.mixup, cutmix=cfg.cutmix, prob=cfg.mix_prob) if (cfg.mixup or cfg.cutmix) else None
+    draw = None
+    if cfg.sampler == "balanced":  # the same global draw on every rank (seeded), which then takes its slice
+        from cnnctl.train.imbalance import balanced_sample_weights, class_counts
+
+        draw = balanced_sample_weights(data.train.y, class_counts(data.train.y, len(data.classes)))
+    train = Batches(data.train, data.prep, cfg.batch_size, shuffle=True, augment=cfg.augment, seed=cfg.seed, device=device,
+                    channels_last=cfg.channels_last, rank=dist.rank, world=dist.world_size, policy=policy, mix=mix,
+                    alternate_flip=cfg.alternate_flip, draw=draw)  # fmt: skip
+    if len(train) == 0:
+        raise UsageError(f"{len(data.train)} training image(s) cannot feed {dist.world_size} processes; use more data or fewer processes")
+    assert hardware.eval_batch is not None
+    val = None
+    if data.val:
+        val = Batches(shard(data.val, dist.rank, dist.world_size), data.prep, hardware.eval_batch.size, device=device, channels_last=cfg.channels_last)
+    return train, val
+
+
+def _schedule(cfg: TrainConfig, train_batches: Batches) -> tuple[Schedule, Limits]:
+    """The learning rate per step and the run's length: the schedule owns its step count."""
+    steps_per_epoch = math.ceil(len(train_batches) / cfg.accumulate)  # optimizer steps
+    epochs = math.ceil(cfg.iters / steps_per_epoch) if cfg.iters else cfg.epochs
+    schedule = Schedule(base_lr=cfg.lr, kind=cfg.scheduler, total_steps=cfg.iters or epochs * steps_per_epoch, steps_per_epoch=steps_per_epoch,
+                        warmup_epochs=cfg.warmup, step_size=cfg.step_size, gamma=cfg.gamma)  # fmt: skip
+    limits = Limits(epochs=epochs, max_steps=cfg.iters or None, patience=cfg.patience, monitor=cfg.monitor, time_limit=cfg.time_limit)
+    return schedule, limits
+
+
+def _resume(run_dir: Path, model: torch.nn.Module, opt: Optimisation, schedule: Schedule, limits: Limits, reporter: Reporter) -> tuple[LoopState, History]:
+    """Weights, optimizer, average, RNG, schedule plan, loop state and history from last.safetensors."""
+    saved = load_last(run_dir / "last.safetensors", model, opt.optimizer, opt.stepping.ema)
+    loop = dict(saved["loop"])
+    schedule.load_state_dict(saved.get("schedule", {"planned_steps": loop.pop("planned_steps", 0)}))
+    loop.pop("planned_steps", None)
+    state = LoopState(**loop)
+    if state.epoch >= limits.epochs:
+        reporter.log(f"{run_dir} already finished {state.epoch} epoch(s); pass a larger --epochs to extend it")
+    return state, History(list(saved["history"]))
+
+
+def _data_sample(data: DataBundle, n: int = 5000) -> torch.Tensor:
+    """Up to `n` training images (a fixed draw), cropped and normalised as the model sees them."""
+    idx = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(0))[:n]
+    x, _ = next(iter(Batches(data.train.take(idx), data.prep, n, channels_last=False)))
+    return x
+
+
+def _preprocessing_defaults(cfg: TrainConfig, weights: Pretrained | None) -> TrainConfig:
+    """Pretrained weights' preprocessing becomes the run's (and so the checkpoint's, the export's
+    and predict's) wherever the flags leave it open: normalisation, crop, crop size."""
+    if weights is not None:
+        if not cfg.mean and not cfg.std:
+            mean, std = weights.mean, weights.std
+            if cfg.grayscale:
+                mean, std = [sum(mean) / 3], [sum(std) / 3]
+            cfg = dataclasses.replace(cfg, mean=",".join(map(str, mean)), std=",".join(map(str, std)))
+        if cfg.resize == "auto" and cfg.data not in NAMED_SETS:
+            cfg = dataclasses.replace(cfg, resize="crop", crop_pct=weights.crop_size / weights.resize_size,
+                                      image_size=cfg.image_size or str(weights.crop_size))  # fmt: skip
+        elif cfg.resize == "crop" and not cfg.image_size:
+            cfg = dataclasses.replace(cfg, image_size=str(weights.crop_size))  # --resize crop: the weights' crop size
+        if cfg.interpolation == "auto":
+            cfg = dataclasses.replace(cfg, interpolation=weights.interpolation)
+    if cfg.resize == "auto":
+        cfg = dataclasses.replace(cfg, resize="stretch")
+    return dataclasses.replace(cfg, interpolation="bilinear") if cfg.interpolation == "auto" else cfg
+
+
+class Checkpointer:
+    """Owns the run directory's files during a run: config.json, then after every epoch
+    last.safetensors (everything to resume), model.safetensors (when the monitored metric
+    improves) and history.json; at the end the history with the test result. Rank 0 only."""
+
+    def __init__(self, run_dir: Path, run: Prepared, writes: bool) -> None:
+        self.run_dir, self.run, self.writes = run_dir, run, writes
+        self.meta = checkpoint_metadata(run.cfg, run.data)
+        self.log = RunLog(run.cfg.log, run_dir, run.state.step) if writes and run.cfg.log != "none" else None
+
+    def write_config(self, device: torch.device, dist: Dist) -> None:
+        if not self.writes:
+            return
+        run = self.run
+        write_json(self.run_dir / "config.json", {
+            **run.cfg.to_dict(), "init_report": run.start.init_report.to_dict() if run.start.init_report else None,
+            "resolved_epochs": run.limits.epochs, "total_steps": run.schedule.total_steps, "device": str(device),
+            "data_summary": run.data.describe(), "preprocess": run.data.prep.to_dict(), "versions": versions(),
+            "torch_threads": torch.get_num_threads(), "world_size": dist.world_size, "hardware": run.hardware.to_dict(),
+        })  # fmt: skip
+        run.data.manifest().write(self.run_dir)
+
+    def epoch_end(self, record: dict[str, Any], improved: bool, state: LoopState, history: History) -> None:
+        if not self.writes:
+            return
+        run = self.run
+        metrics = {k: v for k, v in record.items() if k.startswith(("val_", "train_", "ema_"))}
+        meta = self.meta.replace(training=TrainingInfo(epoch=record["epoch"], metrics=metrics, weights=record.get("weights", "model")))
+        ema = run.stepping.ema
+        if improved:
+            # With --ema, the better of the two weights on the monitored metric (record["weights"]).
+            best = ema.module if ema is not None and record.get("weights") == "ema" else run.model
+            save_model(self.run_dir / "model.safetensors", best, meta)
+        save_last(self.run_dir / "last.safetensors", run.model, run.opt.optimizer,
+                  {"loop": state.__dict__.copy(), "schedule": run.schedule.state_dict(), "history": history.epochs}, meta, ema)  # fmt: skip
+        history_file.save(self.run_dir / "history.json", history.epochs)
+        if self.log is not None:
+            self.log.epoch(record, history.epochs)
+
+    def finish(self, history: History, test: dict[str, Any] | None) -> None:
+        if self.log is not None:
+            self.log.close()
+        if self.writes:
+            history_file.save(self.run_dir / "history.json", history.epochs, **({"test": test} if test else {}), stopped=history.stopped)
+
+
+def _run_locked(cfg: TrainConfig, run_dir: Path, resuming: bool, reporter: Reporter, device: torch.device, dist: Dist,
+                accept_data_change: bool = False) -> RunResult:  # fmt: skip
+    """setup -> fit -> checkpointing, then the test pass on the best checkpoint."""
+    run = setup(cfg, run_dir, resuming, reporter, device, dist, accept_data_change)
+    checkpoints = Checkpointer(run_dir, run, dist.is_main)
+    checkpoints.write_config(device, dist)
+    history = _fit(run, checkpoints, reporter, device, dist, run_dir)
+    state = run.state
+    test = _test(run, run_dir, device, history) if dist.is_main else None
+    checkpoints.finish(history, test)
+    return RunResult(run_dir, history.stopped, history.epochs, state.best_epoch, state.best, test)
+
+
+@dataclass
+class Phase:
+    """A stretch of epochs trained one way: up to epoch `end`, the whole model on images, or (for a
+    frozen backbone, `cached`) the head on the backbone's stored features."""
+
+    end: int
+    cached: bool = False
+
+
+def _phases(run: Prepared, dist: Dist, log: Callable[[str], None]) -> list[Phase]:
+    """The run's phases from the epoch it starts at. DDP fixes the set of trainable parameters when
+    it wraps the model, so under torchrun an --unfreeze-at run re-wraps it in a second phase; the
+    frozen epochs train on cached features where they can (cnnctl/train/features.py)."""
+    from cnnctl.train.features import why_not_cached
+
+    freezer, cfg, epochs = run.opt.freezer, run.cfg, run.limits.epochs
+    first = run.state.epoch + 1
+    unfreeze = cfg.unfreeze_at if freezer is not None else 0
+    frozen_end = min(epochs, unfreeze - 1) if unfreeze else epochs
+    if freezer is None or first > frozen_end:
+        return [Phase(epochs)]
+    reason = why_not_cached(mixing=bool(cfg.mixup or cfg.cutmix), ema=run.stepping.ema is not None, feature_cache=cfg.feature_cache)
+    if reason:
+        log(f"features: not cached ({reason}); every frozen epoch runs the backbone")
+    cached = reason is None
+    if not cached and not (dist.enabled and unfreeze):
+        return [Phase(epochs)]
+    return [Phase(frozen_end, cached)] + ([Phase(epochs)] if frozen_end < epochs else [])
+
+
+def _phase_loop(run: Prepared, phase: Phase, device: torch.device, dist: Dist, reporter: Reporter) -> Loop:
+    """The loop one phase drives: the (DDP-wrapped, compiled) model on images, or its head on
+    stored features (falling back to images when the model's output is not its head's)."""
+    if phase.cached:
+        from cnnctl.data.sources import default_cache_dir
+        from cnnctl.train.features import cached_batches, head_module, views_for
+
+        cfg = run.cfg
+        freezer = run.opt.freezer
+        assert freezer is not None and run.hardware.eval_batch is not None
+        policy = run.train_batches.policy
+        views = views_for(cfg.augment, cfg.feature_views, cfg.seed, policy)
+        if views.count == 1 and (cfg.augment != "none" or policy is not None):
+            reporter.log(f"features: the frozen epochs train on the un-augmented images (--feature-views 1 by default); "
+                         f"--feature-views N adds N-1 views with --augment {cfg.augment}")  # fmt: skip
+        batches = cached_batches(run.model, freezer.head_name, cfg.model, run.train_batches, run.val_batches, run.data.val, views,
+                                 amp=run.stepping.amp, cache_dir=default_cache_dir(cfg.cache_dir), eval_batch=run.hardware.eval_batch.size,
+                                 rank=dist.rank, world=dist.world_size, log=reporter.log)  # fmt: skip
+        if batches is not None:
+            head = head_module(run.model, freezer.head_name)
+            reporter.log(f"epochs up to {phase.end}: the head ({freezer.head_name}) trains on the stored features")
+            return Loop(dist.wrap(head, device), run.opt.optimizer, run.opt.loss_fn, batches[0], batches[1], eval_model=head)
+    train_model = dist.wrap(run.model, device)
+    train_model = torch.compile(train_model) if run.cfg.compile else train_model
+    return Loop(train_model, run.opt.optimizer, run.opt.loss_fn, run.train_batches, run.val_batches,
+                eval_model=run.model if dist.enabled else train_model)  # fmt: skip
+
+
+def _fit(run: Prepared, checkpoints: Checkpointer, reporter: Reporter, device: torch.device, dist: Dist, run_dir: Path) -> History:
+    """The epoch loop over the prepared run, phase by phase (`_phases`), with Ctrl-C/SIGTERM
+    turned into a clean stop."""
+    freezer = run.opt.freezer
+
+    def on_epoch_start(epoch: int) -> None:
+        if freezer is not None and freezer.apply(epoch):
+            reporter.log(f"epoch {epoch}: the backbone {'is frozen' if freezer.frozen else 'trains from now on'} (--unfreeze-at {run.cfg.unfreeze_at})")
+
+    history = run.history
+    with _signals() as caught:
+        hooks = Hooks(should_stop=lambda: bool(caught), reporter=reporter, on_epoch_start=on_epoch_start, on_epoch_end=checkpoints.epoch_end,
+                      on_step=checkpoints.log.step if checkpoints.log is not None else None)  # fmt: skip
+        try:
+            for phase in _phases(run, dist, reporter.log):
+                on_epoch_start(run.state.epoch + 1)  # before DDP wraps the model: it keeps the trainable set it sees
+                loop = _phase_loop(run, phase, device, dist, reporter)
+                history = fit(loop, run.schedule, run.stepping, dataclasses.replace(run.limits, epochs=phase.end), hooks, state=run.state,
+                              history=history, seed=run.cfg.seed, dist=dist)  # fmt: skip
+                del loop
+                if history.stopped != "completed":
+                    break
+        except Interrupted:
+            raise RunInterrupted(run_dir, run.state.epoch) from None
+        except Exception as exc:
+            if dist.enabled and not isinstance(exc, CnnctlError) and is_comm_error(exc):
+                raise dist.lost(exc) from None
+            raise
+    return history
+
+
+def _test(run: Prepared, run_dir: Path, device: torch.device, history: History) -> dict[str, Any] | None:
+    """The test split through the best checkpoint, measured once at the end (never used to select)."""
+    if run.data.test is None or not (run_dir / "model.safetensors").is_file():
+        return None
+    from cnnctl.models.checkpoint import load_model
+
+    best, _, _ = load_model(run_dir, device)
+    if run.cfg.channels_last:
+        best = best.to(memory_format=torch.channels_last)
+    assert run.hardware.eval_batch is not None
+    batches = Batches(run.data.test, run.data.prep, run.hardware.eval_batch.size, device=device, channels_last=run.cfg.channels_last)
+    result = evaluate(best, batches, run.opt.loss_fn, amp="none")
+    test = {"loss": result.loss, "acc": result.acc, "images": len(result.targets), "epoch": run.state.best_epoch}
+    if run.stepping.ema is not None:
+        test["weights"] = next((r.get("weights") for r in history.epochs if r["epoch"] == run.state.best_epoch), "model")
+    return test
+
+
+class RunInterrupted(Exception):
+    """SIGINT/SIGTERM stopped the run; the run directory is consistent at `epoch`."""
+
+    def __init__(self, run_dir: Path, epoch: int) -> None:
+        super().__init__(f"interrupted after epoch {epoch}")
+        self.run_dir, self.epoch = run_dir, epoch
+
+
+def train(model: str | None, recipe: str | None, flags: dict[str, Any], *, out: str | None, resume: str | None,
+          overwrite: bool, reporter: Reporter, dist: Dist | None = None, accept_data_change: bool = False) -> RunResult:
+    """What `cnnctl train` calls: resolve the config (resumed run's config <- recipe <- flags) and
+    run it; under torchrun an error names the rank it happened on."""
+    dist = dist or Dist()
+    try:
+        cfg = resolve_run(model, recipe, flags, resume)
+        if accept_data_change and not resume:
+            raise UsageError("--accept-data-change goes with --resume RUN (a new run records the data as it is)")
+        return run(cfg, out=out, resume=resume, overwrite=overwrite, reporter=reporter, dist=dist, accept_data_change=accept_data_change)
+    except CnnctlError as exc:
+        raise dist.label(exc) from None
+
+
+def resolve_run(model: str | None, recipe: str | None, flags: dict[str, Any], resume: str | None) -> TrainConfig:
+    """The run's config: the resumed run's config.json <- recipe <- flags given on the command line."""
+    base = None
+    if resume:
+        from cnnctl.config import FIELDS
+        from cnnctl.io import read_json
+
+        missing = f"{resume} is not a cnnctl run directory (no config.json); nothing to resume"
+        saved = read_json(Path(resume) / "config.json", RunDirError, missing)
+
+        base = {k: v for k, v in saved.items() if k in FIELDS}
+        if model and model != base.get("model"):
+            raise UsageError(f"--resume {resume} trained {base.get('model')}, not {model}; drop the model argument")
+    return resolve(model, recipe, flags, base)
