@@ -243,7 +243,7 @@ class EvalBatch:
 
 
 def eval_batch(requested: int | str, model_name: str, input_shape: tuple[int, int, int], num_classes: int,
-               device_type: str = "cpu", *, views: int = 1, model_kwargs: dict[str, Any] | None = None,
+               device_type: str = "cpu", *, views: int = 1,
                flag: str = "--eval-batch-size") -> EvalBatch:  # fmt: skip
     """--eval-batch-size / eval --batch-size (`flag`, for the error): an explicit number wins;
     "auto" (or 0) fits the budget. The estimate comes from the model's shape trace on the meta
@@ -255,7 +255,7 @@ def eval_batch(requested: int | str, model_name: str, input_shape: tuple[int, in
     from cnnctl.models.tracing import trace_built
 
     try:
-        result = trace_built(model_name, tuple(input_shape), num_classes, model_kwargs or {})
+        result = trace_built(model_name, tuple(input_shape), num_classes)
     except Exception as exc:  # noqa: BLE001 - a model the meta-device trace cannot run still evaluates
         return EvalBatch(FALLBACK_EVAL_BATCH, f"auto: the shape trace failed ({type(exc).__name__}); {FALLBACK_EVAL_BATCH} images")
     if result.diagnosis:

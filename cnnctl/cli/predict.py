@@ -16,8 +16,8 @@ def predict(
     inputs: Annotated[list[str], typer.Argument(help="Image files, folders (recursive), globs, or - to read paths from stdin.")],
     top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Labels to show per image.")] = 1,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, max=65536, help="Images per inference batch.")] = 64,
-    provider: Annotated[str, typer.Option("--provider", metavar="[auto|cpu|cuda]", help="onnxruntime provider (auto: CUDA when available).")] = "auto",
-    threads: Annotated[int, typer.Option("--threads", min=0, help="onnxruntime intra-op threads (0 = its default).")] = 0,
+    provider: Annotated[str, typer.Option("--provider", metavar="[auto|cpu|cuda]", help="onnxruntime provider, or the PyTorch device for a checkpoint (auto: CUDA when available).")] = "auto",
+    threads: Annotated[int, typer.Option("--threads", min=0, help="onnxruntime intra-op threads, or torch threads for a checkpoint (0 = the default).")] = 0,
     json_: Annotated[bool, typer.Option("--json", help="One JSON line per image: path and top-k labels with probabilities.")] = False,
 ) -> None:
     """Predict classes with the preprocessing stored in the model's metadata.
@@ -31,14 +31,10 @@ def predict(
     $ find photos -name '*.jpg' | cnnctl predict runs/pets/model.onnx -
     """
     from cnnctl.errors import PartialFailure
-    from cnnctl.runtime.inference import OnnxClassifier, expand_inputs, predict_paths
+    from cnnctl.runtime.classifier import open_classifier
+    from cnnctl.runtime.inference import expand_inputs, predict_paths
 
-    if model.endswith(".onnx"):
-        clf = OnnxClassifier(model, provider, threads)
-    else:
-        from cnnctl.models.checkpoint import TorchClassifier
-
-        clf = TorchClassifier(model)  # type: ignore[assignment]
+    clf = open_classifier(model, provider, threads)
     print(f"model {clf.path}: {clf.meta.model}, provider {clf.provider}", file=sys.stderr)
     paths = expand_inputs(inputs)
     results, errors = predict_paths(clf, paths, batch_size=batch_size, k=top_k)

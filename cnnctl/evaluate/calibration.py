@@ -20,8 +20,8 @@ from cnnctl.data.manifest import Manifest
 from cnnctl.train.engine import evaluate
 from cnnctl.errors import CnnctlError, UsageError
 from cnnctl.evaluate.report import Target, load_split
-from cnnctl.runtime.inference import softmax
-from cnnctl.io import atomic_path
+from cnnctl.runtime import modelfile
+from cnnctl.runtime.classifier import softmax
 from cnnctl.runtime.metadata import Metadata
 from cnnctl.evaluate.metrics import calibration, fit_temperature, nll
 
@@ -36,30 +36,6 @@ def _logits(model: Target, meta: Metadata, data: str | None, data_dir: str | Non
 def _scores(logits: np.ndarray, targets: np.ndarray, t: float) -> dict[str, float]:
     probs = softmax(logits / t)
     return {"ece": calibration(probs, targets)["ece"], "nll": nll(logits, targets, t), "top1": float((probs.argmax(1) == targets).mean())}
-
-
-def write_temperature(path: Path, meta: Metadata) -> None:
-    """Rewrite a checkpoint's or ONNX file's metadata with `meta` (tensors untouched), atomically."""
-    if path.suffix == ".onnx":
-        import onnx
-
-        model = onnx.load(str(path))
-        del model.metadata_props[:]
-        for key, value in meta.to_json_map().items():
-            entry = model.metadata_props.add()
-            entry.key, entry.value = key, value
-        with atomic_path(path) as tmp:
-            onnx.save(model, str(tmp))
-        return
-    from safetensors import safe_open
-    from safetensors.torch import load_file, save_file
-
-    with safe_open(str(path), "pt") as f:
-        raw = dict(f.metadata() or {})
-    raw.update(meta.to_json_map())
-    tensors = load_file(str(path))
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=raw)
 
 
 def calibrate(target: str, *, data: str | None = None, data_dir: str | None = None, split: str = "val", check: str = "test",
@@ -86,7 +62,7 @@ def calibrate(target: str, *, data: str | None = None, data_dir: str | None = No
     path = Path(model.path)
     report["written"] = None if dry_run else str(path)
     if not dry_run:
-        write_temperature(path, model.meta.replace(temperature=round(t, 6)))
+        modelfile.write(path, model.meta.replace(temperature=round(t, 6)))
         onnx_beside = path.with_name("model.onnx")
         if path.suffix != ".onnx" and onnx_beside.is_file():
             report["stale"] = str(onnx_beside)

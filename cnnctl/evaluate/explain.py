@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cnnctl.errors import UsageError
+from cnnctl.runtime.classifier import probabilities
 from cnnctl.runtime.preprocess import Preprocess
 
 METHODS = ("gradcam", "gradcam++", "layercam")
@@ -109,11 +110,14 @@ class Explainer:
     """A checkpoint with hooks on one layer; `explain(path)` gives one image's heatmap and record."""
 
     def __init__(self, target: str, layer: str = "", method: str = "gradcam", device: str = "cpu") -> None:
-        from cnnctl.models.checkpoint import load_model
+        from cnnctl.models.checkpoint import TorchClassifier
 
         if method not in METHODS:
             raise UsageError(f"--method {method!r}: choose one of {', '.join(METHODS)}")
-        self.model, self.meta, self.path = load_model(target, device)
+        if str(target).endswith(".onnx"):
+            raise UsageError(f"{target}: explanations need the layer gradients of the PyTorch checkpoint; give its run directory")
+        self.clf = TorchClassifier(target, device)
+        self.model, self.meta, self.path = self.clf.model, self.clf.meta, Path(self.clf.path)
         self.model.float().eval()
         self.method, self.device = method, torch.device(device)
         self.prep: Preprocess = self.meta.preprocess
@@ -145,8 +149,8 @@ class Explainer:
         x = torch.from_numpy(normalize(view[None], self.prep)).to(self.device)
         self.model.zero_grad(set_to_none=True)
         with torch.enable_grad():
-            logits = self.model(x).float() / self.meta.scale
-            probs = logits.detach().softmax(1)[0]
+            logits = self.model(x).float()
+            probs = probabilities(logits.detach().cpu().numpy(), self.meta)[0]
             predicted = int(probs.argmax())
             k = predicted if class_index is None else class_index
             logits[0, k].backward()  # the class score (pre-softmax), as all three methods define it

@@ -22,7 +22,8 @@ from cnnctl.data.manifest import Manifest
 from cnnctl.data.sources import DIGIT_SETS, NAMED_SETS, Split, default_cache_dir, files_split, folder_layout, folder_split, load_source
 from cnnctl.train.engine import evaluate
 from cnnctl.errors import DataError, UsageError
-from cnnctl.runtime.inference import OnnxClassifier, softmax
+from cnnctl.runtime.classifier import Classifier, probabilities
+from cnnctl.runtime.inference import OnnxClassifier
 from cnnctl.machine import EvalBatch, eval_batch
 from cnnctl.runtime.metadata import DataInfo, Metadata
 from cnnctl.evaluate.metrics import calibration, confusion_matrix, nll, per_class
@@ -42,23 +43,22 @@ class _OnnxModule(nn.Module):
 
 
 class Target:
-    """A model to evaluate: its metadata, preprocessing and an nn.Module that yields logits."""
+    """A model file to evaluate: its Classifier (runtime/classifier.py) as an nn.Module that
+    engine.evaluate() drives with normalised batches, and the eval batch that fits the machine."""
 
     def __init__(self, path: str, provider: str = "auto", device: str = "cpu") -> None:
-        self.path = path
+        self.clf: Classifier
         if str(path).endswith(".onnx"):
-            clf = OnnxClassifier(path, provider)
-            self.kind, self.provider, self.meta = "onnx", clf.provider, clf.meta
-            self.module: nn.Module = _OnnxModule(clf)
+            onnx_clf = OnnxClassifier(path, provider)
+            self.kind, self.clf, self.module = "onnx", onnx_clf, _OnnxModule(onnx_clf)
             self.device = torch.device("cpu")
         else:
-            from cnnctl.models.checkpoint import load_model
+            from cnnctl.models.checkpoint import TorchClassifier
 
-            self.device = torch.device(device)
-            self.module, self.meta, resolved = load_model(path, self.device)
-            self.kind, self.provider, self.path = "pytorch", f"torch-{self.device.type}", str(resolved)
-            self.module = self.module.to(memory_format=torch.channels_last)
-        self.prep = self.meta.preprocess
+            torch_clf = TorchClassifier(path, device)
+            self.kind, self.clf, self.device = "pytorch", torch_clf, torch_clf.device
+            self.module = torch_clf.model.to(memory_format=torch.channels_last)
+        self.path, self.provider, self.meta, self.prep = self.clf.path, self.clf.provider, self.clf.meta, self.clf.prep
         self.frozen_run: dict | None = None  # the config of a run whose backbone stayed frozen (features.frozen_run)
         if self.kind == "pytorch":
             from cnnctl.train.features import frozen_run
@@ -68,7 +68,7 @@ class Target:
     def eval_batch(self, requested: int | str, views: int = 1) -> EvalBatch:
         """The inference batch (`cnnctl eval --batch-size`): `requested`, or the largest that fits the memory budget ("auto")."""
         m = self.meta
-        return eval_batch(requested, m.model, m.input_shape, m.num_classes, self.device.type, views=views, model_kwargs=m.model_kwargs,
+        return eval_batch(requested, m.model, m.input_shape, m.num_classes, self.device.type, views=views,
                           flag="--batch-size")  # fmt: skip
 
     def batches(self, split: Split, batch_size: int) -> Batches:
@@ -265,11 +265,11 @@ def run_eval(
         "batch_size_reason": batch.reason,
     }
     logits64 = result.logits.numpy().astype(np.float64)
-    probs = softmax(logits64 / model.meta.scale)  # calibrated when the file stores a temperature
+    probs = probabilities(logits64, model.meta)  # calibrated when the file stores a temperature
     cal = calibration(probs, targets)
     report.update(ece=cal["ece"], calibration_bins=cal["bins"], temperature=model.meta.temperature)
     if model.meta.temperature is not None:
-        report["ece_uncalibrated"] = calibration(softmax(logits64), targets)["ece"]
+        report["ece_uncalibrated"] = calibration(probabilities(logits64, model.meta, calibrated=False), targets)["ece"]
         report["loss_calibrated"] = nll(logits64, targets, model.meta.scale)
     rows = per_image(probs, targets, classes, images.paths or [f"{name}/{split}#{i}" for i in range(len(targets))])
     report["most_confused"] = most_confused(cm, classes)

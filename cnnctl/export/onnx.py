@@ -31,6 +31,7 @@ from cnnctl.errors import CnnctlError, ExportError, UsageError
 from cnnctl.runtime.inference import OnnxClassifier, graph_input
 from cnnctl.io import atomic_path
 from cnnctl.runtime.metadata import ExportInfo, Metadata
+from cnnctl.runtime.modelfile import set_onnx_metadata
 from cnnctl.data.manifest import Manifest
 from cnnctl.data.sources import Split
 from cnnctl.runtime.preprocess import Preprocess, normalize
@@ -152,11 +153,7 @@ def _attach_metadata(path: Path, meta: Metadata) -> None:
     import onnx
 
     model = onnx.load(str(path))
-    del model.metadata_props[:]
-    for key, value in meta.to_json_map().items():
-        entry = model.metadata_props.add()
-        entry.key, entry.value = key, value
-    model.doc_string = f"cnnctl export of {meta.model} ({', '.join(meta.class_names[:10])})"
+    set_onnx_metadata(model, meta)
     onnx.checker.check_model(model, full_check=True)
     onnx.save(model, str(path))
 

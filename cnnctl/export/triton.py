@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from cnnctl.errors import ExportError, UsageError
+from cnnctl.runtime import modelfile
 from cnnctl.runtime.metadata import Metadata
 
 TRITON_TYPES = {"float32": "TYPE_FP32", "uint8": "TYPE_UINT8", "float16": "TYPE_FP16"}
@@ -107,8 +108,8 @@ def graph_io(onnx_path: Path) -> tuple[Metadata, str, list[int], list[int]]:
     from the ONNX file itself."""
     import onnx
 
+    meta = modelfile.read(onnx_path)
     model = onnx.load(str(onnx_path), load_external_data=False)
-    meta = Metadata.from_json_map({p.key: p.value for p in model.metadata_props}, str(onnx_path))
     graph = model.graph
     names = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.UINT8: "uint8", onnx.TensorProto.FLOAT16: "float16"}
 

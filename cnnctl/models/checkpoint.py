@@ -68,7 +68,7 @@ def build_model(meta: Metadata) -> torch.nn.Module:
     """An untrained model with the architecture that `meta` describes."""
     from cnnctl.models import create
 
-    return create(meta.model, meta.input_shape, meta.num_classes, **meta.model_kwargs)
+    return create(meta.model, meta.input_shape, meta.num_classes)
 
 
 def load_model(target: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, Metadata, Path]:
@@ -161,13 +161,27 @@ __all__ = [
 
 
 class TorchClassifier:
-    """A checkpoint behind the same interface as inference.OnnxClassifier (meta, prep, from_pixels, logits)."""
+    """A checkpoint as a `runtime.classifier.Classifier` (meta, prep, from_pixels, logits), in PyTorch."""
 
     def __init__(self, target: str | Path, device: str = "cpu") -> None:
         self.model, self.meta, path = load_model(target, device)
-        self.path, self.provider = str(path), f"torch-{device}"
+        self.path, self.provider = str(path), f"torch-{torch.device(device).type}"
         self.prep = self.meta.preprocess
-        self.device = device
+        self.device = torch.device(device)
+
+    @classmethod
+    def for_provider(cls, target: str | Path, provider: str = "auto", threads: int = 0) -> TorchClassifier:
+        """`predict`'s --provider/--threads for a checkpoint: cpu, cuda or auto (CUDA when
+        available) as the torch device, `threads` torch threads (0: torch's default)."""
+        from cnnctl.errors import UsageError
+
+        if provider not in ("auto", "cpu", "cuda"):
+            raise UsageError(f"--provider must be auto, cpu or cuda, got {provider!r}")
+        if provider == "cuda" and not torch.cuda.is_available():
+            raise UsageError("--provider cuda: no CUDA device is available to PyTorch here; use --provider cpu or auto")
+        if threads:
+            torch.set_num_threads(threads)
+        return cls(target, "cuda" if provider == "cuda" or (provider == "auto" and torch.cuda.is_available()) else "cpu")
 
     def from_pixels(self, pixels: Any) -> Any:
         from cnnctl.runtime.preprocess import normalize

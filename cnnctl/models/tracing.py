@@ -34,10 +34,10 @@ def trace_model(
     return trace(model, input_shape, batch, built_for=built_for)
 
 
-def trace_built(name: str, input_shape: tuple[int, int, int], num_classes: int, model_kwargs: dict | None = None) -> Trace:
+def trace_built(name: str, input_shape: tuple[int, int, int], num_classes: int) -> Trace:
     """Trace model `name` built for `input_shape` exactly as training builds it, on the meta device."""
     with torch.device("meta"):
-        model = create(name, input_shape, num_classes, **(model_kwargs or {}))
+        model = create(name, input_shape, num_classes)
     return trace(model, input_shape)
 
 
@@ -62,9 +62,9 @@ def trace_target(
         meta = read_checkpoint_metadata(resolve_checkpoint(p))
         built_for = meta.input_shape
         if input_shape is None and batch == 1:
-            return meta.model, trace_built(meta.model, built_for, meta.num_classes, meta.model_kwargs)
+            return meta.model, trace_built(meta.model, built_for, meta.num_classes)
         with torch.device("meta"):
-            model = create(meta.model, built_for, meta.num_classes, **meta.model_kwargs)
+            model = create(meta.model, built_for, meta.num_classes)
         return meta.model, trace(model, input_shape or built_for, batch, built_for=built_for)
     if input_shape is None:
         input_shape = get_entry(target).default_input

@@ -16,6 +16,7 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 
 from cnnctl.errors import CheckpointError, DataError, UsageError
+from cnnctl.runtime.classifier import Classifier, probabilities
 from cnnctl.runtime.metadata import Metadata
 from cnnctl.runtime.preprocess import IMAGE_SUFFIXES, Preprocess, load_image, normalize
 
@@ -60,12 +61,6 @@ def onnx_metadata(session: Any, source: str) -> Metadata:
     if [i.name for i in inputs] != ["input"] or "logits" not in [o.name for o in outputs]:
         raise CheckpointError(f"{source}: expected input 'input' and output 'logits'; re-export it with cnnctl export")
     return meta
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
 
 
 def expand_inputs(inputs: Iterable[str], stdin: Iterable[str] | None = None) -> list[str]:
@@ -203,13 +198,13 @@ class OnnxClassifier:
         return self.session.run(["logits"], {"input": x})[0].astype(np.float32, copy=False)
 
 
-def predict_paths(model: Any, paths: list[str], *, batch_size: int = 64, k: int = 5) -> tuple[list[Prediction], list[str]]:
+def predict_paths(model: Classifier, paths: list[str], *, batch_size: int = 64, k: int = 5) -> tuple[list[Prediction], list[str]]:
     """Top-k predictions for every readable path; unreadable files are returned as messages."""
     errors: list[str] = []
     results: list[Prediction] = []
     classes = list(model.meta.class_names)
     k = max(1, min(k, len(classes)))
     for names, x in iter_batches(paths, model.prep, batch_size, errors):
-        probs = softmax(model.logits(model.from_pixels(x)).astype(np.float64) / model.meta.scale)  # calibrated when a temperature is stored
+        probs = probabilities(model.logits(model.from_pixels(x)), model.meta)
         results += [Prediction(n, t) for n, t in zip(names, top_k(probs, classes, k))]
     return results, errors

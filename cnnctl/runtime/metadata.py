@@ -22,7 +22,7 @@ from cnnctl.runtime.preprocess import Preprocess
 FORMAT = 1
 REQUIRED = ("format", "model", "input_shape", "num_classes", "class_names", "preprocess")
 MAX_HEADER = 100 * 1024 * 1024
-KINDS = ("model", "last", "onnx")
+KINDS = ("model", "last")  # model.safetensors (and exports of it), last.safetensors
 
 
 @dataclass(frozen=True)
@@ -82,7 +82,6 @@ class Metadata:
     input_shape: tuple[int, int, int]
     class_names: tuple[str, ...]
     preprocess: Preprocess
-    model_kwargs: dict[str, Any] = field(default_factory=dict)
     data: DataInfo | None = None
     versions: dict[str, str] = field(default_factory=dict)  # cnnctl/torch/python at training time
     kind: str = "model"
@@ -105,7 +104,7 @@ class Metadata:
     def to_dict(self) -> dict[str, Any]:
         """The flat JSON-ready dict (what `to_json_map` encodes; serve's `/metadata`)."""
         out: dict[str, Any] = {
-            "format": FORMAT, "kind": self.kind, "model": self.model, "model_kwargs": dict(self.model_kwargs),
+            "format": FORMAT, "kind": self.kind, "model": self.model,
             "input_shape": list(self.input_shape), "num_classes": self.num_classes, "class_names": list(self.class_names),
             "preprocess": self.preprocess.to_dict(), "versions": dict(self.versions),
         }  # fmt: skip
@@ -148,8 +147,10 @@ class Metadata:
             raise CheckpointError(f"{source}: metadata num_classes {classes!r} is invalid")
         if not (isinstance(names, list) and len(names) == classes and all(isinstance(n, str) for n in names)):
             raise CheckpointError(f"{source}: metadata class_names does not list {classes} names")
-        if not isinstance(meta["model"], str) or not isinstance(meta.get("model_kwargs", {}), dict):
-            raise CheckpointError(f"{source}: metadata model/model_kwargs are malformed")
+        if not isinstance(meta["model"], str):
+            raise CheckpointError(f"{source}: metadata model is malformed")
+        if meta.get("model_kwargs"):  # files before 0.2 wrote {} here; no cnnctl ever wrote arguments
+            raise CheckpointError(f"{source}: metadata model_kwargs {meta['model_kwargs']!r}: models with factory arguments are not supported")
         if not isinstance(meta["preprocess"], dict):
             raise CheckpointError(f"{source}: metadata preprocess is malformed")
         try:
@@ -183,7 +184,7 @@ class Metadata:
             raise CheckpointError(f"{source}: metadata temperature {temperature!r} is not a number in [0.01, 100]; recalibrate (cnnctl calibrate)")
         kind = meta.get("kind", "model")
         return cls(model=meta["model"], input_shape=(shape[0], shape[1], shape[2]), class_names=tuple(names), preprocess=prep,
-                   model_kwargs=dict(meta.get("model_kwargs") or {}), data=data_info, versions=versions,
+                   data=data_info, versions=versions,
                    kind=kind if kind in KINDS else "model", training=training, export=export,
                    temperature=float(temperature) if temperature is not None else None)  # fmt: skip
 

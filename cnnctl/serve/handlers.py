@@ -12,7 +12,8 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 
 from cnnctl import __version__
 from cnnctl.errors import DataError
-from cnnctl.runtime.inference import prediction_json, softmax, top_k
+from cnnctl.runtime.classifier import probabilities
+from cnnctl.runtime.inference import prediction_json, top_k
 from cnnctl.runtime.preprocess import load_image
 from cnnctl.serve import oip
 from cnnctl.serve.body import read_body, uploads
@@ -56,7 +57,7 @@ async def predict(request: Request) -> Response:
 
     with state.admit(len(files)):
         logits = await state.within_timeout(work())
-    probs = softmax(logits.astype(np.float64) / clf.meta.scale)
+    probs = probabilities(logits, clf.meta)
     rows = [prediction_json(name, top) for (name, _), top in zip(files, top_k(probs, classes, k))]
     return JSONResponse({"predictions": rows, "model": clf.meta.model})
 
@@ -168,7 +169,7 @@ async def infer(request: Request) -> Response:
         raise HTTPError(400, f"input shape {list(x.shape)}: this model takes {want}")
     with state.admit(x.shape[0]):
         logits = await state.within_timeout(state.classify(list(x)))
-    values = {"logits": logits.astype(np.float32), "probabilities": softmax(logits.astype(np.float64) / clf.meta.scale).astype(np.float32)}
+    values = {"logits": logits.astype(np.float32), "probabilities": probabilities(logits, clf.meta).astype(np.float32)}
     classes = list(clf.meta.class_names)
     tensors = [(w, oip.classification(values[w.name], classes, w.classification) if w.classification else values[w.name]) for w in req.outputs]
     payload, headers = oip.encode_response(state.name, req.id, tensors)

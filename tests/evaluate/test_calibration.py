@@ -51,7 +51,8 @@ def test_calibrate_lowers_ece_on_images_not_used_for_fitting(overconfident, tmp_
     assert after["top1"] == before["top1"] and (tmp_path / "rel.png").stat().st_size > 5000
     # export carries it; predict (ONNX, no torch) and serve report calibrated probabilities
     assert run_cli("export", overconfident).returncode == 0
-    from cnnctl.runtime.inference import OnnxClassifier, softmax
+    from cnnctl.runtime.classifier import softmax
+    from cnnctl.runtime.inference import OnnxClassifier
     from cnnctl.runtime.preprocess import load_image
 
     clf = OnnxClassifier(overconfident / "model.onnx", "cpu")

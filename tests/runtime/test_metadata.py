@@ -20,7 +20,7 @@ OLD = FIXTURES / "format1-run"  # written by cnnctl before the typed Metadata (t
 
 def full() -> Metadata:
     prep = Preprocess(channels=3, size=(32, 32), mean=[0.5] * 3, std=[0.25] * 3)
-    return Metadata(model="tiny", input_shape=(3, 32, 32), class_names=("cat", "dog"), preprocess=prep, model_kwargs={"width": 2},
+    return Metadata(model="tiny", input_shape=(3, 32, 32), class_names=("cat", "dog"), preprocess=prep,
                     data=DataInfo(name="/data/pets", data_dir="/data", val_split=0.2, fingerprint="ab12"),
                     versions={"cnnctl": "0.1.0", "torch": "2"}, training=TrainingInfo(epoch=3, metrics={"val_acc": 0.9}, weights="ema"),
                     export=ExportInfo(exporter="dynamo", opset=18, source_sha256="ff", versions={"cnnctl": "0.1.0"}, quantization="int8"))  # fmt: skip
@@ -37,7 +37,7 @@ def test_json_map_round_trip():
     assert flat["num_classes"] == 2 and flat["input_shape"] == [3, 32, 32] and flat["format"] == 1
     bare = Metadata(model="m", input_shape=(1, 8, 8), class_names=("a",), preprocess=Preprocess(channels=1, size=(8, 8)))
     assert Metadata.from_json_map(bare.to_json_map(), "x") == bare
-    assert set(bare.to_dict()) == {"format", "kind", "model", "model_kwargs", "input_shape", "num_classes", "class_names", "preprocess", "versions"}
+    assert set(bare.to_dict()) == {"format", "kind", "model", "input_shape", "num_classes", "class_names", "preprocess", "versions"}
 
 
 @pytest.mark.parametrize("change, needle", [

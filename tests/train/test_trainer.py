@@ -26,7 +26,7 @@ def test_run_files_reload_and_are_complete(quick_run):
     with safe_open(str(quick_run / "model.safetensors"), framework="pt") as f:
         meta = {k: json.loads(v) for k, v in f.metadata().items()}
         keys = list(f.keys())
-    for key in ("format", "model", "model_kwargs", "input_shape", "num_classes", "class_names", "preprocess", "epoch", "metrics", "versions", "data"):
+    for key in ("format", "model", "input_shape", "num_classes", "class_names", "preprocess", "epoch", "metrics", "versions", "data"):
         assert key in meta, key
     assert meta["model"] == "model-a" and meta["input_shape"] == [1, 28, 28] and meta["num_classes"] == 10
     assert meta["class_names"] == [str(i) for i in range(10)]

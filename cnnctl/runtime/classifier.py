@@ -1,0 +1,64 @@
+"""The Classifier protocol: one model file behind one interface, and the one place where the
+output activation lives. Torch-free.
+
+Every command that runs a model (eval, calibrate, explain, predict, serve, review, the Triton
+export's checks) holds a `Classifier`: an exported graph in onnxruntime (`OnnxClassifier`,
+runtime/inference.py) or a checkpoint in PyTorch (`TorchClassifier`, models/checkpoint.py, which
+imports torch). `probabilities` turns logits into what users read, with the temperature that
+`cnnctl calibrate` stored applied; nothing else computes a softmax of a model's output.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Protocol
+
+import numpy as np
+
+from cnnctl.runtime.metadata import Metadata
+from cnnctl.runtime.preprocess import Preprocess
+
+
+class Classifier(Protocol):
+    """A model file ready to run: its metadata and preprocessing, and logits of a batch."""
+
+    path: str
+    provider: str  # "CPUExecutionProvider", "torch-cpu", ...
+    meta: Metadata
+    prep: Preprocess
+
+    def from_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        """Decoded uint8 images (N, C, H, W) -> this model's input."""
+        ...
+
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        """Logits (N, classes), float32, of a batch in this model's input form."""
+        ...
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax, computed stably."""
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def probabilities(logits: np.ndarray, meta: Metadata, *, calibrated: bool = True) -> np.ndarray:
+    """Class probabilities (float64) of a model's logits: softmax(logits / T), with the file's
+    stored temperature T (1 when it has none, or with `calibrated=False`)."""
+    scale = meta.scale if calibrated else 1.0
+    return softmax(np.asarray(logits, dtype=np.float64) / scale)
+
+
+def open_classifier(path: str | os.PathLike[str], provider: str = "auto", threads: int = 0) -> Classifier:
+    """The model file at `path`: an `.onnx` file in onnxruntime (`provider`: auto, cpu or cuda;
+    `threads`: intra-op threads, 0 = its default), anything else (a run directory or a
+    `.safetensors` checkpoint) in PyTorch on the device `provider` names (auto: CUDA when
+    available), with `threads` torch threads. Only the second imports torch."""
+    if str(path).endswith(".onnx"):
+        from cnnctl.runtime.inference import OnnxClassifier
+
+        return OnnxClassifier(path, provider, threads)
+    from cnnctl.models.checkpoint import TorchClassifier
+
+    return TorchClassifier.for_provider(path, provider, threads)

@@ -1,0 +1,42 @@
+"""The run-time layer and serve/ import without torch: a deployment needs onnxruntime, not torch.
+
+Each check runs in a fresh interpreter where importing torch raises, so an import of torch at any
+depth (a module, or a module it imports) fails the test."""
+
+from __future__ import annotations
+
+import pkgutil
+import subprocess
+import sys
+
+import pytest
+
+import cnnctl.runtime
+import cnnctl.serve
+
+BLOCK = """
+import importlib, sys
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" or name.startswith("torch.") or name == "torchvision":
+            raise ImportError("torch is blocked in this test")
+sys.meta_path.insert(0, Block())
+for name in sys.argv[1:]:
+    importlib.import_module(name)
+print("ok", len(sys.argv) - 1)
+"""
+
+
+def _modules(package) -> list[str]:
+    return [package.__name__] + [f"{package.__name__}.{m.name}" for m in pkgutil.iter_modules(package.__path__)]
+
+
+@pytest.mark.quick
+@pytest.mark.parametrize("package", [cnnctl.runtime, cnnctl.serve], ids=["runtime", "serve"])
+def test_imports_without_torch(package):
+    names = _modules(package)
+    if package is cnnctl.serve:
+        pytest.importorskip("starlette", reason="the serve extra is not installed")
+    proc = subprocess.run([sys.executable, "-c", BLOCK, *names], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == f"ok {len(names)}"
