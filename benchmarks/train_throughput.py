@@ -22,7 +22,8 @@ import torchvision.transforms as T
 
 from benchmarks._common import SHARED, cifar_folder, matmul_gflops
 from cnnctl.config import TrainConfig
-from cnnctl.data import build
+from cnnctl.train.plan import resolve_preprocessing
+from cnnctl.data.bundle import build
 from cnnctl.data.batches import Batches
 from cnnctl.train.engine import make_loss, train_one_epoch
 from cnnctl.models import create
@@ -74,7 +75,7 @@ def cnnctl_loop(model, batches: Batches, n: int) -> float:
 
 def case(name, model_name, tutorial_loader, cfg, batch_size, augment, n, gflops):
     torch.manual_seed(0)
-    data = build(cfg, log=lambda m: None)
+    data = build(resolve_preprocessing(cfg, None).data_config(), log=lambda m: None)
     shape, classes = data.input_shape, len(data.classes)
     base = tutorial_loop(create(model_name, shape, classes), tutorial_loader, n)
     results = {}

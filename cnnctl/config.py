@@ -141,6 +141,32 @@ class TrainConfig:
     def flip(self) -> bool:
         return self.augment in ("flip-crop", "flip-shift", "flip", "rrc-flip")
 
+    def data_config(self) -> DataConfig:
+        """What the data layer needs of this run: which images, split how, decoded how. Every
+        "auto" must be resolved first (train/plan.py does it, once)."""
+        if self.resize == "auto" or self.interpolation == "auto":
+            raise ValueError("resize and interpolation must be resolved before the data is read (train.plan.resolve_preprocessing)")
+        return DataConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(DataConfig)})
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """The data options of a run (a subset of TrainConfig's, resolved): what `data.build` reads."""
+
+    data: str
+    data_dir: str
+    download: bool
+    val_split: float
+    subset: int
+    image_size: str
+    grayscale: bool
+    mean: str
+    std: str
+    resize: str  # stretch or crop
+    interpolation: str  # bilinear, bicubic or nearest
+    crop_pct: float
+    cache_dir: str
+
 
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 

@@ -294,25 +294,21 @@ class HardwarePlan:
     threads: int
     threads_reason: str
     channels_last: bool
-    eval_batch: EvalBatch | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        out = {"device": self.device, "cpu": self.cpu, "amp": self.amp.amp, "amp_reason": self.amp.reason, "threads": self.threads,
-               "threads_reason": self.threads_reason, "channels_last": self.channels_last}  # fmt: skip
-        if self.eval_batch is not None:
-            out.update(eval_batch_size=self.eval_batch.size, eval_batch_reason=self.eval_batch.reason)
-        return out
+        return {"device": self.device, "cpu": self.cpu, "amp": self.amp.amp, "amp_reason": self.amp.reason, "threads": self.threads,
+                "threads_reason": self.threads_reason, "channels_last": self.channels_last}  # fmt: skip
 
     def summary(self) -> str:
         """One log line: what this run computes in and with, and why."""
-        eb = f"; eval batch {self.eval_batch.size} ({self.eval_batch.reason})" if self.eval_batch is not None else ""
         layout = "channels_last" if self.channels_last else "contiguous (NCHW)"
-        return f"hardware: {self.device}, {self.amp.label} ({self.amp.reason}); {self.threads} thread(s); {layout}{eb}"
+        return f"hardware: {self.device}, {self.amp.label} ({self.amp.reason}); {self.threads} thread(s); {layout}"
 
 
 def plan(amp: str, requested_threads: int, channels_last: bool, device_type: str, *, device_index: int = 0,
          local_world_size: int = 1) -> HardwarePlan:  # fmt: skip
-    """The run's precision, threads and memory layout on this machine (eval batch: `with_eval_batch`)."""
+    """The run's precision, threads and memory layout on this machine (the eval batch, which needs
+    the data's shapes, is `eval_batch`; train/plan.py holds both)."""
     cpu = cpu_info()
     n, why = threads(requested_threads, local_world_size, cpu)
     where = cpu.describe()

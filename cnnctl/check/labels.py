@@ -3,7 +3,7 @@
 Every image gets a predicted probability from a model that never trained on it (k-fold: each
 fold is predicted by a model trained on the other folds), then confident learning (confident.py)
 picks and ranks the suspects. Two ways to get the probabilities, both through cnnctl's own setup
-(`trainer.setup_data` / `trainer.prepare`), so the data, preprocessing and start weights are
+(`plan.make_plan` / `trainer.prepare` / `trainer.fit_prepared`), so the data, preprocessing and start weights are
 exactly what `cnnctl train` would use:
 - from scratch (the default, offline): the small net trained k times with the one epoch loop
   (`engine.fit`): model-a at 28x28 grayscale for digit-like data, tiny at 32x32 otherwise;
@@ -18,11 +18,14 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
 from cnnctl.check.confident import find_issues
+
+if TYPE_CHECKING:  # torch-free at import: `cnnctl check` without --labels never loads torch
+    from cnnctl.train.plan import Plan
 
 Log = Callable[[str], None]
 
@@ -92,17 +95,15 @@ def folds_of(n: int, k: int, seed: int) -> np.ndarray:
 def out_of_sample(data: str, opts: LabelOptions, grayscale: bool, log: Log) -> tuple[np.ndarray, np.ndarray, list[str], list[str], str]:
     """(probabilities N x K, given labels, paths, class names, how) with each image's row from a
     model that did not train on it."""
-    from cnnctl.train.distributed import Dist
     from cnnctl.errors import UsageError
-    from cnnctl.train.trainer import pick_device, setup_data
+    from cnnctl.train.plan import make_plan, pick_device
 
     if not 2 <= opts.folds <= 20:
         raise UsageError(f"--folds {opts.folds}: give 2 to 20 (4 or 5 is usual)")
     cfg = _config(data, opts, grayscale)
-    device = pick_device(cfg.device)
-    dist = Dist()
     reporter = _Quiet(log)
-    cfg, hardware, weights, bundle = setup_data(cfg, reporter, device, dist)
+    plan = make_plan(cfg, reporter, pick_device(cfg.device))
+    bundle = plan.data
     split = bundle.train
     n, k = len(split), len(bundle.classes)
     if n < 2 * opts.folds or k < 2:
@@ -110,28 +111,28 @@ def out_of_sample(data: str, opts: LabelOptions, grayscale: bool, log: Log) -> t
     fold = folds_of(n, opts.folds, opts.seed)
     labels = split.y.numpy().astype(np.int64)
     if opts.probe:
-        probs, how = _probe(cfg, bundle, weights, hardware, reporter, device, dist, fold, opts, log)
+        probs, how = _probe(plan, reporter, fold, opts, log)
     else:
-        probs, how = _scratch(cfg, bundle, hardware, reporter, device, dist, fold, opts, log)
+        probs, how = _scratch(plan, reporter, fold, opts, log)
     return probs, labels, list(split.paths or [str(i) for i in range(n)]), list(bundle.classes), how
 
 
-def _scratch(cfg: Any, bundle: Any, hardware: Any, reporter: Any, device: Any, dist: Any, fold: np.ndarray, opts: LabelOptions, log: Log) -> tuple[np.ndarray, str]:
+def _scratch(plan: Plan, reporter: Any, fold: np.ndarray, opts: LabelOptions, log: Log) -> tuple[np.ndarray, str]:
     import torch
 
     from cnnctl.data.batches import Batches
-    from cnnctl.train.engine import Hooks, Loop, evaluate, fit
-    from cnnctl.train.trainer import prepare
+    from cnnctl.train.engine import evaluate
+    from cnnctl.train.trainer import fit_prepared, prepare
 
+    cfg, bundle = plan.cfg, plan.data
     split = bundle.train
     probs = np.zeros((len(split), len(bundle.classes)), dtype=np.float64)
     for f in range(opts.folds):
         train_idx, held_idx = torch.from_numpy(np.flatnonzero(fold != f)), torch.from_numpy(np.flatnonzero(fold == f))
         part = dataclasses.replace(bundle, train=split.take(train_idx), val=None, test=None)
-        run = prepare(cfg, part, None, hardware, reporter, device, dist)
-        loop = Loop(run.model, run.opt.optimizer, run.opt.loss_fn, run.train_batches)
-        history = fit(loop, run.schedule, run.stepping, run.limits, Hooks(), state=run.state, seed=cfg.seed, dist=dist)
-        held = Batches(split.take(held_idx), bundle.prep, run.hardware.eval_batch.size, device=device, channels_last=cfg.channels_last)
+        run = prepare(plan.with_data(part), reporter)
+        history = fit_prepared(run)
+        held = Batches(split.take(held_idx), bundle.prep, plan.eval_batch.size, device=plan.device, channels_last=cfg.channels_last)
         result = evaluate(run.model, held)
         probs[held_idx.numpy()] = result.logits.double().softmax(1).numpy()
         last = history.epochs[-1] if history.epochs else {}
@@ -140,8 +141,7 @@ def _scratch(cfg: Any, bundle: Any, hardware: Any, reporter: Any, device: Any, d
     return probs, f"{opts.folds}-fold {cfg.model} from scratch at {'x'.join(map(str, bundle.prep.size))}, {cfg.epochs} epochs"
 
 
-def _probe(cfg: Any, bundle: Any, weights: Any, hardware: Any, reporter: Any, device: Any, dist: Any, fold: np.ndarray, opts: LabelOptions,
-           log: Log) -> tuple[np.ndarray, str]:  # fmt: skip
+def _probe(plan: Plan, reporter: Any, fold: np.ndarray, opts: LabelOptions, log: Log) -> tuple[np.ndarray, str]:
     import torch
     from torch import nn
 
@@ -150,12 +150,13 @@ def _probe(cfg: Any, bundle: Any, weights: Any, hardware: Any, reporter: Any, de
     from cnnctl.train.freezing import head_of
     from cnnctl.train.trainer import prepare
 
-    run = prepare(cfg, bundle, weights, hardware, reporter, device, dist)
+    cfg, bundle = plan.cfg, plan.data
+    run = prepare(plan, reporter)
     model = run.model
     name, _ = head_of(model)
     parent, _, leaf = name.rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, leaf, nn.Identity())
-    batches = Batches(bundle.train, bundle.prep, run.hardware.eval_batch.size, device=device, channels_last=cfg.channels_last)
+    batches = Batches(bundle.train, bundle.prep, plan.eval_batch.size, device=plan.device, channels_last=cfg.channels_last)
     result = evaluate(model, batches, lambda out, y: out.new_zeros(()))  # the head is gone: "logits" are the features
     feats = result.logits.double()
     log(f"features: {feats.shape[1]} per image from {cfg.model}'s frozen backbone, {len(feats)} images in {result.seconds:.1f}s")

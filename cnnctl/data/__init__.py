@@ -1,9 +1,7 @@
-"""Data sources, preprocessing, caching and in-memory batching.
+"""Data sources, the split manifest, decoding and caching, and batching.
 
-`build(cfg)` returns a `DataBundle`: uint8 tensors for train / val / test held in memory, the
-class names, and the `Preprocess` (with train-split mean/std) that travels with the checkpoint.
+`bundle.build(data_config)` returns a `DataBundle`: uint8 images for train / val / test (in memory
+or memory-mapped), the class names, and the `Preprocess` (with train-split mean/std) that travels
+with the checkpoint. This package imports nothing by itself: `data.layout` and `data.manifest` are
+torch-free, so `cnnctl check` (without --labels) and `--help` never load torch.
 """
-
-from cnnctl.data.bundle import DataBundle, Split, build
-
-__all__ = ["DataBundle", "Split", "build"]

@@ -11,9 +11,9 @@ from typing import Any, Callable
 
 import torch
 
-from cnnctl.config import TrainConfig, parse_floats
+from cnnctl.config import DataConfig, parse_floats
 from cnnctl.data.manifest import Manifest, SplitRecord, compare, deal, record_files
-from cnnctl.data.sources import DIGIT_SETS, NAMED_SETS, Source, Split, default_cache_dir, load_source, redecode
+from cnnctl.data.sources import NAMED_SETS, Source, Split, default_cache_dir, load_source, redecode
 from cnnctl.errors import DataError, UsageError
 from cnnctl.runtime.preprocess import Preprocess
 from cnnctl.specs import parse_image_size
@@ -105,6 +105,15 @@ def fingerprint(*splits: Split | None) -> str:
     return h.hexdigest()[:16]
 
 
+def select_splits(src: Source, val_split: float) -> tuple[Split, Split | None]:
+    """(train, val) of a source as training draws them: its own validation split (a val/ folder),
+    else a fixed-seed `val_split` of its training split. `cnnctl eval` of a run without a split
+    manifest draws them with this function too."""
+    if src.val is not None:
+        return src.train, src.val
+    return split_off(src.train, val_split)
+
+
 def split_off(split: Split, fraction: float) -> tuple[Split, Split | None]:
     """(train, val) with a fixed-seed random `fraction` held out."""
     if fraction <= 0:
@@ -116,7 +125,7 @@ def split_off(split: Split, fraction: float) -> tuple[Split, Split | None]:
     return split.take(perm[n_val:].sort().values), split.take(perm[:n_val].sort().values)
 
 
-def build(cfg: TrainConfig, log: Callable[[str], None] = lambda m: print(m, file=sys.stderr), recorded: Manifest | None = None,
+def build(cfg: DataConfig, log: Callable[[str], None] = lambda m: print(m, file=sys.stderr), recorded: Manifest | None = None,
           accept_change: bool = False) -> DataBundle:  # fmt: skip
     """Load `cfg.data` and split it; mean/std come from the training split only.
 
@@ -124,16 +133,14 @@ def build(cfg: TrainConfig, log: Callable[[str], None] = lambda m: print(m, file
     folder whose files changed since is refused unless `accept_change` (docs/train.md#resume).
     """
     size = parse_image_size(cfg.image_size) if cfg.image_size else None
-    resize = "stretch" if cfg.resize == "auto" else cfg.resize
-    interpolation = "bilinear" if cfg.interpolation == "auto" else cfg.interpolation
-    src: Source = load_source(cfg.data, cfg.data_dir, cfg.download, size, cfg.grayscale, cfg.cache_dir, log, resize, cfg.crop_pct,
-                              interpolation)  # fmt: skip
+    src: Source = load_source(cfg.data, cfg.data_dir, cfg.download, size, cfg.grayscale, cfg.cache_dir, log, cfg.resize, cfg.crop_pct,
+                              cfg.interpolation)  # fmt: skip
     root = "" if cfg.data in NAMED_SETS else os.path.abspath(src.name)
     train, val, excluded, changes = src.train, src.val, None, ()
     if recorded is not None:
         train, val, excluded, changes = _recorded(src, root, recorded, cfg.val_split, accept_change, log)
-    elif val is None:
-        train, val = split_off(train, cfg.val_split)
+    else:
+        train, val = select_splits(src, cfg.val_split)
     if val is not None and src.val is None and src.prep is not None and src.train_prep is not None and src.train_prep != src.prep:
         # The held-out images are judged as eval and predict will see them, not as stored for training.
         val = redecode(val, src.prep, default_cache_dir(cfg.cache_dir), log)
@@ -151,12 +158,6 @@ def build(cfg: TrainConfig, log: Callable[[str], None] = lambda m: print(m, file
         raise UsageError(f"--mean/--std need {src.channels} value(s) for {src.channels}-channel images")
     base = src.prep or Preprocess(channels=src.channels, size=src.size)
     prep = dataclasses.replace(base, mean=mean, std=std)
-    digits = src.name in DIGIT_SETS
-    if cfg.flip and digits and not cfg.allow_flip:
-        raise UsageError(
-            f"--augment {cfg.augment} flips images horizontally, which turns digits into other shapes; "
-            f"use --augment shift for {src.name}, or add --allow-flip if you really mean it"
-        )
     return DataBundle(src.name, src.classes, train, val, src.test, prep, fingerprint(train, val), src.notes, root, excluded, changes)
 
 

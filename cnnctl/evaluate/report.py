@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from cnnctl.data.batches import Batches
-from cnnctl.data.bundle import split_off
+from cnnctl.data.bundle import select_splits, split_off
 from cnnctl.data.manifest import Manifest
 from cnnctl.data.sources import DIGIT_SETS, NAMED_SETS, Split, default_cache_dir, files_split, folder_layout, folder_split, load_source
 from cnnctl.train.engine import evaluate
@@ -124,7 +124,7 @@ def load_split(
         if src.test is None:
             raise UsageError(f"{name} has no test split; use --split val")
         return src.test, name, classes, "test"
-    train, val = (src.train, src.val) if src.val is not None else split_off(src.train, val_split)
+    train, val = select_splits(src, val_split)
     if split == "val":
         if val is None:
             raise UsageError(f"{name} has no validation split (trained with --val-split 0); use --split test")

@@ -20,7 +20,7 @@ import torch
 from cnnctl.config import TrainConfig
 from cnnctl.data.batches import Batches
 from cnnctl.train.distributed import Dist
-from cnnctl.train.engine import Hooks, Reporter, evaluate, train_one_epoch
+from cnnctl.train.engine import Hooks, Limits, Reporter, evaluate
 from cnnctl.machine import PeakMemory
 
 
@@ -54,28 +54,26 @@ class RunPlan:
 
 def dry_run(cfg: TrainConfig, reporter: Reporter, *, steps: int = 10, warmup: int = 2) -> RunPlan:
     """Set the run up, time `steps` optimizer steps after `warmup` untimed ones, and plan."""
-    from cnnctl.train.trainer import pick_device, setup
+    from cnnctl.train.plan import make_plan, pick_device
+    from cnnctl.train.trainer import fit_prepared, prepare
 
     device = pick_device(cfg.device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    with tempfile.TemporaryDirectory(prefix="cnnctl-dry-run-") as tmp, PeakMemory() as peak:
-        run = setup(cfg, Path(tmp) / "run", False, reporter, device, Dist())
+    with PeakMemory() as peak:
+        plan = make_plan(cfg, reporter, device)
+        run = prepare(plan, reporter)
         steps = max(1, min(steps, run.schedule.steps_per_epoch - warmup)) if run.schedule.steps_per_epoch > warmup + 1 else 1
         warmup = min(warmup, max(0, run.schedule.steps_per_epoch - steps))
         stamps: list[float] = [_now(device)]
-        amp = run.hardware.amp.amp
-        if run.stepping.lookahead is not None:
-            run.stepping.lookahead.start_epoch(run.schedule.length)
         reporter.log(f"dry run: timing {steps} training step(s) after {warmup} warm-up step(s)")
-        train_one_epoch(run.model, run.train_batches.epoch(1), run.opt.optimizer, run.opt.loss_fn, run.schedule.lr, 0,
-                        stepping=run.stepping, sizes=run.train_batches.sizes(), end_step=lambda: warmup + steps,
-                        hooks=Hooks(on_step=lambda step, loss, lr: stamps.append(_now(device))))  # fmt: skip
+        fit_prepared(run, Hooks(on_step=lambda step, loss, lr: stamps.append(_now(device))), limits=Limits(epochs=1, max_steps=warmup + steps),
+                     validate=False)  # fmt: skip
         per_step = (stamps[-1] - stamps[warmup]) / steps  # stamps[0] is the start, stamps[k] the end of step k
         eval_batches = run.val_batches
         if eval_batches is None and run.data.test is not None:
-            eval_batches = Batches(run.data.test, run.data.prep, run.hardware.eval_batch.size, device=device, channels_last=cfg.channels_last)
-        eval_ips = _eval_speed(run.model, eval_batches, amp) if eval_batches is not None else None
+            eval_batches = Batches(run.data.test, run.data.prep, plan.eval_batch.size, device=device, channels_last=cfg.channels_last)
+        eval_ips = _eval_speed(run.model, eval_batches) if eval_batches is not None else None
     peak_bytes, peak_kind = peak.peak, peak.kind
     if device.type == "cuda":  # what grows with activations there is device memory
         peak_bytes, peak_kind = int(torch.cuda.max_memory_allocated(device)), "CUDA max allocated"
@@ -96,7 +94,7 @@ def dry_run(cfg: TrainConfig, reporter: Reporter, *, steps: int = 10, warmup: in
     planned = epochs_exact * epoch_total
     total = (min(planned, cfg.time_limit) if cfg.time_limit else planned) + test
     return RunPlan(
-        model=cfg.model, data=run.data.describe(), hardware=run.hardware.to_dict(), batch_size=run.train_batches.batch_size,
+        model=cfg.model, data=run.data.describe(), hardware=plan.hardware_dict(), batch_size=run.train_batches.batch_size,
         steps_per_epoch=steps_per_epoch, epochs=epochs, measured_steps=steps, warmup_steps=warmup,
         train_images_per_s=round(min(images_per_step, n_train) / per_step, 1), eval_images_per_s=round(eval_ips, 1) if eval_ips else None,
         epoch_train_seconds=round(epoch_train, 2), epoch_eval_seconds=round(epoch_eval, 2), epoch_seconds=round(epoch_total, 2),
@@ -111,9 +109,10 @@ def _now(device: torch.device) -> float:
     return time.perf_counter()
 
 
-def _eval_speed(model: torch.nn.Module, batches: Batches, amp: str, max_batches: int = 3) -> float:
-    """Images/s of validation inference, timed on up to `max_batches` batches after one warm-up batch."""
+def _eval_speed(model: torch.nn.Module, batches: Batches, max_batches: int = 3) -> float:
+    """Images/s of validation inference (float32, as validation runs), timed on up to
+    `max_batches` batches after one warm-up batch."""
     it = iter(batches)
     if len(batches) > 1:
-        evaluate(model, itertools.islice(it, 1), amp=amp)
-    return evaluate(model, itertools.islice(it, max_batches), amp=amp).images_per_s
+        evaluate(model, itertools.islice(it, 1))
+    return evaluate(model, itertools.islice(it, max_batches)).images_per_s

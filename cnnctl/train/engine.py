@@ -382,9 +382,9 @@ def fit(loop: Loop, schedule: Schedule, stepping: Stepping, limits: Limits, hook
         record = _epoch_record(epoch, stats, step, schedule)
         if loop.val_batches is not None:
             dist.sync_buffers(eval_model)
-            record.update(_validate(eval_model, loop.val_batches, loop.loss_fn, stepping.amp, dist))
+            record.update(_validate(eval_model, loop.val_batches, loop.loss_fn, dist))
             if stepping.ema is not None:
-                record.update({f"ema_{k}": v for k, v in _validate(stepping.ema.module, loop.val_batches, loop.loss_fn, stepping.amp, dist).items()})
+                record.update({f"ema_{k}": v for k, v in _validate(stepping.ema.module, loop.val_batches, loop.loss_fn, dist).items()})
         metric = _score(record, limits, stepping.ema is not None)
         ended_plan = schedule.shortened and step >= schedule.planned_steps  # the fitted schedule has run its course
         if deadline is not None and schedule.total_steps and stats.steps and not ended_plan:
@@ -495,9 +495,10 @@ def _budget_probe(schedule: Schedule, deadline: float | None, limits: Limits, tr
     )  # fmt: skip
 
 
-def _validate(model: nn.Module, batches: Any, loss_fn: Callable[..., torch.Tensor], amp: str, dist: Dist) -> dict[str, float]:
-    """Validation metrics over the whole split: this rank's shard, summed over ranks."""
-    val = evaluate(model, batches, loss_fn, amp=amp)
+def _validate(model: nn.Module, batches: Any, loss_fn: Callable[..., torch.Tensor], dist: Dist) -> dict[str, float]:
+    """Validation metrics over the whole split: this rank's shard, summed over ranks. In float32
+    whatever the training precision, as the test pass and `cnnctl eval` measure."""
+    val = evaluate(model, batches, loss_fn)
     n = len(val.targets)
     top5 = val.top5 if val.top5 is not None else 0.0
     loss_sum, correct, top5_hits, total = dist.sum([val.loss * n, round(val.acc * n), round(top5 * n), n])

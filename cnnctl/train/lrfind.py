@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from cnnctl.config import TrainConfig
-from cnnctl.train.engine import Hooks, Interrupted, Reporter, train_one_epoch
+from cnnctl.train.engine import Hooks, Interrupted, Limits, Reporter
 from cnnctl.errors import TrainingError, UsageError
 
 BETA = 0.98
@@ -82,11 +82,11 @@ def lr_find(cfg: TrainConfig, reporter: Reporter, *, start: float = 1e-7, end: f
         raise UsageError(f"--start-lr {start:g} must be positive and below --end-lr {end:g}")
     if not 10 <= steps <= 10_000:
         raise UsageError(f"--steps {steps} must be between 10 and 10,000 (a hundred or a few hundred is usual)")
-    from cnnctl.train.distributed import Dist
-    from cnnctl.train.trainer import pick_device, setup
+    from cnnctl.train.plan import make_plan, pick_device
+    from cnnctl.train.schedule import Schedule
+    from cnnctl.train.trainer import fit_prepared, prepare
 
     device = pick_device(cfg.device)
-    rates = start * (end / start) ** (np.arange(steps) / (steps - 1))
     points: list[dict[str, float]] = []
     state = {"avg": 0.0, "best": math.inf, "stop": ""}
 
@@ -99,25 +99,18 @@ def lr_find(cfg: TrainConfig, reporter: Reporter, *, start: float = 1e-7, end: f
         if len(points) > 5 and smooth > diverge * state["best"]:
             state["stop"] = "diverged"
 
-    with tempfile.TemporaryDirectory(prefix="cnnctl-lr-find-") as tmp:
-        run = setup(cfg, Path(tmp) / "run", False, reporter, device, Dist())
-        reporter.log(f"lr-find: {steps} steps from {start:g} to {end:g} (x{(end / start) ** (1 / (steps - 1)):.3f} a step), "
-                     f"{run.train_batches.batch_size} images a step, stopping once the smoothed loss passes {diverge:g}x its minimum")  # fmt: skip
-        hooks = Hooks(on_step=on_step, should_stop=lambda: bool(state["stop"]))
-        step, epoch = 0, 0
-        try:
-            while step < steps:
-                epoch += 1
-                if run.stepping.lookahead is not None:
-                    run.stepping.lookahead.start_epoch(1)
-                _, step = train_one_epoch(run.model, run.train_batches.epoch(epoch), run.opt.optimizer, run.opt.loss_fn,
-                                          lambda s: float(rates[min(s, steps - 1)]), step, stepping=run.stepping,
-                                          sizes=run.train_batches.sizes(), end_step=lambda: steps, hooks=hooks)  # fmt: skip
-            state["stop"] = state["stop"] or "end"
-        except Interrupted:
-            pass
-        except TrainingError:
-            state["stop"] = "non-finite loss"
+    run = prepare(make_plan(cfg, reporter, device), reporter)
+    reporter.log(f"lr-find: {steps} steps from {start:g} to {end:g} (x{(end / start) ** (1 / (steps - 1)):.3f} a step), "
+                 f"{run.train_batches.batch_size} images a step, stopping once the smoothed loss passes {diverge:g}x its minimum")  # fmt: skip
+    sweep = Schedule(base_lr=start, end_lr=end, kind="range", total_steps=steps, steps_per_epoch=run.schedule.steps_per_epoch)
+    hooks = Hooks(on_step=on_step, should_stop=lambda: bool(state["stop"]))
+    try:
+        fit_prepared(run, hooks, schedule=sweep, limits=Limits(epochs=steps, max_steps=steps), validate=False)
+        state["stop"] = state["stop"] or "end"
+    except Interrupted:
+        pass
+    except TrainingError:
+        state["stop"] = "non-finite loss"
     if len(points) < 10:
         raise TrainingError(f"the loss diverged after {len(points)} steps (at lr {points[-1]['lr'] if points else start:.3g}); start lower (--start-lr)")
     lrs = np.array([p["lr"] for p in points])

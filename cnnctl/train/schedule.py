@@ -9,9 +9,12 @@ import math
 
 
 def lr_at(step: int, *, base_lr: float, kind: str, total_steps: int, steps_per_epoch: int,
-          warmup_epochs: float = 0.0, step_size: int = 5, gamma: float = 0.1) -> float:
-    """Learning rate for optimizer step `step` (0-based) of `total_steps`."""
+          warmup_epochs: float = 0.0, step_size: int = 5, gamma: float = 0.1, end_lr: float = 0.0) -> float:  # fmt: skip
+    """Learning rate for optimizer step `step` (0-based) of `total_steps`. "range" is lr-find's
+    exponential sweep from `base_lr` to `end_lr` over the steps."""
     total = max(1, total_steps)
+    if kind == "range":
+        return base_lr * (end_lr / base_lr) ** (min(step, total - 1) / max(1, total - 1))
     if kind == "onecycle":
         warm = warmup_epochs * steps_per_epoch if warmup_epochs else 0.3 * total
         warm = max(1.0, min(warm, total - 1.0))
@@ -56,9 +59,9 @@ class Schedule:
     """
 
     def __init__(self, *, base_lr: float, kind: str, total_steps: int, steps_per_epoch: int, warmup_epochs: float = 0.0,
-                 step_size: int = 5, gamma: float = 0.1) -> None:  # fmt: skip
+                 step_size: int = 5, gamma: float = 0.1, end_lr: float = 0.0) -> None:  # fmt: skip
         self.base_lr, self.kind, self.total_steps, self.steps_per_epoch = base_lr, kind, total_steps, steps_per_epoch
-        self.warmup_epochs, self.step_size, self.gamma = warmup_epochs, step_size, gamma
+        self.warmup_epochs, self.step_size, self.gamma, self.end_lr = warmup_epochs, step_size, gamma, end_lr
         self.planned_steps = 0  # 0: as configured
 
     @property
@@ -72,7 +75,7 @@ class Schedule:
 
     def lr(self, step: int) -> float:
         return lr_at(step, base_lr=self.base_lr, kind=self.kind, total_steps=self.length, steps_per_epoch=self.steps_per_epoch,
-                     warmup_epochs=self.warmup_epochs, step_size=self.step_size, gamma=self.gamma)  # fmt: skip
+                     warmup_epochs=self.warmup_epochs, step_size=self.step_size, gamma=self.gamma, end_lr=self.end_lr)  # fmt: skip
 
     def budget_steps(self, step: int, remaining_s: float, seconds_per_step: float) -> int:
         """How long the plan should be for the time left (see steps_within_budget)."""

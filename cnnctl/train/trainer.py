@@ -1,6 +1,9 @@
 """A training run end to end: run directory, data, model, optimizer, resume, checkpoints.
 
-`run(cfg, ...)` is what `cnnctl train` calls. Every file it writes is atomic, and after each epoch
+`train(...)` is what `cnnctl train` calls: it resolves the config (resumed run <- recipe <- flags)
+and hands it to `run(cfg, ...)`, which owns the run directory. Tools that train without a run
+directory (lr-find, the dry run, `check --labels`, and tune and distill to come) use the public
+seam: `plan.make_plan` -> `prepare` -> `fit_prepared`. Every file it writes is atomic, and after each epoch
 the run directory holds a consistent `last.safetensors` + `history.json` to resume from.
 """
 
@@ -20,26 +23,26 @@ from typing import Any, Callable, Iterator
 import torch
 
 from cnnctl.train import history as history_file
-from cnnctl import machine
 from cnnctl.models.checkpoint import load_last, save_last, save_model, versions
 from cnnctl.config import TrainConfig, resolve
-from cnnctl.data import DataBundle, build
+from cnnctl.data.bundle import DataBundle, build
 from cnnctl.data.manifest import Manifest
 from cnnctl.data.batches import Batches, shard
 from cnnctl.data.policies import BatchMix, PolicyAugment
 from cnnctl.data.sources import NAMED_SETS
+from cnnctl.train.plan import Plan, make_plan, pick_device
 from cnnctl.train.distributed import Dist, is_comm_error
 from cnnctl.train.ema import EMA, Lookahead
 from cnnctl.train.engine import History, Hooks, Interrupted, Limits, Loop, LoopState, Reporter, Stepping, evaluate, fit, make_loss
 from cnnctl.errors import CnnctlError, RunDirError, UsageError
 from cnnctl.io import RunLock, write_json
 from cnnctl.runtime.metadata import DataInfo, Metadata, TrainingInfo
-from cnnctl.models import create, get_entry
+from cnnctl.models import create
 from cnnctl.models.layers import init_from_data
-from cnnctl.train.runlog import RunLog, check_available
+from cnnctl.train.runlog import RunLog
 from cnnctl.train.schedule import Schedule
 from cnnctl.train.freezing import Freezer, ParamGroup, param_groups, set_batchnorm_momentum
-from cnnctl.train.weights import InitReport, Pretrained, init_from, load_pretrained, pretrained_weights
+from cnnctl.train.weights import InitReport, init_from, load_pretrained
 
 
 @dataclass
@@ -50,27 +53,6 @@ class RunResult:
     best_epoch: int
     best: float | None
     test: dict[str, Any] | None
-
-
-def pick_device(name: str, dist: Dist | None = None) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda: no CUDA device is available here; use --device cpu or auto")
-    if dist is not None and dist.enabled and (name == "cuda" or (name == "auto" and torch.cuda.is_available())):
-        if dist.local_rank >= torch.cuda.device_count():
-            raise UsageError(f"LOCAL_RANK {dist.local_rank} but this node has {torch.cuda.device_count()} CUDA device(s); lower --nproc-per-node")
-        torch.cuda.set_device(dist.local_rank)
-        return torch.device("cuda", dist.local_rank)
-    if dist is not None and dist.enabled and name == "auto":
-        return torch.device("cpu")  # DDP runs on CUDA (NCCL) or CPU (Gloo), not MPS
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise UsageError("--device mps: MPS is not available here; use --device cpu or auto")
-    return torch.device(name)
 
 
 def make_optimizer(cfg: TrainConfig, groups: list[ParamGroup]) -> torch.optim.Optimizer:
@@ -132,7 +114,8 @@ def run(
     dist: Dist | None = None,
     accept_data_change: bool = False,
 ) -> RunResult:
-    """Train `cfg` into a run directory (new, overwritten, or resumed).
+    """Train `cfg` into a run directory (new, overwritten, or resumed): setup -> fit ->
+    checkpointing, then the test pass on the best checkpoint.
 
     Under torchrun (`dist.enabled`) every rank calls this; rank 0 alone owns the run directory.
     """
@@ -156,7 +139,13 @@ def run(
                     for name in ("model.safetensors", "last.safetensors", "history.json", "config.json", "splits.json.gz"):
                         (run_dir / name).unlink(missing_ok=True)
                 dist.agree(True)  # the others read the run directory only after rank 0 holds it
-                result = _run_locked(cfg, run_dir, bool(resume), reporter, device, dist, accept_data_change)
+                run = setup(cfg, run_dir, bool(resume), reporter, device, dist, accept_data_change)
+                checkpoints = Checkpointer(run_dir, run, dist.is_main)
+                checkpoints.write_config(device, dist)
+                history = _fit(run, checkpoints, reporter, device, dist, run_dir)
+                test = _test(run, run_dir, device, history) if dist.is_main else None
+                checkpoints.finish(history, test)
+                result = RunResult(run_dir, history.stopped, history.epochs, run.state.best_epoch, run.state.best, test)
         except CnnctlError:
             if fresh and not (run_dir / "config.json").exists():
                 shutil.rmtree(run_dir, ignore_errors=True)  # refused during setup: leave nothing behind
@@ -205,12 +194,10 @@ class Optimisation:
 
 @dataclass
 class Prepared:
-    """What setup hands on: the resolved config, the machine's choices, data, model and its
-    start, the loop's parts, and where the loop starts (a resumed run's state and history)."""
+    """What setup hands on: the plan (config, machine, data), the model and its start, the loop's
+    parts, and where the loop starts (a resumed run's state and history)."""
 
-    cfg: TrainConfig
-    hardware: machine.HardwarePlan
-    data: DataBundle
+    plan: Plan
     start: Start
     opt: Optimisation
     schedule: Schedule
@@ -219,6 +206,14 @@ class Prepared:
     val_batches: Batches | None
     state: LoopState
     history: History
+
+    @property
+    def cfg(self) -> TrainConfig:
+        return self.plan.cfg
+
+    @property
+    def data(self) -> DataBundle:
+        return self.plan.data
 
     @property
     def model(self) -> torch.nn.Module:
@@ -231,10 +226,9 @@ class Prepared:
 
 def setup(cfg: TrainConfig, run_dir: Path, resuming: bool, reporter: Reporter, device: torch.device, dist: Dist,
           accept_data_change: bool = False) -> Prepared:  # fmt: skip
-    """Everything before the first step, in stages: the machine's choices, the start weights'
-    preprocessing, data, model and start weights, optimisation, batches and schedule, and the
-    saved state when resuming. Each stage fails before the slower ones after it. A resumed run
-    trains on the splits it recorded (cnnctl/data/manifest.py)."""
+    """Everything before the first step: the plan (train/plan.py), then the model, optimisation,
+    batches and schedule, and the saved state when resuming. A resumed run trains on the splits it
+    recorded (cnnctl/data/manifest.py)."""
     resuming = resuming and (run_dir / "last.safetensors").exists()  # else: stopped before its first epoch
     recorded = None
     if resuming:
@@ -242,8 +236,8 @@ def setup(cfg: TrainConfig, run_dir: Path, resuming: bool, reporter: Reporter, d
         if recorded is None:
             reporter.log(f"{run_dir} has no split manifest (written by an older cnnctl): the splits are drawn again from the data as it "
                          f"is now; if files were added or removed since, images may move between train and val")  # fmt: skip
-    cfg, hardware, weights, data = setup_data(cfg, reporter, device, dist, recorded=recorded, accept_data_change=accept_data_change)
-    run = prepare(cfg, data, weights, hardware, reporter, device, dist, resuming=resuming)
+    plan = make_plan(cfg, reporter, device, dist, recorded=recorded, accept_data_change=accept_data_change)
+    run = prepare(plan, reporter, dist, resuming=resuming)
     if resuming:
         run.state, run.history = _resume(run_dir, run.model, run.opt, run.schedule, run.limits, reporter)
     elif (run_dir / "config.json").exists() and not (run_dir / "last.safetensors").exists():
@@ -253,61 +247,31 @@ def setup(cfg: TrainConfig, run_dir: Path, resuming: bool, reporter: Reporter, d
     return run
 
 
-def setup_data(cfg: TrainConfig, reporter: Reporter, device: torch.device, dist: Dist, *, recorded: Manifest | None = None,
-               accept_data_change: bool = False) -> tuple[TrainConfig, machine.HardwarePlan, Pretrained | None, DataBundle]:  # fmt: skip
-    """The stages before the model: the machine's choices, the start weights (found before any
-    image is decoded), the preprocessing they imply, and the data. Returns the config with that
-    preprocessing filled in (`cnnctl check --labels` starts here too)."""
-    hardware = _machine(cfg, device, dist)
-    get_entry(cfg.model)  # an unknown model, or timm not installed: refused before anything is read
-    weights = start_weights(cfg)
-    cfg = _preprocessing_defaults(cfg, weights)
-    data = build(cfg, reporter.log, recorded, accept_data_change)
-    for note in data.notes:
-        reporter.log(note)
-    return cfg, hardware, weights, data
+def prepare(plan: Plan, reporter: Reporter, dist: Dist | None = None, *, resuming: bool = False) -> Prepared:
+    """The stages after the plan: the model and its start weights, optimisation, batches and
+    schedule. Part of the public seam for tools that train (`fit_prepared`)."""
+    dist = dist or Dist()
+    start = _start(plan, resuming, reporter)
+    opt = _optimisation(plan, start.model, reporter.log)
+    train_batches, val_batches = _batches(plan, dist)
+    schedule, limits = _schedule(plan.cfg, train_batches)
+    return Prepared(plan, start, opt, schedule, limits, train_batches, val_batches, LoopState(), History())
 
 
-def start_weights(cfg: TrainConfig) -> Pretrained | None:
-    """The --pretrained/--weights checkpoint the run starts from, found (or downloaded) before any
-    image is decoded; which weights DEFAULT resolved to is in the log line that loads them."""
-    if not (cfg.pretrained or cfg.weights):
-        return None
-    from cnnctl.train.weights import fetch_pretrained
-
-    # --pretrained --init FILE: FILE holds the weights (offline), the preprocessing is still theirs.
-    return fetch_pretrained(pretrained_weights(cfg.model, cfg.weights or "DEFAULT", file=cfg.init))
-
-
-def prepare(cfg: TrainConfig, data: DataBundle, weights: Pretrained | None, hardware: machine.HardwarePlan, reporter: Reporter,
-            device: torch.device, dist: Dist, *, resuming: bool = False) -> Prepared:  # fmt: skip
-    """The stages after the data: the model and its start weights, optimisation, batches and
-    schedule, for `data` as given (`cnnctl check --labels` calls this once per fold)."""
-    hardware = dataclasses.replace(hardware, eval_batch=machine.eval_batch(cfg.eval_batch_size, cfg.model, data.input_shape, len(data.classes), device.type))
-    reporter.log(hardware.summary())
-    start = _start(cfg, data, weights, resuming, device, reporter)
-    opt = _optimisation(cfg, start.model, data, hardware, reporter.log)
-    train_batches, val_batches = _batches(cfg, data, hardware, device, dist)
-    schedule, limits = _schedule(cfg, train_batches)
-    return Prepared(cfg, hardware, data, start, opt, schedule, limits, train_batches, val_batches, LoopState(), History())
+def fit_prepared(run: Prepared, hooks: Hooks | None = None, *, schedule: Schedule | None = None, limits: Limits | None = None,
+                 validate: bool = True, dist: Dist | None = None) -> History:  # fmt: skip
+    """Train a prepared run with the one epoch loop (`engine.fit`), in this process, on images: the
+    seam lr-find, the dry run and `check --labels` use (a `schedule` or `limits` of their own;
+    `validate=False` skips the validation passes). No run directory is written."""
+    loop = Loop(run.model, run.opt.optimizer, run.opt.loss_fn, run.train_batches, run.val_batches if validate else None)
+    return fit(loop, schedule or run.schedule, run.stepping, limits or run.limits, hooks or Hooks(), state=run.state, history=run.history,
+               seed=run.cfg.seed, dist=dist)  # fmt: skip
 
 
-def _machine(cfg: TrainConfig, device: torch.device, dist: Dist) -> machine.HardwarePlan:
-    """The machine's choices (amp, threads; the eval batch follows once the data is known),
-    applied to torch; refuses what this machine cannot run before any image is decoded."""
-    hardware = machine.plan(cfg.amp, cfg.threads, cfg.channels_last, device.type, device_index=device.index or 0,
-                            local_world_size=dist.local_world_size)  # fmt: skip
-    check_available(cfg.log)
-    torch.set_num_threads(hardware.threads)
-    if cfg.deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    return hardware
-
-
-def _start(cfg: TrainConfig, data: DataBundle, weights: Pretrained | None, resuming: bool, device: torch.device, reporter: Reporter) -> Start:
+def _start(plan: Plan, resuming: bool, reporter: Reporter) -> Start:
     """The model built for the data, with its start weights (data-dependent init, --pretrained
     or --init; a resumed run takes its weights from last.safetensors instead), on the device."""
+    cfg, data, weights = plan.cfg, plan.data, plan.weights
     torch.manual_seed(cfg.seed)
     model = create(cfg.model, data.input_shape, len(data.classes))
     if cfg.bn_momentum and not set_batchnorm_momentum(model, cfg.bn_momentum):
@@ -324,17 +288,18 @@ def _start(cfg: TrainConfig, data: DataBundle, weights: Pretrained | None, resum
     if cfg.init and not resuming and weights is None:
         init_report = init_from(model, cfg.init)
         reporter.log(init_report.summary())
-    model = model.to(device)
+    model = model.to(plan.device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     return Start(model, init_report)
 
 
-def _optimisation(cfg: TrainConfig, model: torch.nn.Module, data: DataBundle, hardware: machine.HardwarePlan, log: Callable[[str], None]) -> Optimisation:
+def _optimisation(plan: Plan, model: torch.nn.Module, log: Callable[[str], None]) -> Optimisation:
+    cfg, data = plan.cfg, plan.data
     num_classes = len(data.classes)
     freezer = Freezer(model, cfg.freeze, cfg.unfreeze_at, cfg.keep_bn_stats) if cfg.freeze != "none" else None
     groups = param_groups(model, freezer, cfg.backbone_lr_scale, cfg.bn_bias_lr_scale)
-    amp = hardware.amp.amp
+    amp = plan.amp
     stepping = Stepping(accumulate=cfg.accumulate, clip_grad=cfg.clip_grad, ema=EMA(model, cfg.ema) if cfg.ema else None,
                         lookahead=Lookahead(model, cfg.lookahead) if cfg.lookahead else None, amp=amp,
                         scaler=torch.amp.GradScaler("cuda") if amp == "fp16" else None, lr_scales=[g.lr_scale for g in groups])  # fmt: skip
@@ -348,8 +313,9 @@ def _optimisation(cfg: TrainConfig, model: torch.nn.Module, data: DataBundle, ha
     return Optimisation(freezer, make_optimizer(cfg, groups), make_loss(cfg.loss, num_classes, cfg.label_smoothing, weights), stepping)
 
 
-def _batches(cfg: TrainConfig, data: DataBundle, hardware: machine.HardwarePlan, device: torch.device, dist: Dist) -> tuple[Batches, Batches | None]:
+def _batches(plan: Plan, dist: Dist) -> tuple[Batches, Batches | None]:
     """Training batches (augmented, mixed, this rank's slice) and validation batches (this rank's shard)."""
+    cfg, data, device = plan.cfg, plan.data, plan.device
     policy = PolicyAugment(cfg.auto_augment, magnitude=cfg.aug_magnitude, group=cfg.aug_group) if cfg.auto_augment != "none" else None
     mix = BatchMix(len(data.classes), mixup=cfg.mixup, cutmix=cfg.cutmix, prob=cfg.mix_prob) if (cfg.mixup or cfg.cutmix) else None
     draw = None
@@ -362,10 +328,9 @@ def _batches(cfg: TrainConfig, data: DataBundle, hardware: machine.HardwarePlan,
                     alternate_flip=cfg.alternate_flip, draw=draw)  # fmt: skip
     if len(train) == 0:
         raise UsageError(f"{len(data.train)} training image(s) cannot feed {dist.world_size} processes; use more data or fewer processes")
-    assert hardware.eval_batch is not None
     val = None
     if data.val:
-        val = Batches(shard(data.val, dist.rank, dist.world_size), data.prep, hardware.eval_batch.size, device=device, channels_last=cfg.channels_last)
+        val = Batches(shard(data.val, dist.rank, dist.world_size), data.prep, plan.eval_batch.size, device=device, channels_last=cfg.channels_last)
     return train, val
 
 
@@ -398,27 +363,6 @@ def _data_sample(data: DataBundle, n: int = 5000) -> torch.Tensor:
     return x
 
 
-def _preprocessing_defaults(cfg: TrainConfig, weights: Pretrained | None) -> TrainConfig:
-    """Pretrained weights' preprocessing becomes the run's (and so the checkpoint's, the export's
-    and predict's) wherever the flags leave it open: normalisation, crop, crop size."""
-    if weights is not None:
-        if not cfg.mean and not cfg.std:
-            mean, std = weights.mean, weights.std
-            if cfg.grayscale:
-                mean, std = [sum(mean) / 3], [sum(std) / 3]
-            cfg = dataclasses.replace(cfg, mean=",".join(map(str, mean)), std=",".join(map(str, std)))
-        if cfg.resize == "auto" and cfg.data not in NAMED_SETS:
-            cfg = dataclasses.replace(cfg, resize="crop", crop_pct=weights.crop_size / weights.resize_size,
-                                      image_size=cfg.image_size or str(weights.crop_size))  # fmt: skip
-        elif cfg.resize == "crop" and not cfg.image_size:
-            cfg = dataclasses.replace(cfg, image_size=str(weights.crop_size))  # --resize crop: the weights' crop size
-        if cfg.interpolation == "auto":
-            cfg = dataclasses.replace(cfg, interpolation=weights.interpolation)
-    if cfg.resize == "auto":
-        cfg = dataclasses.replace(cfg, resize="stretch")
-    return dataclasses.replace(cfg, interpolation="bilinear") if cfg.interpolation == "auto" else cfg
-
-
 class Checkpointer:
     """Owns the run directory's files during a run: config.json, then after every epoch
     last.safetensors (everything to resume), model.safetensors (when the monitored metric
@@ -437,7 +381,7 @@ class Checkpointer:
             **run.cfg.to_dict(), "init_report": run.start.init_report.to_dict() if run.start.init_report else None,
             "resolved_epochs": run.limits.epochs, "total_steps": run.schedule.total_steps, "device": str(device),
             "data_summary": run.data.describe(), "preprocess": run.data.prep.to_dict(), "versions": versions(),
-            "torch_threads": torch.get_num_threads(), "world_size": dist.world_size, "hardware": run.hardware.to_dict(),
+            "torch_threads": torch.get_num_threads(), "world_size": dist.world_size, "hardware": run.plan.hardware_dict(),
         })  # fmt: skip
         run.data.manifest().write(self.run_dir)
 
@@ -463,19 +407,6 @@ class Checkpointer:
             self.log.close()
         if self.writes:
             history_file.save(self.run_dir / "history.json", history.epochs, **({"test": test} if test else {}), stopped=history.stopped)
-
-
-def _run_locked(cfg: TrainConfig, run_dir: Path, resuming: bool, reporter: Reporter, device: torch.device, dist: Dist,
-                accept_data_change: bool = False) -> RunResult:  # fmt: skip
-    """setup -> fit -> checkpointing, then the test pass on the best checkpoint."""
-    run = setup(cfg, run_dir, resuming, reporter, device, dist, accept_data_change)
-    checkpoints = Checkpointer(run_dir, run, dist.is_main)
-    checkpoints.write_config(device, dist)
-    history = _fit(run, checkpoints, reporter, device, dist, run_dir)
-    state = run.state
-    test = _test(run, run_dir, device, history) if dist.is_main else None
-    checkpoints.finish(history, test)
-    return RunResult(run_dir, history.stopped, history.epochs, state.best_epoch, state.best, test)
 
 
 @dataclass
@@ -517,14 +448,14 @@ def _phase_loop(run: Prepared, phase: Phase, device: torch.device, dist: Dist, r
 
         cfg = run.cfg
         freezer = run.opt.freezer
-        assert freezer is not None and run.hardware.eval_batch is not None
+        assert freezer is not None
         policy = run.train_batches.policy
         views = views_for(cfg.augment, cfg.feature_views, cfg.seed, policy)
         if views.count == 1 and (cfg.augment != "none" or policy is not None):
             reporter.log(f"features: the frozen epochs train on the un-augmented images (--feature-views 1 by default); "
                          f"--feature-views N adds N-1 views with --augment {cfg.augment}")  # fmt: skip
         batches = cached_batches(run.model, freezer.head_name, cfg.model, run.train_batches, run.val_batches, run.data.val, views,
-                                 amp=run.stepping.amp, cache_dir=default_cache_dir(cfg.cache_dir), eval_batch=run.hardware.eval_batch.size,
+                                 amp=run.stepping.amp, cache_dir=default_cache_dir(cfg.cache_dir), eval_batch=run.plan.eval_batch.size,
                                  rank=dist.rank, world=dist.world_size, log=reporter.log)  # fmt: skip
         if batches is not None:
             head = head_module(run.model, freezer.head_name)
@@ -576,9 +507,8 @@ def _test(run: Prepared, run_dir: Path, device: torch.device, history: History) 
     best, _, _ = load_model(run_dir, device)
     if run.cfg.channels_last:
         best = best.to(memory_format=torch.channels_last)
-    assert run.hardware.eval_batch is not None
-    batches = Batches(run.data.test, run.data.prep, run.hardware.eval_batch.size, device=device, channels_last=run.cfg.channels_last)
-    result = evaluate(best, batches, run.opt.loss_fn, amp="none")
+    batches = Batches(run.data.test, run.data.prep, run.plan.eval_batch.size, device=device, channels_last=run.cfg.channels_last)
+    result = evaluate(best, batches, run.opt.loss_fn)  # float32, as validation and `cnnctl eval`
     test = {"loss": result.loss, "acc": result.acc, "images": len(result.targets), "epoch": run.state.best_epoch}
     if run.stepping.ema is not None:
         test["weights"] = next((r.get("weights") for r in history.epochs if r["epoch"] == run.state.best_epoch), "model")

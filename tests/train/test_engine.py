@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from cnnctl.config import TrainConfig
-from cnnctl.data import build
+from cnnctl.train.plan import resolve_preprocessing
+from cnnctl.data.bundle import build
 from cnnctl.data.batches import Batches
 from cnnctl.train.ema import EMA, Lookahead
 from cnnctl.train.engine import Hooks, Stepping, evaluate, make_loss, train_one_epoch
@@ -18,7 +19,7 @@ from cnnctl.models import create
 @pytest.fixture(scope="module")
 def digits():
     # 1,000 real digits of mnist-mini: 15 batches of 64 and one of 40.
-    return build(TrainConfig(model="model-a", data="mnist-mini", subset=1000, val_split=0.0), lambda m: None)
+    return build(resolve_preprocessing(TrainConfig(model="model-a", data="mnist-mini", subset=1000, val_split=0.0), None).data_config(), lambda m: None)
 
 
 def _epoch(data, batch: int, accumulate: int, *, clip: float = 0.0, ema: bool = False):

@@ -12,7 +12,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from cnnctl.config import TrainConfig
-from cnnctl.data import build
+from cnnctl.train.plan import resolve_preprocessing
+from cnnctl.data.bundle import build
 from cnnctl.data.batches import Batches
 from cnnctl.train.engine import Stepping, make_loss, train_one_epoch
 from cnnctl.errors import CheckpointError
@@ -244,7 +245,7 @@ def test_fine_tuned_runs_work_downstream_under_torchrun_with_int8_export_and_plo
 
 def test_the_weights_preprocessing_fills_what_the_flags_leave_open():
     from cnnctl.train.weights import pretrained_weights
-    from cnnctl.train.trainer import _preprocessing_defaults
+    from cnnctl.train.plan import resolve_preprocessing as _preprocessing_defaults
 
     bicubic = pretrained_weights("tv:efficientnet_b0", "DEFAULT")  # torchvision prepared these with bicubic resampling
     cfg = _preprocessing_defaults(TrainConfig(model="tv:efficientnet_b0", data="photos/"), bicubic)
@@ -258,7 +259,7 @@ def test_the_weights_preprocessing_fills_what_the_flags_leave_open():
 
 
 def test_bn_bias_lr_scale_fixes_batchnorm_weights_and_scales_their_bias_steps():
-    data = build(TrainConfig(model="fastnet-s", data="mnist-mini", subset=64, val_split=0.0), lambda m: None)
+    data = build(resolve_preprocessing(TrainConfig(model="fastnet-s", data="mnist-mini", subset=64, val_split=0.0), None).data_config(), lambda m: None)
     batch = next(iter(Batches(data.train, data.prep, 64, channels_last=False)))
 
     def one_step(scale: float) -> tuple[dict[str, torch.Tensor], torch.optim.Optimizer]:
