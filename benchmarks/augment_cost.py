@@ -35,7 +35,18 @@ def median_ms(fn, repeats: int) -> float:
 
 
 def batch_of(folder, size: int, n: int, cache: str) -> torch.Tensor:
-    src = load_source(str(folder), "", False, (size, size), False, cache, lambda m: None, "crop" if size > 32 else "stretch", 0.875, "bilinear")
+    src = load_source(
+        str(folder),
+        "",
+        False,
+        (size, size),
+        False,
+        cache,
+        lambda m: None,
+        "crop" if size > 32 else "stretch",
+        0.875,
+        "bilinear",
+    )
     x = src.train.images(torch.arange(len(src.train)))
     return x.repeat((n + len(x) - 1) // len(x), 1, 1, 1)[:n].contiguous()
 
@@ -63,8 +74,10 @@ def main() -> None:
     import tempfile
 
     cache = tempfile.mkdtemp(prefix="cnnctl-aug-")
-    cases = [("CIFAR-10 32x32, batch 256, fastnet-s", CIFAR_MINI, 32, 256, "fastnet-s", 10),
-             ("PetImages 224x224, batch 64, tv:resnet18", PETS_MINI, 224, 64, "tv:resnet18", 2)]  # fmt: skip
+    cases = [
+        ("CIFAR-10 32x32, batch 256, fastnet-s", CIFAR_MINI, 32, 256, "fastnet-s", 10),
+        ("PetImages 224x224, batch 64, tv:resnet18", PETS_MINI, 224, 64, "tv:resnet18", 2),
+    ]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; median of {args.repeats} ms per batch")
     for title, folder, size, n, model_name, classes in cases:
         x = batch_of(folder, size, n, cache)

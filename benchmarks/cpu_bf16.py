@@ -42,7 +42,10 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=8)
     args = ap.parse_args()
     native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, native bf16: {native}; batch {args.batch}, median of {args.steps} steps")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, native bf16: {native}; batch "
+        f"{args.batch}, median of {args.steps} steps"
+    )
     print(f"{'model':<12}{'float32 img/s':>15}{'bf16 img/s':>12}{'bf16 / fp32':>13}")
     for name in args.models.split(","):
         fp32 = images_per_s(name, False, args.batch, args.steps)

@@ -128,11 +128,11 @@ def _mib(values: list[int]) -> str:
 
 def train_throughput(folder: Path, size: int, cache: Path, iters: int) -> tuple[float, float]:
     """(mapped img/s, in-memory img/s) for mobilenet_v3_small, batch 16, on the same pixels."""
-    from cnnctl.data.batches import Batches
+    from cnnctl.data.batches import Augmentation, Batches, Order
     from cnnctl.data.sources import folder_split
-    from cnnctl.train.engine import make_loss, train_one_epoch
     from cnnctl.models import create
     from cnnctl.runtime.preprocess import Preprocess
+    from cnnctl.train.engine import Loop, make_loss, train_one_epoch
 
     classes = sorted(p.name for p in folder.iterdir())
     prep = Preprocess(channels=3, size=(size, size), mean=[0.5] * 3, std=[0.25] * 3)
@@ -144,10 +144,13 @@ def train_throughput(folder: Path, size: int, cache: Path, iters: int) -> tuple[
             torch.manual_seed(0)
             model = create("tv:mobilenet_v3_small", (3, size, size), len(classes)).to(memory_format=torch.channels_last)
             opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-            batches = Batches(split, prep, 16, shuffle=True, augment="flip-crop", seed=1)
+            batches = Batches(
+                split, prep, 16, order=Order(shuffle=True, seed=1), augmentation=Augmentation(augment="flip-crop")
+            )
             it = batches.epoch(1)
-            train_one_epoch(model, (next(it) for _ in range(2)), opt, make_loss("ce", len(classes)), lambda s: 1e-3, 0)
-            stats, _ = train_one_epoch(model, (next(it) for _ in range(iters)), opt, make_loss("ce", len(classes)), lambda s: 1e-3, 0)
+            loop = Loop(model, opt, make_loss("ce", len(classes)), batches)
+            train_one_epoch(loop, (next(it) for _ in range(2)), lambda s: 1e-3, 0)
+            stats, _ = train_one_epoch(loop, (next(it) for _ in range(iters)), lambda s: 1e-3, 0)
             results[name].append(stats.images / stats.seconds)
     return max(results["mapped"]), max(results["memory"])
 
@@ -163,37 +166,80 @@ def main() -> None:
         t0 = time.perf_counter()
         folder = make_folder(args.images, work)
         cache_gb = args.images * 3 * args.size**2 / 1e9
-        print(f"folder: {args.images} JPEGs ({sum(f.stat().st_size for f in folder.rglob('*.jpg')) / 1e6:.0f} MB, "
-              f"{len(SHAPES)} sizes), decoded cache {cache_gb:.2f} GB at {args.size}x{args.size}; made in {time.perf_counter() - t0:.0f} s")  # fmt: skip
+        print(
+            f"folder: {args.images} JPEGs ({sum(f.stat().st_size for f in folder.rglob('*.jpg')) / 1e6:.0f} MB, "
+            f"{len(SHAPES)} sizes), decoded cache {cache_gb:.2f} GB at {args.size}x{args.size}; made in {time.perf_counter() - t0:.0f} s"
+        )
 
         base = dataloader_decode(folder, args.size)
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        train = ["train", "tv:mobilenet_v3_small", "--data", str(folder), "--image-size", str(args.size), "--iters", str(args.iters),
-                 "--batch-size", "16", "--val-split", "0.01", "--eval-batch-size", "16", "--augment", "flip-crop"]  # fmt: skip
-        single, peaks = run_measured([sys.executable, "-m", "cnnctl", *train, "--cache-dir", str(work / "cache1"),
-                                      "--out", str(work / "run1")], env)  # fmt: skip
+        train = [
+            "train",
+            "tv:mobilenet_v3_small",
+            "--data",
+            str(folder),
+            "--image-size",
+            str(args.size),
+            "--iters",
+            str(args.iters),
+            "--batch-size",
+            "16",
+            "--val-split",
+            "0.01",
+            "--eval-batch-size",
+            "16",
+            "--augment",
+            "flip-crop",
+        ]
+        single, peaks = run_measured(
+            [sys.executable, "-m", "cnnctl", *train, "--cache-dir", str(work / "cache1"), "--out", str(work / "run1")],
+            env,
+        )
         if single.returncode != 0:
             sys.exit(single.stderr)
         decoded = next(line for line in single.stderr.splitlines() if line.startswith("decoded "))
         rate = float(decoded.split("(")[1].split()[0])
-        print(f"decode: torchvision ImageFolder + DataLoader({os.cpu_count()} workers) {base:.0f} img/s | cnnctl cache {rate:.0f} img/s | ratio {rate / base:.2f}x")
+        print(
+            f"decode: torchvision ImageFolder + DataLoader({os.cpu_count()} workers) {base:.0f} img/s | cnnctl "
+            f"cache {rate:.0f} img/s | ratio {rate / base:.2f}x"
+        )
         workers = [peak for pid, (_, peak) in peaks.items() if pid != _main_pid(peaks)]
-        print(f"cnnctl train (decode + {args.iters} iterations, mobilenet_v3_small, batch 16): peak RssAnon {_mib([peaks[_main_pid(peaks)][1]])} "
-              f"for a {cache_gb:.2f} GB cache (forked decode workers, sharing the parent's pages: {_mib(sorted(workers)[-1:])})")  # fmt: skip
+        print(
+            f"cnnctl train (decode + {args.iters} iterations, mobilenet_v3_small, batch 16): peak RssAnon "
+            f"{_mib([peaks[_main_pid(peaks)][1]])} "
+            f"for a {cache_gb:.2f} GB cache (forked decode workers, sharing the parent's pages: {_mib(sorted(workers)[-1:])})"
+        )
 
         mapped, memory = train_throughput(folder, args.size, work / "cache1", args.iters)
-        print(f"training from the mapped cache {mapped:.1f} img/s | from memory {memory:.1f} img/s | mapped/memory {mapped / memory:.2f}")
+        print(
+            f"training from the mapped cache {mapped:.1f} img/s | from memory {memory:.1f} img/s | mapped/memory {mapped / memory:.2f}"
+        )
 
-        torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "cnnctl", *train,
-                    "--cache-dir", str(work / "cache2"), "--out", str(work / "run2")]  # fmt: skip
+        torchrun = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            "-m",
+            "cnnctl",
+            *train,
+            "--cache-dir",
+            str(work / "cache2"),
+            "--out",
+            str(work / "run2"),
+        ]
         ddp, peaks = run_measured(torchrun, {**env, "OMP_NUM_THREADS": "1"})
         if ddp.returncode != 0:
             sys.exit(ddp.stderr)
         launcher = _main_pid(peaks)
         ranks = [peak for pid, (parent, peak) in peaks.items() if parent == launcher and peak > 0]
         caches = list((work / "cache2").glob("pixels-*.u8"))
-        print(f"torchrun 2 processes: peak RssAnon {_mib(ranks)} per rank (launcher {_mib([peaks[launcher][1]])}); "
-              f"{len(caches)} cache file(s) of {sum(c.stat().st_size for c in caches) / 1e9:.2f} GB, decoded once")
+        print(
+            f"torchrun 2 processes: peak RssAnon {_mib(ranks)} per rank (launcher {_mib([peaks[launcher][1]])}); "
+            f"{len(caches)} cache file(s) of {sum(c.stat().st_size for c in caches) / 1e9:.2f} GB, decoded once"
+        )
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

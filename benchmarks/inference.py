@@ -39,11 +39,29 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="cnnctl-infer-"))
     folder = cifar_folder(200).parent
     run = work / "run"
-    subprocess.run([sys.executable, "-m", "cnnctl", "train", "tiny", "--data", str(folder), "--epochs", "1",
-                    "--augment", "flip-crop", "--out", str(run), "--cache-dir", str(work / "cache")],
-                   check=True, capture_output=True)  # fmt: skip
-    from cnnctl.models.checkpoint import load_model
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cnnctl",
+            "train",
+            "tiny",
+            "--data",
+            str(folder),
+            "--epochs",
+            "1",
+            "--augment",
+            "flip-crop",
+            "--out",
+            str(run),
+            "--cache-dir",
+            str(work / "cache"),
+        ],
+        check=True,
+        capture_output=True,
+    )
     from cnnctl.export.onnx import export
+    from cnnctl.models.checkpoint import load_model
     from cnnctl.runtime.inference import OnnxClassifier
 
     report = export(str(run), int8=True, log=lambda m: None)
@@ -55,13 +73,18 @@ def main() -> None:
         with torch.inference_mode():
             return model(torch.from_numpy(x)).numpy()
 
-    print(f"torch {torch.__version__} ({torch.get_num_threads()} threads); int8 top-1 drop {report['int8'].get('top1_drop_points', float('nan')):.2f} points")
+    print(
+        f"torch {torch.__version__} ({torch.get_num_threads()} threads); int8 top-1 drop "
+        f"{report['int8'].get('top1_drop_points', float('nan')):.2f} points"
+    )
     rng = np.random.default_rng(0)
     for batch in (1, 64):
         x = rng.standard_normal((batch, 3, 32, 32), dtype=np.float32)
         e, f, q = rate(eager, x), rate(fp.logits, x), rate(q8.logits, x)
-        print(f"batch {batch:3d}: torch eager {e:9.0f} img/s | onnxruntime float {f:9.0f} img/s ({f / e:4.2f}x eager) | "
-              f"int8 {q:9.0f} img/s ({q / f:4.2f}x float)")
+        print(
+            f"batch {batch:3d}: torch eager {e:9.0f} img/s | onnxruntime float {f:9.0f} img/s ({f / e:4.2f}x eager) | "
+            f"int8 {q:9.0f} img/s ({q / f:4.2f}x float)"
+        )
     # Where the batch-64 ratio can still come from: onnxruntime's thread settings; and what the
     # ratio is against a tuned eager model (channels_last weights and inputs) rather than a plain one.
     import copy
@@ -86,8 +109,10 @@ def main() -> None:
         opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
         sess = ort.InferenceSession(str(run / "model.onnx"), sess_options=opts, providers=["CPUExecutionProvider"])
         f = rate(lambda a: sess.run(["logits"], {"input": a})[0], x)
-        print(f"  onnxruntime threads={threads or 'default'} spinning={'on' if spin else 'off'}: {f:7.0f} img/s "
-              f"({f / e:4.2f}x eager NCHW, {f / cl:4.2f}x eager channels_last)")
+        print(
+            f"  onnxruntime threads={threads or 'default'} spinning={'on' if spin else 'off'}: {f:7.0f} img/s "
+            f"({f / e:4.2f}x eager NCHW, {f / cl:4.2f}x eager channels_last)"
+        )
     from PIL import Image
 
     img = work / "one.png"
@@ -101,8 +126,10 @@ def main() -> None:
     start = time.perf_counter()
     subprocess.run([sys.executable, "-c", "pass"], check=True)
     python_only = time.perf_counter() - start
-    print(f"cold `cnnctl predict model.onnx one.png`: median {statistics.median(walls):.3f} s over 7 runs "
-          f"(a bare `python -c pass` takes {python_only:.3f} s)")
+    print(
+        f"cold `cnnctl predict model.onnx one.png`: median {statistics.median(walls):.3f} s over 7 runs "
+        f"(a bare `python -c pass` takes {python_only:.3f} s)"
+    )
 
 
 if __name__ == "__main__":

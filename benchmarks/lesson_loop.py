@@ -77,8 +77,22 @@ def lesson_loop(data: Path, epochs: int, seed: int) -> list[tuple[float, float]]
 
 def cnnctl_run(data: Path, epochs: int, seed: int) -> list[tuple[float, float]]:
     out = Path(tempfile.mkdtemp(prefix="cnnctl-lesson-run-")) / "run"
-    cmd = [sys.executable, "-m", "cnnctl", "train", "--recipe", str(ROOT / "recipes" / "cifar10-tiny.toml"),
-           "--data", str(data), "--epochs", str(epochs), "--seed", str(seed), "--out", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "cnnctl",
+        "train",
+        "--recipe",
+        str(ROOT / "recipes" / "cifar10-tiny.toml"),
+        "--data",
+        str(data),
+        "--epochs",
+        str(epochs),
+        "--seed",
+        str(seed),
+        "--out",
+        str(out),
+    ]
     subprocess.run(cmd, check=True, cwd=ROOT)
     history = json.loads((out / "history.json").read_text())
     return [(e["val_acc"], e["images_per_s"]) for e in history["epochs"]]

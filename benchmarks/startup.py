@@ -34,7 +34,12 @@ def main() -> None:
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="cnnctl-startup-"))
     cli = [sys.executable, "-m", "cnnctl"]
-    subprocess.run([*cli, "train", "model-a", "--iters", "30", "--out", str(work / "run")], cwd=ROOT, check=True, capture_output=True)
+    subprocess.run(
+        [*cli, "train", "model-a", "--iters", "30", "--out", str(work / "run")],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+    )
     subprocess.run([*cli, "export", str(work / "run")], cwd=ROOT, check=True, capture_output=True)
     from PIL import Image
 
@@ -45,7 +50,7 @@ def main() -> None:
         "cnnctl predict model.onnx one.png": [*cli, "predict", str(work / "run" / "model.onnx"), str(work / "one.png")],
     }
     times: dict[str, list[float]] = {name: [] for name in commands}
-    for name, cmd in commands.items():  # warm the file cache once
+    for cmd in commands.values():  # warm the file cache once
         _time(cmd)
     for _ in range(args.repeat):
         for name, cmd in commands.items():

@@ -22,12 +22,12 @@ import torchvision.transforms as T
 
 from benchmarks._common import SHARED, cifar_folder, matmul_gflops
 from cnnctl.config import TrainConfig
-from cnnctl.train.plan import resolve_preprocessing
+from cnnctl.data.batches import Augmentation, Batches, Order
 from cnnctl.data.bundle import build
-from cnnctl.data.batches import Batches
-from cnnctl.train.engine import make_loss, train_one_epoch
 from cnnctl.models import create
 from cnnctl.models.tracing import trace_model
+from cnnctl.train.engine import Loop, make_loss, train_one_epoch
+from cnnctl.train.plan import resolve_preprocessing
 
 
 def tutorial_loop(model, loader, batches: int) -> float:
@@ -68,8 +68,9 @@ class _Take:
 def cnnctl_loop(model, batches: Batches, n: int) -> float:
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     loss_fn = make_loss("ce", 10)
-    train_one_epoch(model, _Take(batches, 2), opt, loss_fn, lambda s: 1e-3, 0)  # warm-up
-    stats, _ = train_one_epoch(model, _Take(batches, n), opt, loss_fn, lambda s: 1e-3, 0)
+    loop = Loop(model, opt, loss_fn, batches)
+    train_one_epoch(loop, _Take(batches, 2), lambda s: 1e-3, 0)  # warm-up
+    stats, _ = train_one_epoch(loop, _Take(batches, n), lambda s: 1e-3, 0)
     return stats.images / stats.seconds
 
 
@@ -83,13 +84,22 @@ def case(name, model_name, tutorial_loader, cfg, batch_size, augment, n, gflops)
         model = create(model_name, shape, classes)
         if cl:
             model = model.to(memory_format=torch.channels_last)
-        b = Batches(data.train, data.prep, batch_size, shuffle=True, augment=augment, channels_last=cl)
+        b = Batches(
+            data.train,
+            data.prep,
+            batch_size,
+            channels_last=cl,
+            order=Order(shuffle=True),
+            augmentation=Augmentation(augment=augment),
+        )
         results[cl] = cnnctl_loop(model, b, n)
     macs = trace_model(model_name, shape, fit=True).macs
     train_gflops = results[True] * 6 * macs / 1e9
-    print(f"{name}: tutorial {base:8.0f} img/s | cnnctl NCHW {results[False]:8.0f} img/s | cnnctl channels_last "
-          f"{results[True]:8.0f} img/s | ratio {results[True] / base:5.2f}x | channels_last/NCHW {results[True] / results[False]:4.2f}x | "
-          f"{train_gflops:6.1f} GFLOP/s = {train_gflops / gflops:4.2f} of matmul")
+    print(
+        f"{name}: tutorial {base:8.0f} img/s | cnnctl NCHW {results[False]:8.0f} img/s | cnnctl channels_last "
+        f"{results[True]:8.0f} img/s | ratio {results[True] / base:5.2f}x | channels_last/NCHW {results[True] / results[False]:4.2f}x | "
+        f"{train_gflops:6.1f} GFLOP/s = {train_gflops / gflops:4.2f} of matmul"
+    )
 
 
 def main() -> None:
@@ -103,16 +113,38 @@ def main() -> None:
     mnist_tf = T.Compose([T.ToTensor(), T.Normalize((0.1307,), (0.3081,))])
     mnist = torchvision.datasets.MNIST(str(SHARED), train=True, transform=mnist_tf)
     loader = torch.utils.data.DataLoader(mnist, batch_size=100, shuffle=True, num_workers=0)
-    case("model-a / MNIST, batch 100", "model-a", loader,
-         TrainConfig(model="model-a", data="mnist", data_dir=str(SHARED)), 100, "none", args.batches, gflops)
+    case(
+        "model-a / MNIST, batch 100",
+        "model-a",
+        loader,
+        TrainConfig(model="model-a", data="mnist", data_dir=str(SHARED)),
+        100,
+        "none",
+        args.batches,
+        gflops,
+    )
 
     folder = cifar_folder(500)
-    cifar_tf = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(),
-                          T.Normalize((0.4914, 0.4822, 0.4465), (0.247, 0.243, 0.261))])
+    cifar_tf = T.Compose(
+        [
+            T.RandomCrop(32, padding=4),
+            T.RandomHorizontalFlip(),
+            T.ToTensor(),
+            T.Normalize((0.4914, 0.4822, 0.4465), (0.247, 0.243, 0.261)),
+        ]
+    )
     cifar = torchvision.datasets.ImageFolder(str(folder), transform=cifar_tf)
     loader = torch.utils.data.DataLoader(cifar, batch_size=128, shuffle=True, num_workers=2, persistent_workers=True)
-    case("tiny / CIFAR-10 JPEGs, batch 128, flip-crop", "tiny", loader,
-         TrainConfig(model="tiny", data=str(folder.parent), cache_dir=str(folder.parent / "cache")), 128, "flip-crop", args.batches, gflops)
+    case(
+        "tiny / CIFAR-10 JPEGs, batch 128, flip-crop",
+        "tiny",
+        loader,
+        TrainConfig(model="tiny", data=str(folder.parent), cache_dir=str(folder.parent / "cache")),
+        128,
+        "flip-crop",
+        args.batches,
+        gflops,
+    )
 
 
 if __name__ == "__main__":

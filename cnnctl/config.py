@@ -10,10 +10,11 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import re
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 from cnnctl.errors import UsageError
 from cnnctl.machine import parse_batch_size
@@ -46,54 +47,115 @@ class TrainConfig:
     """Every option of a training run, with its default."""
 
     model: str = _f("", "Model name from the registry (`cnnctl models`).", cli=False)
-    data: str = _f("mnist-mini", "Data set: mnist, fashion-mnist, kmnist, cifar10, cifar100, mnist-mini (built in), or an image folder PATH.")
+    data: str = _f(
+        "mnist-mini",
+        "Data set: mnist, fashion-mnist, kmnist, cifar10, cifar100, mnist-mini (built in), or an image folder PATH.",
+    )
     data_dir: str = _f("./data", "Where torchvision data sets live (torchvision's layout).")
     download: bool = _f(False, "Download a torchvision data set if it is missing.")
     val_split: float = _f(0.1, "Fraction of the training split held out for validation (model selection), 0 for none.")
-    subset: int = _f(0, "Train on only N training images: a fixed random draw (seeded, the same every run; not stratified, so "
-                        "class shares vary a little); 0 = all.")
+    subset: int = _f(
+        0,
+        "Train on only N training images: a fixed random draw (seeded, the same every run; not stratified, so "
+        "class shares vary a little); 0 = all.",
+    )
     image_size: str = _f("", "Resize images to N or HxW (image folders; default: the data set's own size).")
     grayscale: bool = _f(False, "Convert images to 1-channel grayscale (image folders).")
     mean: str = _f("", "Per-channel mean, e.g. 0.5,0.5,0.5 (default: computed on the training split).")
     std: str = _f("", "Per-channel std, e.g. 0.25,0.25,0.25 (default: computed on the training split).")
-    pretrained: bool = _f(False, "tv:NAME and timm:NAME models: start from the published DEFAULT weights (torchvision's through the torch hub "
-                                 "cache, TORCH_HOME; timm's through the Hugging Face cache, HF_HOME); their preprocessing becomes the run's.")
-    weights: str = _f("", "Start from these published weights (implies --pretrained): a torchvision name, e.g. IMAGENET1K_V1, or a timm tag, e.g. in1k.")
-    init: str = _f("", "Start from the weights of a cnnctl run directory or checkpoint, or a plain state dict (.safetensors, or .pth/.bin "
-                       "read with torch.load(weights_only=True)): tensors whose names and shapes match are loaded, the rest (usually the "
-                       "head) start fresh. With --pretrained: the file holding those weights (offline), their preprocessing kept.")
-    freeze: str = _f("none", "none, or backbone: train only the head (a linear probe; frozen BatchNorm statistics stay as they are).")
-    unfreeze_at: int = _f(0, "With --freeze backbone: train the whole network from this epoch on (probe, then fine-tune); 0 = never.")
-    keep_bn_stats: bool = _f(False, "With --unfreeze-at: the backbone's BatchNorm layers keep their running statistics (eval mode) while "
-                                    "everything trains (Keras's fine-tuning advice for small data sets).")
-    feature_cache: str = _f("auto", "With --freeze backbone: auto runs the frozen backbone once per image view and trains the head on the "
-                                    "stored features until --unfreeze-at (memory-mapped in the cache folder); off: every epoch runs it again.")
-    feature_views: int = _f(0, "Views of each training image stored by the feature cache: 1 = un-augmented only; N = 1 un-augmented + N-1 "
-                               "augmented (each epoch draws one per image); 0 = auto (1).")
-    backbone_lr_scale: float = _f(1.0, "Learning-rate factor for all but the head, e.g. 0.1 when fine-tuning from --init.")
-    bn_bias_lr_scale: float = _f(0.0, "Hold BatchNorm weights fixed (at 1 in a fresh net) and train BatchNorm biases at this many times the "
-                                      "learning rate, weight decay per step unchanged (airbench's scalebias: 64); 0 = off.")
-    resize: str = _f("auto", "Image folders: stretch to --image-size (the tutorials), or crop: keep the aspect ratio, resize the "
-                         "shorter side to --image-size / --crop-pct and cut out the centre (photos; auto: crop with --pretrained, else stretch).")
-    interpolation: str = _f("auto", "Resampling of image folders' photos (auto: the --pretrained weights', else bilinear).")
-    crop_pct: float = _f(0.875, "With --resize crop: the share of the resized shorter side kept by the centre crop (timm's crop_pct).")
-    augment: str = _f("none", "Augmentation: none, flip-crop (pad-4 crop + h-flip), flip-shift (pad-2 crop + h-flip, airbench's), shift (+-2 px, for digits), flip, "
-                              "rrc-flip (random-resized-crop + h-flip; with --resize crop).")
-    alternate_flip: bool = _f(False, "Flip each training image every other epoch instead of at random (airbench's alternating flip: "
-                                     "a coin per image picks its side in epoch 0). Needs an --augment with flips.")
-    allow_flip: bool = _f(False, "Allow horizontal flips on digit data sets (refused by default: a flipped 2 is not a 2).")
-    auto_augment: str = _f("none", "Policy augmentation after --augment: randaugment or trivialaugment (torchvision.transforms.v2 on uint8 batches, "
-                                   "a fresh draw for every group of --aug-group images).")
+    pretrained: bool = _f(
+        False,
+        "tv:NAME and timm:NAME models: start from the published DEFAULT weights (torchvision's through the torch hub "
+        "cache, TORCH_HOME; timm's through the Hugging Face cache, HF_HOME); their preprocessing becomes the run's.",
+    )
+    weights: str = _f(
+        "",
+        "Start from these published weights (implies --pretrained): a torchvision name, e.g. IMAGENET1K_V1, or a timm tag, e.g. in1k.",
+    )
+    init: str = _f(
+        "",
+        "Start from the weights of a cnnctl run directory or checkpoint, or a plain state dict (.safetensors, or .pth/.bin "
+        "read with torch.load(weights_only=True)): tensors whose names and shapes match are loaded, the rest (usually the "
+        "head) start fresh. With --pretrained: the file holding those weights (offline), their preprocessing kept.",
+    )
+    freeze: str = _f(
+        "none", "none, or backbone: train only the head (a linear probe; frozen BatchNorm statistics stay as they are)."
+    )
+    unfreeze_at: int = _f(
+        0, "With --freeze backbone: train the whole network from this epoch on (probe, then fine-tune); 0 = never."
+    )
+    keep_bn_stats: bool = _f(
+        False,
+        "With --unfreeze-at: the backbone's BatchNorm layers keep their running statistics (eval mode) while "
+        "everything trains (Keras's fine-tuning advice for small data sets).",
+    )
+    feature_cache: str = _f(
+        "auto",
+        "With --freeze backbone: auto runs the frozen backbone once per image view and trains the head on the "
+        "stored features until --unfreeze-at (memory-mapped in the cache folder); off: every epoch runs it again.",
+    )
+    feature_views: int = _f(
+        0,
+        "Views of each training image stored by the feature cache: 1 = un-augmented only; N = 1 un-augmented + N-1 "
+        "augmented (each epoch draws one per image); 0 = auto (1).",
+    )
+    backbone_lr_scale: float = _f(
+        1.0, "Learning-rate factor for all but the head, e.g. 0.1 when fine-tuning from --init."
+    )
+    bn_bias_lr_scale: float = _f(
+        0.0,
+        "Hold BatchNorm weights fixed (at 1 in a fresh net) and train BatchNorm biases at this many times the "
+        "learning rate, weight decay per step unchanged (airbench's scalebias: 64); 0 = off.",
+    )
+    resize: str = _f(
+        "auto",
+        "Image folders: stretch to --image-size (the tutorials), or crop: keep the aspect ratio, resize the "
+        "shorter side to --image-size / --crop-pct and cut out the centre (photos; auto: crop with --pretrained, else stretch).",
+    )
+    interpolation: str = _f(
+        "auto", "Resampling of image folders' photos (auto: the --pretrained weights', else bilinear)."
+    )
+    crop_pct: float = _f(
+        0.875, "With --resize crop: the share of the resized shorter side kept by the centre crop (timm's crop_pct)."
+    )
+    augment: str = _f(
+        "none",
+        "Augmentation: none, flip-crop (pad-4 crop + h-flip), flip-shift (pad-2 crop + h-flip, airbench's), "
+        "shift (+-2 px, for digits), flip, "
+        "rrc-flip (random-resized-crop + h-flip; with --resize crop).",
+    )
+    alternate_flip: bool = _f(
+        False,
+        "Flip each training image every other epoch instead of at random (airbench's alternating flip: "
+        "a coin per image picks its side in epoch 0). Needs an --augment with flips.",
+    )
+    allow_flip: bool = _f(
+        False, "Allow horizontal flips on digit data sets (refused by default: a flipped 2 is not a 2)."
+    )
+    auto_augment: str = _f(
+        "none",
+        "Policy augmentation after --augment: randaugment or trivialaugment (torchvision.transforms.v2 on uint8 batches, "
+        "a fresh draw for every group of --aug-group images).",
+    )
     aug_magnitude: int = _f(9, "RandAugment magnitude (0-30; torchvision's default 9).")
-    aug_group: int = _f(8, "Images that share one RandAugment/TrivialAugment draw (1 = every image its own; larger is cheaper).")
+    aug_group: int = _f(
+        8, "Images that share one RandAugment/TrivialAugment draw (1 = every image its own; larger is cheaper)."
+    )
     mixup: float = _f(0.0, "MixUp alpha (torchvision.transforms.v2.MixUp on whole batches; e.g. 0.2); 0 = off.")
-    cutmix: float = _f(0.0, "CutMix alpha (v2.CutMix; e.g. 1.0); 0 = off. With --mixup too, each mixed batch picks one of the two.")
+    cutmix: float = _f(
+        0.0, "CutMix alpha (v2.CutMix; e.g. 1.0); 0 = off. With --mixup too, each mixed batch picks one of the two."
+    )
     mix_prob: float = _f(1.0, "Share of batches that --mixup/--cutmix mix (the rest train on plain labels).")
     epochs: int = _f(10, "Number of epochs (ignored when --iters is set).")
     iters: int = _f(0, "Train for this many iterations (batches) instead of --epochs.")
-    batch_size: int = _f(128, "Batch size per optimizer step; under torchrun the global batch, split evenly over the processes.")
-    eval_batch_size: str = _f("auto", "Batch size for validation and test passes: a number, or auto, the largest batch whose forward pass "
-                                      "fits a memory budget (512 MiB of activations on a CPU; estimated from the model's shape trace; at most 1024).")
+    batch_size: int = _f(
+        128, "Batch size per optimizer step; under torchrun the global batch, split evenly over the processes."
+    )
+    eval_batch_size: str = _f(
+        "auto",
+        "Batch size for validation and test passes: a number, or auto, the largest batch whose forward pass "
+        "fits a memory budget (512 MiB of activations on a CPU; estimated from the model's shape trace; at most 1024).",
+    )
     optimizer: str = _f("adamw", "Optimizer: sgd, adam, adamw.")
     lr: float = _f(1e-3, "Learning rate (the peak rate for onecycle).")
     momentum: float = _f(0.9, "SGD momentum.")
@@ -101,38 +163,65 @@ class TrainConfig:
     weight_decay: float = _f(0.0, "Weight decay.")
     loss: str = _f("ce", "Loss: ce (cross-entropy) or mse (softmax vs one-hot, as the cats-vs-dogs tutorial).")
     label_smoothing: float = _f(0.0, "Label smoothing for cross-entropy.")
-    class_weights: str = _f("none", "Weigh the loss per class for imbalanced data: none, auto (inverse frequency: N / (K * n_class)), "
-                                    "effective (the effective number of samples, beta 0.999; Cui et al. 2019), or a JSON file {\"class\": weight}.")
-    sampler: str = _f("none", "Which images an epoch draws: none (each once, shuffled) or balanced (with replacement, every class "
-                              "equally likely; the same number of images per epoch).")
+    class_weights: str = _f(
+        "none",
+        "Weigh the loss per class for imbalanced data: none, auto (inverse frequency: N / (K * n_class)), "
+        'effective (the effective number of samples, beta 0.999; Cui et al. 2019), or a JSON file {"class": weight}.',
+    )
+    sampler: str = _f(
+        "none",
+        "Which images an epoch draws: none (each once, shuffled) or balanced (with replacement, every class "
+        "equally likely; the same number of images per epoch).",
+    )
     clip_grad: float = _f(0.0, "Clip the gradients' global L2 norm to this value before each step; 0 = off.")
-    accumulate: int = _f(1, "Accumulate gradients over N batches of --batch-size per optimizer step (an effective batch of N x --batch-size).")
-    ema: float = _f(0.0, "Keep an exponential moving average of the weights with this decay per step (e.g. 0.999); it is validated "
-                         "every epoch and model.safetensors holds the better of the two. 0 = off.")
-    lookahead: int = _f(0, "airbench's lookahead: every N optimizer steps the weights are pulled back towards slow weights that "
-                           "follow them, harder as training ends (decay 0.95^N x progress^3); e.g. 5. 0 = off.")
-    bn_momentum: float = _f(0.0, "Momentum of every BatchNorm layer's running statistics (PyTorch's convention: the weight of the new batch; "
-                                 "airbench uses 0.4); 0 = the model's own (usually 0.1).")
+    accumulate: int = _f(
+        1,
+        "Accumulate gradients over N batches of --batch-size per optimizer step (an effective batch of N x --batch-size).",
+    )
+    ema: float = _f(
+        0.0,
+        "Keep an exponential moving average of the weights with this decay per step (e.g. 0.999); it is validated "
+        "every epoch and model.safetensors holds the better of the two. 0 = off.",
+    )
+    lookahead: int = _f(
+        0,
+        "airbench's lookahead: every N optimizer steps the weights are pulled back towards slow weights that "
+        "follow them, harder as training ends (decay 0.95^N x progress^3); e.g. 5. 0 = off.",
+    )
+    bn_momentum: float = _f(
+        0.0,
+        "Momentum of every BatchNorm layer's running statistics (PyTorch's convention: the weight of the new batch; "
+        "airbench uses 0.4); 0 = the model's own (usually 0.1).",
+    )
     scheduler: str = _f("none", "LR schedule: none, step, cosine, onecycle.")
     warmup: float = _f(0.0, "Linear warm-up length in epochs (onecycle default: 30% of training).")
     step_size: int = _f(5, "Epochs between LR drops (step schedule).")
     gamma: float = _f(0.1, "LR factor at each drop (step schedule).")
     seed: int = _f(0, "Random seed (weights, shuffling, augmentation, dropout).")
     device: str = _f("auto", "Device: auto, cpu, cuda, mps.")
-    amp: str = _f("none", "Mixed precision: auto (bf16 where it is native: a CPU with avx512_bf16/AMX, ~2x faster convolutions, or a CUDA GPU "
-                          "of compute capability 8.0+; fp16 on older GPUs; else float32), bf16, fp16 (CUDA), none (float32; the default). "
-                          "bf16 on a CPU that would only emulate it is refused.")
+    amp: str = _f(
+        "none",
+        "Mixed precision: auto (bf16 where it is native: a CPU with avx512_bf16/AMX, ~2x faster convolutions, or a CUDA GPU "
+        "of compute capability 8.0+; fp16 on older GPUs; else float32), bf16, fp16 (CUDA), none (float32; the default). "
+        "bf16 on a CPU that would only emulate it is refused.",
+    )
     compile: bool = _f(False, "torch.compile the model (CUDA).")
     deterministic: bool = _f(False, "Use deterministic algorithms (CUDA).")
     channels_last: bool = _f(True, "Use channels_last memory format.")
     threads: int = _f(0, "CPU threads for torch (0 = all cores).")
     patience: int = _f(0, "Stop after this many epochs without improvement of --monitor (0 = never).")
-    monitor: str = _f("val_acc", "What picks the saved checkpoint: val_acc, val_loss, or last (the last epoch's weights, for "
-                                 "schedules that anneal to zero; with --ema, val_loss picks between the two).")
+    monitor: str = _f(
+        "val_acc",
+        "What picks the saved checkpoint: val_acc, val_loss, or last (the last epoch's weights, for "
+        "schedules that anneal to zero; with --ema, val_loss picks between the two).",
+    )
     time_limit: float = _f(0.0, "Stop training after this many seconds (0 = no limit).")
     cache_dir: str = _f("", "Cache for decoded image folders (default: ~/.cache/cnnctl).")
-    log: str = _f("none", "Also write the history where other tools read it: csv (history.csv + steps.csv) or tensorboard "
-                          "(RUN/tensorboard; needs pip install 'cnnctl[tensorboard]').")
+    log: str = _f(
+        "none",
+        "Also write the history where other tools read it: csv (history.csv + steps.csv) or tensorboard "
+        "(RUN/tensorboard; needs pip install 'cnnctl[tensorboard]').",
+    )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -145,7 +234,9 @@ class TrainConfig:
         """What the data layer needs of this run: which images, split how, decoded how. Every
         "auto" must be resolved first (train/plan.py does it, once)."""
         if self.resize == "auto" or self.interpolation == "auto":
-            raise ValueError("resize and interpolation must be resolved before the data is read (train.plan.resolve_preprocessing)")
+            raise ValueError(
+                "resize and interpolation must be resolved before the data is read (train.plan.resolve_preprocessing)"
+            )
         return DataConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(DataConfig)})
 
 
@@ -172,13 +263,65 @@ FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 
 # Where each option shows in `cnnctl train --help`, in this order; every CLI field has one panel.
 PANELS: dict[str, tuple[str, ...]] = {
-    "Data": ("data", "data_dir", "download", "val_split", "subset", "image_size", "resize", "crop_pct", "interpolation", "grayscale", "mean", "std",
-             "cache_dir"),
-    "Model & start": ("pretrained", "weights", "init", "freeze", "unfreeze_at", "keep_bn_stats", "feature_cache", "feature_views", "backbone_lr_scale"),
-    "Optimisation": ("epochs", "iters", "batch_size", "eval_batch_size", "optimizer", "lr", "momentum", "nesterov",
-                     "weight_decay", "bn_bias_lr_scale", "bn_momentum", "loss", "label_smoothing", "class_weights", "sampler", "clip_grad", "accumulate", "ema", "lookahead"),
+    "Data": (
+        "data",
+        "data_dir",
+        "download",
+        "val_split",
+        "subset",
+        "image_size",
+        "resize",
+        "crop_pct",
+        "interpolation",
+        "grayscale",
+        "mean",
+        "std",
+        "cache_dir",
+    ),
+    "Model & start": (
+        "pretrained",
+        "weights",
+        "init",
+        "freeze",
+        "unfreeze_at",
+        "keep_bn_stats",
+        "feature_cache",
+        "feature_views",
+        "backbone_lr_scale",
+    ),
+    "Optimisation": (
+        "epochs",
+        "iters",
+        "batch_size",
+        "eval_batch_size",
+        "optimizer",
+        "lr",
+        "momentum",
+        "nesterov",
+        "weight_decay",
+        "bn_bias_lr_scale",
+        "bn_momentum",
+        "loss",
+        "label_smoothing",
+        "class_weights",
+        "sampler",
+        "clip_grad",
+        "accumulate",
+        "ema",
+        "lookahead",
+    ),
     "Schedule & stopping": ("scheduler", "warmup", "step_size", "gamma", "patience", "monitor", "time_limit"),
-    "Augmentation": ("augment", "alternate_flip", "allow_flip", "auto_augment", "aug_magnitude", "aug_group", "mixup", "cutmix", "mix_prob"),
+    "Augmentation": (
+        "augment",
+        "alternate_flip",
+        "allow_flip",
+        "auto_augment",
+        "aug_magnitude",
+        "aug_group",
+        "mixup",
+        "cutmix",
+        "mix_prob",
+    ),
     "Run & output": ("seed", "log"),
     "Hardware": ("device", "amp", "compile", "deterministic", "channels_last", "threads"),
 }
@@ -190,7 +333,12 @@ def _coerce(name: str, value: Any, where: str) -> Any:
     want = type(f.default)
     if want is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
-    if want is str and isinstance(value, (int, float)) and not isinstance(value, bool) and name in ("image_size", "eval_batch_size"):
+    if (
+        want is str
+        and isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and name in ("image_size", "eval_batch_size")
+    ):
         value = str(value)
     if want is str and isinstance(value, list) and name in ("mean", "std"):
         value = ",".join(str(v) for v in value)
@@ -210,7 +358,9 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     if cfg.batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {cfg.batch_size}")
     if cfg.class_weights not in ("none", "auto", "effective") and not cfg.class_weights.endswith(".json"):
-        raise UsageError(f"--class-weights must be none, auto, effective or a .json file of {{class: weight}}, got {cfg.class_weights!r}")
+        raise UsageError(
+            f"--class-weights must be none, auto, effective or a .json file of {{class: weight}}, got {cfg.class_weights!r}"
+        )
     if cfg.class_weights != "none" and cfg.loss == "mse":
         raise UsageError("--class-weights weighs cross-entropy; use it with --loss ce")
     parse_batch_size(cfg.eval_batch_size, "--eval-batch-size")
@@ -227,9 +377,13 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     if not 0.1 <= cfg.crop_pct <= 1.0:
         raise UsageError(f"--crop-pct must be in [0.1, 1], got {cfg.crop_pct}")
     if cfg.alternate_flip and not cfg.flip:
-        raise UsageError(f"--alternate-flip needs an --augment with flips (flip-shift, flip-crop, flip, rrc-flip), not {cfg.augment}")
+        raise UsageError(
+            f"--alternate-flip needs an --augment with flips (flip-shift, flip-crop, flip, rrc-flip), not {cfg.augment}"
+        )
     if cfg.augment == "rrc-flip" and cfg.resize == "stretch":
-        raise UsageError("--augment rrc-flip crops from images stored larger than the model's input: use it with --resize crop")
+        raise UsageError(
+            "--augment rrc-flip crops from images stored larger than the model's input: use it with --resize crop"
+        )
     if cfg.unfreeze_at < 0 or cfg.backbone_lr_scale < 0 or cfg.bn_bias_lr_scale < 0:
         raise UsageError("--unfreeze-at, --backbone-lr-scale and --bn-bias-lr-scale cannot be negative")
     if cfg.feature_views < 0:
@@ -243,7 +397,9 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     if cfg.accumulate < 1 or cfg.aug_group < 1:
         raise UsageError("--accumulate and --aug-group must be at least 1")
     if cfg.lookahead < 0 or not 0 <= cfg.bn_momentum <= 1:
-        raise UsageError("--lookahead cannot be negative (0 = off) and --bn-momentum must be in [0, 1] (0 = the model's own)")
+        raise UsageError(
+            "--lookahead cannot be negative (0 = off) and --bn-momentum must be in [0, 1] (0 = the model's own)"
+        )
     if not 0 <= cfg.ema < 1:
         raise UsageError(f"--ema is a decay per step in [0, 1), e.g. 0.999 (0 = off); got {cfg.ema}")
     if not 0 <= cfg.mix_prob <= 1:
@@ -251,7 +407,9 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     if not 0 <= cfg.aug_magnitude <= 30:
         raise UsageError(f"--aug-magnitude must be in [0, 30], got {cfg.aug_magnitude}")
     if cfg.monitor == "last" and cfg.patience:
-        raise UsageError("--patience needs --monitor val_acc or val_loss to count epochs without improvement (with last, every epoch is kept)")
+        raise UsageError(
+            "--patience needs --monitor val_acc or val_loss to count epochs without improvement (with last, every epoch is kept)"
+        )
     if cfg.loss == "mse" and cfg.label_smoothing:
         raise UsageError("--label-smoothing applies to --loss ce only")
     for name in ("mean", "std"):
@@ -260,7 +418,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
 
 
 def parse_floats(text: str, name: str) -> list[float]:
-    """"0.5,0.5,0.5" -> [0.5, 0.5, 0.5] ("" -> [])."""
+    """ "0.5,0.5,0.5" -> [0.5, 0.5, 0.5] ("" -> [])."""
     if not text.strip():
         return []
     try:
@@ -296,16 +454,20 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
     return values
 
 
-def resolve(model: str | None, recipe: str | None, flags: dict[str, Any], base: dict[str, Any] | None = None) -> TrainConfig:
+def resolve(
+    model: str | None, recipe: str | None, flags: dict[str, Any], base: dict[str, Any] | None = None
+) -> TrainConfig:
     """defaults <- base (a resumed run's config) <- recipe <- flags given on the command line."""
     # A resumed run's config.json may predate a field's current type (eval_batch_size was an int).
-    values: dict[str, Any] = {k: _coerce(k, v, "the resumed run's config.json") for k, v in (base or {}).items() if k in FIELDS}
+    values: dict[str, Any] = {
+        k: _coerce(k, v, "the resumed run's config.json") for k, v in (base or {}).items() if k in FIELDS
+    }
     if recipe:
         values.update(load_recipe(recipe))
     values.update({k: _coerce(k, v, "command line") for k, v in flags.items() if v is not None})
     if model:
         values["model"] = model
     if not values.get("model"):
-        raise UsageError("no model given: `cnnctl train MODEL ...` or a recipe with model = \"...\"")
+        raise UsageError('no model given: `cnnctl train MODEL ...` or a recipe with model = "..."')
     known = {k: v for k, v in values.items() if k in FIELDS}
     return validate(TrainConfig(**known))

@@ -11,11 +11,11 @@ import contextlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from cnnctl.errors import CnnctlError, RunDirError
-
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -68,7 +68,9 @@ def write_json(path: str | os.PathLike[str], obj: Any) -> None:
     write_bytes(path, (json.dumps(obj, indent=2, default=str) + "\n").encode())
 
 
-def read_json(path: str | os.PathLike[str], error: type[CnnctlError], missing: str, damaged: str = "the run directory is damaged") -> Any:
+def read_json(
+    path: str | os.PathLike[str], error: type[CnnctlError], missing: str, damaged: str = "the run directory is damaged"
+) -> Any:
     """Parse a JSON file; a missing file raises `error(missing)`, a damaged one says so, then
     `damaged` (what it means, or how to fix it)."""
     p = Path(path)

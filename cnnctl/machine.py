@@ -29,7 +29,19 @@ from cnnctl.errors import UsageError
 
 FLAGS_ENV = "CNNCTL_CPU_FLAGS"
 # The CPU features that change what cnnctl picks or how fast it runs, in the order `env` shows them.
-NOTABLE_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16", "amx_int8", "asimd", "bf16", "sve")
+NOTABLE_FLAGS = (
+    "avx2",
+    "fma",
+    "avx512f",
+    "avx512_bf16",
+    "avx512_vnni",
+    "amx_tile",
+    "amx_bf16",
+    "amx_int8",
+    "asimd",
+    "bf16",
+    "sve",
+)
 MiB = 1 << 20
 EVAL_BATCH_CAP = 1024
 FALLBACK_EVAL_BATCH = 32  # when a model's shape trace cannot run on the meta device
@@ -75,7 +87,7 @@ class CpuInfo:
 
 def cpu_info() -> CpuInfo:
     """Read /proc/cpuinfo (Linux) once per call; elsewhere the platform's name and no flags."""
-    model, flags = "", set()
+    model, flags = "", set[str]()
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
             for line in f:  # the first core's entry names the model and flags (every core repeats them)
@@ -91,7 +103,13 @@ def cpu_info() -> CpuInfo:
     simulated = FLAGS_ENV in os.environ
     if simulated:
         flags = {f.strip().lower() for f in os.environ[FLAGS_ENV].replace(",", " ").split() if f.strip()}
-    return CpuInfo(model=model or "unknown CPU", cores=usable_cores(), flags=frozenset(flags), arch=platform.machine().lower(), simulated=simulated)
+    return CpuInfo(
+        model=model or "unknown CPU",
+        cores=usable_cores(),
+        flags=frozenset(flags),
+        arch=platform.machine().lower(),
+        simulated=simulated,
+    )
 
 
 def usable_cores() -> int:
@@ -155,9 +173,15 @@ def choose_amp(requested: str, device_type: str, *, cpu: CpuInfo | None = None, 
     if device_type == "cuda":
         native = cuda_bf16(device_index)
         if requested == "auto":
-            return AmpChoice("bf16", "CUDA device with native bf16") if native else AmpChoice("fp16", "CUDA device without bf16: fp16 + GradScaler")
+            return (
+                AmpChoice("bf16", "CUDA device with native bf16")
+                if native
+                else AmpChoice("fp16", "CUDA device without bf16: fp16 + GradScaler")
+            )
         if requested == "bf16" and not native:
-            raise UsageError("--amp bf16: this CUDA device has no native bf16 (compute capability < 8.0); use --amp auto (fp16 here) or --amp fp16")
+            raise UsageError(
+                "--amp bf16: this CUDA device has no native bf16 (compute capability < 8.0); use --amp auto (fp16 here) or --amp fp16"
+            )
         return AmpChoice(requested, f"--amp {requested}")
     if requested == "fp16":
         raise UsageError(f"--amp fp16 needs a CUDA device (this run is on {device_type}); use --amp auto")
@@ -166,13 +190,17 @@ def choose_amp(requested: str, device_type: str, *, cpu: CpuInfo | None = None, 
             return AmpChoice("none", f"{device_type}: float32 (cnnctl runs no autocast there)")
         raise UsageError(f"--amp bf16 runs on CUDA or CPU, not {device_type}; use --amp auto")
     cpu = cpu or cpu_info()
-    onednn = cpu.simulated or _torch_cpu_bf16()  # oneDNN can lack kernels the flags promise (or be capped: ONEDNN_MAX_CPU_ISA)
+    onednn = (
+        cpu.simulated or _torch_cpu_bf16()
+    )  # oneDNN can lack kernels the flags promise (or be capped: ONEDNN_MAX_CPU_ISA)
     native = cpu.native_bf16 and onednn
     if requested == "auto":
         if native:
             return AmpChoice("bf16", f"CPU with native bf16 ({_bf16_feature(cpu)}): bf16 autocast")
         if cpu.native_bf16:
-            return AmpChoice("none", f"the CPU lists {_bf16_feature(cpu)} but oneDNN here runs no bf16 kernels: float32")
+            return AmpChoice(
+                "none", f"the CPU lists {_bf16_feature(cpu)} but oneDNN here runs no bf16 kernels: float32"
+            )
         return AmpChoice("none", "CPU without native bf16 (no avx512_bf16 or AMX): float32")
     if not native:  # requested == "bf16"
         raise UsageError(
@@ -242,9 +270,16 @@ class EvalBatch:
     budget_bytes: int = 0
 
 
-def eval_batch(requested: int | str, model_name: str, input_shape: tuple[int, int, int], num_classes: int,
-               device_type: str = "cpu", *, views: int = 1,
-               flag: str = "--eval-batch-size") -> EvalBatch:  # fmt: skip
+def eval_batch(
+    requested: int | str,
+    model_name: str,
+    input_shape: tuple[int, int, int],
+    num_classes: int,
+    device_type: str = "cpu",
+    *,
+    views: int = 1,
+    flag: str = "--eval-batch-size",
+) -> EvalBatch:
     """--eval-batch-size / eval --batch-size (`flag`, for the error): an explicit number wins;
     "auto" (or 0) fits the budget. The estimate comes from the model's shape trace on the meta
     device (no memory, no time).
@@ -255,20 +290,27 @@ def eval_batch(requested: int | str, model_name: str, input_shape: tuple[int, in
     from cnnctl.models.tracing import trace_built
 
     try:
-        result = trace_built(model_name, tuple(input_shape), num_classes)
+        result = trace_built(model_name, input_shape, num_classes)
     except Exception as exc:  # noqa: BLE001 - a model the meta-device trace cannot run still evaluates
-        return EvalBatch(FALLBACK_EVAL_BATCH, f"auto: the shape trace failed ({type(exc).__name__}); {FALLBACK_EVAL_BATCH} images")
+        return EvalBatch(
+            FALLBACK_EVAL_BATCH, f"auto: the shape trace failed ({type(exc).__name__}); {FALLBACK_EVAL_BATCH} images"
+        )
     if result.diagnosis:
-        return EvalBatch(FALLBACK_EVAL_BATCH, f"auto: the shape trace stopped ({result.diagnosis[:80]}); {FALLBACK_EVAL_BATCH} images")
+        return EvalBatch(
+            FALLBACK_EVAL_BATCH,
+            f"auto: the shape trace stopped ({result.diagnosis[:80]}); {FALLBACK_EVAL_BATCH} images",
+        )
     per_image = per_image_inference_bytes(result.rows, tuple(input_shape), views)
     budget, why = eval_memory_budget(device_type)
     size = batch_for_budget(per_image, budget)
     capped = f", capped at {EVAL_BATCH_CAP}" if size == EVAL_BATCH_CAP else ""
-    return EvalBatch(size, f"auto: ~{per_image / MiB:.2f} MiB/image in a {budget / MiB:.0f} MiB budget{capped}", per_image, budget)
+    return EvalBatch(
+        size, f"auto: ~{per_image / MiB:.2f} MiB/image in a {budget / MiB:.0f} MiB budget{capped}", per_image, budget
+    )
 
 
 def parse_batch_size(text: str | int, flag: str) -> int:
-    """"auto" -> 0, "256" (or 256) -> 256; anything else is one line naming the choices."""
+    """ "auto" -> 0, "256" (or 256) -> 256; anything else is one line naming the choices."""
     value = str(text).strip().lower()
     if value in ("auto", "0", ""):
         return 0
@@ -296,8 +338,15 @@ class HardwarePlan:
     channels_last: bool
 
     def to_dict(self) -> dict[str, Any]:
-        return {"device": self.device, "cpu": self.cpu, "amp": self.amp.amp, "amp_reason": self.amp.reason, "threads": self.threads,
-                "threads_reason": self.threads_reason, "channels_last": self.channels_last}  # fmt: skip
+        return {
+            "device": self.device,
+            "cpu": self.cpu,
+            "amp": self.amp.amp,
+            "amp_reason": self.amp.reason,
+            "threads": self.threads,
+            "threads_reason": self.threads_reason,
+            "channels_last": self.channels_last,
+        }
 
     def summary(self) -> str:
         """One log line: what this run computes in and with, and why."""
@@ -305,8 +354,15 @@ class HardwarePlan:
         return f"hardware: {self.device}, {self.amp.label} ({self.amp.reason}); {self.threads} thread(s); {layout}"
 
 
-def plan(amp: str, requested_threads: int, channels_last: bool, device_type: str, *, device_index: int = 0,
-         local_world_size: int = 1) -> HardwarePlan:  # fmt: skip
+def plan(
+    amp: str,
+    requested_threads: int,
+    channels_last: bool,
+    device_type: str,
+    *,
+    device_index: int = 0,
+    local_world_size: int = 1,
+) -> HardwarePlan:
     """The run's precision, threads and memory layout on this machine (the eval batch, which needs
     the data's shapes, is `eval_batch`; train/plan.py holds both)."""
     cpu = cpu_info()
@@ -316,7 +372,9 @@ def plan(amp: str, requested_threads: int, channels_last: bool, device_type: str
         import torch
 
         where = f"{torch.cuda.get_device_name(device_index)} (cuda:{device_index}); CPU {where}"
-    return HardwarePlan(device_type, where, choose_amp(amp, device_type, cpu=cpu, device_index=device_index), n, why, channels_last)
+    return HardwarePlan(
+        device_type, where, choose_amp(amp, device_type, cpu=cpu, device_index=device_index), n, why, channels_last
+    )
 
 
 @dataclass
@@ -359,8 +417,15 @@ def report() -> Report:
     if torch.cuda.is_available():
         for i in range(torch.cuda.device_count()):
             props = torch.cuda.get_device_properties(i)
-            cuda.append({"index": i, "name": props.name, "capability": f"{props.major}.{props.minor}",
-                         "memory_bytes": int(props.total_memory), "bf16": props.major >= 8})  # fmt: skip
+            cuda.append(
+                {
+                    "index": i,
+                    "name": props.name,
+                    "capability": f"{props.major}.{props.minor}",
+                    "memory_bytes": int(props.total_memory),
+                    "bf16": props.major >= 8,
+                }
+            )
     device = "cuda" if cuda else "cpu"
     amp = choose_amp("auto", device, cpu=cpu)
     n_threads, why = threads(0, 1, cpu)
@@ -377,9 +442,16 @@ def report() -> Report:
         "torch_native_bf16": _torch_cpu_bf16(),
     }
     return Report(
-        cpu={"model": cpu.model, "arch": cpu.arch, "cores": cpu.cores, "logical_cpus": os.cpu_count() or 1,
-             "flags": {f: f in cpu.flags for f in NOTABLE_FLAGS}, "native_bf16": cpu.native_bf16, "simulated": cpu.simulated,
-             "describe": cpu.describe()},  # fmt: skip
+        cpu={
+            "model": cpu.model,
+            "arch": cpu.arch,
+            "cores": cpu.cores,
+            "logical_cpus": os.cpu_count() or 1,
+            "flags": {f: f in cpu.flags for f in NOTABLE_FLAGS},
+            "native_bf16": cpu.native_bf16,
+            "simulated": cpu.simulated,
+            "describe": cpu.describe(),
+        },
         memory={"total_bytes": total, "available_bytes": available},
         python=sys.version.split()[0],
         versions=versions,

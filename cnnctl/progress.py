@@ -10,7 +10,9 @@ class Meter:
     """`verb` N/total, rate and ETA on stderr (a terminal only), at most four times a second;
     `summary()` ends with `where` (e.g. "into /cache/pixels-KEY.u8", "on 2 processes")."""
 
-    def __init__(self, total: int, where: str, verb: str = "decoding images", done: str = "decoded", unit: str = "images") -> None:
+    def __init__(
+        self, total: int, where: str, verb: str = "decoding images", done: str = "decoded", unit: str = "images"
+    ) -> None:
         self.total, self.where, self.verb, self.done, self.unit = total, where, verb, done, unit
         self.start = self.last = time.perf_counter()
         self.tty = sys.stderr.isatty()

@@ -26,7 +26,13 @@ class Recipe:
     machine: str
 
     def to_json(self) -> dict[str, str]:
-        return {"name": self.name, "path": str(self.path), "reproduces": self.reproduces, "result": self.result, "machine": self.machine}
+        return {
+            "name": self.name,
+            "path": str(self.path),
+            "reproduces": self.reproduces,
+            "result": self.result,
+            "machine": self.machine,
+        }
 
 
 def folder() -> Path:
@@ -49,7 +55,9 @@ def locate(spec: str) -> Path:
     if not path.is_file():
         close = difflib.get_close_matches(spec, names(), n=1)
         hint = f"did you mean {close[0]}? " if close else ""
-        raise UsageError(f"no shipped recipe {spec!r}; {hint}`cnnctl recipes` lists them (a file needs a path: ./{spec}.toml)")
+        raise UsageError(
+            f"no shipped recipe {spec!r}; {hint}`cnnctl recipes` lists them (a file needs a path: ./{spec}.toml)"
+        )
     return path
 
 

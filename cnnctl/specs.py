@@ -16,9 +16,7 @@ def parse_input_shape(text: str) -> tuple[int, int, int]:
     """Parse "CxHxW" into a (C, H, W) tuple, refusing malformed or absurd shapes."""
     parts = re.split(r"[x×,*]", text.strip().lower())
     if len(parts) != 3 or not all(p.strip().isdigit() for p in parts):
-        raise UsageError(
-            f"bad input shape {text!r}: write it as CxHxW, e.g. --input 3x32x32 or --input 1x28x28"
-        )
+        raise UsageError(f"bad input shape {text!r}: write it as CxHxW, e.g. --input 3x32x32 or --input 1x28x28")
     c, h, w = (int(p) for p in parts)
     if min(c, h, w) < 1:
         raise UsageError(f"bad input shape {text!r}: every dimension must be at least 1, e.g. 3x32x32")

@@ -59,14 +59,22 @@ def lay_out(torch_home: Path) -> dict[str, str | None]:
             os.replace(tmp, dest)
         mobilenet = dest
     lite0 = found["tf_efficientnet_lite0"]
-    return {"torch_home": str(torch_home), "mobilenet_v2": str(mobilenet) if mobilenet else None,
-            "tf_efficientnet_lite0": str(lite0) if lite0 else None}  # fmt: skip
+    return {
+        "torch_home": str(torch_home),
+        "mobilenet_v2": str(mobilenet) if mobilenet else None,
+        "tf_efficientnet_lite0": str(lite0) if lite0 else None,
+    }
 
 
 def main() -> None:
     default = Path(os.environ.get("TORCH_HOME") or Path.home() / ".cache" / "torch")
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--torch-home", type=Path, default=default, help=f"the torch hub cache's parent folder (default: TORCH_HOME or {default})")
+    parser.add_argument(
+        "--torch-home",
+        type=Path,
+        default=default,
+        help=f"the torch hub cache's parent folder (default: TORCH_HOME or {default})",
+    )
     args = parser.parse_args()
     print(json.dumps(lay_out(args.torch_home.expanduser())))
 

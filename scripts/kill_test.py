@@ -24,8 +24,24 @@ import tempfile
 import time
 from pathlib import Path
 
-ARGS = ["train", "model-c", "--data", "mnist-mini", "--subset", "2000", "--epochs", "3", "--batch-size", "50",
-        "--augment", "shift", "--seed", "11", "--threads", "1"]  # fmt: skip
+ARGS = [
+    "train",
+    "model-c",
+    "--data",
+    "mnist-mini",
+    "--subset",
+    "2000",
+    "--epochs",
+    "3",
+    "--batch-size",
+    "50",
+    "--augment",
+    "shift",
+    "--seed",
+    "11",
+    "--threads",
+    "1",
+]
 
 
 def _cli(out: Path, *extra: str) -> list[str]:
@@ -44,7 +60,9 @@ def check_consistent(run: Path) -> int:
 
     hist_path, last = run / "history.json", run / "last.safetensors"
     if not last.exists():
-        assert not hist_path.exists() or json.loads(hist_path.read_text())["epochs"] == [], "history without a checkpoint"
+        assert not hist_path.exists() or json.loads(hist_path.read_text())["epochs"] == [], (
+            "history without a checkpoint"
+        )
         return 0
     with safe_open(str(last), framework="pt") as f:
         state = json.loads(f.metadata()["state"])
@@ -88,21 +106,33 @@ def run_trials(trials: int, work: Path, *, kills_per_trial: int = 2, seed: int =
         out = work / f"trial{t}"
         kills = []
         for k in range(kills_per_trial):
-            cmd = _cli(out) if not (out / "config.json").exists() else [sys.executable, "-m", "cnnctl", "train", "--resume", str(out)]
+            cmd = (
+                _cli(out)
+                if not (out / "config.json").exists()
+                else [sys.executable, "-m", "cnnctl", "train", "--resume", str(out)]
+            )
             proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             if k == 0 and rng.random() < 0.15:
                 delay = rng.uniform(0.2, 0.9) * startup  # now and then during start-up (imports, data)
             else:
                 _started(proc, out)
-                left = training * (1 - check_consistent(out) / epochs) if (out / "last.safetensors").exists() else training
+                left = (
+                    training * (1 - check_consistent(out) / epochs) if (out / "last.safetensors").exists() else training
+                )
                 delay = rng.uniform(0.05, 0.8) * left
             time.sleep(delay)
             alive = proc.poll() is None
             if alive:
                 os.kill(proc.pid, signal.SIGKILL)
             proc.wait()
-            kills.append({"after_s": round(delay, 2), "killed_while_running": alive, "epochs_done": check_consistent(out)})
-        cmd = _cli(out) if not (out / "config.json").exists() else [sys.executable, "-m", "cnnctl", "train", "--resume", str(out)]
+            kills.append(
+                {"after_s": round(delay, 2), "killed_while_running": alive, "epochs_done": check_consistent(out)}
+            )
+        cmd = (
+            _cli(out)
+            if not (out / "config.json").exists()
+            else [sys.executable, "-m", "cnnctl", "train", "--resume", str(out)]
+        )
         done = subprocess.run(cmd, capture_output=True, text=True)
         assert done.returncode == 0, done.stderr
         got = _weights(out)
@@ -122,9 +152,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="cnnctl-kill-") as tmp:
         results = run_trials(args.trials, Path(tmp), kills_per_trial=args.kills, seed=args.seed)
     kills = [k for r in results for k in r["kills"] if k["killed_while_running"]]
-    print(f"{len(results)} trials, {len(kills)} SIGKILLs of a running process "
-          f"({sum(k['epochs_done'] < 3 for k in kills)} before training finished), all consistent, "
-          f"{sum(r['identical'] for r in results)}/{len(results)} resumed runs bit-identical to the uninterrupted run")
+    print(
+        f"{len(results)} trials, {len(kills)} SIGKILLs of a running process "
+        f"({sum(k['epochs_done'] < 3 for k in kills)} before training finished), all consistent, "
+        f"{sum(r['identical'] for r in results)}/{len(results)} resumed runs bit-identical to the uninterrupted run"
+    )
 
 
 if __name__ == "__main__":

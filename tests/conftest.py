@@ -26,8 +26,14 @@ def pytest_configure(config) -> None:
         os.environ["CNNCTL_CACHE"] = tempfile.mkdtemp(prefix="cnnctl-test-cache-")
 
 
-def run_cli(*args: str, cwd: Path | None = None, input: str | None = None, timeout: float = 600, env: dict | None = None,
-            subprocess_: bool = False) -> subprocess.CompletedProcess:  # fmt: skip
+def run_cli(
+    *args: str,
+    cwd: Path | None = None,
+    input: str | None = None,
+    timeout: float = 600,
+    env: dict | None = None,
+    subprocess_: bool = False,
+) -> subprocess.CompletedProcess:
     """Run `cnnctl ARGS` as a user would, capturing stdout and stderr separately.
 
     In this process by default (cnnctl's own `main()`, the same code path as the console script,
@@ -99,7 +105,9 @@ def shared_data() -> Path:
     Only tests whose point is accuracy on a full data set use it; they skip without it.
     """
     if not (SHARED_DATA / "MNIST" / "raw").is_dir():
-        pytest.skip(f"full data sets not found at {SHARED_DATA} (set CNNCTL_SHARED_DATA to the folder holding MNIST/ and the tarballs)")
+        pytest.skip(
+            f"full data sets not found at {SHARED_DATA} (set CNNCTL_SHARED_DATA to the folder holding MNIST/ and the tarballs)"
+        )
     return SHARED_DATA
 
 
@@ -155,7 +163,21 @@ def photo_run(tmp_path_factory) -> Path:
     """A small RGB net trained briefly on the committed cats-vs-dogs photos (64 px, mean/std), for
     tests that need real photos through a 3-channel model (raw-pixel and fp16 exports)."""
     out = tmp_path_factory.mktemp("runs") / "photos"
-    proc = run_cli("train", "tiny", "--data", PETS_MINI, "--image-size", "64", "--iters", "6", "--batch-size", "16", "--out", out, "--json")
+    proc = run_cli(
+        "train",
+        "tiny",
+        "--data",
+        PETS_MINI,
+        "--image-size",
+        "64",
+        "--iters",
+        "6",
+        "--batch-size",
+        "16",
+        "--out",
+        out,
+        "--json",
+    )
     assert proc.returncode == 0, proc.stderr
     return out
 

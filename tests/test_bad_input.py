@@ -129,8 +129,13 @@ def test_bad_arguments_across_commands(args, needle, quick_run, quick_onnx, tmp_
     (tmp_path / "bad.toml").write_text('model = "model-a"\nepochs = [\n')
     (tmp_path / "type.toml").write_text('model = "model-a"\nepochs = "ten"\n')
     img = write_mnist_pngs(tmp_path / "img", per_class=1)[0][0]
-    subst = {"RECIPE_BAD_TOML": tmp_path / "bad.toml", "RECIPE_BAD_TYPE": tmp_path / "type.toml", "MODEL": quick_onnx,
-             "IMG": img, "RUN": quick_run}  # fmt: skip
+    subst = {
+        "RECIPE_BAD_TOML": tmp_path / "bad.toml",
+        "RECIPE_BAD_TYPE": tmp_path / "type.toml",
+        "MODEL": quick_onnx,
+        "IMG": img,
+        "RUN": quick_run,
+    }
     full = [subst.get(a, a) for a in args] + (["--out", tmp_path / "o"] if args[0] == "train" else [])
     proc = run_cli(*full)
     assert_user_error(proc, needle)
@@ -159,7 +164,13 @@ def test_full_disk_leaves_nothing_behind(command, quick_run, tmp_path):
 
     target = tmp_path / ("report.json" if command == "eval" else "m.onnx")
     args = [quick_run, "--output" if command == "eval" else "-o", target]
-    proc = subprocess.run([sys.executable, "-m", "cnnctl", command, *map(str, args)], cwd=ROOT, capture_output=True,
-                          text=True, preexec_fn=_small_disk(1024), env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "cnnctl", command, *map(str, args)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        preexec_fn=_small_disk(1024),
+        env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
+    )
     assert_user_error(proc, "cannot write", "disk full")
     assert list(tmp_path.iterdir()) == []

@@ -13,8 +13,19 @@ from cnnctl.errors import UsageError
 pytestmark = pytest.mark.quick
 
 # A value other than the default for every field, of the field's own type.
-OTHER = {"model": "tiny", "data": "cifar10", "data_dir": "/d", "image_size": "64", "mean": "0.5,0.5,0.5", "std": "0.2,0.2,0.2",
-         "weights": "IMAGENET1K_V1", "init": "runs/x", "cache_dir": "/c", "eval_batch_size": "256", "class_weights": "effective"}  # fmt: skip
+OTHER = {
+    "model": "tiny",
+    "data": "cifar10",
+    "data_dir": "/d",
+    "image_size": "64",
+    "mean": "0.5,0.5,0.5",
+    "std": "0.2,0.2,0.2",
+    "weights": "IMAGENET1K_V1",
+    "init": "runs/x",
+    "cache_dir": "/c",
+    "eval_batch_size": "256",
+    "class_weights": "effective",
+}
 
 
 def _other(name: str):
@@ -45,8 +56,19 @@ def test_every_field_is_a_flag_with_a_panel_and_help():
 def test_recipe_keys_flags_and_config_json_round_trip(tmp_path):
     """Every option set in a recipe comes back from config.json's fields as the same value."""
     values = {name: _other(name) for name in FIELDS}
-    values.update(pretrained=False, weights="", init="", unfreeze_at=0, keep_bn_stats=False, alternate_flip=False, augment="flip-crop", resize="stretch",
-                  patience=0, loss="ce", label_smoothing=0.1)  # combinations validate() refuses are not the point here
+    values.update(
+        pretrained=False,
+        weights="",
+        init="",
+        unfreeze_at=0,
+        keep_bn_stats=False,
+        alternate_flip=False,
+        augment="flip-crop",
+        resize="stretch",
+        patience=0,
+        loss="ce",
+        label_smoothing=0.1,
+    )  # combinations validate() refuses are not the point here
     recipe = tmp_path / "all.toml"
     recipe.write_text("\n".join(f"{k.replace('_', '-')} = {json.dumps(v)}" for k, v in values.items()) + "\n")
     cfg = resolve(None, str(recipe), {})
@@ -65,16 +87,19 @@ def test_old_config_json_values_still_resolve():
     assert cfg.eval_batch_size == "1024"
 
 
-@pytest.mark.parametrize("change, needle", [
-    ({"amp": "bf8"}, "--amp 'bf8' is not one of"),
-    ({"optimizer": "adamm"}, "did you mean adam"),
-    ({"eval_batch_size": "-1"}, "--eval-batch-size"),
-    ({"batch_size": 0}, "--batch-size must be at least 1"),
-    ({"val_split": 1.0}, "--val-split"),
-    ({"unfreeze_at": 2}, "--unfreeze-at needs --freeze backbone"),
-    ({"alternate_flip": True}, "--alternate-flip needs"),
-    ({"mean": "a,b"}, "comma-separated numbers"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "change, needle",
+    [
+        ({"amp": "bf8"}, "--amp 'bf8' is not one of"),
+        ({"optimizer": "adamm"}, "did you mean adam"),
+        ({"eval_batch_size": "-1"}, "--eval-batch-size"),
+        ({"batch_size": 0}, "--batch-size must be at least 1"),
+        ({"val_split": 1.0}, "--val-split"),
+        ({"unfreeze_at": 2}, "--unfreeze-at needs --freeze backbone"),
+        ({"alternate_flip": True}, "--alternate-flip needs"),
+        ({"mean": "a,b"}, "comma-separated numbers"),
+    ],
+)
 def test_validate_names_the_fix(change, needle):
     with pytest.raises(UsageError, match=needle.replace("(", r"\(").replace("'", ".")):
         validate(dataclasses.replace(TrainConfig(model="model-a"), **change))

@@ -12,10 +12,27 @@ import torch
 
 from tests.conftest import run_cli
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here (CI has none); see docs/gpu.md")
+pytestmark = pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no CUDA device here (CI has none); see docs/gpu.md"
+)
 
-ARGS = ["model-a", "--data", "mnist-mini", "--subset", "3000", "--epochs", "2", "--batch-size", "100", "--lr", "3e-3",
-        "--scheduler", "onecycle", "--device", "cuda"]  # fmt: skip
+ARGS = [
+    "model-a",
+    "--data",
+    "mnist-mini",
+    "--subset",
+    "3000",
+    "--epochs",
+    "2",
+    "--batch-size",
+    "100",
+    "--lr",
+    "3e-3",
+    "--scheduler",
+    "onecycle",
+    "--device",
+    "cuda",
+]
 
 
 @pytest.mark.parametrize("amp", ["none", "bf16", "fp16"])

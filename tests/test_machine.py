@@ -112,7 +112,9 @@ def test_the_budget_follows_the_available_memory(monkeypatch):
     assert machine.eval_memory_budget("cpu")[0] == 512 * machine.MiB
 
 
-@pytest.mark.parametrize("name, shape, batch", [("tiny", (3, 160, 160), 16), ("resnet20", (3, 32, 32), 128), ("catdog", (1, 50, 50), 128)])
+@pytest.mark.parametrize(
+    "name, shape, batch", [("tiny", (3, 160, 160), 16), ("resnet20", (3, 32, 32), 128), ("catdog", (1, 50, 50), 128)]
+)
 def test_the_estimate_covers_the_memory_a_forward_pass_really_takes(name, shape, batch):
     """Measured peak RssAnon of a real inference batch stays below the estimate the budget uses."""
     from cnnctl.models import create
@@ -156,15 +158,34 @@ def test_train_on_a_cpu_without_bf16(tmp_path, cpu_flags):
     assert hw["eval_batch_size"] == machine.EVAL_BATCH_CAP and "auto" in hw["eval_batch_reason"]
     assert "hardware: cpu, float32" in proc.stderr
     refused = tmp_path / "bf16"
-    assert_user_error(run_cli("train", "model-a", "--data", "mnist-mini", "--iters", "3", "--amp", "bf16", "--out", refused), "--amp auto")
+    assert_user_error(
+        run_cli("train", "model-a", "--data", "mnist-mini", "--iters", "3", "--amp", "bf16", "--out", refused),
+        "--amp auto",
+    )
     assert not refused.exists()
 
 
 def test_train_picks_bf16_where_native(tmp_path, cpu_flags):
     cpu_flags(BF16)  # on a CPU without it oneDNN emulates bf16: slow, still correct, so keep it to 2 steps
     out = tmp_path / "bf16"
-    proc = run_cli("train", "model-a", "--data", "mnist-mini", "--iters", "2", "--batch-size", "32", "--val-split", "0.05",
-                   "--amp", "auto", "--eval-batch-size", "200", "--out", out)  # fmt: skip
+    proc = run_cli(
+        "train",
+        "model-a",
+        "--data",
+        "mnist-mini",
+        "--iters",
+        "2",
+        "--batch-size",
+        "32",
+        "--val-split",
+        "0.05",
+        "--amp",
+        "auto",
+        "--eval-batch-size",
+        "200",
+        "--out",
+        out,
+    )
     assert proc.returncode == 0, proc.stderr
     hw = json.loads((out / "config.json").read_text())["hardware"]
     assert hw["amp"] == "bf16" and hw["eval_batch_size"] == 200 and hw["eval_batch_reason"] == "given"

@@ -51,8 +51,17 @@ def test_a_name_is_the_shipped_recipe_and_a_path_is_a_file(tmp_path):
 def complete(words: str, cache: str) -> tuple[list[str], str]:
     """What bash completion gets for `words` (Typer's protocol, in a real process)."""
     parts = words.split(" ")
-    env = {**os.environ, "_CNNCTL_COMPLETE": "complete_bash", "COMP_WORDS": words, "COMP_CWORD": str(len(parts) - 1), "CNNCTL_CACHE": cache}
-    probe = "import sys\nfrom cnnctl.cli import main\ntry:\n    main()\nexcept SystemExit:\n    pass\nprint('TORCH' if 'torch' in sys.modules else 'FREE', file=sys.stderr)"
+    env = {
+        **os.environ,
+        "_CNNCTL_COMPLETE": "complete_bash",
+        "COMP_WORDS": words,
+        "COMP_CWORD": str(len(parts) - 1),
+        "CNNCTL_CACHE": cache,
+    }
+    probe = (
+        "import sys\nfrom cnnctl.cli import main\ntry:\n    main()\nexcept SystemExit:\n    "
+        "pass\nprint('TORCH' if 'torch' in sys.modules else 'FREE', file=sys.stderr)"
+    )
     proc = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, cwd=ROOT)
     return proc.stdout.split(), proc.stderr
 
@@ -73,5 +82,7 @@ def test_completion_of_recipes_choices_and_models(tmp_path):
 
 def test_show_completion_prints_a_script():
     env = {**os.environ, "_TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION": "1"}
-    proc = subprocess.run([sys.executable, "-m", "cnnctl", "--show-completion", "bash"], capture_output=True, text=True, cwd=ROOT, env=env)
+    proc = subprocess.run(
+        [sys.executable, "-m", "cnnctl", "--show-completion", "bash"], capture_output=True, text=True, cwd=ROOT, env=env
+    )
     assert proc.returncode == 0 and "_CNNCTL_COMPLETE=complete_bash" in proc.stdout

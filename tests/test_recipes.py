@@ -15,15 +15,31 @@ from tests.conftest import ROOT
 pytestmark = pytest.mark.quick
 
 RECIPES = sorted((ROOT / "cnnctl" / "recipes").glob("*.toml"))
-NATIVE = {"mnist": (1, 28, 28), "mnist-mini": (1, 28, 28), "fashion-mnist": (1, 28, 28), "kmnist": (1, 28, 28),
-          "cifar10": (3, 32, 32), "cifar100": (3, 32, 32)}  # fmt: skip
+NATIVE = {
+    "mnist": (1, 28, 28),
+    "mnist-mini": (1, 28, 28),
+    "fashion-mnist": (1, 28, 28),
+    "kmnist": (1, 28, 28),
+    "cifar10": (3, 32, 32),
+    "cifar100": (3, 32, 32),
+}
 
 
 def test_there_are_recipes():
     names = {p.name for p in RECIPES}
-    assert {"quickstart.toml", "mnist-model-a.toml", "mnist-model-b.toml", "mnist-model-c.toml", "cifar10-tiny.toml",
-            "cifar10-tiny3.toml", "catdog-50.toml", "fashion-mnist.toml", "mnist-fast.toml", "cifar10-fast.toml",
-            "catdog-better.toml"} <= names  # fmt: skip
+    assert {
+        "quickstart.toml",
+        "mnist-model-a.toml",
+        "mnist-model-b.toml",
+        "mnist-model-c.toml",
+        "cifar10-tiny.toml",
+        "cifar10-tiny3.toml",
+        "catdog-50.toml",
+        "fashion-mnist.toml",
+        "mnist-fast.toml",
+        "cifar10-fast.toml",
+        "catdog-better.toml",
+    } <= names
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)
@@ -36,8 +52,12 @@ def test_recipe_parses_and_model_fits_its_data(path: Path):
         # Figures belong to the machine they were measured on: CPU model, cores and the flags that matter.
         machine = re.search(r"^# Machine[^:]*: (.+)$", comment, re.M)
         assert machine, f"{path.name}: measured figures need a '# Machine: ...' line (CPU model, cores, flags)"
-        assert re.search(r"\d+ cores?", machine.group(1)) and re.search(r"avx|asimd|neon|sve", machine.group(1)), machine.group(1)
-    assert 'amp = "bf16"' not in text and 'amp = "fp16"' not in text, f"{path.name}: precision depends on the machine; use amp = \"auto\""
+        assert re.search(r"\d+ cores?", machine.group(1)) and re.search(r"avx|asimd|neon|sve", machine.group(1)), (
+            machine.group(1)
+        )
+    assert 'amp = "bf16"' not in text and 'amp = "fp16"' not in text, (
+        f'{path.name}: precision depends on the machine; use amp = "auto"'
+    )
     cfg = resolve(None, str(path), {})
     assert load_recipe(path)["model"] == cfg.model
     if cfg.data in NATIVE:
@@ -63,4 +83,6 @@ def test_every_results_section_names_its_machine():
         if re.search(r"\d\s?%|img/s", section) and not title.startswith("Credits"):
             line = re.search(r"(?m)^Machine[^:]*: (.+)$", section)
             assert line, f"docs/results.md section {title!r} has figures but no 'Machine: ...' line"
-            assert re.search(r"\d+ cores?", line.group(1)) and re.search(r"avx|asimd|neon|sve", line.group(1)), line.group(1)
+            assert re.search(r"\d+ cores?", line.group(1)) and re.search(r"avx|asimd|neon|sve", line.group(1)), (
+                line.group(1)
+            )

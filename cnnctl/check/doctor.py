@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import os
 from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -95,27 +96,55 @@ def _scan_named(spec: RootSpec, data_dir: str, download: bool, log: Log) -> Root
     for i in range(len(x)):
         arr = x[i, 0] if x.shape[1] == 1 else x[i].transpose(1, 2, 0)
         h, w = arr.shape[:2]
-        records.append(FileRecord(f"{name}#{i}", "ok", arr.nbytes, hashlib.blake2b(arr.tobytes(), digest_size=16).hexdigest(),
-                                  mode="L" if x.shape[1] == 1 else "RGB", width=w, height=h, phash=phash(im := Image.fromarray(arr)), thumb=thumbnail(im)))  # fmt: skip
+        records.append(
+            FileRecord(
+                f"{name}#{i}",
+                "ok",
+                arr.nbytes,
+                hashlib.blake2b(arr.tobytes(), digest_size=16).hexdigest(),
+                mode="L" if x.shape[1] == 1 else "RGB",
+                width=w,
+                height=h,
+                phash=phash(im := Image.fromarray(arr)),
+                thumb=thumbnail(im),
+            )
+        )
     labels = [src.classes[int(v)] for v in part.y.tolist()]
     log(f"{name}: hashed {len(records)} images")
     return Root(name, spec.path, list(src.classes), records, labels)
 
 
-def check(target: str, against: Sequence[str] = (), *, near: int = NEAR_DEFAULT, workers: int = 0, data_dir: str = "",
-          download: bool = False, log: Log = lambda m: None) -> tuple[dict[str, Any], list[Root], list[Item]]:  # fmt: skip
+def check(
+    target: str,
+    against: Sequence[str] = (),
+    *,
+    near: int = NEAR_DEFAULT,
+    workers: int = 0,
+    data_dir: str = "",
+    download: bool = False,
+    log: Log = lambda m: None,
+) -> tuple[dict[str, Any], list[Root], list[Item]]:
     """Scan every root of `target` and `against`; return the report, the roots and the decodable items."""
     if not 0 <= near <= 32 and near != -1:
-        raise DataError(f"--near {near}: give a Hamming distance between 0 and 32 bits (of 64), or -1 to skip near-duplicates")
+        raise DataError(
+            f"--near {near}: give a Hamming distance between 0 and 32 bits (of 64), or -1 to skip near-duplicates"
+        )
     specs: list[RootSpec] = []
     for t in (target, *against):
         for spec in resolve_roots(t):
             if any(os.path.realpath(spec.path) == os.path.realpath(s.path) and spec.split == s.split for s in specs):
                 raise DataError(f"{spec.path} is named twice (as {spec.name}); give each folder once")
             specs.append(spec)
-    roots = [_scan_named(s, data_dir, download, log) if s.split else _scan_folder(s.name, s.path, workers, log) for s in specs]
-    items = [Item(r, root.labels[k], rec.path, rec.digest, rec.phash, rec.thumb) for r, root in enumerate(roots)
-             for k, rec in enumerate(root.records) if rec.decodes and rec.phash is not None]  # fmt: skip
+    roots = [
+        _scan_named(s, data_dir, download, log) if s.split else _scan_folder(s.name, s.path, workers, log)
+        for s in specs
+    ]
+    items = [
+        Item(r, root.labels[k], rec.path, rec.digest, rec.phash, rec.thumb)
+        for r, root in enumerate(roots)
+        for k, rec in enumerate(root.records)
+        if rec.decodes and rec.phash is not None
+    ]
     groups = find_groups(items, near)
     return report(roots, items, groups, near), roots, items
 
@@ -124,8 +153,13 @@ def _stats(values: list[float]) -> dict[str, float]:
     if not values:
         return {}
     a = np.asarray(values, dtype=np.float64)
-    return {"min": float(a.min()), "p5": float(np.percentile(a, 5)), "median": float(np.median(a)),
-            "p95": float(np.percentile(a, 95)), "max": float(a.max())}  # fmt: skip
+    return {
+        "min": float(a.min()),
+        "p5": float(np.percentile(a, 5)),
+        "median": float(np.median(a)),
+        "p95": float(np.percentile(a, 95)),
+        "max": float(a.max()),
+    }
 
 
 def _finding(kind: str, level: str, message: str, paths: list[str]) -> dict[str, Any]:
@@ -156,51 +190,110 @@ def report(roots: list[Root], items: list[Item], groups: list[Group], near: int)
         classes = {c: counts.get(c, 0) for c in root.classes}
         nonzero = [v for v in classes.values() if v]
         ratio = max(nonzero) / min(nonzero) if nonzero else 0.0
-        per_root.append({"name": root.name, "path": root.path, "files": len(root.records), "images": sum(classes.values()),
-                         "classes": classes, "imbalance_ratio": round(ratio, 3)})  # fmt: skip
+        per_root.append(
+            {
+                "name": root.name,
+                "path": root.path,
+                "files": len(root.records),
+                "images": sum(classes.values()),
+                "classes": classes,
+                "imbalance_ratio": round(ratio, 3),
+            }
+        )
         empty = [c for c, v in classes.items() if v == 0]
         if empty:
-            findings.append(_finding("empty-class", "warning", f"{root.name}: {len(empty)} class folder(s) with no readable image: {', '.join(empty[:5])}",
-                                     [os.path.join(root.path, c) for c in empty]))  # fmt: skip
+            findings.append(
+                _finding(
+                    "empty-class",
+                    "warning",
+                    f"{root.name}: {len(empty)} class folder(s) with no readable image: {', '.join(empty[:5])}",
+                    [os.path.join(root.path, c) for c in empty],
+                )
+            )
         if ratio >= IMBALANCE_WARN:
-            big, small = max(classes, key=classes.get), min((c for c in classes if classes[c]), key=classes.get)
-            findings.append(_finding("imbalance", "warning", f"{root.name}: classes are imbalanced {ratio:.1f}:1 ({big} {classes[big]}, {small} {classes[small]}); "
-                                     f"consider --class-weights auto or --sampler balanced, and macro recall over accuracy", []))  # fmt: skip
+            big = max(classes, key=lambda c: classes[c])
+            small = min((c for c in classes if classes[c]), key=lambda c: classes[c])
+            findings.append(
+                _finding(
+                    "imbalance",
+                    "warning",
+                    f"{root.name}: classes are imbalanced {ratio:.1f}:1 ({big} {classes[big]}, {small} {classes[small]}); "
+                    f"consider --class-weights auto or --sampler balanced, and macro recall over accuracy",
+                    [],
+                )
+            )
     leaks = [g for g in groups if g.across_roots]
     conflicts = [g for g in groups if g.conflicting]
     inside = [g for g in groups if not g.across_roots and not g.conflicting]
     member_paths = lambda gs: [items[i].path for g in gs for i in g.members]  # noqa: E731
     if leaks:
         pairs = Counter(" & ".join(names[r] for r in g.roots) for g in leaks)
-        findings.append(_finding("leak", "error", f"{len(leaks)} duplicate group(s) span roots ({'; '.join(f'{k}: {v}' for k, v in pairs.most_common(3))}): "
-                                 f"held-out scores are inflated; remove the copies from one side", member_paths(leaks)))  # fmt: skip
+        findings.append(
+            _finding(
+                "leak",
+                "error",
+                f"{len(leaks)} duplicate group(s) span roots ({'; '.join(f'{k}: {v}' for k, v in pairs.most_common(3))}): "
+                f"held-out scores are inflated; remove the copies from one side",
+                member_paths(leaks),
+            )
+        )
     if conflicts:
-        findings.append(_finding("conflicting-labels", "error", f"{len(conflicts)} duplicate group(s) carry different labels: "
-                                 f"the same picture cannot be both; keep one copy in the right class", member_paths(conflicts)))  # fmt: skip
+        findings.append(
+            _finding(
+                "conflicting-labels",
+                "error",
+                f"{len(conflicts)} duplicate group(s) carry different labels: "
+                f"the same picture cannot be both; keep one copy in the right class",
+                member_paths(conflicts),
+            )
+        )
     if inside:
         extra = sum(len(g.members) - 1 for g in inside)
-        findings.append(_finding("duplicate", "warning", f"{len(inside)} duplicate group(s) within one root and class ({extra} extra copies): "
-                                 f"they weigh those pictures more", member_paths(inside)))  # fmt: skip
+        findings.append(
+            _finding(
+                "duplicate",
+                "warning",
+                f"{len(inside)} duplicate group(s) within one root and class ({extra} extra copies): "
+                f"they weigh those pictures more",
+                member_paths(inside),
+            )
+        )
     rotated = [rec.path for rec in ok if rec.orientation in ORIENTATIONS]
     if rotated:
         kinds = Counter(ORIENTATIONS[rec.orientation] for rec in ok if rec.orientation in ORIENTATIONS)
-        findings.append(_finding("exif-rotated", "warning", f"{len(rotated)} image(s) carry an EXIF rotation ({', '.join(f'{k} {v}' for k, v in kinds.most_common())}): "
-                                 f"viewers turn them, training reads the stored pixels; rotate them on disk if the turned view is right", rotated))  # fmt: skip
+        findings.append(
+            _finding(
+                "exif-rotated",
+                "warning",
+                f"{len(rotated)} image(s) carry an EXIF rotation ({', '.join(f'{k} {v}' for k, v in kinds.most_common())}): "
+                f"viewers turn them, training reads the stored pixels; rotate them on disk if the turned view is right",
+                rotated,
+            )
+        )
     modes = Counter(rec.mode for rec in ok)
     odd = {
         "cmyk": ([r.path for r in ok if r.mode == "CMYK"], "CMYK image(s), converted to RGB (colours may shift)"),
         "palette": ([r.path for r in ok if r.mode == "P"], "palette image(s), converted"),
         "alpha": ([r.path for r in ok if r.alpha], "image(s) with transparency, composited on black"),
-        "high-bit-depth": ([r.path for r in ok if r.mode in HIGH_DEPTH_MODES], "16-/32-bit image(s), reduced to 8 bits"),
+        "high-bit-depth": (
+            [r.path for r in ok if r.mode in HIGH_DEPTH_MODES],
+            "16-/32-bit image(s), reduced to 8 bits",
+        ),
     }
     for kind, (paths, text) in odd.items():
         if paths:
             findings.append(_finding(kind, "warning", f"{len(paths)} {text}", paths))
     looks = Counter("grayscale" if r.mode in GRAY_MODES else "colour" for r in ok)
     if len(looks) > 1:
-        minority = min(looks, key=looks.get)
-        findings.append(_finding("mixed-modes", "warning", f"grayscale and colour files are mixed ({dict(looks)}): the {minority} ones are converted",
-                                 [r.path for r in ok if ("grayscale" if r.mode in GRAY_MODES else "colour") == minority]))  # fmt: skip
+        minority = min(looks, key=lambda k: looks[k])
+        findings.append(
+            _finding(
+                "mixed-modes",
+                "warning",
+                f"grayscale and colour files are mixed ({dict(looks)}): the {minority} ones are converted",
+                [r.path for r in ok if ("grayscale" if r.mode in GRAY_MODES else "colour") == minority],
+            )
+        )
     huge = [r.path for r in records if r.bytes > HUGE_BYTES]
     if huge:
         findings.append(_finding("huge-file", "warning", f"{len(huge)} file(s) over {HUGE_BYTES >> 20} MB", huge))
@@ -212,14 +305,20 @@ def report(roots: list[Root], items: list[Item], groups: list[Group], near: int)
         "roots": per_root,
         "files": len(records),
         "images": len(ok),
-        "sizes": {"width": _stats([r.width for r in ok]), "height": _stats([r.height for r in ok]),
-                  "aspect": _stats([r.width / r.height for r in ok if r.height]), "distinct": len(sizes),
-                  "most_common": [[w, h, n] for (w, h), n in sizes.most_common(5)]},  # fmt: skip
+        "sizes": {
+            "width": _stats([r.width for r in ok]),
+            "height": _stats([r.height for r in ok]),
+            "aspect": _stats([r.width / r.height for r in ok if r.height]),
+            "distinct": len(sizes),
+            "most_common": [[w, h, n] for (w, h), n in sizes.most_common(5)],
+        },
         "modes": dict(modes.most_common()),
         "formats": dict(Counter(r.format for r in ok).most_common()),
         "near_distance": near,
         "findings": findings,
-        "problems": [{"path": r.path, "status": r.status, "error": r.error, "bytes": r.bytes} for r in records if not r.decodes],
+        "problems": [
+            {"path": r.path, "status": r.status, "error": r.error, "bytes": r.bytes} for r in records if not r.decodes
+        ],
         "duplicates": [g.to_dict(items, names) for g in groups],
         "errors": sum(1 for f in findings if f["level"] == "error"),
         "warnings": sum(1 for f in findings if f["level"] == "warning"),
@@ -231,10 +330,19 @@ def add_label_issues(report: dict[str, Any], root: Root, opts: Any, log: Log) ->
     its suspects to the report, as `labels` and as a warning finding."""
     from cnnctl.check.labels import label_issues
 
-    gray = sum(1 for rec in root.records if rec.decodes and rec.mode in GRAY_MODES) > 0.9 * max(1, sum(r.decodes for r in root.records))
+    gray = sum(1 for rec in root.records if rec.decodes and rec.mode in GRAY_MODES) > 0.9 * max(
+        1, sum(r.decodes for r in root.records)
+    )
     result = label_issues(root.path, opts, gray, log)  # a named set's root: its training split
     report["labels"] = result
     if result["issues"]:
-        report["findings"].append(_finding("label-issues", "warning", f"{result['issues']} image(s) in {root.name} look mislabelled "
-                                           f"({result['method']}); review them (cnnctl review) before training", [s["path"] for s in result["suspects"]]))  # fmt: skip
+        report["findings"].append(
+            _finding(
+                "label-issues",
+                "warning",
+                f"{result['issues']} image(s) in {root.name} look mislabelled "
+                f"({result['method']}); review them (cnnctl review) before training",
+                [s["path"] for s in result["suspects"]],
+            )
+        )
         report["warnings"] += 1

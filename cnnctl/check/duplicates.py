@@ -9,8 +9,9 @@ contradiction the model cannot satisfy.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -50,9 +51,15 @@ class Group:
 
     def to_dict(self, items: Sequence[Item], root_names: Sequence[str]) -> dict[str, Any]:
         return {
-            "kind": self.kind, "distance": self.distance, "roots": [root_names[r] for r in self.roots], "labels": self.labels,
-            "members": [{"path": items[i].path, "root": root_names[items[i].root], "label": items[i].label} for i in self.members],
-        }  # fmt: skip
+            "kind": self.kind,
+            "distance": self.distance,
+            "roots": [root_names[r] for r in self.roots],
+            "labels": self.labels,
+            "members": [
+                {"path": items[i].path, "root": root_names[items[i].root], "label": items[i].label}
+                for i in self.members
+            ],
+        }
 
 
 class _UnionFind:
@@ -83,11 +90,12 @@ def find_groups(items: Sequence[Item], near: int) -> list[Group]:
     distance = np.zeros(n, dtype=np.int64)  # per item: the largest near distance it was joined by
     if near >= 0 and n > 1:
         hashes = np.array([item.phash for item in items], dtype=np.uint64)
-        thumbs = np.frombuffer(b"".join(item.thumb.ljust(THUMB * THUMB, b"\0") for item in items), dtype=np.uint8).reshape(n, -1)
-        for i, j, d in close_pairs(hashes, near):
-            same = np.abs(thumbs[i].astype(np.int16) - thumbs[j]).mean(1) <= THUMB_MAD
-            i, j, d = i[same], j[same], d[same]
-            for a, b, dist in zip(i.tolist(), j.tolist(), d.tolist()):
+        thumbs = np.frombuffer(
+            b"".join(item.thumb.ljust(THUMB * THUMB, b"\0") for item in items), dtype=np.uint8
+        ).reshape(n, -1)
+        for left, right, dists in close_pairs(hashes, near):
+            same = np.abs(thumbs[left].astype(np.int16) - thumbs[right]).mean(1) <= THUMB_MAD
+            for a, b, dist in zip(left[same].tolist(), right[same].tolist(), dists[same].tolist()):
                 uf.union(a, b)
                 distance[a] = max(distance[a], dist)
                 distance[b] = max(distance[b], dist)
@@ -99,7 +107,14 @@ def find_groups(items: Sequence[Item], near: int) -> list[Group]:
         if len(idx) < 2:
             continue
         exact = len({items[i].digest for i in idx}) == 1
-        groups.append(Group(idx, "exact" if exact else "near", 0 if exact else int(distance[idx].max()),
-                            sorted({items[i].root for i in idx}), sorted({items[i].label for i in idx})))  # fmt: skip
+        groups.append(
+            Group(
+                idx,
+                "exact" if exact else "near",
+                0 if exact else int(distance[idx].max()),
+                sorted({items[i].root for i in idx}),
+                sorted({items[i].label for i in idx}),
+            )
+        )
     groups.sort(key=lambda g: (not g.across_roots, not g.conflicting, g.members[0]))
     return groups

@@ -17,8 +17,9 @@ exactly what `cnnctl train` would use:
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -70,8 +71,16 @@ def _config(data: str, opts: LabelOptions, grayscale: bool) -> Any:
 
     model = opts.model or ("model-a" if grayscale else "tiny")
     size = opts.image_size or ("" if opts.probe else ("28" if grayscale else "32"))
-    flags: dict[str, Any] = {"data": data, "val_split": 0.0, "epochs": opts.epochs or 10, "batch_size": opts.batch_size,
-                             "seed": opts.seed, "pretrained": opts.pretrained, "weights": opts.weights, "init": opts.init}  # fmt: skip
+    flags: dict[str, Any] = {
+        "data": data,
+        "val_split": 0.0,
+        "epochs": opts.epochs or 10,
+        "batch_size": opts.batch_size,
+        "seed": opts.seed,
+        "pretrained": opts.pretrained,
+        "weights": opts.weights,
+        "init": opts.init,
+    }
     if size:
         flags["image_size"] = size
     if grayscale and not opts.probe:
@@ -92,7 +101,9 @@ def folds_of(n: int, k: int, seed: int) -> np.ndarray:
     return fold
 
 
-def out_of_sample(data: str, opts: LabelOptions, grayscale: bool, log: Log) -> tuple[np.ndarray, np.ndarray, list[str], list[str], str]:
+def out_of_sample(
+    data: str, opts: LabelOptions, grayscale: bool, log: Log
+) -> tuple[np.ndarray, np.ndarray, list[str], list[str], str]:
     """(probabilities N x K, given labels, paths, class names, how) with each image's row from a
     model that did not train on it."""
     from cnnctl.errors import UsageError
@@ -132,13 +143,20 @@ def _scratch(plan: Plan, reporter: Any, fold: np.ndarray, opts: LabelOptions, lo
         part = dataclasses.replace(bundle, train=split.take(train_idx), val=None, test=None)
         run = prepare(plan.with_data(part), reporter)
         history = fit_prepared(run)
-        held = Batches(split.take(held_idx), bundle.prep, plan.eval_batch.size, device=plan.device, channels_last=cfg.channels_last)
+        held = Batches(
+            split.take(held_idx), bundle.prep, plan.eval_batch.size, device=plan.device, channels_last=cfg.channels_last
+        )
         result = evaluate(run.model, held)
         probs[held_idx.numpy()] = result.logits.double().softmax(1).numpy()
         last = history.epochs[-1] if history.epochs else {}
-        log(f"fold {f + 1}/{opts.folds}: trained {cfg.model} on {len(train_idx)} images for {len(history.epochs)} epochs "
-            f"(train_acc {last.get('train_acc', 0):.3f}), held-out accuracy {result.acc:.3f} on {len(held_idx)}")  # fmt: skip
-    return probs, f"{opts.folds}-fold {cfg.model} from scratch at {'x'.join(map(str, bundle.prep.size))}, {cfg.epochs} epochs"
+        log(
+            f"fold {f + 1}/{opts.folds}: trained {cfg.model} on {len(train_idx)} images for {len(history.epochs)} epochs "
+            f"(train_acc {last.get('train_acc', 0):.3f}), held-out accuracy {result.acc:.3f} on {len(held_idx)}"
+        )
+    return (
+        probs,
+        f"{opts.folds}-fold {cfg.model} from scratch at {'x'.join(map(str, bundle.prep.size))}, {cfg.epochs} epochs",
+    )
 
 
 def _probe(plan: Plan, reporter: Any, fold: np.ndarray, opts: LabelOptions, log: Log) -> tuple[np.ndarray, str]:
@@ -156,10 +174,14 @@ def _probe(plan: Plan, reporter: Any, fold: np.ndarray, opts: LabelOptions, log:
     name, _ = head_of(model)
     parent, _, leaf = name.rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, leaf, nn.Identity())
-    batches = Batches(bundle.train, bundle.prep, plan.eval_batch.size, device=plan.device, channels_last=cfg.channels_last)
+    batches = Batches(
+        bundle.train, bundle.prep, plan.eval_batch.size, device=plan.device, channels_last=cfg.channels_last
+    )
     result = evaluate(model, batches, lambda out, y: out.new_zeros(()))  # the head is gone: "logits" are the features
     feats = result.logits.double()
-    log(f"features: {feats.shape[1]} per image from {cfg.model}'s frozen backbone, {len(feats)} images in {result.seconds:.1f}s")
+    log(
+        f"features: {feats.shape[1]} per image from {cfg.model}'s frozen backbone, {len(feats)} images in {result.seconds:.1f}s"
+    )
     labels = bundle.train.y
     probs = np.zeros((len(feats), len(bundle.classes)), dtype=np.float64)
     for f in range(opts.folds):
@@ -167,7 +189,10 @@ def _probe(plan: Plan, reporter: Any, fold: np.ndarray, opts: LabelOptions, log:
         probs[he.numpy()] = fit_logistic(feats[tr], labels[tr], feats[he], len(bundle.classes))
     acc = float((probs.argmax(1) == labels.numpy()).mean())
     log(f"{opts.folds}-fold logistic regression on the features: out-of-sample accuracy {acc:.3f}")
-    return probs, f"{opts.folds}-fold logistic regression on {cfg.model}'s frozen features ({'x'.join(map(str, bundle.prep.size))})"
+    return (
+        probs,
+        f"{opts.folds}-fold logistic regression on {cfg.model}'s frozen features ({'x'.join(map(str, bundle.prep.size))})",
+    )
 
 
 def fit_logistic(x: Any, y: Any, x_new: Any, classes: int, l2: float = 0.3) -> np.ndarray:
@@ -196,10 +221,24 @@ def label_issues(data: str, opts: LabelOptions, grayscale: bool, log: Log) -> di
     """The suspects, best first: path, given label, suggested label, score (1 - p(given label))."""
     probs, labels, paths, classes, how = out_of_sample(data, opts, grayscale, log)
     idx = find_issues(labels, probs)
-    shown = idx[:opts.limit] if opts.limit else idx
-    suspects = [{"path": paths[i], "given": classes[labels[i]], "suggested": classes[int(probs[i].argmax())],
-                 "score": round(1.0 - float(probs[i, labels[i]]), 6), "given_prob": round(float(probs[i, labels[i]]), 6),
-                 "suggested_prob": round(float(probs[i].max()), 6)} for i in shown]  # fmt: skip
+    shown = idx[: opts.limit] if opts.limit else idx
+    suspects = [
+        {
+            "path": paths[i],
+            "given": classes[labels[i]],
+            "suggested": classes[int(probs[i].argmax())],
+            "score": round(1.0 - float(probs[i, labels[i]]), 6),
+            "given_prob": round(float(probs[i, labels[i]]), 6),
+            "suggested_prob": round(float(probs[i].max()), 6),
+        }
+        for i in shown
+    ]
     acc = float((probs.argmax(1) == labels).mean())
-    return {"method": how, "scoring": "confident learning (prune by noise rate), ranked by self-confidence",
-            "images": len(labels), "out_of_sample_accuracy": round(acc, 4), "issues": int(len(idx)), "suspects": suspects}  # fmt: skip
+    return {
+        "method": how,
+        "scoring": "confident learning (prune by noise rate), ranked by self-confidence",
+        "images": len(labels),
+        "out_of_sample_accuracy": round(acc, 4),
+        "issues": int(len(idx)),
+        "suspects": suspects,
+    }

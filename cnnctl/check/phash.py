@@ -17,7 +17,7 @@ near-duplicates among tiny line drawings stay uncertain; exact copies are always
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 from PIL import Image
@@ -67,14 +67,16 @@ def popcount(x: np.ndarray) -> np.ndarray:
 BLOCK = 1 << 22
 
 
-def close_pairs(hashes: np.ndarray, max_distance: int, rows: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+def close_pairs(
+    hashes: np.ndarray, max_distance: int, rows: int = 0
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Every pair i < j with Hamming(hashes[i], hashes[j]) <= max_distance, as (i, j, distance)
     arrays, `rows` rows at a time (0: as many as keep a block at BLOCK elements)."""
     h = np.ascontiguousarray(hashes, dtype=np.uint64)
     n = len(h)
     rows = rows or max(1, BLOCK // max(1, n))
     for start in range(0, n, rows):
-        block = h[start:start + rows]
+        block = h[start : start + rows]
         d = popcount(block[:, None] ^ h[None, start:])  # against itself and everything after it
         i, j = np.nonzero(d <= max_distance)
         keep = j > i  # upper triangle: j is offset by `start` like i

@@ -7,12 +7,14 @@ so memory grows by a few hundred bytes per file, never by pixels.
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import io
 import os
 import warnings
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from PIL import Image
 
@@ -28,7 +30,15 @@ HIGH_DEPTH_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I", "F"}
 GRAY_MODES = {"L", "1", "LA", "La", *HIGH_DEPTH_MODES}
 EXIF_ORIENTATION = 0x0112
 # EXIF orientation values and what a viewer does to show the image upright.
-ORIENTATIONS = {2: "mirrored", 3: "rotated 180", 4: "flipped", 5: "transposed", 6: "rotated 90 CW", 7: "transversed", 8: "rotated 90 CCW"}
+ORIENTATIONS = {
+    2: "mirrored",
+    3: "rotated 180",
+    4: "flipped",
+    5: "transposed",
+    6: "rotated 90 CW",
+    7: "transversed",
+    8: "rotated 90 CCW",
+}
 
 
 @dataclass
@@ -48,7 +58,7 @@ class FileRecord:
     alpha: bool = False
     orientation: int = 0  # EXIF orientation tag (0: none; 1: upright)
     phash: int | None = None
-    thumb: bytes = b""  # 16x16 grayscale (box filter), to confirm near-duplicates (duplicates.py)
+    thumb: builtins.bytes = b""  # 16x16 grayscale (box filter), to confirm near-duplicates (duplicates.py)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -87,7 +97,10 @@ def inspect(path: str) -> FileRecord:
                 except Exception:  # a damaged EXIF block is not the image's problem
                     rec.orientation = 0
                 if rec.width * rec.height > MAX_PIXELS:
-                    rec.status, rec.error = "too-large", f"{rec.width}x{rec.height} is over the {MAX_PIXELS:,}-pixel limit"
+                    rec.status, rec.error = (
+                        "too-large",
+                        f"{rec.width}x{rec.height} is over the {MAX_PIXELS:,}-pixel limit",
+                    )
                     return rec
                 img.draft("L", (4 * 32, 4 * 32))  # JPEG: decode at a reduced scale; still reads every byte
                 img.load()
@@ -99,7 +112,11 @@ def inspect(path: str) -> FileRecord:
         rec.phash = None
     if not is_image_name(path):  # training lists image suffixes only: this file is ignored, decodable or not
         rec.status = "not-image"
-        rec.error = f"an image, but its suffix is not one of {', '.join(IMAGE_SUFFIXES)}" if rec.phash is not None else "not an image"
+        rec.error = (
+            f"an image, but its suffix is not one of {', '.join(IMAGE_SUFFIXES)}"
+            if rec.phash is not None
+            else "not an image"
+        )
     return rec
 
 
@@ -114,11 +131,17 @@ def scan(paths: list[str], *, workers: int = 0, log: Callable[[str], None] = lam
     from concurrent.futures import ThreadPoolExecutor
 
     workers = workers or min(8, os.cpu_count() or 1)
-    meter = Meter(len(paths), f"on {workers} thread{'s' if workers > 1 else ''}", verb="checking files", done="checked", unit="files")
+    meter = Meter(
+        len(paths),
+        f"on {workers} thread{'s' if workers > 1 else ''}",
+        verb="checking files",
+        done="checked",
+        unit="files",
+    )
     records: list[FileRecord] = []
     with ThreadPoolExecutor(workers) as pool:
         for start in range(0, len(paths), WINDOW):
-            records += pool.map(inspect, paths[start:start + WINDOW])
+            records += pool.map(inspect, paths[start : start + WINDOW])
             meter.update(len(records))
     log(meter.summary())
     return records

@@ -13,7 +13,7 @@ import typer
 try:  # typer >= 0.20 vendors its own click; older typers use the click package
     from typer._click import exceptions as _cx
 except ImportError:  # pragma: no cover - depends on the installed typer
-    import click.exceptions as _cx  # type: ignore[no-redef]
+    import click.exceptions as _cx
 
 from cnnctl import __version__
 from cnnctl.errors import CnnctlError
@@ -36,15 +36,49 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
 ) -> None:
     """Train, check and ship convolutional image classifiers (PyTorch -> safetensors -> ONNX)."""
 
 
 def _register() -> None:
-    from cnnctl.cli import calibrate, check, env, eval, explain, export, lrfind, models, plot, predict, recipes, review, serve, shapes, train
+    from cnnctl.cli import (
+        calibrate,
+        check,
+        env,
+        eval,
+        explain,
+        export,
+        lrfind,
+        models,
+        plot,
+        predict,
+        recipes,
+        review,
+        serve,
+        shapes,
+        train,
+    )
 
-    for module in (models, shapes, check, train, lrfind, eval, calibrate, explain, export, predict, serve, review, plot, env, recipes):
+    for module in (
+        models,
+        shapes,
+        check,
+        train,
+        lrfind,
+        eval,
+        calibrate,
+        explain,
+        export,
+        predict,
+        serve,
+        review,
+        plot,
+        env,
+        recipes,
+    ):
         module.register(app)
 
 
@@ -52,7 +86,7 @@ _register()
 
 
 # click >= 8.2 raises this for a bare `cnnctl`; older clicks print the help themselves.
-_NoArgsIsHelp = getattr(_cx, "NoArgsIsHelpError", type("_Never", (Exception,), {}))
+_NoArgsIsHelp: type[Exception] = getattr(_cx, "NoArgsIsHelpError", type("_Never", (Exception,), {}))
 
 
 def fail(message: str, code: int = 2) -> None:
@@ -74,21 +108,23 @@ def main(argv: list[str] | None = None) -> None:
             import time
 
             time.sleep(3.0)
-            raise SystemExit(exc.exit_code)
+            raise SystemExit(exc.exit_code) from None
         for line in exc.details:
             sys.stderr.write(line + "\n")
         fail(exc.message, exc.exit_code)
     except _NoArgsIsHelp:
-        raise SystemExit(0)  # the help was already printed
+        raise SystemExit(0) from None  # the help was already printed
     except _cx.UsageError as exc:
-        where = f"cnnctl {exc.ctx.command.name} --help" if exc.ctx and exc.ctx.command.name != "cnnctl" else "cnnctl --help"
+        where = (
+            f"cnnctl {exc.ctx.command.name} --help" if exc.ctx and exc.ctx.command.name != "cnnctl" else "cnnctl --help"
+        )
         fail(f"{exc.format_message()} (see `{where}`)", exc.exit_code)
     except typer.Exit as exc:
-        raise SystemExit(exc.exit_code)
+        raise SystemExit(exc.exit_code) from None
     except (typer.Abort, KeyboardInterrupt):
         fail("interrupted", 130)
     except _cx.ClickException as exc:
         fail(exc.format_message(), exc.exit_code)
     except BrokenPipeError:
-        raise SystemExit(0)
+        raise SystemExit(0) from None
     raise SystemExit(code if isinstance(code, int) else 0)

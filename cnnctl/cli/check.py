@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -11,23 +11,90 @@ from cnnctl.cli.common import emit, out
 
 
 def check_cmd(
-    data: Annotated[str, typer.Argument(help="Image folder (class subfolders, or train/val/test of them), or a data set name (mnist, cifar10, ...).")],
-    against: Annotated[Optional[list[str]], typer.Option("--against", help="Another folder (e.g. the test set or a holdout) to look for leaked duplicates in; repeatable.")] = None,
-    data_dir: Annotated[str, typer.Option("--data-dir", help="Where torchvision data sets live (torchvision's layout), for DATA like mnist or cifar10.")] = "./data",
-    near: Annotated[int, typer.Option("--near", min=-1, max=32, help="Near-duplicates: perceptual hashes within this many bits of 64 (-1: exact copies only).")] = 6,
-    strict: Annotated[bool, typer.Option("--strict", help="Exit 1 when a finding is an error (unreadable files, leakage, duplicates with different labels).")] = False,
-    labels: Annotated[bool, typer.Option("--labels", help="Also rank the images most likely mislabelled (k-fold predictions + confident learning).")] = False,
-    model: Annotated[Optional[str], typer.Option("--model", help="--labels: the model (default: model-a for grayscale digits, tiny otherwise, from scratch).")] = None,
-    pretrained: Annotated[bool, typer.Option("--pretrained", help="--labels: start from the model's ImageNet weights and fit a head on its frozen features (fast, strong).")] = False,
-    weights: Annotated[Optional[str], typer.Option("--weights", help="--labels: torchvision weights by name, e.g. IMAGENET1K_V1 (implies --pretrained).")] = None,
-    init: Annotated[Optional[str], typer.Option("--init", help="--labels: start weights from a run or checkpoint; its frozen features are used.")] = None,
-    image_size: Annotated[Optional[str], typer.Option("--image-size", help="--labels: input size N or HxW (default: 28 for digits, 32 otherwise, the weights' own size with --pretrained).")] = None,
+    data: Annotated[
+        str,
+        typer.Argument(
+            help="Image folder (class subfolders, or train/val/test of them), or a data set name (mnist, cifar10, ...)."
+        ),
+    ],
+    against: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--against",
+            help="Another folder (e.g. the test set or a holdout) to look for leaked duplicates in; repeatable.",
+        ),
+    ] = None,
+    data_dir: Annotated[
+        str,
+        typer.Option(
+            "--data-dir",
+            help="Where torchvision data sets live (torchvision's layout), for DATA like mnist or cifar10.",
+        ),
+    ] = "./data",
+    near: Annotated[
+        int,
+        typer.Option(
+            "--near",
+            min=-1,
+            max=32,
+            help="Near-duplicates: perceptual hashes within this many bits of 64 (-1: exact copies only).",
+        ),
+    ] = 6,
+    strict: Annotated[
+        bool,
+        typer.Option(
+            "--strict",
+            help="Exit 1 when a finding is an error (unreadable files, leakage, duplicates with different labels).",
+        ),
+    ] = False,
+    labels: Annotated[
+        bool,
+        typer.Option(
+            "--labels", help="Also rank the images most likely mislabelled (k-fold predictions + confident learning)."
+        ),
+    ] = False,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model", help="--labels: the model (default: model-a for grayscale digits, tiny otherwise, from scratch)."
+        ),
+    ] = None,
+    pretrained: Annotated[
+        bool,
+        typer.Option(
+            "--pretrained",
+            help="--labels: start from the model's ImageNet weights and fit a head on its frozen features (fast, strong).",
+        ),
+    ] = False,
+    weights: Annotated[
+        str | None,
+        typer.Option(
+            "--weights", help="--labels: torchvision weights by name, e.g. IMAGENET1K_V1 (implies --pretrained)."
+        ),
+    ] = None,
+    init: Annotated[
+        str | None,
+        typer.Option("--init", help="--labels: start weights from a run or checkpoint; its frozen features are used."),
+    ] = None,
+    image_size: Annotated[
+        str | None,
+        typer.Option(
+            "--image-size",
+            help="--labels: input size N or HxW (default: 28 for digits, 32 otherwise, the weights' own size with --pretrained).",
+        ),
+    ] = None,
     epochs: Annotated[int, typer.Option("--epochs", min=0, help="--labels from scratch: epochs per fold (0: 10).")] = 0,
-    folds: Annotated[int, typer.Option("--folds", min=2, max=20, help="--labels: k of the k-fold cross-validation.")] = 4,
+    folds: Annotated[
+        int, typer.Option("--folds", min=2, max=20, help="--labels: k of the k-fold cross-validation.")
+    ] = 4,
     top: Annotated[int, typer.Option("--top", min=0, help="--labels: list at most N suspects (0: all).")] = 0,
     seed: Annotated[int, typer.Option("--seed", help="--labels: the fold split and training seed.")] = 0,
-    workers: Annotated[int, typer.Option("--workers", min=0, help="Threads reading files (0: one per core, at most 8).")] = 0,
-    output: Annotated[Optional[str], typer.Option("--output", "-o", help="Also write the whole report as JSON to this file.")] = None,
+    workers: Annotated[
+        int, typer.Option("--workers", min=0, help="Threads reading files (0: one per core, at most 8).")
+    ] = 0,
+    output: Annotated[
+        str | None, typer.Option("--output", "-o", help="Also write the whole report as JSON to this file.")
+    ] = None,
     json_: Annotated[bool, typer.Option("--json", help="Print the whole report as one JSON document.")] = False,
 ) -> None:
     """Check an image data set before training on it; never modifies the data.
@@ -57,8 +124,17 @@ def check_cmd(
         from cnnctl.check.doctor import add_label_issues
         from cnnctl.check.labels import LabelOptions
 
-        opts = LabelOptions(model=model or "", image_size=image_size or "", epochs=epochs, folds=folds, pretrained=pretrained,
-                            weights=weights or "", init=init or "", seed=seed, limit=top)  # fmt: skip
+        opts = LabelOptions(
+            model=model or "",
+            image_size=image_size or "",
+            epochs=epochs,
+            folds=folds,
+            pretrained=pretrained,
+            weights=weights or "",
+            init=init or "",
+            seed=seed,
+            limit=top,
+        )
         add_label_issues(report, roots[0], opts, log)
     if output:
         write_json(output, report)
@@ -73,35 +149,54 @@ def _render(r: dict[str, Any]) -> None:
 
     console = out()
     for root in r["roots"]:
-        classes = ", ".join(f"{c} {n:,}" for c, n in list(root["classes"].items())[:8]) + (" ..." if len(root["classes"]) > 8 else "")
-        console.print(f"{root['name']}: {root['images']:,} images of {root['files']:,} files, {len(root['classes'])} classes ({classes}); "
-                      f"imbalance {root['imbalance_ratio']:.2f}:1", highlight=False)  # fmt: skip
+        classes = ", ".join(f"{c} {n:,}" for c, n in list(root["classes"].items())[:8]) + (
+            " ..." if len(root["classes"]) > 8 else ""
+        )
+        console.print(
+            f"{root['name']}: {root['images']:,} images of {root['files']:,} files, {len(root['classes'])} classes ({classes}); "
+            f"imbalance {root['imbalance_ratio']:.2f}:1",
+            highlight=False,
+        )
     sizes = r["sizes"]
     if sizes["width"]:
         w, h, a = sizes["width"], sizes["height"], sizes["aspect"]
-        console.print(f"sizes: width {w['min']:.0f}-{w['max']:.0f} (median {w['median']:.0f}), height {h['min']:.0f}-{h['max']:.0f} "
-                      f"(median {h['median']:.0f}), aspect {a['p5']:.2f}-{a['p95']:.2f} (5th-95th percentile), {sizes['distinct']} distinct; "
-                      f"modes {', '.join(f'{k} {v:,}' for k, v in r['modes'].items())}", highlight=False)  # fmt: skip
+        console.print(
+            f"sizes: width {w['min']:.0f}-{w['max']:.0f} (median {w['median']:.0f}), height {h['min']:.0f}-{h['max']:.0f} "
+            f"(median {h['median']:.0f}), aspect {a['p5']:.2f}-{a['p95']:.2f} (5th-95th percentile), {sizes['distinct']} distinct; "
+            f"modes {', '.join(f'{k} {v:,}' for k, v in r['modes'].items())}",
+            highlight=False,
+        )
     if r["findings"]:
         table = Table(title=f"{r['errors']} error(s), {r['warnings']} warning(s)")
         for col in ("level", "finding", "count", "what", "for example"):
             table.add_column(col, overflow="fold")
         for f in r["findings"]:
             style = "red" if f["level"] == "error" else "yellow"
-            table.add_row(f"[{style}]{f['level']}[/]", f["kind"], str(f["count"]), f["message"], f["examples"][0] if f["examples"] else "")
+            table.add_row(
+                f"[{style}]{f['level']}[/]",
+                f["kind"],
+                str(f["count"]),
+                f["message"],
+                f["examples"][0] if f["examples"] else "",
+            )
         console.print(table)
     else:
         console.print("no findings", highlight=False)
     lab = r.get("labels")
     if lab:
-        console.print(f"label issues: {lab['issues']} suspect(s) among {lab['images']:,} images ({lab['method']}; out-of-sample accuracy "
-                      f"{lab['out_of_sample_accuracy']:.3f})", highlight=False)  # fmt: skip
+        console.print(
+            f"label issues: {lab['issues']} suspect(s) among {lab['images']:,} images ({lab['method']}; out-of-sample accuracy "
+            f"{lab['out_of_sample_accuracy']:.3f})",
+            highlight=False,
+        )
         if lab["suspects"]:
             table = Table()
             for col in ("rank", "path", "given", "suggested", "score"):
                 table.add_column(col, overflow="fold")
             for i, s in enumerate(lab["suspects"][:20], 1):
-                table.add_row(str(i), s["path"], s["given"], f"{s['suggested']} ({s['suggested_prob']:.2f})", f"{s['score']:.3f}")
+                table.add_row(
+                    str(i), s["path"], s["given"], f"{s['suggested']} ({s['suggested_prob']:.2f})", f"{s['score']:.3f}"
+                )
             console.print(table)
 
 

@@ -32,9 +32,16 @@ def env(
     table = Table(title="cnnctl env", show_header=False)
     table.add_column("what")
     table.add_column("value")
-    flags = ", ".join(f"{name} {'yes' if has else 'no'}" for name, has in cpu["flags"].items() if has or name in ("avx2", "avx512f", "avx512_bf16", "amx_bf16"))
+    flags = ", ".join(
+        f"{name} {'yes' if has else 'no'}"
+        for name, has in cpu["flags"].items()
+        if has or name in ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
+    )
     rows = [
-        ("cpu", f"{cpu['model']} ({cpu['arch']}){'  [flags simulated by CNNCTL_CPU_FLAGS]' if cpu['simulated'] else ''}"),
+        (
+            "cpu",
+            f"{cpu['model']} ({cpu['arch']}){'  [flags simulated by CNNCTL_CPU_FLAGS]' if cpu['simulated'] else ''}",
+        ),
         ("cores", f"{cpu['cores']} usable ({cpu['logical_cpus']} logical)"),
         ("cpu flags", flags),
         ("native bf16", "yes" if cpu["native_bf16"] else "no"),
@@ -42,8 +49,15 @@ def env(
         ("python", r["python"]),
         *[(name, version) for name, version in r["versions"].items()],
         ("onnxruntime providers", ", ".join(r["onnxruntime_providers"]) or "none"),
-        ("cuda devices", "; ".join(f"{d['index']}: {d['name']} (sm {d['capability']}, {d['memory_bytes'] / 2**30:.0f} GiB, bf16 {'yes' if d['bf16'] else 'no'})"
-                                   for d in r["cuda"]) or "none"),  # fmt: skip
+        (
+            "cuda devices",
+            "; ".join(
+                f"{d['index']}: {d['name']} (sm {d['capability']}, {d['memory_bytes'] / 2**30:.0f} GiB, bf16 "
+                f"{'yes' if d['bf16'] else 'no'})"
+                for d in r["cuda"]
+            )
+            or "none",
+        ),
         ("train device", ch["device"]),
         ("--amp auto", f"{ch['amp']} ({ch['amp_reason']})"),
         ("threads", f"{ch['threads']} ({ch['threads_reason']})"),

@@ -12,10 +12,26 @@ _OWN = {
     "recipe": _FIXED["recipe"],
     "start_lr": (float, typer.Option("--start-lr", help="The first rate of the range.", rich_help_panel=_RUN)),
     "end_lr": (float, typer.Option("--end-lr", help="The last rate of the range.", rich_help_panel=_RUN)),
-    "steps": (int, typer.Option("--steps", help="Optimizer steps over the range (100 is usual; more for a smoother curve).", rich_help_panel=_RUN)),
-    "plot": (Optional[str], typer.Option("--plot", help="Draw the curve with the suggestions into this .png file.", rich_help_panel=_RUN)),
-    "output": (Optional[str], typer.Option("--output", help="Write the curve and suggestions as JSON to this file.", rich_help_panel=_RUN)),
-    "json_": (bool, typer.Option("--json", help="Print the curve and suggestions as JSON on stdout.", rich_help_panel=_RUN)),
+    "steps": (
+        int,
+        typer.Option(
+            "--steps",
+            help="Optimizer steps over the range (100 is usual; more for a smoother curve).",
+            rich_help_panel=_RUN,
+        ),
+    ),
+    "plot": (
+        Optional[str],
+        typer.Option("--plot", help="Draw the curve with the suggestions into this .png file.", rich_help_panel=_RUN),
+    ),
+    "output": (
+        Optional[str],
+        typer.Option("--output", help="Write the curve and suggestions as JSON to this file.", rich_help_panel=_RUN),
+    ),
+    "json_": (
+        bool,
+        typer.Option("--json", help="Print the curve and suggestions as JSON on stdout.", rich_help_panel=_RUN),
+    ),
 }
 _DEFAULTS = {"start_lr": 1e-7, "end_lr": 10.0, "steps": 100}
 
@@ -50,16 +66,30 @@ def lr_find_cmd(**kwargs: Any) -> None:
     if own["plot"]:
         from cnnctl.evaluate.plots import plot_lr_curve
 
-        plot_lr_curve(curve.points, {"suggested (steepest)": curve.steepest_lr, "valley (minimum / 10)": curve.valley_lr, "minimum": curve.min_loss_lr},
-                      own["plot"], title=f"{curve.model} on {curve.data}, {curve.optimizer}")  # fmt: skip
+        plot_lr_curve(
+            curve.points,
+            {
+                "suggested (steepest)": curve.steepest_lr,
+                "valley (minimum / 10)": curve.valley_lr,
+                "minimum": curve.min_loss_lr,
+            },
+            own["plot"],
+            title=f"{curve.model} on {curve.data}, {curve.optimizer}",
+        )
     if own["json_"]:
         print_json(report)
         return
     console = out()
     console.print(f"suggested lr {curve.suggested_lr:.3g} ({curve.rule})", highlight=False)
-    console.print(f"  valley (minimum / 10) {curve.valley_lr:.3g}; smoothed loss lowest at {curve.min_loss_lr:.3g}; "
-                  f"{len(curve.points)} of {curve.steps_planned} steps ({curve.stopped})", highlight=False)  # fmt: skip
-    console.print(f"next: cnnctl train ... --lr {curve.suggested_lr:.2g}   (with --scheduler onecycle, --lr is the peak)", highlight=False)
+    console.print(
+        f"  valley (minimum / 10) {curve.valley_lr:.3g}; smoothed loss lowest at {curve.min_loss_lr:.3g}; "
+        f"{len(curve.points)} of {curve.steps_planned} steps ({curve.stopped})",
+        highlight=False,
+    )
+    console.print(
+        f"next: cnnctl train ... --lr {curve.suggested_lr:.2g}   (with --scheduler onecycle, --lr is the peak)",
+        highlight=False,
+    )
 
 
 lr_find_cmd.__signature__ = config_signature(  # type: ignore[attr-defined]

@@ -8,15 +8,17 @@ import typer
 
 
 def plot(
-    runs: Annotated[list[str], typer.Argument(help="Run directories (each with a history.json) to draw in one figure.")],
+    runs: Annotated[
+        list[str], typer.Argument(help="Run directories (each with a history.json) to draw in one figure.")
+    ],
     output: Annotated[str, typer.Option("--output", "-o", help="Image file (.png, .svg or .pdf).")] = "curves.png",
 ) -> None:
     """Draw train and validation loss and accuracy per epoch, several runs side by side."""
     from pathlib import Path
 
-    from cnnctl.train import history
     from cnnctl.cli.common import out
     from cnnctl.evaluate.plots import plot_histories
+    from cnnctl.train import history
 
     histories = {}
     for run in runs:

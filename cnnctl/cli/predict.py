@@ -12,13 +12,36 @@ from cnnctl.cli.common import out
 
 
 def predict(
-    model: Annotated[str, typer.Argument(help="An exported .onnx file (onnxruntime) or a .safetensors checkpoint / run directory (PyTorch).")],
-    inputs: Annotated[list[str], typer.Argument(help="Image files, folders (recursive), globs, or - to read paths from stdin.")],
+    model: Annotated[
+        str,
+        typer.Argument(
+            help="An exported .onnx file (onnxruntime) or a .safetensors checkpoint / run directory (PyTorch)."
+        ),
+    ],
+    inputs: Annotated[
+        list[str], typer.Argument(help="Image files, folders (recursive), globs, or - to read paths from stdin.")
+    ],
     top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Labels to show per image.")] = 1,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, max=65536, help="Images per inference batch.")] = 64,
-    provider: Annotated[str, typer.Option("--provider", metavar="[auto|cpu|cuda]", help="onnxruntime provider, or the PyTorch device for a checkpoint (auto: CUDA when available).")] = "auto",
-    threads: Annotated[int, typer.Option("--threads", min=0, help="onnxruntime intra-op threads, or torch threads for a checkpoint (0 = the default).")] = 0,
-    json_: Annotated[bool, typer.Option("--json", help="One JSON line per image: path and top-k labels with probabilities.")] = False,
+    provider: Annotated[
+        str,
+        typer.Option(
+            "--provider",
+            metavar="[auto|cpu|cuda]",
+            help="onnxruntime provider, or the PyTorch device for a checkpoint (auto: CUDA when available).",
+        ),
+    ] = "auto",
+    threads: Annotated[
+        int,
+        typer.Option(
+            "--threads",
+            min=0,
+            help="onnxruntime intra-op threads, or torch threads for a checkpoint (0 = the default).",
+        ),
+    ] = 0,
+    json_: Annotated[
+        bool, typer.Option("--json", help="One JSON line per image: path and top-k labels with probabilities.")
+    ] = False,
 ) -> None:
     """Predict classes with the preprocessing stored in the model's metadata.
 
@@ -61,7 +84,9 @@ def predict(
             table.add_row(*row)
         out().print(table)
     if errors:
-        raise PartialFailure(f"{len(errors)} of {len(paths)} input(s) could not be read; the others were predicted") from None
+        raise PartialFailure(
+            f"{len(errors)} of {len(paths)} input(s) could not be read; the others were predicted"
+        ) from None
 
 
 def register(app: typer.Typer) -> None:

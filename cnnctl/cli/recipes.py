@@ -10,7 +10,10 @@ import typer
 from cnnctl.cli.common import out, print_json
 from cnnctl.cli.completion import complete_recipe
 
-app = typer.Typer(help="The recipes shipped with cnnctl: what each reproduces, its measured result and machine.", no_args_is_help=False)
+app = typer.Typer(
+    help="The recipes shipped with cnnctl: what each reproduces, its measured result and machine.",
+    no_args_is_help=False,
+)
 
 
 @app.callback(invoke_without_command=True)
@@ -52,7 +55,9 @@ def show(name: Annotated[str, typer.Argument(help="A shipped recipe's name.", au
     if is_path(name):
         from cnnctl.errors import UsageError
 
-        raise UsageError(f"{name!r} is a path; `cnnctl recipes show` takes a shipped recipe's name (`cnnctl recipes` lists them)")
+        raise UsageError(
+            f"{name!r} is a path; `cnnctl recipes show` takes a shipped recipe's name (`cnnctl recipes` lists them)"
+        )
     sys.stdout.write(locate(name).read_text())
 
 

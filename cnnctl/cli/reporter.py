@@ -39,10 +39,14 @@ class TrainReporter:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         self.progress = Progress(
-            TextColumn(f"epoch {epoch}/{epochs}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]:.4f}  {task.fields[ips]:.0f} img/s"), TimeRemainingColumn(),
-            console=err(), transient=True,
-        )  # fmt: skip
+            TextColumn(f"epoch {epoch}/{epochs}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]:.4f}  {task.fields[ips]:.0f} img/s"),
+            TimeRemainingColumn(),
+            console=err(),
+            transient=True,
+        )
         self.task = self.progress.add_task("train", total=batches, loss=float("nan"), ips=0.0)
         self.progress.start()
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -11,16 +11,37 @@ from cnnctl.cli.common import emit, out
 
 
 def review_cmd(
-    target: Annotated[Optional[str], typer.Argument(help="Run directory or .safetensors checkpoint whose top losses to review.")] = None,
-    data: Annotated[Optional[str], typer.Option("--data", help="The image folder (class subfolders) to review.")] = None,
-    labels: Annotated[Optional[str], typer.Option("--labels", help="Also show the suspects of `cnnctl check DATA --labels --json > FILE`.")] = None,
-    top: Annotated[int, typer.Option("--top", min=1, help="How many of the highest-loss images (and suspects) to show.")] = 50,
-    log: Annotated[str, typer.Option("--log", help="The change log the marks go to (continued when it exists).")] = "review-log.json",
+    target: Annotated[
+        str | None, typer.Argument(help="Run directory or .safetensors checkpoint whose top losses to review.")
+    ] = None,
+    data: Annotated[str | None, typer.Option("--data", help="The image folder (class subfolders) to review.")] = None,
+    labels: Annotated[
+        str | None,
+        typer.Option("--labels", help="Also show the suspects of `cnnctl check DATA --labels --json > FILE`."),
+    ] = None,
+    top: Annotated[
+        int, typer.Option("--top", min=1, help="How many of the highest-loss images (and suspects) to show.")
+    ] = 50,
+    log: Annotated[
+        str, typer.Option("--log", help="The change log the marks go to (continued when it exists).")
+    ] = "review-log.json",
     host: Annotated[str, typer.Option("--host", help="Address to bind (this machine only by default).")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", min=0, max=65535, help="Port to bind.")] = 8100,
-    apply: Annotated[Optional[str], typer.Option("--apply", help="Apply this change log: move relabelled files to their class, removed ones to quarantine.")] = None,
-    quarantine: Annotated[Optional[str], typer.Option("--quarantine", help="--apply: where removed files go (default: DATA-quarantine beside the folder).")] = None,
-    undo: Annotated[Optional[str], typer.Option("--undo", help="Undo an applied change log, from its LOG.undo.json.")] = None,
+    apply: Annotated[
+        str | None,
+        typer.Option(
+            "--apply", help="Apply this change log: move relabelled files to their class, removed ones to quarantine."
+        ),
+    ] = None,
+    quarantine: Annotated[
+        str | None,
+        typer.Option(
+            "--quarantine", help="--apply: where removed files go (default: DATA-quarantine beside the folder)."
+        ),
+    ] = None,
+    undo: Annotated[
+        str | None, typer.Option("--undo", help="Undo an applied change log, from its LOG.undo.json.")
+    ] = None,
     json_: Annotated[bool, typer.Option("--json", help="--apply/--undo: print the result as JSON.")] = False,
 ) -> None:
     """Review the images a model gets most wrong and the suspected label errors, then fix the folder.
@@ -51,7 +72,10 @@ def review_cmd(
     if not target or not data:
         raise UsageError("give a run and --data FOLDER to review (or --apply LOG / --undo UNDO)")
     if host not in ("127.0.0.1", "localhost", "::1"):
-        print(f"cnnctl review: binding {host}: anyone who can reach it can mark (not move) files; the page has no login", file=sys.stderr)
+        print(
+            f"cnnctl review: binding {host}: anyone who can reach it can mark (not move) files; the page has no login",
+            file=sys.stderr,
+        )
     from cnnctl.review.app import Review, run
     from cnnctl.review.items import build_items
 
@@ -63,8 +87,11 @@ def _render(r: dict[str, Any]) -> None:
     console = out()
     if "applied" in r:
         d = r["decisions"]
-        console.print(f"moved {r['applied']} file(s): {d['relabel']} relabelled, {d['remove']} to quarantine; {d['fine']} marked fine. "
-                      f"Undo with: cnnctl review --undo {r['undo']}", highlight=False)  # fmt: skip
+        console.print(
+            f"moved {r['applied']} file(s): {d['relabel']} relabelled, {d['remove']} to quarantine; {d['fine']} marked fine. "
+            f"Undo with: cnnctl review --undo {r['undo']}",
+            highlight=False,
+        )
     else:
         console.print(f"moved {r['undone']} file(s) back ({r['undo']})", highlight=False)
 

@@ -2,23 +2,47 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
-from cnnctl.cli.completion import complete_model
-
 from cnnctl.cli.common import human_bytes, human_count, out, print_json
+from cnnctl.cli.completion import complete_model
 
 
 def shapes(
-    model: Annotated[str, typer.Argument(help="Registry name (see `cnnctl models`) or a .safetensors checkpoint / run directory.", autocompletion=complete_model)],
-    input: Annotated[Optional[str], typer.Option("--input", "-i", help="Input shape CxHxW, e.g. 3x32x32 (default: the model's own).")] = None,
-    batch: Annotated[int, typer.Option("--batch", "-b", min=1, max=1_000_000, help="Batch size for the activation-memory estimate.")] = 1,
-    num_classes: Annotated[Optional[int], typer.Option("--num-classes", "-k", min=1, help="Number of classes for the head.")] = None,
-    depth: Annotated[Optional[int], typer.Option("--depth", "-d", min=1, help="Show modules down to this nesting depth (default: every leaf layer).")] = None,
-    fit: Annotated[bool, typer.Option("--fit", help="Build the model for --input (as `cnnctl train` does for its data) instead of its default input.")] = False,
-    explain: Annotated[bool, typer.Option("--explain", help="Show the output-size arithmetic of every conv and pool layer.")] = False,
+    model: Annotated[
+        str,
+        typer.Argument(
+            help="Registry name (see `cnnctl models`) or a .safetensors checkpoint / run directory.",
+            autocompletion=complete_model,
+        ),
+    ],
+    input: Annotated[
+        str | None, typer.Option("--input", "-i", help="Input shape CxHxW, e.g. 3x32x32 (default: the model's own).")
+    ] = None,
+    batch: Annotated[
+        int, typer.Option("--batch", "-b", min=1, max=1_000_000, help="Batch size for the activation-memory estimate.")
+    ] = 1,
+    num_classes: Annotated[
+        int | None, typer.Option("--num-classes", "-k", min=1, help="Number of classes for the head.")
+    ] = None,
+    depth: Annotated[
+        int | None,
+        typer.Option(
+            "--depth", "-d", min=1, help="Show modules down to this nesting depth (default: every leaf layer)."
+        ),
+    ] = None,
+    fit: Annotated[
+        bool,
+        typer.Option(
+            "--fit",
+            help="Build the model for --input (as `cnnctl train` does for its data) instead of its default input.",
+        ),
+    ] = False,
+    explain: Annotated[
+        bool, typer.Option("--explain", help="Show the output-size arithmetic of every conv and pool layer.")
+    ] = False,
     json_: Annotated[bool, typer.Option("--json", help="Print the trace as JSON.")] = False,
 ) -> None:
     """Trace shapes, parameters, MACs, receptive field and stride layer by layer.
@@ -35,8 +59,8 @@ def shapes(
     $ cnnctl shapes runs/digits                     (the trained model, as built for its data)
     """
     from cnnctl.errors import ShapeError
-    from cnnctl.models.tracing import trace_target
     from cnnctl.models.shapes import visible_rows
+    from cnnctl.models.tracing import trace_target
     from cnnctl.specs import parse_input_shape
 
     shape = parse_input_shape(input) if input else None
@@ -75,7 +99,9 @@ def _render(model: str, result, rows, explain: bool) -> None:
     console.print(table)
     if result.flatten and result.flatten.get("from"):
         f = result.flatten
-        console.print(f"flatten: {format_shape(f['from'])} -> {f['from'][0] * f['from'][1] * f['from'][2]:,} features into {f['layer']} (Linear)")
+        console.print(
+            f"flatten: {format_shape(f['from'])} -> {f['from'][0] * f['from'][1] * f['from'][2]:,} features into {f['layer']} (Linear)"
+        )
     if explain:
         for r in rows:
             for line in r.explain:

@@ -12,17 +12,57 @@ from cnnctl.config import CHOICES, FIELDS, PANEL_OF, PANELS
 
 _START, _RUN = "Model & start", "Run & output"
 _FIXED = {
-    "recipe": (Optional[str], typer.Option("--recipe", "-r", help="A shipped recipe's name (`cnnctl recipes`) or a TOML file; flags given here override it.", rich_help_panel=_START, autocompletion=complete_recipe)),
-    "resume": (Optional[str], typer.Option("--resume", help="Continue the run in this directory (a larger --epochs extends it).", rich_help_panel=_START)),
-    "accept_data_change": (bool, typer.Option("--accept-data-change", help="With --resume: go on although the data folder's files "
-                                              "changed since the run recorded its splits (recorded files keep their split; new ones are dealt "
-                                              "to train/val by a hash of their path; the change is recorded).", rich_help_panel=_START)),
-    "out": (Optional[str], typer.Option("--out", "-o", help="Run directory (default: runs/MODEL-DATA-TIME).", rich_help_panel=_RUN)),
-    "overwrite": (bool, typer.Option("--overwrite", help="Replace the files of an existing --out.", rich_help_panel=_RUN)),
-    "json_": (bool, typer.Option("--json", help="Print one JSON record per epoch and a JSON summary on stdout.", rich_help_panel=_RUN)),
-    "dry_run": (bool, typer.Option("--dry-run", help="Set the run up, time a few real steps, print the plan (img/s, time per epoch, epochs "
-                                                     "the --time-limit buys, peak memory, hardware choices) and exit; no run directory.",
-                                   rich_help_panel=_RUN)),
+    "recipe": (
+        Optional[str],
+        typer.Option(
+            "--recipe",
+            "-r",
+            help="A shipped recipe's name (`cnnctl recipes`) or a TOML file; flags given here override it.",
+            rich_help_panel=_START,
+            autocompletion=complete_recipe,
+        ),
+    ),
+    "resume": (
+        Optional[str],
+        typer.Option(
+            "--resume",
+            help="Continue the run in this directory (a larger --epochs extends it).",
+            rich_help_panel=_START,
+        ),
+    ),
+    "accept_data_change": (
+        bool,
+        typer.Option(
+            "--accept-data-change",
+            help="With --resume: go on although the data folder's files "
+            "changed since the run recorded its splits (recorded files keep their split; new ones are dealt "
+            "to train/val by a hash of their path; the change is recorded).",
+            rich_help_panel=_START,
+        ),
+    ),
+    "out": (
+        Optional[str],
+        typer.Option("--out", "-o", help="Run directory (default: runs/MODEL-DATA-TIME).", rich_help_panel=_RUN),
+    ),
+    "overwrite": (
+        bool,
+        typer.Option("--overwrite", help="Replace the files of an existing --out.", rich_help_panel=_RUN),
+    ),
+    "json_": (
+        bool,
+        typer.Option(
+            "--json", help="Print one JSON record per epoch and a JSON summary on stdout.", rich_help_panel=_RUN
+        ),
+    ),
+    "dry_run": (
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="Set the run up, time a few real steps, print the plan (img/s, time per epoch, epochs "
+            "the --time-limit buys, peak memory, hardware choices) and exit; no run directory.",
+            rich_help_panel=_RUN,
+        ),
+    ),
 }
 
 
@@ -37,10 +77,14 @@ def _option(name: str) -> Any:
         shown = ("on" if default else "off") if isinstance(default, bool) else (default if default != "" else "auto")
         help_text += f" (default: {shown})"
     if isinstance(default, bool):
-        return Optional[bool], typer.Option(f"{flag}/--no-{flag[2:]}", help=help_text, show_default=False, rich_help_panel=panel)
+        return Optional[bool], typer.Option(
+            f"{flag}/--no-{flag[2:]}", help=help_text, show_default=False, rich_help_panel=panel
+        )
     metavar = "[" + "|".join(CHOICES[name]) + "]" if name in CHOICES else None
     complete = choices(*CHOICES[name]) if name in CHOICES else None
-    return Optional[type(default)], typer.Option(flag, help=help_text, show_default=False, metavar=metavar, rich_help_panel=panel, autocompletion=complete)
+    return Optional[type(default)], typer.Option(
+        flag, help=help_text, show_default=False, metavar=metavar, rich_help_panel=panel, autocompletion=complete
+    )
 
 
 def train(**kwargs: Any) -> None:
@@ -60,9 +104,10 @@ def train(**kwargs: Any) -> None:
     """
     from cnnctl.cli.common import print_json
     from cnnctl.cli.reporter import QuietReporter, TrainReporter
-    from cnnctl.train.distributed import Dist
     from cnnctl.errors import InterruptedRun
-    from cnnctl.train.trainer import RunInterrupted, train as run_training
+    from cnnctl.train.distributed import Dist
+    from cnnctl.train.trainer import RunInterrupted
+    from cnnctl.train.trainer import train as run_training
 
     model = kwargs.pop("model")
     fixed = {k: kwargs.pop(k) for k in list(_FIXED)}
@@ -71,13 +116,24 @@ def train(**kwargs: Any) -> None:
         return _dry_run(model, fixed, kwargs, dist)
     reporter = TrainReporter(json_lines=fixed["json_"]) if dist.is_main else QuietReporter()
     try:
-        result = run_training(model, fixed["recipe"], kwargs, out=fixed["out"], resume=fixed["resume"],
-                              overwrite=fixed["overwrite"], reporter=reporter, dist=dist,
-                              accept_data_change=fixed["accept_data_change"])  # fmt: skip
+        result = run_training(
+            model,
+            fixed["recipe"],
+            kwargs,
+            out=fixed["out"],
+            resume=fixed["resume"],
+            overwrite=fixed["overwrite"],
+            reporter=reporter,
+            dist=dist,
+            accept_data_change=fixed["accept_data_change"],
+        )
     except RunInterrupted as exc:
         reporter.close()
-        how = (f"relaunch the same torchrun command with --resume {exc.run_dir}" if dist.enabled
-               else f"Resume with: cnnctl train --resume {exc.run_dir}")  # fmt: skip
+        how = (
+            f"relaunch the same torchrun command with --resume {exc.run_dir}"
+            if dist.enabled
+            else f"Resume with: cnnctl train --resume {exc.run_dir}"
+        )
         interrupted = InterruptedRun(f"interrupted; {exc.run_dir} is consistent at epoch {exc.epoch}. {how}")
         interrupted.quiet = not dist.is_main
         raise interrupted from None
@@ -102,12 +158,14 @@ def train(**kwargs: Any) -> None:
 def _dry_run(model: str | None, fixed: dict[str, Any], flags: dict[str, Any], dist: Any) -> None:
     from cnnctl.cli.common import print_json
     from cnnctl.cli.reporter import TrainReporter
-    from cnnctl.train.dryrun import dry_run
     from cnnctl.errors import UsageError
+    from cnnctl.train.dryrun import dry_run
     from cnnctl.train.trainer import resolve_run
 
     if dist.enabled:
-        raise UsageError("--dry-run plans one process; run it without torchrun (it reports the per-process threads torchrun would get)")
+        raise UsageError(
+            "--dry-run plans one process; run it without torchrun (it reports the per-process threads torchrun would get)"
+        )
     cfg = resolve_run(model, fixed["recipe"], flags, fixed["resume"])
     plan = dry_run(cfg, TrainReporter(bars=False))
     if fixed["json_"]:
@@ -125,18 +183,28 @@ def _render_plan(p: Any) -> None:
         f"hardware: {hw['device']}, {hw['cpu']}",
         f"  amp {hw['amp']} ({hw['amp_reason']}); {hw['threads']} thread(s) ({hw['threads_reason']}); "
         f"{'channels_last' if hw['channels_last'] else 'NCHW'}; eval batch {hw['eval_batch_size']} ({hw['eval_batch_reason']})",
-        f"speed: {p.train_images_per_s:,.0f} img/s training (batch {p.batch_size}, {p.measured_steps} timed step(s) after {p.warmup_steps} warm-up)"
+        f"speed: {p.train_images_per_s:,.0f} img/s training (batch {p.batch_size}, {p.measured_steps} timed "
+        f"step(s) after {p.warmup_steps} warm-up)"
         + (f", {p.eval_images_per_s:,.0f} img/s validation" if p.eval_images_per_s else ""),
         f"epoch: {p.epoch_train_seconds:,.1f} s training ({p.steps_per_epoch} steps) + {p.epoch_eval_seconds:,.1f} s validation "
         f"= {p.epoch_seconds:,.1f} s",
     ]
     if p.time_limit:
         share = p.epochs_in_budget / p.epochs if p.epochs else 0
-        warn = "  - less than a quarter of the plan: a longer --time-limit, fewer --epochs or a smaller model" if share < 0.25 else ""
-        lines.append(f"budget: --time-limit {p.time_limit:g} s buys {p.epochs_in_budget:.1f} epoch(s) of the {p.epochs} planned"
-                     f"{'; the schedule is fitted to it' if share < 1 else ''}{warn}")
+        warn = (
+            "  - less than a quarter of the plan: a longer --time-limit, fewer --epochs or a smaller model"
+            if share < 0.25
+            else ""
+        )
+        lines.append(
+            f"budget: --time-limit {p.time_limit:g} s buys {p.epochs_in_budget:.1f} epoch(s) of the {p.epochs} planned"
+            f"{'; the schedule is fitted to it' if share < 1 else ''}{warn}"
+        )
     lines.append(f"total: ~{p.total_seconds:,.0f} s for the run, test pass included")
-    lines.append(f"peak memory: {p.peak_memory_bytes / 2**30:.2f} GiB ({p.peak_memory_kind}, measured over setup, the timed steps and validation batches)")
+    lines.append(
+        f"peak memory: {p.peak_memory_bytes / 2**30:.2f} GiB ({p.peak_memory_kind}, measured over setup, the "
+        "timed steps and validation batches)"
+    )
     console = out()
     for line in lines:
         console.print(line, highlight=False, markup=False, soft_wrap=True)
@@ -152,14 +220,20 @@ def _render(summary: dict[str, Any], epochs: list[dict[str, Any]]) -> None:
     if "val_acc" in best:
         ema = best.get("weights") == "ema"
         val_acc, val_loss = (best["ema_val_acc"], best["ema_val_loss"]) if ema else (best["val_acc"], best["val_loss"])
-        lines.append(f"best epoch {best['epoch']}{' (the --ema average)' if ema else ''}: val_acc {val_acc:.4f}  val_loss {val_loss:.4f}  "
-                     f"train_acc {best['train_acc']:.4f}")  # fmt: skip
+        lines.append(
+            f"best epoch {best['epoch']}{' (the --ema average)' if ema else ''}: val_acc {val_acc:.4f}  val_loss {val_loss:.4f}  "
+            f"train_acc {best['train_acc']:.4f}"
+        )
         gap = best["train_acc"] - val_acc
-        hint = "overfitting" if gap > 0.05 else ("underfitting" if best["train_acc"] < 0.9 and gap < 0.02 else "good fit")
+        hint = (
+            "overfitting" if gap > 0.05 else ("underfitting" if best["train_acc"] < 0.9 and gap < 0.02 else "good fit")
+        )
         lines.append(f"train - val accuracy gap: {gap:+.4f} ({hint})")
     if summary["test"]:
         t = summary["test"]
-        lines.append(f"test: acc {t['acc']:.4f}  loss {t['loss']:.4f}  on {t['images']} images (best checkpoint, never used for selection)")
+        lines.append(
+            f"test: acc {t['acc']:.4f}  loss {t['loss']:.4f}  on {t['images']} images (best checkpoint, never used for selection)"
+        )
     lines.append(f"next: cnnctl eval {summary['run_dir']}  |  cnnctl export {summary['run_dir']}")
     for line in lines:
         console.print(line, highlight=False)
@@ -170,24 +244,52 @@ def config_signature(fixed: dict[str, Any], fixed_panel: dict[str, str]) -> insp
     field as a flag: one definition for `train` and for the commands that take train's options."""
     params = [
         inspect.Parameter(
-            "model", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None,
-            annotation=Annotated[Optional[str], typer.Argument(help="Model name (`cnnctl models`); may come from --recipe or --resume.", show_default=False, autocompletion=complete_model)],
-        )  # fmt: skip
+            "model",
+            inspect.Parameter.POSITIONAL_OR_KEYWORD,
+            default=None,
+            annotation=Annotated[
+                str | None,
+                typer.Argument(
+                    help="Model name (`cnnctl models`); may come from --recipe or --resume.",
+                    show_default=False,
+                    autocompletion=complete_model,
+                ),
+            ],
+        )
     ]
     for panel, names in PANELS.items():  # the panels show in this order
         for name, (typ, opt) in fixed.items():
             if fixed_panel[name] == panel:
                 default = False if typ is bool else None
-                params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=Annotated[typ, opt]))
+                params.append(
+                    inspect.Parameter(
+                        name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=Annotated[typ, opt]
+                    )
+                )
         for name in names:
             if FIELDS[name].metadata["cli"]:
                 typ, opt = _option(name)
-                params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[typ, opt]))
+                params.append(
+                    inspect.Parameter(
+                        name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[typ, opt]
+                    )
+                )
     return inspect.Signature(params)
 
 
-train.__signature__ = config_signature(_FIXED, {"recipe": _START, "resume": _START, "accept_data_change": _START, "out": _RUN, "overwrite": _RUN, "json_": _RUN, "dry_run": _RUN})  # type: ignore[attr-defined]
-train.__annotations__ = {p.name: p.annotation for p in train.__signature__.parameters.values()}  # type: ignore[attr-defined]
+train.__signature__ = config_signature(  # type: ignore[attr-defined]
+    _FIXED,
+    {
+        "recipe": _START,
+        "resume": _START,
+        "accept_data_change": _START,
+        "out": _RUN,
+        "overwrite": _RUN,
+        "json_": _RUN,
+        "dry_run": _RUN,
+    },
+)
+train.__annotations__ = {p.name: p.annotation for p in inspect.signature(train).parameters.values()}
 
 
 def register(app: typer.Typer) -> None:

@@ -12,8 +12,9 @@ would, split N ways.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from contextlib import nullcontext
-from typing import Iterator
+from dataclasses import dataclass
 
 import torch
 
@@ -49,11 +50,16 @@ def centre_crop(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """The centre (H, W) of each image, with torchvision's rounding."""
     h, w = size
     top, left = int(round((x.shape[2] - h) / 2.0)), int(round((x.shape[3] - w) / 2.0))
-    return x[:, :, top:top + h, left:left + w]
+    return x[:, :, top : top + h, left : left + w]
 
 
-def random_resized_crop(x: torch.Tensor, size: tuple[int, int], gen: torch.Generator, scale: tuple[float, float] = (0.25, 1.0),
-                        ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> torch.Tensor:  # fmt: skip
+def random_resized_crop(
+    x: torch.Tensor,
+    size: tuple[int, int],
+    gen: torch.Generator,
+    scale: tuple[float, float] = (0.25, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+) -> torch.Tensor:
     """A random crop of each image (area share in `scale`, aspect in `ratio`), resized to `size`.
 
     One call for the whole batch: torchvision's `roi_align` samples every image's own box
@@ -82,6 +88,31 @@ def random_flip(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return flip_where(x, torch.rand(x.shape[0], generator=gen) < 0.5)
 
 
+@dataclass(frozen=True)
+class Order:
+    """Which images an epoch visits, in which order, on this rank: shuffled or not (`seed`), each
+    once or drawn with replacement by weight (`draw`, --sampler balanced), and this rank's slice
+    of every global batch (`rank` of `world`)."""
+
+    shuffle: bool = False
+    seed: int = 0
+    draw: torch.Tensor | None = None  # per-image weights: each epoch draws len(split) images with replacement
+    rank: int = 0
+    world: int = 1
+    drop_last: bool = False
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """What changes the training images, batch by batch: --augment's crops and flips (airbench's
+    alternating flip), a policy (RandAugment/TrivialAugment) and MixUp/CutMix."""
+
+    augment: str = "none"
+    policy: PolicyAugment | None = None
+    mix: BatchMix | None = None
+    alternate_flip: bool = False
+
+
 class Batches:
     """Iterate (inputs, labels) batches of a Split; `epoch(e)` is deterministic given (seed, e)."""
 
@@ -91,36 +122,35 @@ class Batches:
         prep: Preprocess,
         batch_size: int,
         *,
-        shuffle: bool = False,
-        augment: str = "none",
-        seed: int = 0,
+        order: Order | None = None,
+        augmentation: Augmentation | None = None,
         device: torch.device | str = "cpu",
         channels_last: bool = True,
-        drop_last: bool = False,
-        rank: int = 0,
-        world: int = 1,
-        policy: PolicyAugment | None = None,
-        mix: BatchMix | None = None,
-        alternate_flip: bool = False,
-        draw: torch.Tensor | None = None,
     ) -> None:
+        order, aug = order or Order(), augmentation or Augmentation()
         self.split = split
         self.batch_size = batch_size
-        self.shuffle = shuffle
-        self.augment = augment
-        self.seed = seed
+        self.shuffle, self.seed, self.draw = order.shuffle, order.seed, order.draw
+        self.rank, self.world = order.rank, order.world
+        self.drop_last = order.drop_last and len(split) > batch_size
+        self.augment, self.policy, self.mix = aug.augment, aug.policy, aug.mix
         self.device = torch.device(device)
         self.channels_last = channels_last
-        self.drop_last = drop_last and len(split) > batch_size
-        self.rank, self.world = rank, world
-        self.policy, self.mix = policy, mix
-        self.draw = draw  # per-image weights: each epoch draws len(split) images with replacement (--sampler balanced)
         # airbench's alternating flip: one coin per image for epoch 0, the other side every odd epoch.
-        self.coins = torch.rand(len(split), generator=torch.Generator().manual_seed(self.seed * 1_000_003 - 1)) < 0.5 if alternate_flip else None
+        self.coins = (
+            torch.rand(len(split), generator=torch.Generator().manual_seed(self.seed * 1_000_003 - 1)) < 0.5
+            if aug.alternate_flip
+            else None
+        )
         self.prep = prep
-        self.size = tuple(prep.size)  # the model's input; stored images may be larger (random-resized crops)
-        self.mean = torch.tensor(prep.mean or [0.0] * prep.channels, dtype=torch.float32, device=self.device).reshape(1, -1, 1, 1)
-        self.std = torch.tensor(prep.std or [1.0] * prep.channels, dtype=torch.float32, device=self.device).reshape(1, -1, 1, 1)
+        self.size: tuple[int, int] = (prep.size[0], prep.size[1])  # the model's input; stored images may be larger
+        shape = (1, -1, 1, 1)
+        self.mean = torch.tensor(prep.mean or [0.0] * prep.channels, dtype=torch.float32, device=self.device).reshape(
+            shape
+        )
+        self.std = torch.tensor(prep.std or [1.0] * prep.channels, dtype=torch.float32, device=self.device).reshape(
+            shape
+        )
 
     def __len__(self) -> int:
         full, rest = divmod(len(self.split), self.batch_size)
@@ -157,7 +187,9 @@ class Batches:
                 x = random_flip(x, gen) if self.coins is None else flip_where(x, self.coins[idx] ^ bool(epoch % 2))
             with seeded((self.seed * 1_000_003 + epoch) * 65_537 + b) if (self.policy or self.mix) else nullcontext():
                 if self.policy is not None:
-                    x = self.policy(x if x.dtype == torch.uint8 else x.round_().to(torch.uint8))  # rrc-flip gives float 0-255
+                    x = self.policy(
+                        x if x.dtype == torch.uint8 else x.round_().to(torch.uint8)
+                    )  # rrc-flip gives float 0-255
                 if self.mix is not None:
                     # Mixed on the whole global batch (pairs cross rank slices), then sliced: N ranks
                     # train on exactly what one process would.

@@ -6,14 +6,16 @@ import dataclasses
 import hashlib
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 from cnnctl.config import DataConfig, parse_floats
+from cnnctl.data.layout import NAMED_SETS
 from cnnctl.data.manifest import Manifest, SplitRecord, compare, deal, record_files
-from cnnctl.data.sources import NAMED_SETS, Source, Split, default_cache_dir, load_source, redecode
+from cnnctl.data.sources import Source, Split, default_cache_dir, load_source, redecode
 from cnnctl.errors import DataError, UsageError
 from cnnctl.runtime.preprocess import Preprocess
 from cnnctl.specs import parse_image_size
@@ -100,7 +102,7 @@ def fingerprint(*splits: Split | None) -> str:
             h.update((s.rows if s.rows is not None else torch.arange(len(s))).numpy().tobytes())
         else:
             for chunk in s.chunks():
-                h.update(memoryview(chunk.contiguous().numpy()))
+                h.update(chunk.contiguous().numpy().tobytes())
         h.update(s.y.numpy().tobytes())
     return h.hexdigest()[:16]
 
@@ -125,23 +127,45 @@ def split_off(split: Split, fraction: float) -> tuple[Split, Split | None]:
     return split.take(perm[n_val:].sort().values), split.take(perm[:n_val].sort().values)
 
 
-def build(cfg: DataConfig, log: Callable[[str], None] = lambda m: print(m, file=sys.stderr), recorded: Manifest | None = None,
-          accept_change: bool = False) -> DataBundle:  # fmt: skip
+def build(
+    cfg: DataConfig,
+    log: Callable[[str], None] = lambda m: print(m, file=sys.stderr),
+    recorded: Manifest | None = None,
+    accept_change: bool = False,
+) -> DataBundle:
     """Load `cfg.data` and split it; mean/std come from the training split only.
 
     `recorded` is a resumed run's split manifest: the splits are then the recorded ones, and a data
     folder whose files changed since is refused unless `accept_change` (docs/train.md#resume).
     """
     size = parse_image_size(cfg.image_size) if cfg.image_size else None
-    src: Source = load_source(cfg.data, cfg.data_dir, cfg.download, size, cfg.grayscale, cfg.cache_dir, log, cfg.resize, cfg.crop_pct,
-                              cfg.interpolation)  # fmt: skip
+    src: Source = load_source(
+        cfg.data,
+        cfg.data_dir,
+        cfg.download,
+        size,
+        cfg.grayscale,
+        cfg.cache_dir,
+        log,
+        cfg.resize,
+        cfg.crop_pct,
+        cfg.interpolation,
+    )
     root = "" if cfg.data in NAMED_SETS else os.path.abspath(src.name)
-    train, val, excluded, changes = src.train, src.val, None, ()
+    excluded: Split | None = None
+    changes: tuple[dict[str, int | str], ...] = ()
+    train, val = src.train, src.val
     if recorded is not None:
         train, val, excluded, changes = _recorded(src, root, recorded, cfg.val_split, accept_change, log)
     else:
         train, val = select_splits(src, cfg.val_split)
-    if val is not None and src.val is None and src.prep is not None and src.train_prep is not None and src.train_prep != src.prep:
+    if (
+        val is not None
+        and src.val is None
+        and src.prep is not None
+        and src.train_prep is not None
+        and src.train_prep != src.prep
+    ):
         # The held-out images are judged as eval and predict will see them, not as stored for training.
         val = redecode(val, src.prep, default_cache_dir(cfg.cache_dir), log)
     if cfg.subset and recorded is None:
@@ -158,22 +182,30 @@ def build(cfg: DataConfig, log: Callable[[str], None] = lambda m: print(m, file=
         raise UsageError(f"--mean/--std need {src.channels} value(s) for {src.channels}-channel images")
     base = src.prep or Preprocess(channels=src.channels, size=src.size)
     prep = dataclasses.replace(base, mean=mean, std=std)
-    return DataBundle(src.name, src.classes, train, val, src.test, prep, fingerprint(train, val), src.notes, root, excluded, changes)
+    return DataBundle(
+        src.name, src.classes, train, val, src.test, prep, fingerprint(train, val), src.notes, root, excluded, changes
+    )
 
 
-def _recorded(src: Source, root: str, recorded: Manifest, val_split: float, accept: bool,
-              log: Callable[[str], None]) -> tuple[Split, Split | None, Split | None, tuple[dict[str, int | str], ...]]:  # fmt: skip
+def _recorded(
+    src: Source, root: str, recorded: Manifest, val_split: float, accept: bool, log: Callable[[str], None]
+) -> tuple[Split, Split | None, Split | None, tuple[dict[str, int | str], ...]]:
     """(train, val, excluded, accepted changes): the splits a resumed run recorded, on the data as it is now."""
     where = root or src.name
     if recorded.data != where:
-        raise DataError(f"this run was trained on {recorded.data}, not {where}; resume with the same --data, or start a new run")
+        raise DataError(
+            f"this run was trained on {recorded.data}, not {where}; resume with the same --data, or start a new run"
+        )
     if not root:  # a named set: rows of its training split, which cannot change
+
         def rows(name: str) -> Split | None:
             rec = recorded.record(name)
             if rec is None or rec.rows is None:
                 return None
             if rec.rows and max(rec.rows) >= len(src.train):
-                raise DataError(f"{where} has {len(src.train)} training images but the run recorded row {max(rec.rows)}; is it the same data set?")
+                raise DataError(
+                    f"{where} has {len(src.train)} training images but the run recorded row {max(rec.rows)}; is it the same data set?"
+                )
             return src.train.take(torch.as_tensor(rec.rows, dtype=torch.int64))
 
         train = rows("train")
@@ -182,13 +214,20 @@ def _recorded(src: Source, root: str, recorded: Manifest, val_split: float, acce
     current = list(src.train.paths or []) + list(src.val.paths or [] if src.val is not None else [])
     change = compare(recorded, root, current, ("train", "val", "unused"))
     if change and not accept:
-        raise DataError(f"{where} changed since this run recorded its splits: {change.summary()}; start a new run (--out NEW), "
-                        f"or add --accept-data-change to go on (recorded files keep their split, new ones are dealt to train/val)")  # fmt: skip
+        raise DataError(
+            f"{where} changed since this run recorded its splits: {change.summary()}; start a new run (--out NEW), "
+            f"or add --accept-data-change to go on (recorded files keep their split, new ones are dealt to train/val)"
+        )
     changes = recorded.changes
     if change:
-        log(f"data changed since the run recorded its splits: {change.summary()}; accepted (--accept-data-change): recorded files "
-            f"keep their split, missing ones are dropped, new ones are dealt to train and val by a hash of their path")  # fmt: skip
-        changes = (*changes, {"added": len(change.added), "removed": len(change.removed), "changed": len(change.changed)})
+        log(
+            f"data changed since the run recorded its splits: {change.summary()}; accepted (--accept-data-change): recorded files "
+            f"keep their split, missing ones are dropped, new ones are dealt to train and val by a hash of their path"
+        )
+        changes = (
+            *changes,
+            {"added": len(change.added), "removed": len(change.removed), "changed": len(change.changed)},
+        )
     if src.val is not None:  # a val/ folder: the folders are the splits
         return src.train, src.val, None, changes
     val_rec, unused_rec = recorded.record("val"), recorded.record("unused")
@@ -199,7 +238,7 @@ def _recorded(src: Source, root: str, recorded: Manifest, val_split: float, acce
     groups: dict[str, list[int]] = {"train": [], "val": [], "unused": []}
     for i, path in enumerate(src.train.paths or []):
         full = os.path.abspath(path)
-        rel = full[len(prefix):] if full.startswith(prefix) else os.path.relpath(full, root)
+        rel = full[len(prefix) :] if full.startswith(prefix) else os.path.relpath(full, root)
         if rel in unused:
             groups["unused"].append(i)
         elif rel in in_val or (rel not in known and val_rec is not None and deal(rel, val_split)):

@@ -5,7 +5,8 @@ those are derived from the current folder listing at every run, so the same file
 another class mapping can never come back with old labels.
 
 The key is the identity of the files (path, size, mtime, in order) plus the decode settings
-(every field of `Preprocess` but mean/std: channels, size, interpolation, resize mode and size). A cache entry is two files in the cache folder:
+(every field of `Preprocess` but mean/std: channels, size, interpolation, resize mode and size).
+A cache entry is two files in the cache folder:
 
     pixels-<key>.u8     raw uint8, shape (N, C, H, W), C-contiguous, no header
     pixels-<key>.json   {"format", "key", "shape", "dtype", "failed": {row: reason}}: written last
@@ -28,10 +29,10 @@ import fcntl
 import hashlib
 import json
 import os
-import sys
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -103,7 +104,9 @@ def load_pixels(files: list[str], prep: Preprocess, cache_dir: Path | None, log:
     try:
         failed = {int(k): str(v) for k, v in entry.info.get("failed", {}).items()}
     except (AttributeError, ValueError):
-        raise DataError(f"the decode cache {data.with_suffix('.json')} is damaged; remove {cache_dir} and retry") from None
+        raise DataError(
+            f"the decode cache {data.with_suffix('.json')} is damaged; remove {cache_dir} and retry"
+        ) from None
     return Pixels(entry.array, failed, key, data)
 
 
@@ -114,8 +117,17 @@ class Entry:
         self.array, self.info = array, info
 
 
-def cached_array(data: Path, key: str, shape: tuple[int, ...], dtype: torch.dtype, fill: Callable[[Path], dict], log: Log, busy: str,
-                 *, format: int) -> Entry:  # fmt: skip
+def cached_array(
+    data: Path,
+    key: str,
+    shape: tuple[int, ...],
+    dtype: torch.dtype,
+    fill: Callable[[Path], dict],
+    log: Log,
+    busy: str,
+    *,
+    format: int,
+) -> Entry:
     """The array cached at `data` under `key`, made by `fill(tmp)` when it is not complete yet.
 
     `fill` writes the array's raw bytes into the preallocated temporary file `tmp` and returns what
@@ -141,10 +153,15 @@ def cached_array(data: Path, key: str, shape: tuple[int, ...], dtype: torch.dtyp
         info = _fill_file(data, shape, dtype, fill)
         from cnnctl.io import write_json
 
-        write_json(data.with_suffix(".json"), {"format": format, "key": key, "shape": list(shape), "dtype": str(dtype).removeprefix("torch."), **info})
+        write_json(
+            data.with_suffix(".json"),
+            {"format": format, "key": key, "shape": list(shape), "dtype": str(dtype).removeprefix("torch."), **info},
+        )
         hit = _open_complete(data, key, shape, dtype, format)
         if hit is None:
-            raise DataError(f"the cache entry {data} could not be read back after writing it; remove {data.parent} and retry")
+            raise DataError(
+                f"the cache entry {data} could not be read back after writing it; remove {data.parent} and retry"
+            )
         return hit
     finally:
         os.close(lock_fd)  # releases the flock
@@ -159,11 +176,21 @@ def _open_complete(data: Path, key: str, shape: tuple[int, ...], dtype: torch.dt
         return None
     count = int(np.prod(shape))
     nbytes = count * dtype.itemsize
-    if not isinstance(info, dict) or info.get("format") != format or info.get("key") != key or info.get("shape") != list(shape) or size != nbytes:
+    if (
+        not isinstance(info, dict)
+        or info.get("format") != format
+        or info.get("key") != key
+        or info.get("shape") != list(shape)
+        or size != nbytes
+    ):
         return None
     if info.get("dtype", "uint8") != str(dtype).removeprefix("torch."):
         return None
-    array = torch.from_file(str(data), shared=False, size=count, dtype=dtype).view(shape) if count else torch.zeros(shape, dtype=dtype)
+    array = (
+        torch.from_file(str(data), shared=False, size=count, dtype=dtype).view(shape)
+        if count
+        else torch.zeros(shape, dtype=dtype)
+    )
     return Entry(array, info)
 
 
@@ -213,7 +240,9 @@ def _worker_init() -> None:
         pass
 
 
-def _decode_rows_in_processes(files: list[str], prep: Preprocess, tmp: Path, shape: tuple[int, ...], log: Log, where: str) -> dict[int, str]:
+def _decode_rows_in_processes(
+    files: list[str], prep: Preprocess, tmp: Path, shape: tuple[int, ...], log: Log, where: str
+) -> dict[int, str]:
     """Decode on every core: worker processes write their rows straight into the mapped file.
 
     Processes, not threads: PIL holds the GIL for part of the work on every image; a thread pool
@@ -228,14 +257,16 @@ def _decode_rows_in_processes(files: list[str], prep: Preprocess, tmp: Path, sha
     workers = max(1, min(len(files) // WINDOW + 1, os.cpu_count() or 1))
     if workers == 1:
         for start in range(0, len(files), WINDOW):
-            failed.update(_decode_rows(str(tmp), shape, start, files[start:start + WINDOW], prep))
+            failed.update(_decode_rows(str(tmp), shape, start, files[start : start + WINDOW], prep))
             meter.update(min(len(files), start + WINDOW))
     else:
         # fork: workers start at once and need nothing re-imported; they only run PIL and numpy.
         pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"), initializer=_worker_init)
         try:
-            jobs = [pool.submit(_decode_rows, str(tmp), shape, start, files[start:start + WINDOW], prep)
-                    for start in range(0, len(files), WINDOW)]  # fmt: skip
+            jobs = [
+                pool.submit(_decode_rows, str(tmp), shape, start, files[start : start + WINDOW], prep)
+                for start in range(0, len(files), WINDOW)
+            ]
             done = 0
             for job in jobs:
                 failed.update(job.result())

@@ -24,9 +24,9 @@ import gzip
 import hashlib
 import json
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
 
 from cnnctl.errors import CheckpointError
 from cnnctl.io import write_bytes
@@ -52,14 +52,24 @@ class SplitRecord:
     def to_dict(self) -> dict[str, list[int] | list[str]]:
         if self.rows is not None:
             return {"rows": list(self.rows)}
-        return {"paths": list(self.paths), "labels": list(self.labels), "sizes": list(self.sizes), "mtime_ns": list(self.mtimes)}
+        return {
+            "paths": list(self.paths),
+            "labels": list(self.labels),
+            "sizes": list(self.sizes),
+            "mtime_ns": list(self.mtimes),
+        }
 
     @classmethod
     def from_dict(cls, d: dict[str, list[int] | list[str]]) -> SplitRecord:
         if "rows" in d:
             return cls(rows=tuple(int(r) for r in d["rows"]))
         paths = tuple(str(p) for p in d["paths"])
-        rec = cls(paths, tuple(int(v) for v in d["labels"]), tuple(int(v) for v in d["sizes"]), tuple(int(v) for v in d["mtime_ns"]))
+        rec = cls(
+            paths,
+            tuple(int(v) for v in d["labels"]),
+            tuple(int(v) for v in d["sizes"]),
+            tuple(int(v) for v in d["mtime_ns"]),
+        )
         if not len(rec.labels) == len(rec.sizes) == len(rec.mtimes) == len(paths):
             raise ValueError("lists of different lengths")
         return rec
@@ -94,8 +104,13 @@ class Manifest:
         return {p for r in self.splits.values() for p in r.paths}
 
     def write(self, run_dir: str | os.PathLike[str]) -> None:
-        doc = {"format": FORMAT, "data": self.data, "fingerprint": self.fingerprint, "changes": list(self.changes),
-               "splits": {name: rec.to_dict() for name, rec in self.splits.items()}}  # fmt: skip
+        doc = {
+            "format": FORMAT,
+            "data": self.data,
+            "fingerprint": self.fingerprint,
+            "changes": list(self.changes),
+            "splits": {name: rec.to_dict() for name, rec in self.splits.items()},
+        }
         raw = json.dumps(doc, separators=(",", ":")).encode()
         write_bytes(Path(run_dir) / FILE, gzip.compress(raw, compresslevel=6, mtime=0))
 
@@ -108,11 +123,15 @@ class Manifest:
         try:
             doc = json.loads(gzip.decompress(path.read_bytes()))
             if doc.get("format") != FORMAT:
-                raise CheckpointError(f"{path}: split manifest format {doc.get('format')!r} is not supported (this cnnctl reads {FORMAT}); upgrade cnnctl")
+                raise CheckpointError(
+                    f"{path}: split manifest format {doc.get('format')!r} is not supported (this cnnctl reads {FORMAT}); upgrade cnnctl"
+                )
             splits = {str(k): SplitRecord.from_dict(v) for k, v in doc["splits"].items()}
             return cls(str(doc["data"]), splits, str(doc.get("fingerprint", "")), tuple(doc.get("changes") or ()))
         except (OSError, EOFError, ValueError, KeyError, TypeError, AttributeError, gzip.BadGzipFile):
-            raise CheckpointError(f"{path} is damaged; restore it, or evaluate with --data FOLDER --split all on images the model never saw") from None
+            raise CheckpointError(
+                f"{path} is damaged; restore it, or evaluate with --data FOLDER --split all on images the model never saw"
+            ) from None
 
     @classmethod
     def beside(cls, target: str | os.PathLike[str]) -> Manifest | None:
@@ -149,7 +168,7 @@ def record_files(root: str, paths: Iterable[str], labels: Iterable[int]) -> Spli
     labs: list[int] = []
     for path, label in zip(paths, labels):
         full = path if os.path.isabs(path) else os.path.abspath(path)
-        rel = full[len(prefix):] if full.startswith(prefix) else os.path.relpath(full, root)
+        rel = full[len(prefix) :] if full.startswith(prefix) else os.path.relpath(full, root)
         try:
             st = os.stat(full)
             size, mtime = st.st_size, st.st_mtime_ns
@@ -179,13 +198,15 @@ class Change:
         return ", ".join(parts) + (f" (e.g. {', '.join(first)})" if first else "")
 
 
-def compare(manifest: Manifest, root: str, current: Iterable[str], splits: tuple[str, ...] = ("train", "val")) -> Change:
+def compare(
+    manifest: Manifest, root: str, current: Iterable[str], splits: tuple[str, ...] = ("train", "val")
+) -> Change:
     """Files now under `root` (absolute or root-relative paths) against the recorded `splits`."""
     prefix = os.path.abspath(root).rstrip(os.sep) + os.sep
     now = set()
     for p in current:
         full = p if os.path.isabs(p) else os.path.abspath(p)
-        now.add(full[len(prefix):] if full.startswith(prefix) else os.path.relpath(full, root))
+        now.add(full[len(prefix) :] if full.startswith(prefix) else os.path.relpath(full, root))
     recorded: set[str] = set()
     changed: list[str] = []
     for name in splits:

@@ -15,8 +15,8 @@ uninterrupted one exactly (and keeps the caller's RNG stream untouched).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import torch
 
@@ -70,4 +70,3 @@ class BatchMix:
         if torch.rand(()) >= self.prob:
             return x, torch.nn.functional.one_hot(y, self.num_classes).to(torch.float32)
         return self.mix(x, y)
-

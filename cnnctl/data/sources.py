@@ -9,15 +9,21 @@ from __future__ import annotations
 import gzip
 import os
 import sys
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 import torch
 
+from cnnctl.data.layout import (
+    NAMED_SETS,
+    TORCHVISION_SETS,
+    class_dirs,
+    folder_layout,
+    short,
+)
 from cnnctl.errors import DataError, UsageError
-from cnnctl.data.layout import DIGIT_SETS, NAMED_SETS, SPLIT_DIRS, TORCHVISION_SETS, FolderLayout, class_dirs, folder_layout, short  # noqa: F401 (re-exported)
 from cnnctl.runtime.preprocess import IMAGE_SUFFIXES, Preprocess, decode
 
 BUILTIN = Path(__file__).parent / "builtin"
@@ -92,7 +98,7 @@ def _read_idx(path: Path) -> np.ndarray:
     with opener(path, "rb") as fh:
         data = fh.read()
     ndim = data[3]
-    dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
 
 
@@ -123,7 +129,9 @@ def torchvision_set(name: str, data_dir: str, download: bool) -> Source:
             ds = cls(root=str(root), train=train, download=download)
         except RuntimeError as exc:
             if download:
-                raise DataError(f"could not download {name} into {root} ({str(exc).splitlines()[0]}); check the network or copy the files there") from exc
+                raise DataError(
+                    f"could not download {name} into {root} ({str(exc).splitlines()[0]}); check the network or copy the files there"
+                ) from exc
             where = root / cls_name / "raw" if cls_name != "CIFAR10" and cls_name != "CIFAR100" else root
             raise DataError(
                 f"{name} not found under {where} (torchvision layout); add --download, "
@@ -166,8 +174,14 @@ def list_images(root: str) -> Iterator[str]:
                 yield os.path.join(dirpath, n)
 
 
-def folder_split(directory: Path, classes: list[str], prep: Preprocess, cache_dir: Path | None, log: Callable[[str], None],
-                 owner: str = "") -> Split:  # fmt: skip
+def folder_split(
+    directory: Path,
+    classes: list[str],
+    prep: Preprocess,
+    cache_dir: Path | None,
+    log: Callable[[str], None],
+    owner: str = "",
+) -> Split:
     """Every image under directory/<class>/, labelled by the position of <class> in `classes`.
 
     Labels come from this listing, now: the decode cache holds pixels only. Class folders that
@@ -178,15 +192,23 @@ def folder_split(directory: Path, classes: list[str], prep: Preprocess, cache_di
         raise DataError(f"{directory}: no class subfolders; put images in {directory}/<class name>/")
     unknown = [c for c in present if c not in classes]
     if unknown:
-        raise DataError(f"{directory} has classes {short(unknown)} that {owner or 'the class list'} lacks (it has {short(classes)})")
+        raise DataError(
+            f"{directory} has classes {short(unknown)} that {owner or 'the class list'} lacks (it has {short(classes)})"
+        )
     files, labels = _list_files(directory, present, [classes.index(c) for c in present])
     if not files:
         raise DataError(f"{directory}: no image files ({', '.join(IMAGE_SUFFIXES[:4])}, ...) in its class folders")
     return files_split(files, labels, prep, cache_dir, log, str(directory))
 
 
-def files_split(files: list[str], labels: list[int], prep: Preprocess, cache_dir: Path | None, log: Callable[[str], None],
-                where: str) -> Split:  # fmt: skip
+def files_split(
+    files: list[str],
+    labels: list[int],
+    prep: Preprocess,
+    cache_dir: Path | None,
+    log: Callable[[str], None],
+    where: str,
+) -> Split:
     """These image files with these labels, decoded through the decode cache; unreadable files are
     left out and counted in one log line (`where` names the data in messages)."""
     from cnnctl.data.cache import load_pixels
@@ -194,7 +216,10 @@ def files_split(files: list[str], labels: list[int], prep: Preprocess, cache_dir
     pixels = load_pixels(files, prep, cache_dir, log)
     if pixels.failed:
         shown = "; ".join(list(pixels.failed.values())[:3])
-        log(f"skipped {len(pixels.failed)} unreadable image(s) of {len(files)}: {shown}" + (" ..." if len(pixels.failed) > 3 else ""))
+        log(
+            f"skipped {len(pixels.failed)} unreadable image(s) of {len(files)}: {shown}"
+            + (" ..." if len(pixels.failed) > 3 else "")
+        )
     ok = pixels.ok_rows
     if not ok:
         raise DataError(f"{where}: none of the {len(files)} image files could be read")
@@ -250,13 +275,21 @@ def image_folder(
         if not files:
             raise DataError(f"{train_root}: no image files in its class folders")
         image_size = _first_image_size(files)
-        notes.append(f"images resized to {image_size[0]}x{image_size[1]} (the first image's size; set --image-size to choose)")
+        notes.append(
+            f"images resized to {image_size[0]}x{image_size[1]} (the first image's size; set --image-size to choose)"
+        )
     if resize == "crop":
         shorter = max(max(image_size), round(max(image_size) / crop_pct))
-        prep = Preprocess(channels=channels, size=image_size, interpolation=interpolation, resize="crop", resize_size=shorter)
-        stored = Preprocess(channels=channels, size=(shorter, shorter), interpolation=interpolation, resize="crop", resize_size=shorter)
-        notes.append(f"photos: shorter side to {shorter}, centre {image_size[0]}x{image_size[1]} for evaluation; "
-                     f"training images stored at {shorter}x{shorter} for random-resized crops")  # fmt: skip
+        prep = Preprocess(
+            channels=channels, size=image_size, interpolation=interpolation, resize="crop", resize_size=shorter
+        )
+        stored = Preprocess(
+            channels=channels, size=(shorter, shorter), interpolation=interpolation, resize="crop", resize_size=shorter
+        )
+        notes.append(
+            f"photos: shorter side to {shorter}, centre {image_size[0]}x{image_size[1]} for evaluation; "
+            f"training images stored at {shorter}x{shorter} for random-resized crops"
+        )
     else:
         prep = stored = Preprocess(channels=channels, size=image_size, interpolation=interpolation)
     train = folder_split(train_root, classes, stored, cache_dir, log, str(train_root))
@@ -275,7 +308,9 @@ def redecode(split: Split, prep: Preprocess, cache_dir: Path | None, log: Callab
     assert split.paths is not None
     pixels = load_pixels(split.paths, prep, cache_dir, log)
     if pixels.failed:  # they decoded once already; a file changed since
-        raise DataError(f"{len(pixels.failed)} image(s) became unreadable during this run: {next(iter(pixels.failed.values()))}")
+        raise DataError(
+            f"{len(pixels.failed)} image(s) became unreadable during this run: {next(iter(pixels.failed.values()))}"
+        )
     return Split(pixels.array, split.y, split.paths, None, pixels.key)
 
 
@@ -299,7 +334,9 @@ def load_source(
     elif data in TORCHVISION_SETS:
         src = torchvision_set(data, data_dir, download)
     else:
-        return image_folder(data, image_size, grayscale, default_cache_dir(cache_dir), log, resize, crop_pct, interpolation)
+        return image_folder(
+            data, image_size, grayscale, default_cache_dir(cache_dir), log, resize, crop_pct, interpolation
+        )
     channels = 1 if grayscale else src.channels
     size = image_size or src.size
     if (channels, size) != (src.channels, src.size):
@@ -318,4 +355,6 @@ def _convert(src: Source, prep: Preprocess) -> Source:
         out = np.stack([decode(Image.fromarray(a[:, :, 0] if a.shape[2] == 1 else a), prep) for a in arrays])
         return Split(torch.from_numpy(out), split.y, split.paths)
 
-    return Source(src.name, src.classes, conv(src.train), conv(src.test), conv(src.val), prep.channels, prep.size, src.notes)
+    train = conv(src.train)
+    assert train is not None
+    return Source(src.name, src.classes, train, conv(src.test), conv(src.val), prep.channels, prep.size, src.notes)

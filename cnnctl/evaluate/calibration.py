@@ -11,22 +11,25 @@ images used neither for training nor for the fit. T goes into the file's metadat
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from cnnctl.data.manifest import Manifest
-from cnnctl.train.engine import evaluate
 from cnnctl.errors import CnnctlError, UsageError
+from cnnctl.evaluate.metrics import calibration, fit_temperature, nll
 from cnnctl.evaluate.report import Target, load_split
 from cnnctl.runtime import modelfile
 from cnnctl.runtime.classifier import softmax
 from cnnctl.runtime.metadata import Metadata
-from cnnctl.evaluate.metrics import calibration, fit_temperature, nll
+from cnnctl.train.engine import evaluate
 
 
-def _logits(model: Target, meta: Metadata, data: str | None, data_dir: str | None, split: str) -> tuple[np.ndarray, np.ndarray, str, str]:
+def _logits(
+    model: Target, meta: Metadata, data: str | None, data_dir: str | None, split: str
+) -> tuple[np.ndarray, np.ndarray, str, str]:
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     images, name, _, used = load_split(meta, data, data_dir, split, log=log, recorded=Manifest.beside(model.path))
     result = evaluate(model.module, model.batches(images, model.eval_batch("auto").size))
@@ -35,30 +38,62 @@ def _logits(model: Target, meta: Metadata, data: str | None, data_dir: str | Non
 
 def _scores(logits: np.ndarray, targets: np.ndarray, t: float) -> dict[str, float]:
     probs = softmax(logits / t)
-    return {"ece": calibration(probs, targets)["ece"], "nll": nll(logits, targets, t), "top1": float((probs.argmax(1) == targets).mean())}
+    return {
+        "ece": calibration(probs, targets)["ece"],
+        "nll": nll(logits, targets, t),
+        "top1": float((probs.argmax(1) == targets).mean()),
+    }
 
 
-def calibrate(target: str, *, data: str | None = None, data_dir: str | None = None, split: str = "val", check: str = "test",
-              provider: str = "auto", dry_run: bool = False, log: Callable[[str], None] | None = None) -> dict[str, Any]:  # fmt: skip
+def calibrate(
+    target: str,
+    *,
+    data: str | None = None,
+    data_dir: str | None = None,
+    split: str = "val",
+    check: str = "test",
+    provider: str = "auto",
+    dry_run: bool = False,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
     """Fit, check, and (unless `dry_run`) store the temperature; returns the report (docs/eval.md)."""
     log = log or (lambda m: print(m, file=sys.stderr, flush=True))
     if split == check:
-        raise UsageError(f"--split and --check are both {split!r}: check the temperature on images it was not fitted on")
+        raise UsageError(
+            f"--split and --check are both {split!r}: check the temperature on images it was not fitted on"
+        )
     model = Target(target, provider)
     meta = model.meta.replace(temperature=None)  # fitted on the raw logits, whatever is stored
     logits, targets, name, used = _logits(model, meta, data, data_dir, split)
     if len(targets) < 50:
-        raise UsageError(f"{len(targets)} images in the {used} split of {name} are too few to fit a temperature; give at least 50 (--data, --split)")
+        raise UsageError(
+            f"{len(targets)} images in the {used} split of {name} are too few to fit a temperature; give at least 50 (--data, --split)"
+        )
     t = fit_temperature(logits, targets)
-    report: dict[str, Any] = {"target": model.path, "data": name, "fit": {"split": used, "images": int(len(targets)),
-                              "before": _scores(logits, targets, 1.0), "after": _scores(logits, targets, t)}, "temperature": t}  # fmt: skip
+    report: dict[str, Any] = {
+        "target": model.path,
+        "data": name,
+        "fit": {
+            "split": used,
+            "images": int(len(targets)),
+            "before": _scores(logits, targets, 1.0),
+            "after": _scores(logits, targets, t),
+        },
+        "temperature": t,
+    }
     try:
         c_logits, c_targets, _, c_used = _logits(model, meta, data, data_dir, check)
-        report["check"] = {"split": c_used, "images": int(len(c_targets)), "before": _scores(c_logits, c_targets, 1.0),
-                           "after": _scores(c_logits, c_targets, t)}  # fmt: skip
+        report["check"] = {
+            "split": c_used,
+            "images": int(len(c_targets)),
+            "before": _scores(c_logits, c_targets, 1.0),
+            "after": _scores(c_logits, c_targets, t),
+        }
     except (CnnctlError, OSError) as exc:
         report["check"] = None
-        log(f"no check split ({getattr(exc, 'message', exc)}); the temperature was measured on the images it was fitted on only")
+        log(
+            f"no check split ({getattr(exc, 'message', exc)}); the temperature was measured on the images it was fitted on only"
+        )
     path = Path(model.path)
     report["written"] = None if dry_run else str(path)
     if not dry_run:

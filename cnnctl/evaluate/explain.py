@@ -21,9 +21,10 @@ be most of cnnctl's install for three formulas; docs/explain.md has the comparis
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -43,8 +44,13 @@ def spatial_layers(model: nn.Module, input_shape: tuple[int, ...]) -> list[tuple
     hooks = []
     for name, module in model.named_modules():
         if name:
-            hooks.append(module.register_forward_hook(lambda m, i, o, name=name: seen.append((name, tuple(o.shape)))
-                                                      if isinstance(o, torch.Tensor) and o.dim() == 4 else None))  # fmt: skip
+            hooks.append(
+                module.register_forward_hook(
+                    lambda m, i, o, name=name: (
+                        seen.append((name, tuple(o.shape))) if isinstance(o, torch.Tensor) and o.dim() == 4 else None
+                    )
+                )
+            )
     try:
         with torch.no_grad():
             model(torch.zeros(1, *input_shape))
@@ -59,7 +65,9 @@ def pick_layer(model: nn.Module, input_shape: tuple[int, ...], name: str = "") -
     names = [n for n, _ in layers]
     if name:
         if name not in names:
-            raise UsageError(f"--layer {name!r}: no such layer with a spatial output; choose one of {', '.join(names[-8:])}")
+            raise UsageError(
+                f"--layer {name!r}: no such layer with a spatial output; choose one of {', '.join(names[-8:])}"
+            )
         return name
     gridded = [n for n, shape in layers if shape[2] > 1 or shape[3] > 1]
     if not gridded:
@@ -115,7 +123,9 @@ class Explainer:
         if method not in METHODS:
             raise UsageError(f"--method {method!r}: choose one of {', '.join(METHODS)}")
         if str(target).endswith(".onnx"):
-            raise UsageError(f"{target}: explanations need the layer gradients of the PyTorch checkpoint; give its run directory")
+            raise UsageError(
+                f"{target}: explanations need the layer gradients of the PyTorch checkpoint; give its run directory"
+            )
         self.clf = TorchClassifier(target, device)
         self.model, self.meta, self.path = self.clf.model, self.clf.meta, Path(self.clf.path)
         self.model.float().eval()
@@ -163,13 +173,23 @@ class Explainer:
         py, px = np.unravel_index(int(np.argmax(heat)), heat.shape)
         fx, fy = to_file_xy(float(px), float(py), self.prep, width, height)
         record = {
-            "path": path, "method": self.method, "layer": self.layer, "class": self.classes[k], "class_index": k,
-            "prob": round(float(probs[k]), 6), "predicted": self.classes[predicted], "predicted_prob": round(float(probs[predicted]), 6),
-            "peak": None if flat else {"x": round(fx, 2), "y": round(fy, 2)}, "peak_input": None if flat else {"x": int(px), "y": int(py)},
-            "file_size": {"width": width, "height": height}, "input_size": {"width": w, "height": h},
-        }  # fmt: skip
+            "path": path,
+            "method": self.method,
+            "layer": self.layer,
+            "class": self.classes[k],
+            "class_index": k,
+            "prob": round(float(probs[k]), 6),
+            "predicted": self.classes[predicted],
+            "predicted_prob": round(float(probs[predicted]), 6),
+            "peak": None if flat else {"x": round(fx, 2), "y": round(fy, 2)},
+            "peak_input": None if flat else {"x": int(px), "y": int(py)},
+            "file_size": {"width": width, "height": height},
+            "input_size": {"width": w, "height": h},
+        }
         if flat:  # no positive evidence at this layer: a peak would be a made-up point
-            record["note"] = f"the {self.method} map is zero everywhere at {self.layer}; try --method layercam or gradcam++, or an earlier --layer"
+            record["note"] = (
+                f"the {self.method} map is zero everywhere at {self.layer}; try --method layercam or gradcam++, or an earlier --layer"
+            )
         return Explanation(path, heat, view, record)
 
 
@@ -189,7 +209,9 @@ def overlay_png(exp: Explanation, alpha: float = 0.45, scale: int = 0) -> bytes:
 
     view = exp.view.transpose(1, 2, 0)
     rgb = np.repeat(view, 3, axis=2) if view.shape[2] == 1 else view
-    mixed = ((1 - alpha) * rgb.astype(np.float32) + alpha * jet(exp.heatmap).astype(np.float32)).round().astype(np.uint8)
+    mixed = (
+        ((1 - alpha) * rgb.astype(np.float32) + alpha * jet(exp.heatmap).astype(np.float32)).round().astype(np.uint8)
+    )
     img = Image.fromarray(mixed)
     scale = scale or max(1, 224 // max(img.size))
     if scale > 1:
@@ -199,8 +221,17 @@ def overlay_png(exp: Explanation, alpha: float = 0.45, scale: int = 0) -> bytes:
     return buf.getvalue()
 
 
-def explain_files(target: str, paths: list[str], *, method: str = "gradcam", layer: str = "", class_name: str | None = None,
-                  out_dir: str | None = None, device: str = "cpu", log: Callable[[str], None] = lambda m: None) -> dict[str, Any]:  # fmt: skip
+def explain_files(
+    target: str,
+    paths: list[str],
+    *,
+    method: str = "gradcam",
+    layer: str = "",
+    class_name: str | None = None,
+    out_dir: str | None = None,
+    device: str = "cpu",
+    log: Callable[[str], None] = lambda m: None,
+) -> dict[str, Any]:
     """Heatmaps for `paths`; PNG overlays into `out_dir` (when given); the report."""
     from cnnctl.errors import DataError
     from cnnctl.io import write_bytes
@@ -222,4 +253,10 @@ def explain_files(target: str, paths: list[str], *, method: str = "gradcam", lay
         records.append(exp.record)
     if not records:
         raise DataError(f"no image could be explained: {'; '.join(failed[:3])}")
-    return {"model": str(explainer.path), "method": method, "layer": explainer.layer, "images": records, "skipped": failed}
+    return {
+        "model": str(explainer.path),
+        "method": method,
+        "layer": explainer.layer,
+        "images": records,
+        "skipped": failed,
+    }

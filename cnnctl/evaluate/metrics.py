@@ -29,7 +29,12 @@ def per_class(cm: np.ndarray, class_names: list[str]) -> dict[str, Any]:
     ]
     total = support.sum()
     avg = {
-        "macro": {"precision": float(precision.mean()), "recall": float(recall.mean()), "f1": float(f1.mean()), "support": int(total)},
+        "macro": {
+            "precision": float(precision.mean()),
+            "recall": float(recall.mean()),
+            "f1": float(f1.mean()),
+            "support": int(total),
+        },
         "weighted": {
             "precision": float((precision * support).sum() / total) if total else 0.0,
             "recall": float((recall * support).sum() / total) if total else 0.0,

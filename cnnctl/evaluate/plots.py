@@ -34,7 +34,12 @@ def plot_histories(histories: dict[str, list[dict[str, Any]]], path: str | Path)
     for i, (name, epochs) in enumerate(histories.items()):
         color = f"C{i % 10}"
         x = [r["epoch"] for r in epochs]
-        for key, ax, style in (("train_loss", ax_loss, "--"), ("val_loss", ax_loss, "-"), ("train_acc", ax_acc, "--"), ("val_acc", ax_acc, "-")):
+        for key, ax, style in (
+            ("train_loss", ax_loss, "--"),
+            ("val_loss", ax_loss, "-"),
+            ("train_acc", ax_acc, "--"),
+            ("val_acc", ax_acc, "-"),
+        ):
             ys = [r.get(key) for r in epochs]
             if any(v is not None for v in ys):
                 ax.plot(x, ys, style, color=color, marker="o", markersize=3, label=f"{name} {key.split('_')[0]}")
@@ -75,8 +80,15 @@ def plot_calibration(bins: list[dict[str, Any]], ece: float, path: str | Path, t
     width = (bins[0]["upper"] - bins[0]["lower"]) if bins else 1 / 15
     centres = [(b["lower"] + b["upper"]) / 2 for b in bins]
     ax.bar(centres, [b["accuracy"] for b in bins], width=width * 0.9, color="#2a7", label="accuracy")
-    ax.bar(centres, [b["confidence"] - b["accuracy"] for b in bins], bottom=[b["accuracy"] for b in bins], width=width * 0.9,
-           color="#e55", alpha=0.5, label="gap to confidence")  # fmt: skip
+    ax.bar(
+        centres,
+        [b["confidence"] - b["accuracy"] for b in bins],
+        bottom=[b["accuracy"] for b in bins],
+        width=width * 0.9,
+        color="#e55",
+        alpha=0.5,
+        label="gap to confidence",
+    )
     ax.plot([0, 1], [0, 1], "k--", lw=1)
     ax.set_ylabel("accuracy")
     ax.set_xlim(0, 1)

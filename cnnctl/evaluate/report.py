@@ -9,8 +9,10 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -18,16 +20,17 @@ from torch import nn
 
 from cnnctl.data.batches import Batches
 from cnnctl.data.bundle import select_splits, split_off
+from cnnctl.data.layout import DIGIT_SETS, NAMED_SETS, folder_layout
 from cnnctl.data.manifest import Manifest
-from cnnctl.data.sources import DIGIT_SETS, NAMED_SETS, Split, default_cache_dir, files_split, folder_layout, folder_split, load_source
-from cnnctl.train.engine import evaluate
+from cnnctl.data.sources import Split, default_cache_dir, files_split, folder_split, load_source
 from cnnctl.errors import DataError, UsageError
+from cnnctl.evaluate.metrics import calibration, confusion_matrix, nll, per_class
+from cnnctl.machine import EvalBatch, eval_batch
 from cnnctl.runtime.classifier import Classifier, probabilities
 from cnnctl.runtime.inference import OnnxClassifier
-from cnnctl.machine import EvalBatch, eval_batch
 from cnnctl.runtime.metadata import DataInfo, Metadata
-from cnnctl.evaluate.metrics import calibration, confusion_matrix, nll, per_class
 from cnnctl.runtime.preprocess import Preprocess
+from cnnctl.train.engine import EvalResult, evaluate
 
 
 class _OnnxModule(nn.Module):
@@ -48,6 +51,7 @@ class Target:
 
     def __init__(self, path: str, provider: str = "auto", device: str = "cpu") -> None:
         self.clf: Classifier
+        self.module: nn.Module
         if str(path).endswith(".onnx"):
             onnx_clf = OnnxClassifier(path, provider)
             self.kind, self.clf, self.module = "onnx", onnx_clf, _OnnxModule(onnx_clf)
@@ -68,15 +72,20 @@ class Target:
     def eval_batch(self, requested: int | str, views: int = 1) -> EvalBatch:
         """The inference batch (`cnnctl eval --batch-size`): `requested`, or the largest that fits the memory budget ("auto")."""
         m = self.meta
-        return eval_batch(requested, m.model, m.input_shape, m.num_classes, self.device.type, views=views,
-                          flag="--batch-size")  # fmt: skip
+        return eval_batch(
+            requested, m.model, m.input_shape, m.num_classes, self.device.type, views=views, flag="--batch-size"
+        )
 
     def batches(self, split: Split, batch_size: int) -> Batches:
         return Batches(split, self.prep, batch_size, device=self.device, channels_last=self.kind == "pytorch")
 
 
 def load_split(
-    meta: Metadata, data: str | None, data_dir: str | None, split: str, log: Callable[[str], None] | None = None,
+    meta: Metadata,
+    data: str | None,
+    data_dir: str | None,
+    split: str,
+    log: Callable[[str], None] | None = None,
     recorded: Manifest | None = None,
 ) -> tuple[Split, str, list[str], str]:
     """The images of one split, decoded as the model's preprocessing says, labelled by class name.
@@ -101,18 +110,31 @@ def load_split(
     classes = list(meta.class_names)
     log = log or (lambda m: print(m, file=sys.stderr, flush=True))
     val_split = info.val_split if info is not None else 0.1
-    own = info is not None and (name == info.name or (name not in NAMED_SETS and os.path.realpath(name) == os.path.realpath(info.name)))
+    own = info is not None and (
+        name == info.name or (name not in NAMED_SETS and os.path.realpath(name) == os.path.realpath(info.name))
+    )
     if own and split in ("val", "train"):
         if recorded is not None and recorded.record(split) is not None:
             return _recorded_split(recorded, split, meta, name, data_dir, log), name, classes, split
         if recorded is None and info is not None:
-            log(f"the model's run has no split manifest (written by an older cnnctl): its {split} split is drawn again from {name} as "
-                f"it is now; images added or removed since training can move between train and val")  # fmt: skip
+            log(
+                f"the model's run has no split manifest (written by an older cnnctl): its {split} split is drawn again from {name} as "
+                f"it is now; images added or removed since training can move between train and val"
+            )
     if name not in NAMED_SETS:
         return _folder_split(name, info, split, classes, prep, val_split, log)
-    src = load_source(name, data_dir or (info.data_dir if info is not None and info.data_dir else "./data"), False, prep.size, prep.channels == 1, log=log)
+    src = load_source(
+        name,
+        data_dir or (info.data_dir if info is not None and info.data_dir else "./data"),
+        False,
+        prep.size,
+        prep.channels == 1,
+        log=log,
+    )
     if (src.channels, tuple(src.size)) != (prep.channels, tuple(prep.size)):
-        raise DataError(f"{name} gives {src.channels}x{src.size[0]}x{src.size[1]} images, the model takes {prep.channels}x{prep.size[0]}x{prep.size[1]}")
+        raise DataError(
+            f"{name} gives {src.channels}x{src.size[0]}x{src.size[1]} images, the model takes {prep.channels}x{prep.size[0]}x{prep.size[1]}"
+        )
     if src.classes != classes:
         raise DataError(
             f"{name} has classes {src.classes[:5]}{'...' if len(src.classes) > 5 else ''} but the model was trained on "
@@ -135,17 +157,27 @@ def load_split(
 SPLITS = ("test", "val", "train", "all")
 
 
-def _recorded_split(recorded: Manifest, split: str, meta: Metadata, name: str, data_dir: str | None, log: Callable[[str], None]) -> Split:
+def _recorded_split(
+    recorded: Manifest, split: str, meta: Metadata, name: str, data_dir: str | None, log: Callable[[str], None]
+) -> Split:
     """The `split` a run recorded: its files that are still there unchanged (one line says what
     is missing, changed, or new in the folder and left out), or its rows of a named set."""
     rec = recorded.splits[split]
     prep = meta.preprocess
     if rec.rows is not None:
         info = meta.data
-        src = load_source(name, data_dir or (info.data_dir if info is not None and info.data_dir else "./data"), False, prep.size,
-                          prep.channels == 1, log=log)  # fmt: skip
+        src = load_source(
+            name,
+            data_dir or (info.data_dir if info is not None and info.data_dir else "./data"),
+            False,
+            prep.size,
+            prep.channels == 1,
+            log=log,
+        )
         if rec.rows and max(rec.rows) >= len(src.train):
-            raise DataError(f"{name} has {len(src.train)} training images but the run recorded row {max(rec.rows)}; is it the same data set?")
+            raise DataError(
+                f"{name} has {len(src.train)} training images but the run recorded row {max(rec.rows)}; is it the same data set?"
+            )
         return src.train.take(torch.tensor(rec.rows, dtype=torch.int64))
     state = recorded.files(split)
     new = 0
@@ -154,22 +186,33 @@ def _recorded_split(recorded: Manifest, split: str, meta: Metadata, name: str, d
 
         known = recorded.all_paths()
         prefix = recorded.data.rstrip(os.sep) + os.sep
-        new = sum(1 for f in list_images(recorded.data) if f[len(prefix):] not in known)
+        new = sum(1 for f in list_images(recorded.data) if f[len(prefix) :] not in known)
     if state.missing or state.changed or new:
         gone = state.missing + state.changed
         left = f"{len(state.missing)} missing and {len(state.changed)} changed since training are left out (e.g. {', '.join(gone[:3])})"
-        log(f"{split}: the {len(rec)} images the run recorded for this split; {left if gone else 'all still there'}; "
-            f"{new} file(s) added to {recorded.data} since are ignored")  # fmt: skip
+        log(
+            f"{split}: the {len(rec)} images the run recorded for this split; {left if gone else 'all still there'}; "
+            f"{new} file(s) added to {recorded.data} since are ignored"
+        )
     if not state.present:
-        raise DataError(f"none of the {len(rec)} images the run recorded for its {split} split is left in {recorded.data}; "
-                        f"evaluate on other images with --data FOLDER --split all")  # fmt: skip
+        raise DataError(
+            f"none of the {len(rec)} images the run recorded for its {split} split is left in {recorded.data}; "
+            f"evaluate on other images with --data FOLDER --split all"
+        )
     files = [f for f, _ in state.present]
     labels = [label for _, label in state.present]
     return files_split(files, labels, prep, default_cache_dir(), log, recorded.data)
 
 
-def _folder_split(name: str, info: DataInfo | None, split: str, classes: list[str], prep: Preprocess, val_split: float,
-                  log: Callable[[str], None]) -> tuple[Split, str, list[str], str]:  # fmt: skip
+def _folder_split(
+    name: str,
+    info: DataInfo | None,
+    split: str,
+    classes: list[str],
+    prep: Preprocess,
+    val_split: float,
+    log: Callable[[str], None],
+) -> tuple[Split, str, list[str], str]:
     layout = folder_layout(name)
     cache = default_cache_dir()
     owner = "the model"
@@ -198,59 +241,102 @@ def _folder_split(name: str, info: DataInfo | None, split: str, classes: list[st
     train, val = split_off(read(layout.root), val_split)
     if split == "val":
         if val is None:
-            raise UsageError(f"{name}: the model was trained on all of it (--val-split 0); give --data a folder of images it never saw")
+            raise UsageError(
+                f"{name}: the model was trained on all of it (--val-split 0); give --data a folder of images it never saw"
+            )
         return val, name, classes, split
     return train, name, classes, split
 
 
-def run_eval(
-    target: str,
-    *,
-    data: str | None = None,
-    data_dir: str | None = None,
-    split: str = "test",
-    batch_size: int | str = "auto",
-    provider: str = "auto",
-    device: str = "cpu",
-    compare: str | None = None,
-    misclassified: int = 0,
-    tta_flip: bool = False,
-    tta_shift: int = 0,
-    limit: int = 0,
-    errors_csv: str | None = None,
-    predictions_csv: str | None = None,
-    top_losses: int = 10,
-) -> dict[str, Any]:
+@dataclass(frozen=True)
+class EvalOptions:
+    """What `cnnctl eval` is asked (docs/eval.md): which images, how to run the model, what to report."""
+
+    data: str | None = None  # default: the data the model was trained on
+    data_dir: str | None = None
+    split: str = "test"
+    batch_size: int | str = "auto"
+    provider: str = "auto"  # onnxruntime provider (.onnx)
+    device: str = "cpu"  # torch device (checkpoints)
+    compare: str | None = None
+    misclassified: int = 0
+    tta_flip: bool = False
+    tta_shift: int = 0
+    limit: int = 0
+    errors_csv: str | None = None
+    predictions_csv: str | None = None
+    top_losses: int = 10
+
+    @property
+    def views(self) -> int:
+        """Forward passes per image (test-time augmentation)."""
+        return (2 if self.tta_flip else 1) * (3 if self.tta_shift else 1)
+
+
+def run_eval(target: str, opts: EvalOptions | None = None) -> dict[str, Any]:
     """The full report of `target` on one split (see docs/eval.md)."""
-    for flag, path in (("--errors", errors_csv), ("--predictions", predictions_csv)):
+    opts = opts or EvalOptions()
+    for flag, path in (("--errors", opts.errors_csv), ("--predictions", opts.predictions_csv)):
         if path and not path.lower().endswith(".csv"):  # before any image is decoded
             raise UsageError(f"{flag} {path}: writes CSV; give a name ending in .csv")
-    model = Target(target, provider, device)
-    if tta_shift and min(model.prep.size) <= tta_shift:  # refused before any image is decoded
-        raise UsageError(f"--tta-shift {tta_shift} must be smaller than the model's input ({model.prep.size[0]}x{model.prep.size[1]} px); try 1 or 2")
-    images, name, classes, split = load_split(model.meta, data, data_dir, split, recorded=Manifest.beside(model.path))
-    if limit:
-        images = images.take(torch.arange(min(limit, len(images))))
-    if tta_flip and name in DIGIT_SETS:
+    model = Target(target, opts.provider, opts.device)
+    if opts.tta_shift and min(model.prep.size) <= opts.tta_shift:  # refused before any image is decoded
+        h, w = model.prep.size
+        raise UsageError(
+            f"--tta-shift {opts.tta_shift} must be smaller than the model's input ({h}x{w} px); try 1 or 2"
+        )
+    images, name, classes, split = load_split(
+        model.meta, opts.data, opts.data_dir, opts.split, recorded=Manifest.beside(model.path)
+    )
+    if opts.limit:
+        images = images.take(torch.arange(min(opts.limit, len(images))))
+    if opts.tta_flip and name in DIGIT_SETS:
         raise UsageError(f"--tta-flip on {name}: a mirrored digit is not that digit; use --tta-shift alone")
-    tta = {"tta_flip": tta_flip, "tta_shift": tta_shift}
-    batch = model.eval_batch(batch_size, views=(2 if tta_flip else 1) * (3 if tta_shift else 1))
-    module, batches = model.module, model.batches(images, batch.size)
-    if model.frozen_run is not None and not (tta_flip or tta_shift):  # a linear probe: its head on the stored features
-        from cnnctl.train.features import eval_batches
-
-        cached = eval_batches(module, model.meta.model, images, batches, model.frozen_run, lambda m: print(m, file=sys.stderr, flush=True))
-        module, batches = cached if cached is not None else (module, batches)
-    result = evaluate(module, batches, **tta)
-    targets = result.targets.numpy()
-    preds = result.logits.argmax(1).numpy()
-    cm = confusion_matrix(targets, preds, len(classes))
+    batch = model.eval_batch(opts.batch_size, views=opts.views)
+    result = _forward(model, images, batch.size, opts)
+    paths = images.paths or [f"{name}/{split}#{i}" for i in range(len(result.targets))]
     report: dict[str, Any] = {
         "target": model.path,
         "kind": model.kind,
         "provider": model.provider,
         "data": name,
         "split": split,
+        **_scores(result, model.meta, classes, paths, opts),
+        "batch_size": batch.size,
+        "batch_size_reason": batch.reason,
+    }
+    if opts.compare:
+        report["compare"] = _compare(model, opts.compare, images, batch.size, result, opts)
+    return report
+
+
+def _forward(model: Target, images: Split, batch_size: int, opts: EvalOptions) -> EvalResult:
+    """Logits of every image (with the asked test-time augmentation); a linear probe's head runs
+    on its stored backbone features when there are no augmented views to compute."""
+    module: nn.Module = model.module
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]] = model.batches(images, batch_size)
+    if model.frozen_run is not None and opts.views == 1:
+        from cnnctl.train.features import eval_batches
+
+        log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+        cached = eval_batches(module, model.meta.model, images, batches, model.frozen_run, log)  # type: ignore[arg-type]
+        if cached is not None:
+            module, batches = cached
+    return evaluate(module, batches, tta_flip=opts.tta_flip, tta_shift=opts.tta_shift)
+
+
+def _scores(
+    result: EvalResult, meta: Metadata, classes: list[str], paths: list[str], opts: EvalOptions
+) -> dict[str, Any]:
+    """Accuracy, per-class table, confusion, calibration, the per-image rows and what the options
+    ask of them (top losses, --errors/--predictions CSVs, the most confident mistakes)."""
+    targets = result.targets.numpy()
+    preds = result.logits.argmax(1).numpy()
+    cm = confusion_matrix(targets, preds, len(classes))
+    logits64 = result.logits.numpy().astype(np.float64)
+    probs = probabilities(logits64, meta)  # calibrated when the file stores a temperature
+    cal = calibration(probs, targets)
+    out: dict[str, Any] = {
         "images": int(len(targets)),
         "loss": result.loss,
         "top1": result.acc,
@@ -260,51 +346,55 @@ def run_eval(
         "confusion_matrix": cm.tolist(),
         "seconds": round(result.seconds, 3),
         "images_per_s": round(result.images_per_s, 1),
-        "tta": tta,
-        "batch_size": batch.size,
-        "batch_size_reason": batch.reason,
+        "tta": {"tta_flip": opts.tta_flip, "tta_shift": opts.tta_shift},
+        "ece": cal["ece"],
+        "calibration_bins": cal["bins"],
+        "temperature": meta.temperature,
     }
-    logits64 = result.logits.numpy().astype(np.float64)
-    probs = probabilities(logits64, model.meta)  # calibrated when the file stores a temperature
-    cal = calibration(probs, targets)
-    report.update(ece=cal["ece"], calibration_bins=cal["bins"], temperature=model.meta.temperature)
-    if model.meta.temperature is not None:
-        report["ece_uncalibrated"] = calibration(probabilities(logits64, model.meta, calibrated=False), targets)["ece"]
-        report["loss_calibrated"] = nll(logits64, targets, model.meta.scale)
-    rows = per_image(probs, targets, classes, images.paths or [f"{name}/{split}#{i}" for i in range(len(targets))])
-    report["most_confused"] = most_confused(cm, classes)
-    report["top_losses"] = sorted(rows, key=lambda r: -r["loss"])[:top_losses]
-    if errors_csv:
-        write_rows(errors_csv, [r for r in rows if r["predicted"] != r["true"]])
-    if predictions_csv:
-        write_rows(predictions_csv, rows)
-    if misclassified:
+    if meta.temperature is not None:
+        out["ece_uncalibrated"] = calibration(probabilities(logits64, meta, calibrated=False), targets)["ece"]
+        out["loss_calibrated"] = nll(logits64, targets, meta.scale)
+    rows = per_image(probs, targets, classes, paths)
+    out["most_confused"] = most_confused(cm, classes)
+    out["top_losses"] = sorted(rows, key=lambda r: -r["loss"])[: opts.top_losses]
+    if opts.errors_csv:
+        write_rows(opts.errors_csv, [r for r in rows if r["predicted"] != r["true"]])
+    if opts.predictions_csv:
+        write_rows(opts.predictions_csv, rows)
+    if opts.misclassified:
         wrong = np.nonzero(preds != targets)[0]
-        order = wrong[np.argsort(-probs[wrong, preds[wrong]], kind="stable")][:misclassified]
-        report["misclassified"] = [
+        order = wrong[np.argsort(-probs[wrong, preds[wrong]], kind="stable")][: opts.misclassified]
+        out["misclassified"] = [
             {
-                "source": images.paths[i] if images.paths else f"{name}/{split}#{i}",
+                "source": paths[i],
                 "true": classes[targets[i]],
                 "predicted": classes[preds[i]],
                 "probability": float(probs[i, preds[i]]),
             }
             for i in order
         ]
-    if compare:
-        other = Target(compare, provider, device)
-        if other.meta.class_names != model.meta.class_names or other.prep.to_dict() != model.prep.to_dict():
-            raise UsageError(f"--compare {compare} has other classes or preprocessing than {target}; compare exports of the same model")
-        start = time.perf_counter()
-        theirs = evaluate(other.module, other.batches(images, batch.size), **tta)  # the same views: agreement compares like with like
-        report["compare"] = {
-            "target": other.path,
-            "kind": other.kind,
-            "top1": theirs.acc,
-            "agreement": float((theirs.logits.argmax(1) == result.logits.argmax(1)).float().mean()),
-            "max_abs_logit_diff": float((theirs.logits - result.logits).abs().max()),
-            "seconds": round(time.perf_counter() - start, 3),
-        }
-    return report
+    return out
+
+
+def _compare(
+    model: Target, other_path: str, images: Split, batch_size: int, mine: EvalResult, opts: EvalOptions
+) -> dict[str, Any]:
+    """--compare: another file of the same model on the same images and views (agreement compares like with like)."""
+    other = Target(other_path, opts.provider, opts.device)
+    if other.meta.class_names != model.meta.class_names or other.prep.to_dict() != model.prep.to_dict():
+        raise UsageError(
+            f"--compare {other_path} has other classes or preprocessing than {model.path}; compare exports of the same model"
+        )
+    start = time.perf_counter()
+    theirs = evaluate(other.module, other.batches(images, batch_size), tta_flip=opts.tta_flip, tta_shift=opts.tta_shift)
+    return {
+        "target": other.path,
+        "kind": other.kind,
+        "top1": theirs.acc,
+        "agreement": float((theirs.logits.argmax(1) == mine.logits.argmax(1)).float().mean()),
+        "max_abs_logit_diff": float((theirs.logits - mine.logits).abs().max()),
+        "seconds": round(time.perf_counter() - start, 3),
+    }
 
 
 ROW_FIELDS = ("path", "true", "predicted", "prob", "true_prob", "loss", "rank")
@@ -318,8 +408,18 @@ def per_image(probs: np.ndarray, targets: np.ndarray, classes: list[str], paths:
     true_p = probs[np.arange(len(targets)), targets]
     rank = 1 + (probs > true_p[:, None]).sum(1)
     loss = -np.log(np.clip(true_p, 1e-12, None))
-    return [{"path": paths[i], "true": classes[targets[i]], "predicted": classes[preds[i]], "prob": round(float(probs[i, preds[i]]), 6),
-             "true_prob": round(float(true_p[i]), 6), "loss": round(float(loss[i]), 6), "rank": int(rank[i])} for i in range(len(targets))]  # fmt: skip
+    return [
+        {
+            "path": paths[i],
+            "true": classes[targets[i]],
+            "predicted": classes[preds[i]],
+            "prob": round(float(probs[i, preds[i]]), 6),
+            "true_prob": round(float(true_p[i]), 6),
+            "loss": round(float(loss[i]), 6),
+            "rank": int(rank[i]),
+        }
+        for i in range(len(targets))
+    ]
 
 
 def most_confused(cm: np.ndarray, classes: list[str], n: int = 10) -> list[dict[str, Any]]:

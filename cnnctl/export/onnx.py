@@ -19,21 +19,21 @@ import io
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 
-from cnnctl.models.checkpoint import load_model, resolve_checkpoint, versions
-from cnnctl.io import file_sha256
-from cnnctl.errors import CnnctlError, ExportError, UsageError
-from cnnctl.runtime.inference import OnnxClassifier, graph_input
-from cnnctl.io import atomic_path
-from cnnctl.runtime.metadata import ExportInfo, Metadata
-from cnnctl.runtime.modelfile import set_onnx_metadata
 from cnnctl.data.manifest import Manifest
 from cnnctl.data.sources import Split
+from cnnctl.errors import CnnctlError, ExportError, UsageError
+from cnnctl.io import atomic_path, file_sha256
+from cnnctl.models.checkpoint import load_model, resolve_checkpoint, versions
+from cnnctl.runtime.inference import OnnxClassifier, graph_input
+from cnnctl.runtime.metadata import ExportInfo, Metadata
+from cnnctl.runtime.modelfile import set_onnx_metadata
 from cnnctl.runtime.preprocess import Preprocess, normalize
 
 Log = Callable[[str], None]
@@ -63,13 +63,16 @@ def sample_split(meta: Metadata, n: int, split: str = "train", recorded: Manifes
     return pool.take(idx), f"{len(idx)} {split} images of {name}"
 
 
-def sample_pixels(meta: Metadata, n: int, split: str = "train", log: Log = _stderr_log,
-                  recorded: Manifest | None = None) -> tuple[np.ndarray, np.ndarray | None, str]:  # fmt: skip
+def sample_pixels(
+    meta: Metadata, n: int, split: str = "train", log: Log = _stderr_log, recorded: Manifest | None = None
+) -> tuple[np.ndarray, np.ndarray | None, str]:
     """Up to `n` real images (uint8 N, C, H, W) from the model's own data set, else seeded random pixels."""
     try:
         pick, source = sample_split(meta, n, split, recorded)
         images = pick.images()
-        if tuple(images.shape[-2:]) != tuple(meta.preprocess.size):  # stored larger (random-resized crops): the centre, as validation
+        if tuple(images.shape[-2:]) != tuple(
+            meta.preprocess.size
+        ):  # stored larger (random-resized crops): the centre, as validation
             from cnnctl.data.batches import centre_crop
 
             images = centre_crop(images, meta.preprocess.size)
@@ -90,11 +93,25 @@ class Deployed(torch.nn.Module):
     between a cast in and a cast out: callers send and receive what a float32 graph takes.
     """
 
-    def __init__(self, model: torch.nn.Module, prep: Preprocess, input_dtype: str = "float32", layout: str = "NCHW", precision: str = "float32") -> None:
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        prep: Preprocess,
+        input_dtype: str = "float32",
+        layout: str = "NCHW",
+        precision: str = "float32",
+    ) -> None:
         super().__init__()
-        self.model, self.pixels, self.nhwc, self.half = model, input_dtype == "uint8", layout == "NHWC", precision == "float16"
+        self.model, self.pixels, self.nhwc, self.fp16 = (
+            model,
+            input_dtype == "uint8",
+            layout == "NHWC",
+            precision == "float16",
+        )
         c = prep.channels
         self.normalise = bool(prep.mean)
+        self.mean: torch.Tensor
+        self.std: torch.Tensor
         self.register_buffer("mean", torch.tensor(prep.mean or [0.0] * c, dtype=torch.float32).reshape(1, c, 1, 1))
         self.register_buffer("std", torch.tensor(prep.std or [1.0] * c, dtype=torch.float32).reshape(1, c, 1, 1))
 
@@ -105,21 +122,39 @@ class Deployed(torch.nn.Module):
             x = x.to(torch.float32) / 255.0
             if self.normalise:
                 x = (x - self.mean) / self.std
-        if self.half:
+        if self.fp16:
             return self.model(x.half()).float()
         return self.model(x)
 
 
 def _export_dynamo(model: torch.nn.Module, x: torch.Tensor, path: Path, opset: int, dynamic: bool) -> None:
     shapes = ({0: torch.export.Dim.DYNAMIC},) if dynamic else None
-    torch.onnx.export(model, (x,), str(path), input_names=["input"], output_names=["logits"], opset_version=opset,
-                      dynamo=True, dynamic_shapes=shapes, external_data=False, verbose=False)  # fmt: skip
+    torch.onnx.export(
+        model,
+        (x,),
+        str(path),
+        input_names=["input"],
+        output_names=["logits"],
+        opset_version=opset,
+        dynamo=True,
+        dynamic_shapes=shapes,
+        external_data=False,
+        verbose=False,
+    )
 
 
 def _export_torchscript(model: torch.nn.Module, x: torch.Tensor, path: Path, opset: int, dynamic: bool) -> None:
     axes = {"input": {0: "batch"}, "logits": {0: "batch"}} if dynamic else None
-    torch.onnx.export(model, (x,), str(path), input_names=["input"], output_names=["logits"], opset_version=min(opset, 20),
-                      dynamo=False, dynamic_axes=axes)  # fmt: skip
+    torch.onnx.export(
+        model,
+        (x,),
+        str(path),
+        input_names=["input"],
+        output_names=["logits"],
+        opset_version=min(opset, 20),
+        dynamo=False,
+        dynamic_axes=axes,
+    )
 
 
 EXPORTERS = {"dynamo": _export_dynamo, "torchscript": _export_torchscript}
@@ -217,8 +252,14 @@ def export(
     pixels, _, source = sample_pixels(meta, n_check, log=log, recorded=recorded)
     source_sha256 = file_sha256(ckpt)
     order = ["dynamo", "torchscript"] if exporter == "auto" else [exporter]
-    report: dict[str, Any] = {"output": str(out), "checkpoint": str(ckpt), "check_inputs": source, "dynamic": dynamic,
-                              "input": {"dtype": input_dtype, "layout": layout}, "precision": precision}  # fmt: skip
+    report: dict[str, Any] = {
+        "output": str(out),
+        "checkpoint": str(ckpt),
+        "check_inputs": source,
+        "dynamic": dynamic,
+        "input": {"dtype": input_dtype, "layout": layout},
+        "precision": precision,
+    }
     graph: torch.nn.Module = model
     if input_dtype != "float32" or fp16:
         graph = Deployed(copy.deepcopy(model) if fp16 else model, prep, input_dtype, layout, precision).eval()
@@ -229,7 +270,7 @@ def export(
         used, failures = None, []
         for name in order:
             try:
-                _quiet(lambda: EXPORTERS[name](graph, dummy, tmp, opset, is_dynamic))
+                _quiet(lambda: EXPORTERS[name](graph, dummy, tmp, opset, is_dynamic))  # noqa: B023 - called at once
                 used = name
                 break
             except OSError as exc:  # the disk, not the exporter: no fallback can help
@@ -241,8 +282,17 @@ def export(
                     log(f"the {name} exporter failed for {meta.model} ({first[:200]}); falling back")
         if used is None:
             raise ExportError(f"could not export {meta.model}: {'; '.join(failures)}")
-        meta = meta.replace(export=ExportInfo(exporter=used, opset=opset, source_sha256=source_sha256, versions=versions(),
-                                              input_dtype=input_dtype, input_layout=layout, precision=precision))  # fmt: skip
+        meta = meta.replace(
+            export=ExportInfo(
+                exporter=used,
+                opset=opset,
+                source_sha256=source_sha256,
+                versions=versions(),
+                input_dtype=input_dtype,
+                input_layout=layout,
+                precision=precision,
+            )
+        )
         try:
             _attach_metadata(tmp, meta)
         except Exception as exc:  # noqa: BLE001 - onnx.checker raises several types
@@ -262,14 +312,25 @@ def export(
                 )
     report["bytes"] = out.stat().st_size
     if fp16:
-        report["float_bytes_estimate"] = sum(t.numel() * 4 for t in model.state_dict().values() if t.is_floating_point())
+        report["float_bytes_estimate"] = sum(
+            t.numel() * 4 for t in model.state_dict().values() if t.is_floating_point()
+        )
     if int8:
         report["int8"] = quantize(out, model, meta, prep, log=log, recorded=recorded)
     return report
 
 
-def export_triton(target: str, repo: str, name: str | None = None, *, max_batch: int = 32, max_queue_delay_us: int = 5000,
-                  instances: int = 1, kind: str = "auto", **options: Any) -> dict[str, Any]:  # fmt: skip
+def export_triton(
+    target: str,
+    repo: str,
+    name: str | None = None,
+    *,
+    max_batch: int = 32,
+    max_queue_delay_us: int = 5000,
+    instances: int = 1,
+    kind: str = "auto",
+    **options: Any,
+) -> dict[str, Any]:
     """`cnnctl export --format triton -o REPO`: the verified export inside a Triton model repository."""
     from cnnctl.export.triton import model_name, write_repository
 
@@ -278,12 +339,27 @@ def export_triton(target: str, repo: str, name: str | None = None, *, max_batch:
     if options.get("dynamic", "batch") != "batch":
         raise UsageError("--format triton uses Triton's dynamic batching, which needs --dynamic batch")
     resolve_checkpoint(target)  # a missing run fails before the repository is touched
-    return write_repository(repo, name or model_name(target), lambda path: export(target, str(path), **options), max_batch=max_batch,
-                            max_queue_delay_us=max_queue_delay_us, instances=instances, kind=kind)  # fmt: skip
+    return write_repository(
+        repo,
+        name or model_name(target),
+        lambda path: export(target, str(path), **options),
+        max_batch=max_batch,
+        max_queue_delay_us=max_queue_delay_us,
+        instances=instances,
+        kind=kind,
+    )
 
 
-def quantize(float_path: Path, model: torch.nn.Module, meta: Metadata, prep: Preprocess, *, calib: int = 256, log: Log = _stderr_log,
-             recorded: Manifest | None = None) -> dict[str, Any]:  # fmt: skip
+def quantize(
+    float_path: Path,
+    model: torch.nn.Module,
+    meta: Metadata,
+    prep: Preprocess,
+    *,
+    calib: int = 256,
+    log: Log = _stderr_log,
+    recorded: Manifest | None = None,
+) -> dict[str, Any]:
     """Static QDQ per-channel int8 quantization calibrated on training images, then measured."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -293,7 +369,7 @@ def quantize(float_path: Path, model: torch.nn.Module, meta: Metadata, prep: Pre
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
-            self.items = iter([{"input": x_cal[i:i + 32]} for i in range(0, len(x_cal), 32)])
+            self.items = iter([{"input": x_cal[i : i + 32]} for i in range(0, len(x_cal), 32)])
 
         def get_next(self) -> dict[str, np.ndarray] | None:
             return next(self.items, None)
@@ -301,10 +377,21 @@ def quantize(float_path: Path, model: torch.nn.Module, meta: Metadata, prep: Pre
     out = float_path.with_name(float_path.stem + ".int8.onnx")
     with atomic_path(out) as tmp, atomic_path(float_path.with_name(float_path.stem + ".pre.onnx")) as pre:
         _quiet(lambda: quant_pre_process(str(float_path), str(pre), skip_symbolic_shape=True))
-        _quiet(lambda: quantize_static(str(pre), str(tmp), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                                       activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8))  # fmt: skip
+        _quiet(
+            lambda: quantize_static(
+                str(pre),
+                str(tmp),
+                Reader(),
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+            )
+        )
         assert meta.export is not None
-        _attach_metadata(tmp, meta.replace(export=dataclasses.replace(meta.export, quantization="int8 static QDQ per-channel")))
+        _attach_metadata(
+            tmp, meta.replace(export=dataclasses.replace(meta.export, quantization="int8 static QDQ per-channel"))
+        )
     pre_path = float_path.with_name(float_path.stem + ".pre.onnx")
     pre_path.unlink(missing_ok=True)
     result: dict[str, Any] = {"output": str(out), "calibration": source}
@@ -313,8 +400,8 @@ def quantize(float_path: Path, model: torch.nn.Module, meta: Metadata, prep: Pre
     except (CnnctlError, OSError):
         val, result["validation"] = None, "no images: the model's data is not at hand"
     if val is not None:
-        from cnnctl.train.engine import evaluate
         from cnnctl.evaluate.report import Target
+        from cnnctl.train.engine import evaluate
 
         for key, path in (("float_top1", float_path), ("int8_top1", out)):
             target = Target(str(path), "cpu")  # batches sized by the memory budget, as `cnnctl eval` does

@@ -35,13 +35,27 @@ def model_name(path: str | Path) -> str:
     layout would trip on become "_".
     """
     p = Path(path)
-    stem = p.name if p.is_dir() else (p.parent.name if p.stem in ("model", "best", "last", "model.int8") and p.parent.name else p.stem)
+    stem = (
+        p.name
+        if p.is_dir()
+        else (p.parent.name if p.stem in ("model", "best", "last", "model.int8") and p.parent.name else p.stem)
+    )
     name = re.sub(r"[^A-Za-z0-9_.-]", "_", stem).lstrip("._-") or "model"
     return name[:128]
 
 
-def config_text(name: str, *, input_dtype: str, input_dims: list[int], input_layout: str, classes: int, max_batch: int,
-                max_queue_delay_us: int, instances: int, kind: str) -> str:  # fmt: skip
+def config_text(
+    name: str,
+    *,
+    input_dtype: str,
+    input_dims: list[int],
+    input_layout: str,
+    classes: int,
+    max_batch: int,
+    max_queue_delay_us: int,
+    instances: int,
+    kind: str,
+) -> str:
     """config.pbtxt for the onnxruntime backend (dims exclude the batch axis, as max_batch_size > 0 requires)."""
     fmt = {"NHWC": "FORMAT_NHWC", "NCHW": "FORMAT_NCHW"}[input_layout]
     lines = [
@@ -69,7 +83,14 @@ def config_text(name: str, *, input_dtype: str, input_dims: list[int], input_lay
         "}",
     ]
     if kind != "auto":
-        lines += ["instance_group [", "  {", f"    count: {instances}", f"    kind: {'KIND_GPU' if kind == 'gpu' else 'KIND_CPU'}", "  }", "]"]
+        lines += [
+            "instance_group [",
+            "  {",
+            f"    count: {instances}",
+            f"    kind: {'KIND_GPU' if kind == 'gpu' else 'KIND_CPU'}",
+            "  }",
+            "]",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -79,7 +100,9 @@ def parse_config(text: str) -> Any:
         from google.protobuf import text_format
         from tritonclient.grpc import model_config_pb2
     except ImportError as exc:
-        raise UsageError(f"checking a Triton config needs tritonclient (Triton's model-config schema): pip install tritonclient ({exc.name} missing)") from None
+        raise UsageError(
+            f"checking a Triton config needs tritonclient (Triton's model-config schema): pip install tritonclient ({exc.name} missing)"
+        ) from None
     try:
         return text_format.Parse(text, model_config_pb2.ModelConfig())
     except text_format.ParseError as exc:
@@ -120,12 +143,22 @@ def graph_io(onnx_path: Path) -> tuple[Metadata, str, list[int], list[int]]:
     out = next(v for v in graph.output if v.name == "logits")
     in_dims, out_dims = dims(inp), dims(out)
     if in_dims[0] != -1 or out_dims[0] != -1:
-        raise UsageError("a Triton model with dynamic batching needs a dynamic batch axis; export without --dynamic none")
+        raise UsageError(
+            "a Triton model with dynamic batching needs a dynamic batch axis; export without --dynamic none"
+        )
     return meta, names[inp.type.tensor_type.elem_type], in_dims[1:], out_dims[1:]
 
 
-def write_repository(repo: str | Path, name: str | None, build: Any, *, max_batch: int = 32, max_queue_delay_us: int = 5000,
-                     instances: int = 1, kind: str = "auto") -> dict[str, Any]:  # fmt: skip
+def write_repository(
+    repo: str | Path,
+    name: str | None,
+    build: Any,
+    *,
+    max_batch: int = 32,
+    max_queue_delay_us: int = 5000,
+    instances: int = 1,
+    kind: str = "auto",
+) -> dict[str, Any]:
     """Lay out REPO/NAME with `build(path)` writing the verified model.onnx; returns the report.
 
     `build` is called with the path model.onnx must be written to (a staging folder) and
@@ -138,6 +171,7 @@ def write_repository(repo: str | Path, name: str | None, build: Any, *, max_batc
         raise UsageError(f"-o {repo} exists and is not a folder")
     if not NAME_RE.match(name or ""):
         raise UsageError(f"--name {name!r}: a Triton model name is letters, digits, '_', '.', '-' (at most 128)")
+    assert name is not None
     if not 1 <= max_batch <= 1 << 16:
         raise UsageError(f"--max-batch {max_batch} must be between 1 and 65536")
     if kind not in ("auto", "cpu", "gpu"):
@@ -153,8 +187,17 @@ def write_repository(repo: str | Path, name: str | None, build: Any, *, max_batc
         classes = len(meta.class_names)
         if output_dims != [classes]:
             raise ExportError(f"the graph's logits have dims {output_dims}, the model has {classes} classes")
-        text = config_text(name, input_dtype=input_dtype, input_dims=input_dims, input_layout=meta.export.input_layout, classes=classes,
-                           max_batch=max_batch, max_queue_delay_us=max_queue_delay_us, instances=instances, kind=kind)  # fmt: skip
+        text = config_text(
+            name,
+            input_dtype=input_dtype,
+            input_dims=input_dims,
+            input_layout=meta.export.input_layout,
+            classes=classes,
+            max_batch=max_batch,
+            max_queue_delay_us=max_queue_delay_us,
+            instances=instances,
+            kind=kind,
+        )
         check_config(parse_config(text), name=name, classes=classes, input_dims=input_dims, input_dtype=input_dtype)
         (staging / "config.pbtxt").write_text(text)
         (staging / "labels.txt").write_text("".join(c.replace("\n", " ") + "\n" for c in meta.class_names))
@@ -170,13 +213,21 @@ def write_repository(repo: str | Path, name: str | None, build: Any, *, max_batc
         raise
     onnx_path = final / "1" / "model.onnx"
     report.update(output=str(onnx_path), bytes=onnx_path.stat().st_size)
-    report["triton"] = {"repository": str(repo), "name": name, "config": str(final / "config.pbtxt"), "labels": str(final / "labels.txt"),
-                        "max_batch_size": max_batch, "input": {"dtype": input_dtype, "dims": input_dims}, "classes": classes,
-                        "validated_with": "tritonclient model_config_pb2 (protobuf text format)"}  # fmt: skip
+    report["triton"] = {
+        "repository": str(repo),
+        "name": name,
+        "config": str(final / "config.pbtxt"),
+        "labels": str(final / "labels.txt"),
+        "max_batch_size": max_batch,
+        "input": {"dtype": input_dtype, "dims": input_dims},
+        "classes": classes,
+        "validated_with": "tritonclient model_config_pb2 (protobuf text format)",
+    }
     return report
 
 
 def docker_line(repo: str | Path) -> str:
-    return (f"docker run --rm -p 8000:8000 -p 8001:8001 -p 8002:8002 -v {Path(repo).resolve()}:/models "
-            "nvcr.io/nvidia/tritonserver:<yy.mm>-py3 tritonserver --model-repository=/models")
-
+    return (
+        f"docker run --rm -p 8000:8000 -p 8001:8001 -p 8002:8002 -v {Path(repo).resolve()}:/models "
+        "nvcr.io/nvidia/tritonserver:<yy.mm>-py3 tritonserver --model-repository=/models"
+    )

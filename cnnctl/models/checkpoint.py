@@ -18,7 +18,6 @@ from cnnctl.errors import CheckpointError
 from cnnctl.io import atomic_path
 from cnnctl.runtime.metadata import Metadata, read_checkpoint_metadata, read_safetensors_header
 
-
 # Files that hold pickles (torch.save, Hugging Face's pytorch_model.bin): loading one can run code.
 PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".pkl", ".bin")
 
@@ -79,7 +78,9 @@ def load_model(target: str | Path, device: str | torch.device = "cpu") -> tuple[
     try:
         state = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
-        raise CheckpointError(f"{path}: cannot read the weights ({str(exc).splitlines()[0]}); the file is damaged") from None
+        raise CheckpointError(
+            f"{path}: cannot read the weights ({str(exc).splitlines()[0]}); the file is damaged"
+        ) from None
     state = model_tensors(state)
     missing, unexpected = set(model.state_dict()) - set(state), set(state) - set(model.state_dict())
     if missing or unexpected:
@@ -90,7 +91,9 @@ def load_model(target: str | Path, device: str | torch.device = "cpu") -> tuple[
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
-        raise CheckpointError(f"{path}: weights do not fit model {meta.model}: {str(exc).splitlines()[-1].strip()}") from None
+        raise CheckpointError(
+            f"{path}: weights do not fit model {meta.model}: {str(exc).splitlines()[-1].strip()}"
+        ) from None
     return model.to(device).eval(), meta, path
 
 
@@ -118,12 +121,16 @@ def save_last(
     tensors["rng/torch"] = torch.get_rng_state()
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         tensors["rng/cuda"] = torch.cuda.get_rng_state()
-    raw = meta.replace(kind="last").to_json_map(state=state, optimizer={"param_groups": opt["param_groups"], "scalars": scalars})
+    raw = meta.replace(kind="last").to_json_map(
+        state=state, optimizer={"param_groups": opt["param_groups"], "scalars": scalars}
+    )
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=raw)
 
 
-def load_last(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, ema: Any = None) -> dict[str, Any]:
+def load_last(
+    path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, ema: Any = None
+) -> dict[str, Any]:
     """Restore model, optimizer, RNG (and the `--ema` average) from `last.safetensors`; returns the loop state."""
     p = Path(path)
     if not p.is_file():
@@ -136,7 +143,9 @@ def load_last(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.O
         if ema is not None:
             saved_ema = {k[4:]: v for k, v in tensors.items() if k.startswith("ema/")}
             if not saved_ema:
-                raise CheckpointError(f"{p} was saved without --ema, so there is no average to resume; drop --ema or start a new run")
+                raise CheckpointError(
+                    f"{p} was saved without --ema, so there is no average to resume; drop --ema or start a new run"
+                )
             ema.load_state_dict(saved_ema)
         opt_state: dict[int, dict[str, Any]] = {}
         for key, value in tensors.items():
@@ -151,12 +160,21 @@ def load_last(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.O
             torch.cuda.set_rng_state(tensors["rng/cuda"])
         return meta["state"]
     except (SafetensorError, OSError, ValueError, KeyError, RuntimeError, TypeError) as exc:
-        raise CheckpointError(f"{p} cannot be resumed from ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); the run directory is damaged") from None
+        raise CheckpointError(
+            f"{p} cannot be resumed from ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}); the run directory is damaged"
+        ) from None
 
 
 __all__ = [
-    "build_model", "load_last", "load_model", "read_checkpoint_metadata",
-    "resolve_checkpoint", "save_last", "save_model", "versions",
+    "build_model",
+    "load_last",
+    "load_model",
+    "read_checkpoint_metadata",
+    "resolve_checkpoint",
+    "save_last",
+    "save_model",
+    "versions",
 ]
 
 
@@ -181,7 +199,9 @@ class TorchClassifier:
             raise UsageError("--provider cuda: no CUDA device is available to PyTorch here; use --provider cpu or auto")
         if threads:
             torch.set_num_threads(threads)
-        return cls(target, "cuda" if provider == "cuda" or (provider == "auto" and torch.cuda.is_available()) else "cpu")
+        return cls(
+            target, "cuda" if provider == "cuda" or (provider == "auto" and torch.cuda.is_available()) else "cpu"
+        )
 
     def from_pixels(self, pixels: Any) -> Any:
         from cnnctl.runtime.preprocess import normalize

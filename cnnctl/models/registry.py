@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from cnnctl.errors import ModelError
 from cnnctl.specs import format_shape
@@ -51,7 +52,13 @@ def register(
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} registered twice")
         _REGISTRY[name] = ModelEntry(
-            name, factory, description, tuple(default_input), num_classes, source, dict(kwargs)
+            name,
+            factory,
+            description,
+            (default_input[0], default_input[1], default_input[2]),
+            num_classes,
+            source,
+            dict(kwargs),
         )
         return factory
 

@@ -186,7 +186,7 @@ class _Tracer:
         if geom and x.dim() == 4 and out.dim() == 4:
             k, s, _, d, _ = geom
             rf, jump = rf + (d[0] * (k[0] - 1)) * jump, jump * s[0]
-            row.explain = _explain(geom, tuple(x.shape[2:]), tuple(out.shape[2:]))
+            row.explain = _explain(geom, (x.shape[2], x.shape[3]), (out.shape[2], out.shape[3]))
         elif isinstance(m, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)) and x.dim() == 4:
             h_in, h_out = x.shape[2], out.shape[2]
             rf, jump = rf + (h_in - h_out) * jump, jump * max(1, h_in // max(1, h_out))
@@ -204,13 +204,20 @@ def _diagnose(rows: list[LayerRow], module: nn.Module, row: LayerRow, exc: Excep
     )
     if isinstance(module, nn.Linear) and row.input_shape and row.input_shape[-1] != module.in_features:
         n = row.input_shape[-1]
-        spatial = next((r.output_shape for r in reversed(rows[:-1]) if r.output_shape and len(r.output_shape) == 4), None)
+        spatial = next(
+            (r.output_shape for r in reversed(rows[:-1]) if r.output_shape and len(r.output_shape) == 4), None
+        )
         chw = f" = {format_shape(spatial[1:])}" if spatial and math.prod(spatial[1:]) == n else ""
         return (
             f"layer {row.name} (Linear) expects {module.in_features} input features but got {n}{chw}. "
             f"Fix: nn.Linear({n}, {module.out_features}) fits this input; or {refit}"
         )
-    if isinstance(module, nn.Conv2d) and row.input_shape and len(row.input_shape) == 4 and row.input_shape[1] != module.in_channels:
+    if (
+        isinstance(module, nn.Conv2d)
+        and row.input_shape
+        and len(row.input_shape) == 4
+        and row.input_shape[1] != module.in_channels
+    ):
         c = row.input_shape[1]
         return (
             f"layer {row.name} (Conv2d) expects {module.in_channels} input channels but got {c} "
@@ -249,12 +256,17 @@ def trace(
     result.rows = tracer.rows
     leaves = [r for r in result.rows if r.leaf]
     result.macs = sum(r.macs for r in leaves) // batch
-    result.activation_bytes_per_image = sum(
-        math.prod(r.output_shape) * 4 for r in leaves if r.output_shape
-    ) // batch
+    result.activation_bytes_per_image = sum(math.prod(r.output_shape) * 4 for r in leaves if r.output_shape) // batch
     for i, r in enumerate(result.rows):
         if r.type == "Linear":
-            prev = next((p.output_shape for p in reversed(result.rows[:i]) if p.leaf and p.output_shape and len(p.output_shape) == 4), None)
+            prev = next(
+                (
+                    p.output_shape
+                    for p in reversed(result.rows[:i])
+                    if p.leaf and p.output_shape and len(p.output_shape) == 4
+                ),
+                None,
+            )
             result.flatten = {
                 "layer": r.name,
                 "from": prev[1:] if prev else None,

@@ -68,7 +68,9 @@ def _conv_bn(cin: int, cout: int, *, pool: bool, dirac: bool = False) -> list[nn
     return layers
 
 
-def speedrun_net(in_shape, num_classes, *, widths: tuple[int, ...], stem: int, whiten: bool = False, dirac: bool = False) -> nn.Module:
+def speedrun_net(
+    in_shape, num_classes, *, widths: tuple[int, ...], stem: int, whiten: bool = False, dirac: bool = False
+) -> nn.Module:
     if whiten:
         first = PatchWhitening(in_shape[0])
         layers: list[nn.Module] = [first, nn.ReLU(inplace=True)]
@@ -80,9 +82,7 @@ def speedrun_net(in_shape, num_classes, *, widths: tuple[int, ...], stem: int, w
         layers += _conv_bn(cin, width, pool=True, dirac=dirac) + _conv_bn(width, width, pool=False, dirac=dirac)
         cin = width
     layers += [nn.AdaptiveMaxPool2d(1)]
-    return Classifier(
-        nn.Sequential(*layers), lambda f: ScaledLinear(f, num_classes, 1 / 9), in_shape
-    )
+    return Classifier(nn.Sequential(*layers), lambda f: ScaledLinear(f, num_classes, 1 / 9), in_shape)
 
 
 for _name, _widths, _stem, _whiten, _dirac in (
@@ -95,8 +95,11 @@ for _name, _widths, _stem, _whiten, _dirac in (
     register(
         _name,
         description=(
-            f"CIFAR speed-run net: {'2x2 patch-whitening stem (from the training data)' if _whiten else f'stem {_stem} ch'}, 3 blocks of [Conv3, MaxPool2, BN, ReLU, Conv3, "
-            f"BN, ReLU] ({'/'.join(map(str, _widths))} ch), global max-pool, scaled linear{'; identity-initialised convolutions' if _dirac else ''}"
+            f"CIFAR speed-run net: "
+            f"{'2x2 patch-whitening stem (from the training data)' if _whiten else f'stem {_stem} ch'}, "
+            f"3 blocks of [Conv3, MaxPool2, BN, ReLU, Conv3, "
+            f"BN, ReLU] ({'/'.join(map(str, _widths))} ch), global max-pool, scaled "
+            f"linear{'; identity-initialised convolutions' if _dirac else ''}"
         ),
         default_input=(3, 32, 32),
         source="after Keller Jordan's airbench (2024) and David Page's ResNet-9 (2018) CIFAR-10 speed runs",

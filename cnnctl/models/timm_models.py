@@ -25,7 +25,7 @@ def require_timm() -> Any:
 def timm_names(pattern: str) -> list[str]:
     """`timm:NAME` for every timm architecture matching the wildcard after the prefix."""
     timm = require_timm()
-    return [TIMM_PREFIX + n for n in timm.list_models(pattern[len(TIMM_PREFIX):] or "*")]
+    return [TIMM_PREFIX + n for n in timm.list_models(pattern[len(TIMM_PREFIX) :] or "*")]
 
 
 def split_tag(timm_name: str) -> tuple[str, str]:
@@ -51,7 +51,7 @@ def timm_entry(name: str) -> Any:
     from cnnctl.models.registry import ModelEntry
 
     timm = require_timm()
-    timm_name = name[len(TIMM_PREFIX):]
+    timm_name = name[len(TIMM_PREFIX) :]
     arch, tag = split_tag(timm_name)
     if not timm.is_model(arch):
         close = difflib.get_close_matches(arch, timm.list_models(), n=3, cutoff=0.6)

@@ -19,10 +19,10 @@ def _replace_first_conv(model: nn.Module, channels: int) -> None:
                         nn.Conv2d(
                             channels,
                             child.out_channels,
-                            child.kernel_size,
-                            stride=child.stride,
-                            padding=child.padding,
-                            dilation=child.dilation,
+                            child.kernel_size,  # type: ignore[arg-type]  # (h, w): torch types it tuple[int, ...]
+                            stride=child.stride,  # type: ignore[arg-type]
+                            padding=child.padding,  # type: ignore[arg-type]
+                            dilation=child.dilation,  # type: ignore[arg-type]
                             groups=1 if child.groups == child.in_channels == 1 else child.groups,
                             bias=child.bias is not None,
                         ),
@@ -50,14 +50,12 @@ def torchvision_entry(name: str) -> ModelEntry:
 
     import torchvision.models as tvm
 
-    tv_name = name[len(TORCHVISION_PREFIX):]
+    tv_name = name[len(TORCHVISION_PREFIX) :]
     known = tvm.list_models(module=tvm)
     if tv_name not in known:
         close = difflib.get_close_matches(tv_name, known, n=3, cutoff=0.5)
         hint = f"did you mean {', '.join(TORCHVISION_PREFIX + c for c in close)}? " if close else ""
-        raise ModelError(
-            f"unknown torchvision model {name!r}: {hint}run `cnnctl models 'tv:*'` to list them"
-        )
+        raise ModelError(f"unknown torchvision model {name!r}: {hint}run `cnnctl models 'tv:*'` to list them")
     return ModelEntry(
         name=name,
         factory=build_torchvision,

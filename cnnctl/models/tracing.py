@@ -28,7 +28,7 @@ def trace_model(
     in which case it is built for `input_shape`, the way `cnnctl train` builds it for the data.
     """
     entry = get_entry(name)
-    built_for = tuple(input_shape) if fit else entry.default_input
+    built_for = input_shape if fit else entry.default_input
     with torch.device("meta"):
         model = create(name, built_for, num_classes)
     return trace(model, input_shape, batch, built_for=built_for)

@@ -29,9 +29,9 @@ _MNIST_VARIANTS = {
     "model-c": ("max", 0, "model-a with valid padding, Linear 32*4*4 at 28x28 (MNIST tutorial model C)"),
 }
 for _name, (_pool, _padding, _description) in _MNIST_VARIANTS.items():
-    register(_name, description=_description, default_input=(1, 28, 28), source=MNIST_TUTORIAL, pool=_pool, padding=_padding)(
-        _mnist_tutorial
-    )
+    register(
+        _name, description=_description, default_input=(1, 28, 28), source=MNIST_TUTORIAL, pool=_pool, padding=_padding
+    )(_mnist_tutorial)
 
 
 def _conv_relu(cin: int, cout: int, bn: bool = False) -> list[nn.Module]:
@@ -55,12 +55,24 @@ def _tiny(in_shape, num_classes, *, widths: tuple[int, ...], bn: bool = False) -
 
 LESSON_6 = "PyTorch CNN course, lesson 6"
 _TINY_VARIANTS = {
-    "tiny": ((32, 64), False, "lesson-6 TinyCNN: 2 blocks of 2x Conv3 (32, 64 ch) + pool, Linear 256, dropout",
-             f"{LESSON_6} (TinyCNN on CIFAR-10)"),
-    "tiny3": ((32, 64, 128), False, "TinyCNN with a third block of two 128-channel convs and a pool",
-              f"{LESSON_6} (the deeper exercise variant)"),
-    "tiny-bn": ((32, 64), True, "tiny with BatchNorm after every conv (the control for tiny's underfitting)",
-                f"{LESSON_6} TinyCNN + BatchNorm (cnnctl's variant)"),
+    "tiny": (
+        (32, 64),
+        False,
+        "lesson-6 TinyCNN: 2 blocks of 2x Conv3 (32, 64 ch) + pool, Linear 256, dropout",
+        f"{LESSON_6} (TinyCNN on CIFAR-10)",
+    ),
+    "tiny3": (
+        (32, 64, 128),
+        False,
+        "TinyCNN with a third block of two 128-channel convs and a pool",
+        f"{LESSON_6} (the deeper exercise variant)",
+    ),
+    "tiny-bn": (
+        (32, 64),
+        True,
+        "tiny with BatchNorm after every conv (the control for tiny's underfitting)",
+        f"{LESSON_6} TinyCNN + BatchNorm (cnnctl's variant)",
+    ),
 }
 for _name, (_widths, _bn, _description, _source) in _TINY_VARIANTS.items():
     register(_name, description=_description, default_input=(3, 32, 32), source=_source, widths=_widths, bn=_bn)(_tiny)

@@ -12,11 +12,18 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from cnnctl.review.changes import mark, new_log, read_log
 from cnnctl.io import write_json
+from cnnctl.review.changes import mark, new_log, read_log
 
 STATIC = Path(__file__).resolve().parents[1] / "static" / "review.html"
-MEDIA = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".gif": "image/gif", ".bmp": "image/bmp", ".webp": "image/webp"}
+MEDIA = {
+    ".jpg": "image/jpeg",
+    ".jpeg": "image/jpeg",
+    ".png": "image/png",
+    ".gif": "image/gif",
+    ".bmp": "image/bmp",
+    ".webp": "image/webp",
+}
 
 
 class Review:
@@ -74,13 +81,22 @@ def create_app(review: Review) -> Any:
         return FileResponse(STATIC, media_type="text/html")
 
     async def items(request: Request) -> Response:
-        return JSONResponse({"items": review.items, "classes": review.classes, "log": review.log_path, "decisions": review.log["decisions"]})
+        return JSONResponse(
+            {
+                "items": review.items,
+                "classes": review.classes,
+                "log": review.log_path,
+                "decisions": review.log["decisions"],
+            }
+        )
 
     async def image(request: Request) -> Response:
         item = item_of(request)
         if item is None:
             return JSONResponse({"error": "no such item"}, status_code=404)
-        return FileResponse(item["path"], media_type=MEDIA.get(Path(item["path"]).suffix.lower(), "application/octet-stream"))
+        return FileResponse(
+            item["path"], media_type=MEDIA.get(Path(item["path"]).suffix.lower(), "application/octet-stream")
+        )
 
     def cam(request: Request) -> Response:  # sync: runs in the thread pool, off the event loop
         item = item_of(request)
@@ -96,7 +112,9 @@ def create_app(review: Review) -> Any:
             body = await request.json()
             item_id, action, to = int(body["id"]), str(body["action"]), body.get("to")
         except (ValueError, KeyError, TypeError):
-            return JSONResponse({"error": 'send {"id": N, "action": "relabel"|"remove"|"fine", "to": CLASS}'}, status_code=400)
+            return JSONResponse(
+                {"error": 'send {"id": N, "action": "relabel"|"remove"|"fine", "to": CLASS}'}, status_code=400
+            )
         if not 0 <= item_id < len(review.items):
             return JSONResponse({"error": "no such item"}, status_code=404)
         try:
@@ -105,14 +123,23 @@ def create_app(review: Review) -> Any:
             return JSONResponse({"error": exc.message}, status_code=400)
         return JSONResponse({"id": item_id, "rel": review.items[item_id]["rel"], **decision, "log": review.log_path})
 
-    routes = [Route("/", index), Route("/api/items", items), Route("/image/{id}", image), Route("/cam/{id}.png", cam),
-              Route("/api/decisions", decisions, methods=["POST"])]  # fmt: skip
+    routes = [
+        Route("/", index),
+        Route("/api/items", items),
+        Route("/image/{id}", image),
+        Route("/cam/{id}.png", cam),
+        Route("/api/decisions", decisions, methods=["POST"]),
+    ]
     return Starlette(routes=routes)
 
 
 def run(review: Review, host: str, port: int) -> None:
     import uvicorn
 
-    print(f"cnnctl review: {len(review.items)} image(s) on http://{host}:{port}/ ; marks go to {review.log_path}; "
-          f"then: cnnctl review --apply {review.log_path}", file=sys.stderr, flush=True)  # fmt: skip
+    print(
+        f"cnnctl review: {len(review.items)} image(s) on http://{host}:{port}/ ; marks go to {review.log_path}; "
+        f"then: cnnctl review --apply {review.log_path}",
+        file=sys.stderr,
+        flush=True,
+    )
     uvicorn.run(create_app(review), host=host, port=port, log_level="warning", access_log=False)

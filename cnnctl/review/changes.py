@@ -6,9 +6,10 @@ The log (JSON, written atomically on every mark) names the folder and one decisi
 Paths are relative to `data`, starting with the class folder the file had when it was marked.
 
 `apply_log` moves files and never deletes one: relabel -> data/<to>/<name>, remove ->
-<quarantine>/<class>/<name> (NAME.from-<class>.EXT when the name is taken there). Every move is checked before the first (the file is still where it
-was marked, nothing is in the way, everything is on one file system so each move is a rename);
-the undo log is written before the first move; if a move fails, the ones done are moved back.
+<quarantine>/<class>/<name> (NAME.from-<class>.EXT when the name is taken there). Every move is
+checked before the first (the file is still where it was marked, nothing is in the way,
+everything is on one file system so each move is a rename); the undo log is written before the
+first move; if a move fails, the ones done are moved back.
 `undo` reverses an applied undo log, newest first, and marks it undone.
 """
 
@@ -46,9 +47,18 @@ def mark(log: dict[str, Any], rel: str, action: str, to: str | None = None) -> d
 
 
 def read_log(path: str) -> dict[str, Any]:
-    log = read_json(path, UsageError, f"{path}: no such change log (cnnctl review writes it as you mark images)",
-                    "it is not a change log cnnctl review wrote")  # fmt: skip
-    if not isinstance(log, dict) or log.get("format") != FORMAT or not isinstance(log.get("decisions"), dict) or "data" not in log:
+    log = read_json(
+        path,
+        UsageError,
+        f"{path}: no such change log (cnnctl review writes it as you mark images)",
+        "it is not a change log cnnctl review wrote",
+    )
+    if (
+        not isinstance(log, dict)
+        or log.get("format") != FORMAT
+        or not isinstance(log.get("decisions"), dict)
+        or "data" not in log
+    ):
         raise DataError(f"{path} is not a cnnctl review change log (format {FORMAT})")
     return log
 
@@ -101,7 +111,9 @@ def _same_device(moves: list[Move]) -> None:
         while not probe.exists():
             probe = probe.parent
         if os.stat(probe).st_dev != os.stat(m.src).st_dev:
-            raise DataError(f"{m.dst} is on another file system than {m.src}: moves there are not atomic; pick a --quarantine folder beside the data")
+            raise DataError(
+                f"{m.dst} is on another file system than {m.src}: moves there are not atomic; pick a --quarantine folder beside the data"
+            )
 
 
 def _move_all(moves: list[Move]) -> None:
@@ -115,17 +127,29 @@ def _move_all(moves: list[Move]) -> None:
     except OSError as exc:
         for m in reversed(done):
             os.rename(m.dst, m.src)
-        raise DataError(f"moving {m.src} failed ({exc.strerror or exc}); the {len(done)} file(s) moved before it were moved back") from exc
+        raise DataError(
+            f"moving {m.src} failed ({exc.strerror or exc}); the {len(done)} file(s) moved before it were moved back"
+        ) from exc
 
 
 def apply_log(log_path: str, quarantine: str | None = None) -> dict[str, Any]:
     log = read_log(log_path)
     undo_file = undo_path(log_path)
-    if undo_file.exists() and read_json(undo_file, DataError, "", "move it away to apply the log again").get("state") == "applied":
-        raise UsageError(f"{log_path} was applied already ({undo_file}); undo it first (cnnctl review --undo {undo_file})")
+    if (
+        undo_file.exists()
+        and read_json(undo_file, DataError, "", "move it away to apply the log again").get("state") == "applied"
+    ):
+        raise UsageError(
+            f"{log_path} was applied already ({undo_file}); undo it first (cnnctl review --undo {undo_file})"
+        )
     moves = plan(log, quarantine)
     _same_device(moves)
-    record = {"format": FORMAT, "log": os.path.abspath(log_path), "state": "pending", "moves": [m.__dict__ for m in moves]}
+    record = {
+        "format": FORMAT,
+        "log": os.path.abspath(log_path),
+        "state": "pending",
+        "moves": [m.__dict__ for m in moves],
+    }
     write_json(undo_file, record)  # before the first move: a crash leaves a record of what may have moved
     try:
         _move_all(moves)
@@ -139,7 +163,9 @@ def apply_log(log_path: str, quarantine: str | None = None) -> dict[str, Any]:
 
 
 def undo(undo_file: str) -> dict[str, Any]:
-    record = read_json(undo_file, UsageError, f"{undo_file}: no such undo log", "it is not an undo log cnnctl review --apply wrote")
+    record = read_json(
+        undo_file, UsageError, f"{undo_file}: no such undo log", "it is not an undo log cnnctl review --apply wrote"
+    )
     if not isinstance(record, dict) or record.get("format") != FORMAT or "moves" not in record:
         raise DataError(f"{undo_file} is not a cnnctl review undo log")
     if record.get("state") == "undone":

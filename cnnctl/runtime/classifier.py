@@ -40,7 +40,8 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     """Row-wise softmax, computed stably."""
     z = logits - logits.max(axis=1, keepdims=True)
     e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
+    out: np.ndarray = e / e.sum(axis=1, keepdims=True)
+    return out
 
 
 def probabilities(logits: np.ndarray, meta: Metadata, *, calibrated: bool = True) -> np.ndarray:
@@ -58,7 +59,7 @@ def open_classifier(path: str | os.PathLike[str], provider: str = "auto", thread
     if str(path).endswith(".onnx"):
         from cnnctl.runtime.inference import OnnxClassifier
 
-        return OnnxClassifier(path, provider, threads)
+        return OnnxClassifier(os.fspath(path), provider, threads)
     from cnnctl.models.checkpoint import TorchClassifier
 
-    return TorchClassifier.for_provider(path, provider, threads)
+    return TorchClassifier.for_provider(os.fspath(path), provider, threads)

@@ -9,9 +9,10 @@ from __future__ import annotations
 import glob
 import os
 import sys
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -36,7 +37,10 @@ def make_session(path: str | Path, provider: str = "auto", *, threads: int = 0) 
         chosen.append(PROVIDERS["cpu"])
     elif provider in PROVIDERS:
         if PROVIDERS[provider] not in available:
-            raise UsageError(f"--provider {provider}: onnxruntime here has no {PROVIDERS[provider]} (it has {', '.join(available)}); install onnxruntime-gpu or use --provider cpu")
+            raise UsageError(
+                f"--provider {provider}: onnxruntime here has no {PROVIDERS[provider]} (it has "
+                f"{', '.join(available)}); install onnxruntime-gpu or use --provider cpu"
+            )
         chosen = [PROVIDERS[provider]]
     else:
         raise UsageError(f"--provider must be auto, cpu or cuda, got {provider!r}")
@@ -99,7 +103,9 @@ def prediction_json(path: str, top: list[tuple[str, float]]) -> dict[str, Any]:
     return {"path": path, "top": [{"label": label, "prob": round(p, 6)} for label, p in top]}
 
 
-def iter_batches(paths: list[str], prep: Preprocess, batch_size: int, errors: list[str]) -> Iterator[tuple[list[str], np.ndarray]]:
+def iter_batches(
+    paths: list[str], prep: Preprocess, batch_size: int, errors: list[str]
+) -> Iterator[tuple[list[str], np.ndarray]]:
     """Decode images into uint8 (N, C, H, W) batches; unreadable files go to `errors`."""
     buf: list[np.ndarray] = []
     names: list[str] = []
@@ -152,8 +158,10 @@ class OnnxClassifier:
         self.input_layout = export.input_layout if export is not None else "NCHW"
         spec = self.session.get_inputs()[0]
         if ONNX_TYPES.get(spec.type) != self.input_dtype or len(spec.shape) != 4:
-            raise CheckpointError(f"{self.path}: its metadata says the input is {self.input_dtype} {self.input_layout} but the graph takes "
-                                  f"{spec.type} of rank {len(spec.shape)}; re-export it with cnnctl export")  # fmt: skip
+            raise CheckpointError(
+                f"{self.path}: its metadata says the input is {self.input_dtype} {self.input_layout} but the graph takes "
+                f"{spec.type} of rank {len(spec.shape)}; re-export it with cnnctl export"
+            )
         self.np_dtype = np.uint8 if self.input_dtype == "uint8" else np.float32
         self.input_shape = tuple(self.input_item_shape())
         shape = spec.shape
@@ -189,16 +197,19 @@ class OnnxClassifier:
             # A fixed-batch export: run in chunks, padding the last one.
             outs = []
             for i in range(0, x.shape[0], self.fixed_batch):
-                chunk = x[i:i + self.fixed_batch]
+                chunk = x[i : i + self.fixed_batch]
                 n = chunk.shape[0]
                 if n < self.fixed_batch:
                     chunk = np.concatenate([chunk, np.zeros((self.fixed_batch - n, *chunk.shape[1:]), self.np_dtype)])
                 outs.append(self.session.run(["logits"], {"input": chunk})[0][:n])
             return np.concatenate(outs).astype(np.float32, copy=False)
-        return self.session.run(["logits"], {"input": x})[0].astype(np.float32, copy=False)
+        out: np.ndarray = self.session.run(["logits"], {"input": x})[0]
+        return out.astype(np.float32, copy=False)
 
 
-def predict_paths(model: Classifier, paths: list[str], *, batch_size: int = 64, k: int = 5) -> tuple[list[Prediction], list[str]]:
+def predict_paths(
+    model: Classifier, paths: list[str], *, batch_size: int = 64, k: int = 5
+) -> tuple[list[Prediction], list[str]]:
     """Top-k predictions for every readable path; unreadable files are returned as messages."""
     errors: list[str] = []
     results: list[Prediction] = []

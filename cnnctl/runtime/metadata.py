@@ -58,7 +58,11 @@ class ExportInfo:
     precision: str = "float32"  # the graph's weights and activations: "float32" or "float16"
 
     def __post_init__(self) -> None:
-        if self.input_dtype not in INPUT_DTYPES or self.input_layout not in ("NCHW", "NHWC") or self.precision not in PRECISIONS:
+        if (
+            self.input_dtype not in INPUT_DTYPES
+            or self.input_layout not in ("NCHW", "NHWC")
+            or self.precision not in PRECISIONS
+        ):
             raise ValueError(f"input {self.input_dtype}/{self.input_layout}, precision {self.precision}")
         if self.input_dtype == "float32" and self.input_layout != "NCHW":
             raise ValueError("a float32 input is NCHW")
@@ -104,10 +108,15 @@ class Metadata:
     def to_dict(self) -> dict[str, Any]:
         """The flat JSON-ready dict (what `to_json_map` encodes; serve's `/metadata`)."""
         out: dict[str, Any] = {
-            "format": FORMAT, "kind": self.kind, "model": self.model,
-            "input_shape": list(self.input_shape), "num_classes": self.num_classes, "class_names": list(self.class_names),
-            "preprocess": self.preprocess.to_dict(), "versions": dict(self.versions),
-        }  # fmt: skip
+            "format": FORMAT,
+            "kind": self.kind,
+            "model": self.model,
+            "input_shape": list(self.input_shape),
+            "num_classes": self.num_classes,
+            "class_names": list(self.class_names),
+            "preprocess": self.preprocess.to_dict(),
+            "versions": dict(self.versions),
+        }
         if self.data is not None:
             out["data"] = dataclasses.asdict(self.data)
         if self.training is not None:
@@ -139,9 +148,13 @@ class Metadata:
         if missing:
             raise CheckpointError(f"{source}: metadata lacks {', '.join(missing)}; the file is damaged or not cnnctl's")
         if meta["format"] != FORMAT:
-            raise CheckpointError(f"{source}: metadata format {meta['format']!r} is not supported (this cnnctl reads {FORMAT}); upgrade cnnctl")
+            raise CheckpointError(
+                f"{source}: metadata format {meta['format']!r} is not supported (this cnnctl reads {FORMAT}); upgrade cnnctl"
+            )
         shape, classes, names = meta["input_shape"], meta["num_classes"], meta["class_names"]
-        if not (isinstance(shape, list) and len(shape) == 3 and all(isinstance(s, int) and 0 < s <= 32768 for s in shape)):
+        if not (
+            isinstance(shape, list) and len(shape) == 3 and all(isinstance(s, int) and 0 < s <= 32768 for s in shape)
+        ):
             raise CheckpointError(f"{source}: metadata input_shape {shape!r} is not [C, H, W]")
         if not (isinstance(classes, int) and 0 < classes <= 1_000_000):
             raise CheckpointError(f"{source}: metadata num_classes {classes!r} is invalid")
@@ -150,7 +163,9 @@ class Metadata:
         if not isinstance(meta["model"], str):
             raise CheckpointError(f"{source}: metadata model is malformed")
         if meta.get("model_kwargs"):  # files before 0.2 wrote {} here; no cnnctl ever wrote arguments
-            raise CheckpointError(f"{source}: metadata model_kwargs {meta['model_kwargs']!r}: models with factory arguments are not supported")
+            raise CheckpointError(
+                f"{source}: metadata model_kwargs {meta['model_kwargs']!r}: models with factory arguments are not supported"
+            )
         if not isinstance(meta["preprocess"], dict):
             raise CheckpointError(f"{source}: metadata preprocess is malformed")
         try:
@@ -165,28 +180,53 @@ class Metadata:
             data = meta.get("data")
             data_info = None
             if isinstance(data, dict) and data.get("name"):
-                data_info = DataInfo(name=str(data["name"]), data_dir=str(data.get("data_dir", "")),
-                                     val_split=float(data.get("val_split", 0.1)), fingerprint=str(data.get("fingerprint", "")))  # fmt: skip
+                data_info = DataInfo(
+                    name=str(data["name"]),
+                    data_dir=str(data.get("data_dir", "")),
+                    val_split=float(data.get("val_split", 0.1)),
+                    fingerprint=str(data.get("fingerprint", "")),
+                )
             training = None
             if "epoch" in meta:
-                training = TrainingInfo(epoch=int(meta["epoch"]), metrics={str(k): v for k, v in (meta.get("metrics") or {}).items()},
-                                        weights=str(meta.get("weights", "model")))  # fmt: skip
+                training = TrainingInfo(
+                    epoch=int(meta["epoch"]),
+                    metrics={str(k): v for k, v in (meta.get("metrics") or {}).items()},
+                    weights=str(meta.get("weights", "model")),
+                )
             export = None
             if "exporter" in meta:
-                export = ExportInfo(exporter=str(meta["exporter"]), opset=int(meta.get("opset", 0)),
-                                    source_sha256=str(meta.get("source_sha256", "")), versions=dict(export_versions or {}),
-                                    quantization=meta.get("quantization"), input_dtype=str(meta.get("input_dtype", "float32")),
-                                    input_layout=str(meta.get("input_layout", "NCHW")), precision=str(meta.get("precision", "float32")))  # fmt: skip
+                export = ExportInfo(
+                    exporter=str(meta["exporter"]),
+                    opset=int(meta.get("opset", 0)),
+                    source_sha256=str(meta.get("source_sha256", "")),
+                    versions=dict(export_versions or {}),
+                    quantization=meta.get("quantization"),
+                    input_dtype=str(meta.get("input_dtype", "float32")),
+                    input_layout=str(meta.get("input_layout", "NCHW")),
+                    precision=str(meta.get("precision", "float32")),
+                )
         except (AttributeError, TypeError, ValueError) as exc:
-            raise CheckpointError(f"{source}: metadata data/training/export fields are malformed ({exc}); the file is damaged") from None
+            raise CheckpointError(
+                f"{source}: metadata data/training/export fields are malformed ({exc}); the file is damaged"
+            ) from None
         temperature = meta.get("temperature")
         if temperature is not None and not (isinstance(temperature, (int, float)) and 0.01 <= temperature <= 100):
-            raise CheckpointError(f"{source}: metadata temperature {temperature!r} is not a number in [0.01, 100]; recalibrate (cnnctl calibrate)")
+            raise CheckpointError(
+                f"{source}: metadata temperature {temperature!r} is not a number in [0.01, 100]; recalibrate (cnnctl calibrate)"
+            )
         kind = meta.get("kind", "model")
-        return cls(model=meta["model"], input_shape=(shape[0], shape[1], shape[2]), class_names=tuple(names), preprocess=prep,
-                   data=data_info, versions=versions,
-                   kind=kind if kind in KINDS else "model", training=training, export=export,
-                   temperature=float(temperature) if temperature is not None else None)  # fmt: skip
+        return cls(
+            model=meta["model"],
+            input_shape=(shape[0], shape[1], shape[2]),
+            class_names=tuple(names),
+            preprocess=prep,
+            data=data_info,
+            versions=versions,
+            kind=kind if kind in KINDS else "model",
+            training=training,
+            export=export,
+            temperature=float(temperature) if temperature is not None else None,
+        )
 
 
 def _parse(raw: dict[str, str] | None, source: str) -> dict[str, Any]:
@@ -218,7 +258,9 @@ def read_safetensors_header(path: str | Path) -> tuple[dict[str, Any], dict[str,
     except FileNotFoundError:
         raise CheckpointError(f"{p}: no such file") from None
     except IsADirectoryError:
-        raise CheckpointError(f"{p} is a directory; give a run directory with model.safetensors or a .safetensors file") from None
+        raise CheckpointError(
+            f"{p} is a directory; give a run directory with model.safetensors or a .safetensors file"
+        ) from None
     except PermissionError:
         raise CheckpointError(f"{p}: permission denied") from None
     except (ValueError, UnicodeDecodeError):

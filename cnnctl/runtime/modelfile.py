@@ -56,7 +56,9 @@ def _onnx_props(path: Path) -> dict[str, str]:
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # noqa: BLE001 - protobuf raises its own types for damaged files
-        raise CheckpointError(f"{path} is not a loadable ONNX model ({str(exc).strip()[:200] or type(exc).__name__})") from None
+        raise CheckpointError(
+            f"{path} is not a loadable ONNX model ({str(exc).strip()[:200] or type(exc).__name__})"
+        ) from None
     return {prop.key: prop.value for prop in model.metadata_props}
 
 

@@ -66,14 +66,23 @@ class Preprocess:
             raise DataError("preprocessing metadata is inconsistent (channels/mean/std); re-export the model")
         if any(s <= 0 for s in prep.std) or min(prep.size) < 1:
             raise DataError("preprocessing metadata has a zero std or an empty size; re-export the model")
-        if prep.resize not in ("stretch", "crop") or prep.interpolation not in _RESAMPLE or (
-                prep.resize == "crop" and prep.resize_size < max(prep.size)):  # fmt: skip
-            raise DataError(f"preprocessing metadata names an unknown resize ({prep.resize!r}, {prep.interpolation!r}, "
-                            f"resize_size {prep.resize_size}); re-export the model with this cnnctl")  # fmt: skip
+        if (
+            prep.resize not in ("stretch", "crop")
+            or prep.interpolation not in _RESAMPLE
+            or (prep.resize == "crop" and prep.resize_size < max(prep.size))
+        ):
+            raise DataError(
+                f"preprocessing metadata names an unknown resize ({prep.resize!r}, {prep.interpolation!r}, "
+                f"resize_size {prep.resize_size}); re-export the model with this cnnctl"
+            )
         return prep
 
 
-_RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "nearest": Image.Resampling.NEAREST, "bicubic": Image.Resampling.BICUBIC}
+_RESAMPLE = {
+    "bilinear": Image.Resampling.BILINEAR,
+    "nearest": Image.Resampling.NEAREST,
+    "bicubic": Image.Resampling.BICUBIC,
+}
 
 
 def to_mode(img: Image.Image, channels: int) -> Image.Image:
@@ -85,7 +94,7 @@ def to_mode(img: Image.Image, channels: int) -> Image.Image:
     if img.mode == "P" and "transparency" in img.info:
         img = img.convert("RGBA")
     want = "L" if channels == 1 else "RGB"
-    if img.mode in ("RGBA", "LA", "PA") :
+    if img.mode in ("RGBA", "LA", "PA"):
         # Composite on black, what a plain convert() does, so every tool agrees.
         img = img.convert("RGBA")
         background = Image.new("RGBA", img.size, (0, 0, 0, 255))
@@ -109,7 +118,9 @@ def decode(img: Image.Image, prep: Preprocess, out: np.ndarray | None = None) ->
     return out
 
 
-def _resize_shorter_then_centre_crop(img: Image.Image, shorter: int, h: int, w: int, resample: Image.Resampling) -> Image.Image:
+def _resize_shorter_then_centre_crop(
+    img: Image.Image, shorter: int, h: int, w: int, resample: Image.Resampling
+) -> Image.Image:
     """torchvision's Resize(shorter) then CenterCrop((h, w)) on a PIL image, to the pixel."""
     iw, ih = img.size
     if iw <= ih:
@@ -122,7 +133,9 @@ def _resize_shorter_then_centre_crop(img: Image.Image, shorter: int, h: int, w: 
     return img.crop((left, top, left + w, top + h))
 
 
-def load_image(path: str | Path | IO[bytes], prep: Preprocess, out: np.ndarray | None = None, *, name: str | None = None) -> np.ndarray:
+def load_image(
+    path: str | Path | IO[bytes], prep: Preprocess, out: np.ndarray | None = None, *, name: str | None = None
+) -> np.ndarray:
     """Read an image file (or file object) -> uint8 (C, H, W), into `out` when given.
 
     Unreadable input raises DataError naming `name` (default: the path) and the reason.
@@ -161,4 +174,4 @@ def normalize(batch: np.ndarray, prep: Preprocess) -> np.ndarray:
         mean = np.asarray(prep.mean, dtype=np.float32).reshape(1, -1, 1, 1)
         std = np.asarray(prep.std, dtype=np.float32).reshape(1, -1, 1, 1)
         x = (x - mean) / std
-    return x
+    return np.asarray(x, dtype=np.float32)

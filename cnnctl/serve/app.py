@@ -7,6 +7,7 @@ import json
 import os
 import re
 import time
+from collections.abc import MutableMapping
 from contextlib import asynccontextmanager
 from datetime import datetime, timezone
 from typing import Any
@@ -24,15 +25,30 @@ from cnnctl.serve.state import ServeState, log
 
 # (route label, pattern): the label names a route in metrics and logs without unbounded cardinality.
 ROUTES = [
-    ("GET", "/", h.index), ("POST", "/predict", h.predict), ("GET", "/health", h.health), ("GET", "/metadata", h.metadata),
-    ("GET", "/metrics", h.metrics), ("GET", "/v2", h.server_metadata), ("GET", "/v2/health/live", h.live),
+    ("GET", "/", h.index),
+    ("POST", "/predict", h.predict),
+    ("GET", "/health", h.health),
+    ("GET", "/metadata", h.metadata),
+    ("GET", "/metrics", h.metrics),
+    ("GET", "/v2", h.server_metadata),
+    ("GET", "/v2/health/live", h.live),
     ("GET", "/v2/health/ready", h.ready),
-    ("GET", "/v2/models/{name}", h.model_metadata), ("GET", "/v2/models/{name}/versions/{version}", h.model_metadata),
-    ("GET", "/v2/models/{name}/ready", h.model_ready), ("GET", "/v2/models/{name}/versions/{version}/ready", h.model_ready),
-    ("POST", "/v2/models/{name}/infer", h.infer), ("POST", "/v2/models/{name}/versions/{version}/infer", h.infer),
-]  # fmt: skip
+    ("GET", "/v2/models/{name}", h.model_metadata),
+    ("GET", "/v2/models/{name}/versions/{version}", h.model_metadata),
+    ("GET", "/v2/models/{name}/ready", h.model_ready),
+    ("GET", "/v2/models/{name}/versions/{version}/ready", h.model_ready),
+    ("POST", "/v2/models/{name}/infer", h.infer),
+    ("POST", "/v2/models/{name}/versions/{version}/infer", h.infer),
+]
 # Probes answer without a key (orchestrators call them unauthenticated); the page is static HTML.
-OPEN = {"/", "/health", "/v2/health/live", "/v2/health/ready", "/v2/models/{name}/ready", "/v2/models/{name}/versions/{version}/ready"}
+OPEN = {
+    "/",
+    "/health",
+    "/v2/health/live",
+    "/v2/health/ready",
+    "/v2/models/{name}/ready",
+    "/v2/models/{name}/versions/{version}/ready",
+}
 LABELS = [(re.compile("^" + re.sub(r"\{\w+\}", "[^/]+", path) + "$"), path) for _, path, _ in ROUTES]
 
 
@@ -45,7 +61,9 @@ async def user_error(request: Request, exc: Exception) -> Response:
         return JSONResponse({"error": exc.message}, status_code=exc.status, headers=exc.headers)
     assert isinstance(exc, HTTPException)  # 404, 405 from routing
     routes = ", ".join(f"{m} {p}" for m, p, _ in ROUTES if "version" not in p)
-    return JSONResponse({"error": f"{exc.detail}: {request.method} {request.url.path}; routes: {routes}"}, status_code=exc.status_code)
+    return JSONResponse(
+        {"error": f"{exc.detail}: {request.method} {request.url.path}; routes: {routes}"}, status_code=exc.status_code
+    )
 
 
 async def bug(request: Request, exc: Exception) -> Response:  # logged by uvicorn with its traceback
@@ -68,8 +86,11 @@ def create_app(cfg: ServeConfig, clf: OnnxClassifier | None = None) -> Any:
             loading.cancel()
             await state.stop()
 
-    app = Starlette(routes=[Route(path, fn, methods=[method]) for method, path, fn in ROUTES], lifespan=lifespan,
-                    exception_handlers={HTTPError: user_error, HTTPException: user_error, Exception: bug})  # fmt: skip
+    app = Starlette(
+        routes=[Route(path, fn, methods=[method]) for method, path, fn in ROUTES],
+        lifespan=lifespan,
+        exception_handlers={HTTPError: user_error, HTTPException: user_error, Exception: bug},
+    )
     app.state.serve = state
     return FrontDoor(app, state)
 
@@ -88,7 +109,7 @@ class FrontDoor:
         state, start = self.state, time.perf_counter()
         status = [0]
 
-        async def send_logged(message: dict[str, Any]) -> None:
+        async def send_logged(message: MutableMapping[str, Any]) -> None:
             if message["type"] == "http.response.start":
                 status[0] = message["status"]
             await send(message)
@@ -97,8 +118,13 @@ class FrontDoor:
         label = route_label(scope["path"])  # once per request: auth, metrics and the log line use it
         try:
             if state.key is not None and label not in OPEN and not self._authorized(scope):
-                await JSONResponse({"error": "missing or wrong API key: send 'Authorization: Bearer <key>' (the value of --api-key-env)"},
-                                   status_code=401, headers={"WWW-Authenticate": 'Bearer realm="cnnctl"'})(scope, receive, send_logged)  # fmt: skip
+                await JSONResponse(
+                    {
+                        "error": "missing or wrong API key: send 'Authorization: Bearer <key>' (the value of --api-key-env)"
+                    },
+                    status_code=401,
+                    headers={"WWW-Authenticate": 'Bearer realm="cnnctl"'},
+                )(scope, receive, send_logged)
             else:
                 await self.app(scope, receive, send_logged)
         finally:
@@ -120,9 +146,18 @@ class FrontDoor:
     def _log(self, scope: dict[str, Any], label: str, status: int, seconds: float) -> None:
         client = (scope.get("client") or ("-", 0))[0]
         if self.state.cfg.log_format == "json":
-            request_id = next((v.decode(errors="replace") for k, v in scope.get("headers", []) if k == b"x-request-id"), None)
-            line = {"time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"), "client": client, "method": scope["method"],
-                    "path": scope["path"], "route": label, "status": status, "ms": round(seconds * 1000, 2)}  # fmt: skip
+            request_id = next(
+                (v.decode(errors="replace") for k, v in scope.get("headers", []) if k == b"x-request-id"), None
+            )
+            line = {
+                "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+                "client": client,
+                "method": scope["method"],
+                "path": scope["path"],
+                "route": label,
+                "status": status,
+                "ms": round(seconds * 1000, 2),
+            }
             if request_id:
                 line["request_id"] = request_id
             log(json.dumps(line))
@@ -147,13 +182,21 @@ def run(cfg: ServeConfig, host: str, port: int, workers: int, *, no_auth: bool =
 
     check_exposure(cfg, host, no_auth)
     clf = OnnxClassifier(cfg.model, cfg.provider, cfg.threads)  # refuses a non-cnnctl file before binding
-    common = {"host": host, "port": port, "access_log": False, "log_level": "warning", "timeout_graceful_shutdown": 30}
+    common: dict[str, Any] = {
+        "host": host,
+        "port": port,
+        "access_log": False,
+        "log_level": "warning",
+        "timeout_graceful_shutdown": 30,
+    }
     # uvicorn drains requests in flight on SIGINT/SIGTERM, then re-sends the signal to the handler
     # that was installed before it: this one records it, so a requested stop exits 0, not by signal.
     stopped: list[int] = []
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda signum, frame: stopped.append(signum))
-    auth = f", bearer token from ${cfg.api_key_env}" if cfg.api_key_env else (", no auth (--no-auth)" if no_auth else "")
+    auth = (
+        f", bearer token from ${cfg.api_key_env}" if cfg.api_key_env else (", no auth (--no-auth)" if no_auth else "")
+    )
     if workers > 1:
         from dataclasses import asdict
 
@@ -171,4 +214,6 @@ def run(cfg: ServeConfig, host: str, port: int, workers: int, *, no_auth: bool =
     else:
         log(f"cnnctl serve: http://{host}:{port}{auth}")
         uvicorn.run(create_app(cfg, clf), **common)
-    log(f"cnnctl serve: stopped ({signal.Signals(stopped[0]).name if stopped else 'shutdown'}), requests in flight were answered")
+    log(
+        f"cnnctl serve: stopped ({signal.Signals(stopped[0]).name if stopped else 'shutdown'}), requests in flight were answered"
+    )

@@ -30,16 +30,22 @@ async def uploads(request: Request, max_bytes: int) -> list[tuple[str, bytes]]:
     if kind.startswith("image/") or kind == "application/octet-stream":
         return [("body", body)]
     if kind == "multipart/form-data":
+
         async def replay() -> dict[str, Any]:
             return {"type": "http.request", "body": body, "more_body": False}
 
         try:
             form = await Request(request.scope, replay).form(max_files=256, max_fields=256, max_part_size=max_bytes)
         except Exception as exc:  # noqa: BLE001 - starlette/multipart parse errors
-            raise HTTPError(400, f"malformed multipart body ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
-        files = [(v.filename or k, await v.read()) for k, v in form.multi_items() if hasattr(v, "filename")]
+            raise HTTPError(
+                400, f"malformed multipart body ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+            ) from None
+        files = [(v.filename or k, await v.read()) for k, v in form.multi_items() if not isinstance(v, str)]
         await form.close()
         if not files:
             raise HTTPError(400, "the multipart body has no file parts; send images as files")
         return files
-    raise HTTPError(415, f"content type {kind or '(none)'!r} is not accepted; send an image (image/*, application/octet-stream) or multipart/form-data")
+    raise HTTPError(
+        415,
+        f"content type {kind or '(none)'!r} is not accepted; send an image (image/*, application/octet-stream) or multipart/form-data",
+    )

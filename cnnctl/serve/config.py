@@ -50,8 +50,10 @@ def api_key(cfg: ServeConfig) -> bytes | None:
         return None
     value = os.environ.get(cfg.api_key_env, "")
     if len(value) < 16:
-        raise UsageError(f"--api-key-env {cfg.api_key_env}: the variable is {'empty or unset' if not value else 'shorter than 16 characters'}; "
-                         f"export {cfg.api_key_env}=$(python -c 'import secrets; print(secrets.token_urlsafe(32))')")  # fmt: skip
+        raise UsageError(
+            f"--api-key-env {cfg.api_key_env}: the variable is {'empty or unset' if not value else 'shorter than 16 characters'}; "
+            f"export {cfg.api_key_env}=$(python -c 'import secrets; print(secrets.token_urlsafe(32))')"
+        )
     return value.encode()
 
 
@@ -61,7 +63,9 @@ def check_exposure(cfg: ServeConfig, host: str, no_auth: bool) -> None:
         raise UsageError("--api-key-env and --no-auth contradict each other; give one")
     api_key(cfg)
     if not is_loopback(host) and not cfg.api_key_env and not no_auth:
-        raise UsageError(f"--host {host} answers other machines: protect it with --api-key-env VAR (a bearer token), "
-                         "or say --no-auth if something in front of it authenticates")  # fmt: skip
+        raise UsageError(
+            f"--host {host} answers other machines: protect it with --api-key-env VAR (a bearer token), "
+            "or say --no-auth if something in front of it authenticates"
+        )
     if cfg.log_format not in ("text", "json"):
         raise UsageError(f"--log-format must be text or json, got {cfg.log_format!r}")

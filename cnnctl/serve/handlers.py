@@ -22,7 +22,8 @@ from cnnctl.serve.state import ServeState
 
 
 def state_of(request: Request) -> ServeState:
-    return request.app.state.serve
+    state: ServeState = request.app.state.serve
+    return state
 
 
 # -- cnnctl's own routes -------------------------------------------------------------------------
@@ -42,11 +43,12 @@ async def predict(request: Request) -> Response:
         if not data:
             raise HTTPError(400, f"{name}: empty upload; send the image file's bytes")
         try:
-            return clf.from_pixels(load_image(io.BytesIO(data), clf.prep, name=name)[None])[0]
+            image: np.ndarray = clf.from_pixels(load_image(io.BytesIO(data), clf.prep, name=name)[None])[0]
+            return image
         except DataError as exc:
             raise HTTPError(400, exc.message) from None
 
-    async def work() -> list[np.ndarray]:
+    async def work() -> np.ndarray:
         loop = asyncio.get_running_loop()
         batcher.decoding += len(files)
         try:
@@ -66,8 +68,17 @@ async def health(request: Request) -> Response:
     """GET /health: 200 once ready (503 while loading), with counters."""
     state = state_of(request)
     s = state.stats
-    body = {"status": "ok" if state.ready else ("failed" if state.failed else "loading"), "model": state.metadata.get("model"), "name": state.name, "requests": s.requests,
-            "images": s.images, "batches": s.batches, "largest_batch": s.largest_batch, "errors": s.errors, "queued": state.pending}  # fmt: skip
+    body = {
+        "status": "ok" if state.ready else ("failed" if state.failed else "loading"),
+        "model": state.metadata.get("model"),
+        "name": state.name,
+        "requests": s.requests,
+        "images": s.images,
+        "batches": s.batches,
+        "largest_batch": s.largest_batch,
+        "errors": s.errors,
+        "queued": state.pending,
+    }
     return JSONResponse(body, status_code=200 if state.ready else 503)
 
 
@@ -75,7 +86,9 @@ async def metadata(request: Request) -> Response:
     """GET /metadata: the model file's Metadata and how this server runs it."""
     state = state_of(request)
     state.model()
-    return JSONResponse({**state.metadata, "batch_sizes": {str(k): v for k, v in sorted(state.stats.batch_sizes.items())}})
+    return JSONResponse(
+        {**state.metadata, "batch_sizes": {str(k): v for k, v in sorted(state.stats.batch_sizes.items())}}
+    )
 
 
 async def metrics(request: Request) -> Response:
@@ -92,7 +105,9 @@ async def index(request: Request) -> Response:
 
 # -- Open Inference Protocol ---------------------------------------------------------------------
 async def server_metadata(request: Request) -> Response:
-    return JSONResponse({"name": "cnnctl", "version": __version__, "extensions": ["binary_tensor_data", "classification"]})
+    return JSONResponse(
+        {"name": "cnnctl", "version": __version__, "extensions": ["binary_tensor_data", "classification"]}
+    )
 
 
 async def live(request: Request) -> Response:
@@ -125,12 +140,20 @@ async def model_metadata(request: Request) -> Response:
     state = _model(request)
     clf, _ = state.model()
     n = clf.meta.num_classes
-    return JSONResponse({
-        "name": state.name, "versions": ["1"], "platform": "onnxruntime_onnx",
-        "inputs": [{"name": "input", "datatype": oip.OIP_NAME[clf.input_dtype], "shape": [-1, *clf.input_shape]}],
-        "outputs": [{"name": out, "datatype": "FP32", "shape": [-1, n]} for out in oip.OUTPUTS],
-        "parameters": {"class_names": list(clf.meta.class_names), "input_layout": clf.input_layout, "model": clf.meta.model},
-    })  # fmt: skip
+    return JSONResponse(
+        {
+            "name": state.name,
+            "versions": ["1"],
+            "platform": "onnxruntime_onnx",
+            "inputs": [{"name": "input", "datatype": oip.OIP_NAME[clf.input_dtype], "shape": [-1, *clf.input_shape]}],
+            "outputs": [{"name": out, "datatype": "FP32", "shape": [-1, n]} for out in oip.OUTPUTS],
+            "parameters": {
+                "class_names": list(clf.meta.class_names),
+                "input_layout": clf.input_layout,
+                "model": clf.meta.model,
+            },
+        }
+    )
 
 
 def inflate(body: bytes, encoding: str, limit: int) -> bytes:
@@ -156,21 +179,29 @@ async def infer(request: Request) -> Response:
     """POST /v2/models/{name}/infer: the model's input tensor in, logits/probabilities out."""
     state = _model(request)
     clf, _ = state.model()
-    body = inflate(await read_body(request, state.cfg.max_bytes), request.headers.get("content-encoding", ""), state.cfg.max_bytes)
+    body = inflate(
+        await read_body(request, state.cfg.max_bytes), request.headers.get("content-encoding", ""), state.cfg.max_bytes
+    )
     req = oip.decode_request(body, request.headers.get(oip.HEADER))
     want = f"'input' {oip.OIP_NAME[clf.input_dtype]} [N, {', '.join(map(str, clf.input_shape))}]"
     if set(req.inputs) != {"input"}:
         raise HTTPError(400, f"inputs {sorted(req.inputs)}: this model takes one input, {want}")
     x = req.inputs["input"]
     if x.dtype != clf.np_dtype:
-        raise HTTPError(400, f"input datatype {oip.OIP_NAME.get(str(x.dtype), str(x.dtype).upper())}: this model takes {want}"
-                             + ("; export it with --input uint8 to send pixels" if x.dtype == np.uint8 else ""))  # fmt: skip
+        raise HTTPError(
+            400,
+            f"input datatype {oip.OIP_NAME.get(str(x.dtype), str(x.dtype).upper())}: this model takes {want}"
+            + ("; export it with --input uint8 to send pixels" if x.dtype == np.uint8 else ""),
+        )
     if x.ndim != 4 or tuple(x.shape[1:]) != clf.input_shape:
         raise HTTPError(400, f"input shape {list(x.shape)}: this model takes {want}")
     with state.admit(x.shape[0]):
         logits = await state.within_timeout(state.classify(list(x)))
     values = {"logits": logits.astype(np.float32), "probabilities": probabilities(logits, clf.meta).astype(np.float32)}
     classes = list(clf.meta.class_names)
-    tensors = [(w, oip.classification(values[w.name], classes, w.classification) if w.classification else values[w.name]) for w in req.outputs]
+    tensors = [
+        (w, oip.classification(values[w.name], classes, w.classification) if w.classification else values[w.name])
+        for w in req.outputs
+    ]
     payload, headers = oip.encode_response(state.name, req.id, tensors)
     return Response(payload, headers=headers)

@@ -27,10 +27,19 @@ from cnnctl.serve.config import HTTPError
 
 HEADER = "inference-header-content-length"
 DATATYPES: dict[str, Any] = {
-    "BOOL": np.bool_, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32, "UINT64": np.uint64,
-    "INT8": np.int8, "INT16": np.int16, "INT32": np.int32, "INT64": np.int64,
-    "FP16": np.float16, "FP32": np.float32, "FP64": np.float64,
-}  # fmt: skip
+    "BOOL": np.bool_,
+    "UINT8": np.uint8,
+    "UINT16": np.uint16,
+    "UINT32": np.uint32,
+    "UINT64": np.uint64,
+    "INT8": np.int8,
+    "INT16": np.int16,
+    "INT32": np.int32,
+    "INT64": np.int64,
+    "FP16": np.float16,
+    "FP32": np.float32,
+    "FP64": np.float64,
+}
 OIP_NAME = {"float32": "FP32", "uint8": "UINT8", "float16": "FP16"}
 OUTPUTS = ("logits", "probabilities")
 
@@ -62,13 +71,15 @@ def decode_request(body: bytes, header_length: str | None) -> InferRequest:
     if header_length is not None:
         if not header_length.isdigit() or int(header_length) > len(body):
             raise _bad(f"Inference-Header-Content-Length {header_length!r} does not fit the {len(body)}-byte body")
-        head, blob = body[: int(header_length)], memoryview(body)[int(header_length):]
+        head, blob = body[: int(header_length)], memoryview(body)[int(header_length) :]
     else:
         head, blob = body, memoryview(b"")
     try:
         req = json.loads(head)
     except (ValueError, UnicodeDecodeError):
-        raise _bad("the infer request is not JSON; see https://kserve.github.io/website/latest/modelserving/data_plane/v2_protocol/") from None
+        raise _bad(
+            "the infer request is not JSON; see https://kserve.github.io/website/latest/modelserving/data_plane/v2_protocol/"
+        ) from None
     if not isinstance(req, dict) or not isinstance(req.get("inputs"), list) or not req["inputs"]:
         raise _bad('the infer request needs "inputs": [{"name", "shape", "datatype", "data"}]')
     inputs: dict[str, np.ndarray] = {}
@@ -77,7 +88,11 @@ def decode_request(body: bytes, header_length: str | None) -> InferRequest:
         if not isinstance(spec, dict):
             raise _bad("each input must be an object with name, shape, datatype and data")
         name, shape, dtype = spec.get("name"), spec.get("shape"), spec.get("datatype")
-        if not isinstance(name, str) or not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+        if (
+            not isinstance(name, str)
+            or not isinstance(shape, list)
+            or not all(isinstance(d, int) and d >= 0 for d in shape)
+        ):
             raise _bad(f"input {name!r}: needs a name and a shape of non-negative integers")
         if dtype not in DATATYPES:
             raise _bad(f"input {name!r}: datatype {dtype!r} is not a numeric tensor type ({', '.join(DATATYPES)})")
@@ -88,13 +103,17 @@ def decode_request(body: bytes, header_length: str | None) -> InferRequest:
             if not isinstance(size, int) or size < 0 or offset + size > len(blob):
                 raise _bad(f"input {name!r}: binary_data_size {size!r} runs past the {len(blob)} bytes of binary data")
             if size != count * np.dtype(DATATYPES[dtype]).itemsize:
-                raise _bad(f"input {name!r}: {size} bytes of binary data for shape {shape} {dtype} "
-                           f"(needs {count * np.dtype(DATATYPES[dtype]).itemsize})")  # fmt: skip
-            array = np.frombuffer(blob[offset: offset + size], dtype=np.dtype(DATATYPES[dtype]).newbyteorder("<")).reshape(shape)
+                raise _bad(
+                    f"input {name!r}: {size} bytes of binary data for shape {shape} {dtype} "
+                    f"(needs {count * np.dtype(DATATYPES[dtype]).itemsize})"
+                )
+            array = np.frombuffer(
+                blob[offset : offset + size], dtype=np.dtype(DATATYPES[dtype]).newbyteorder("<")
+            ).reshape(shape)
             offset += size
         else:
             if "data" not in spec:
-                raise _bad(f"input {name!r}: no data (give \"data\" or parameters.binary_data_size)")
+                raise _bad(f'input {name!r}: no data (give "data" or parameters.binary_data_size)')
             try:
                 array = np.asarray(spec["data"], dtype=DATATYPES[dtype])
             except (TypeError, ValueError, OverflowError):
@@ -111,7 +130,9 @@ def decode_request(body: bytes, header_length: str | None) -> InferRequest:
     outputs = []
     for spec in req.get("outputs") or []:
         if not isinstance(spec, dict) or spec.get("name") not in OUTPUTS:
-            raise _bad(f"output {spec.get('name') if isinstance(spec, dict) else spec!r} is not one of this model's outputs: {', '.join(OUTPUTS)}")
+            raise _bad(
+                f"output {spec.get('name') if isinstance(spec, dict) else spec!r} is not one of this model's outputs: {', '.join(OUTPUTS)}"
+            )
         params = spec.get("parameters") or {}
         k = params.get("classification", 0)
         if not isinstance(k, int) or k < 0:
@@ -130,12 +151,18 @@ def classification(values: np.ndarray, classes: list[str], k: int) -> np.ndarray
     return np.array([[f"{row[j]:.6g}:{j}:{classes[j]}" for j in idx] for row, idx in zip(values, order)], dtype=object)
 
 
-def encode_response(model: str, request_id: str | None, tensors: list[tuple[Requested, np.ndarray]]) -> tuple[bytes, dict[str, str]]:
+def encode_response(
+    model: str, request_id: str | None, tensors: list[tuple[Requested, np.ndarray]]
+) -> tuple[bytes, dict[str, str]]:
     """(body, headers) of an infer response; binary outputs follow the JSON header."""
     outputs, blobs = [], []
     for want, array in tensors:
         is_bytes = array.dtype == object
-        entry: dict[str, Any] = {"name": want.name, "datatype": "BYTES" if is_bytes else "FP32", "shape": list(array.shape)}
+        entry: dict[str, Any] = {
+            "name": want.name,
+            "datatype": "BYTES" if is_bytes else "FP32",
+            "shape": list(array.shape),
+        }
         if want.binary:
             if is_bytes:
                 raw = b"".join(struct.pack("<I", len(s.encode())) + s.encode() for s in array.reshape(-1))
@@ -144,7 +171,9 @@ def encode_response(model: str, request_id: str | None, tensors: list[tuple[Requ
             entry["parameters"] = {"binary_data_size": len(raw)}
             blobs.append(raw)
         else:
-            entry["data"] = [str(s) for s in array.reshape(-1)] if is_bytes else array.astype(np.float32).reshape(-1).tolist()
+            entry["data"] = (
+                [str(s) for s in array.reshape(-1)] if is_bytes else array.astype(np.float32).reshape(-1).tolist()
+            )
         outputs.append(entry)
     response: dict[str, Any] = {"model_name": model, "model_version": "1", "outputs": outputs}
     if request_id is not None:

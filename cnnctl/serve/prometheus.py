@@ -19,20 +19,40 @@ class Metrics:
 
         disable_created_metrics()  # no *_created series: half the scrape, nothing a dashboard uses
         r = self.registry = CollectorRegistry()
-        self.requests = Counter("cnnctl_requests", "HTTP requests answered, by route and status code", ["route", "code"], registry=r)
-        self.latency = Histogram("cnnctl_request_duration_seconds", "Time from request to response, by route", ["route"],
-                                 buckets=LATENCY_BUCKETS, registry=r)  # fmt: skip
+        self.requests = Counter(
+            "cnnctl_requests", "HTTP requests answered, by route and status code", ["route", "code"], registry=r
+        )
+        self.latency = Histogram(
+            "cnnctl_request_duration_seconds",
+            "Time from request to response, by route",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.images = Counter("cnnctl_images", "Images classified", registry=r)
         sizes, b = [], 1
         while b < max_batch:
             sizes.append(float(b))
             b *= 2
-        self.batch = Histogram("cnnctl_batch_size", "Images per onnxruntime call (dynamic batching)", buckets=(*sizes, float(max_batch)), registry=r)
-        self.inference = Histogram("cnnctl_inference_duration_seconds", "Time of each onnxruntime call", buckets=LATENCY_BUCKETS, registry=r)
-        self.queue = Gauge("cnnctl_queue_depth", "Images admitted and not yet answered (--max-queue bounds it)", registry=r,
-                           multiprocess_mode="livesum")  # fmt: skip
+        self.batch = Histogram(
+            "cnnctl_batch_size",
+            "Images per onnxruntime call (dynamic batching)",
+            buckets=(*sizes, float(max_batch)),
+            registry=r,
+        )
+        self.inference = Histogram(
+            "cnnctl_inference_duration_seconds", "Time of each onnxruntime call", buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.queue = Gauge(
+            "cnnctl_queue_depth",
+            "Images admitted and not yet answered (--max-queue bounds it)",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
         self.shed = Counter("cnnctl_shed_requests", "Requests refused with 503 because the queue was full", registry=r)
-        self.ready = Gauge("cnnctl_ready", "1 once the model is loaded and warmed up", registry=r, multiprocess_mode="livemin")
+        self.ready = Gauge(
+            "cnnctl_ready", "1 once the model is loaded and warmed up", registry=r, multiprocess_mode="livemin"
+        )
 
     def render(self) -> tuple[bytes, str]:
         """(body, content type) of a scrape."""

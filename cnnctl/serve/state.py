@@ -7,19 +7,20 @@ import asyncio
 import os
 import sys
 import time
+from collections.abc import Awaitable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from typing import Any, Awaitable, Iterator, TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 
 from cnnctl import __version__
-from cnnctl.runtime.inference import OnnxClassifier
+from cnnctl.export.triton import model_name
 from cnnctl.io import file_sha256
+from cnnctl.runtime.inference import OnnxClassifier
 from cnnctl.serve.batcher import Batcher, Stats
 from cnnctl.serve.config import HTTPError, ServeConfig, api_key
 from cnnctl.serve.prometheus import Metrics
-from cnnctl.export.triton import model_name
 
 T = TypeVar("T")
 
@@ -43,7 +44,9 @@ class ServeState:
         self.metrics = Metrics(cfg.max_batch)
         self.pending = 0  # images admitted and not yet answered
         self.batcher: Batcher | None = None
-        self.decoder = ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1)), thread_name_prefix="cnnctl-decode")
+        self.decoder = ThreadPoolExecutor(
+            max_workers=max(1, min(8, os.cpu_count() or 1)), thread_name_prefix="cnnctl-decode"
+        )
         self.metadata: dict[str, Any] = {}
         self.warmup_ms = 0.0
 
@@ -61,9 +64,11 @@ class ServeState:
         self.batcher.start()
         self.ready = True
         self.metrics.ready.set(1)
-        log(f"serving {self.cfg.model} as {self.name!r} ({clf.meta.model}, {clf.meta.num_classes} classes, input {clf.input_dtype} "
+        log(
+            f"serving {self.cfg.model} as {self.name!r} ({clf.meta.model}, {clf.meta.num_classes} classes, input {clf.input_dtype} "
             f"{clf.input_layout}, {clf.provider}); dynamic batches of up to {self.cfg.max_batch} within {self.cfg.max_wait_ms:g} ms; "
-            f"ready after a {self.warmup_ms:.0f} ms warm-up")  # fmt: skip
+            f"ready after a {self.warmup_ms:.0f} ms warm-up"
+        )
 
     def _load(self) -> OnnxClassifier:
         cfg = self.cfg
@@ -101,7 +106,11 @@ class ServeState:
     def model(self) -> tuple[OnnxClassifier, Batcher]:
         """The loaded model and its batcher, or 503 while it is loading."""
         if not self.ready or self.clf is None or self.batcher is None:
-            why = f"the model failed to load: {self.failed}" if self.failed else "the model is still loading; retry shortly (GET /v2/health/ready)"
+            why = (
+                f"the model failed to load: {self.failed}"
+                if self.failed
+                else "the model is still loading; retry shortly (GET /v2/health/ready)"
+            )
             raise HTTPError(503, why, {"Retry-After": "1"})
         return self.clf, self.batcher
 
@@ -109,10 +118,16 @@ class ServeState:
     def admit(self, images: int) -> Iterator[None]:
         """Hold `images` places in the queue for one request; 503 + Retry-After when it is full."""
         if images > self.cfg.max_queue:
-            raise HTTPError(413, f"{images} images in one request exceed --max-queue {self.cfg.max_queue}; send fewer per request")
+            raise HTTPError(
+                413, f"{images} images in one request exceed --max-queue {self.cfg.max_queue}; send fewer per request"
+            )
         if self.pending + images > self.cfg.max_queue:
             self.metrics.shed.inc()
-            raise HTTPError(503, f"busy: {self.pending} images queued (--max-queue {self.cfg.max_queue}); retry after a second", {"Retry-After": "1"})
+            raise HTTPError(
+                503,
+                f"busy: {self.pending} images queued (--max-queue {self.cfg.max_queue}); retry after a second",
+                {"Retry-After": "1"},
+            )
         self.pending += images
         self.metrics.queue.set(self.pending)
         try:
@@ -125,7 +140,10 @@ class ServeState:
         try:
             return await asyncio.wait_for(work, self.cfg.timeout_s)
         except asyncio.TimeoutError:
-            raise HTTPError(504, f"the request took longer than --timeout {self.cfg.timeout_s:g} s; send fewer images or raise --timeout") from None
+            raise HTTPError(
+                504,
+                f"the request took longer than --timeout {self.cfg.timeout_s:g} s; send fewer images or raise --timeout",
+            ) from None
 
     async def classify(self, inputs: list[np.ndarray]) -> np.ndarray:
         """Logits (N, classes) of images already in the graph's input form, through the batcher."""

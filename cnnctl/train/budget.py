@@ -11,12 +11,23 @@ epochs, it says so in one line with the measured speed.
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from cnnctl.train.schedule import Schedule
 
 # A forward pass costs about a third of a training step (forward + backward), per image.
 EVAL_COST_SHARE = 1 / 3
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What one process does per optimizer step and per validation pass (this rank's shard)."""
+
+    images_per_step: int
+    eval_images: int
+    eval_passes: int = 1  # 2 with --ema: the model and its average are both validated
+    world_size: int = 1
 
 
 class BudgetProbe:
@@ -28,10 +39,7 @@ class BudgetProbe:
         deadline: float,
         *,
         epochs: int,
-        images_per_step: int,
-        eval_images: int,
-        eval_passes: int = 1,
-        world_size: int = 1,
+        work: Workload,
         warmup: int = 2,
         measure: int = 10,
         agree: Callable[[float], float] = lambda v: v,
@@ -40,9 +48,12 @@ class BudgetProbe:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.schedule, self.deadline, self.epochs = schedule, deadline, epochs
-        # Per process: images of one optimizer step, and of one validation pass (this rank's shard).
-        self.images_per_step, self.eval_images, self.eval_passes = images_per_step, eval_images, eval_passes
-        self.world_size = world_size
+        self.images_per_step, self.eval_images, self.eval_passes = (
+            work.images_per_step,
+            work.eval_images,
+            work.eval_passes,
+        )
+        self.world_size = work.world_size
         self.warmup, self.measure = warmup, max(1, measure)
         self.agree, self.log, self.label, self.clock = agree, log, label, clock
         self.count = 0
@@ -74,10 +85,14 @@ class BudgetProbe:
         fits = s.budget_steps(step, self.deadline - self.clock(), per_step)
         s.planned_steps = fits
         bought = fits / steps_per_epoch
-        message = (f"time budget: {self.images_per_s:,.0f} img/s measured over {self.measure} steps{self.label}; "
-                   f"the budget buys {bought:.1f} of {self.epochs} planned epoch(s), so the schedule spans {fits} steps")  # fmt: skip
+        message = (
+            f"time budget: {self.images_per_s:,.0f} img/s measured over {self.measure} steps{self.label}; "
+            f"the budget buys {bought:.1f} of {self.epochs} planned epoch(s), so the schedule spans {fits} steps"
+        )
         if bought < self.epochs / 4:
-            message += (" - less than a quarter of the plan: expect a weaker model; give a longer --time-limit, fewer --epochs, "
-                        "a smaller model or images, or check `cnnctl env` for --amp auto")  # fmt: skip
+            message += (
+                " - less than a quarter of the plan: expect a weaker model; give a longer --time-limit, fewer --epochs, "
+                "a smaller model or images, or check `cnnctl env` for --amp auto"
+            )
         if self.log is not None:
             self.log(message)

@@ -32,7 +32,9 @@ def _env_int(name: str, default: int) -> int:
     try:
         return int(value)
     except ValueError:
-        raise UsageError(f"environment variable {name}={value!r} is not an integer; launch with torchrun, which sets it") from None
+        raise UsageError(
+            f"environment variable {name}={value!r} is not an integer; launch with torchrun, which sets it"
+        ) from None
 
 
 @dataclass
@@ -57,7 +59,9 @@ class Dist:
         if not 0 <= rank < world:
             raise UsageError(f"RANK={rank} is outside WORLD_SIZE={world}; launch with torchrun, which sets both")
         if not os.environ.get("MASTER_ADDR") or not os.environ.get("MASTER_PORT"):
-            raise UsageError("WORLD_SIZE is set but MASTER_ADDR/MASTER_PORT are not; launch with torchrun, which sets them")
+            raise UsageError(
+                "WORLD_SIZE is set but MASTER_ADDR/MASTER_PORT are not; launch with torchrun, which sets them"
+            )
         return cls(rank, world, local_rank, local_world)
 
     @property
@@ -89,7 +93,10 @@ class Dist:
             dist.init_process_group(self.backend, timeout=timedelta(seconds=timeout))
             self.started = True
         except Exception as exc:  # rendezvous problems: wrong address, a port in use, a peer gone
-            raise DistributedError(f"rank {self.rank}: could not join the process group ({_first_line(exc)}); check torchrun's --rdzv-endpoint / --master-addr and that every node runs the same command") from None
+            raise DistributedError(
+                f"rank {self.rank}: could not join the process group ({_first_line(exc)}); check torchrun's "
+                "--rdzv-endpoint / --master-addr and that every node runs the same command"
+            ) from None
 
     def stop(self, clean: bool) -> None:
         """Leave the group. After success all ranks wait for each other (rank 0 runs the test

@@ -9,19 +9,16 @@ but the decoded-image cache, which the real run then reuses; no run directory is
 from __future__ import annotations
 
 import itertools
-import tempfile
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from cnnctl.config import TrainConfig
 from cnnctl.data.batches import Batches
-from cnnctl.train.distributed import Dist
-from cnnctl.train.engine import Hooks, Limits, Reporter, evaluate
 from cnnctl.machine import PeakMemory
+from cnnctl.train.engine import Hooks, Limits, Reporter, evaluate
 
 
 @dataclass
@@ -63,16 +60,26 @@ def dry_run(cfg: TrainConfig, reporter: Reporter, *, steps: int = 10, warmup: in
     with PeakMemory() as peak:
         plan = make_plan(cfg, reporter, device)
         run = prepare(plan, reporter)
-        steps = max(1, min(steps, run.schedule.steps_per_epoch - warmup)) if run.schedule.steps_per_epoch > warmup + 1 else 1
+        steps = (
+            max(1, min(steps, run.schedule.steps_per_epoch - warmup))
+            if run.schedule.steps_per_epoch > warmup + 1
+            else 1
+        )
         warmup = min(warmup, max(0, run.schedule.steps_per_epoch - steps))
         stamps: list[float] = [_now(device)]
         reporter.log(f"dry run: timing {steps} training step(s) after {warmup} warm-up step(s)")
-        fit_prepared(run, Hooks(on_step=lambda step, loss, lr: stamps.append(_now(device))), limits=Limits(epochs=1, max_steps=warmup + steps),
-                     validate=False)  # fmt: skip
+        fit_prepared(
+            run,
+            Hooks(on_step=lambda step, loss, lr: stamps.append(_now(device))),
+            limits=Limits(epochs=1, max_steps=warmup + steps),
+            validate=False,
+        )
         per_step = (stamps[-1] - stamps[warmup]) / steps  # stamps[0] is the start, stamps[k] the end of step k
         eval_batches = run.val_batches
         if eval_batches is None and run.data.test is not None:
-            eval_batches = Batches(run.data.test, run.data.prep, plan.eval_batch.size, device=device, channels_last=cfg.channels_last)
+            eval_batches = Batches(
+                run.data.test, run.data.prep, plan.eval_batch.size, device=device, channels_last=cfg.channels_last
+            )
         eval_ips = _eval_speed(run.model, eval_batches) if eval_batches is not None else None
     peak_bytes, peak_kind = peak.peak, peak.kind
     if device.type == "cuda":  # what grows with activations there is device memory
@@ -94,13 +101,26 @@ def dry_run(cfg: TrainConfig, reporter: Reporter, *, steps: int = 10, warmup: in
     planned = epochs_exact * epoch_total
     total = (min(planned, cfg.time_limit) if cfg.time_limit else planned) + test
     return RunPlan(
-        model=cfg.model, data=run.data.describe(), hardware=plan.hardware_dict(), batch_size=run.train_batches.batch_size,
-        steps_per_epoch=steps_per_epoch, epochs=epochs, measured_steps=steps, warmup_steps=warmup,
-        train_images_per_s=round(min(images_per_step, n_train) / per_step, 1), eval_images_per_s=round(eval_ips, 1) if eval_ips else None,
-        epoch_train_seconds=round(epoch_train, 2), epoch_eval_seconds=round(epoch_eval, 2), epoch_seconds=round(epoch_total, 2),
-        test_seconds=round(test, 2), total_seconds=round(total, 1), time_limit=cfg.time_limit,
-        epochs_in_budget=round(in_budget, 2) if in_budget is not None else None, peak_memory_bytes=peak_bytes, peak_memory_kind=peak_kind,
-    )  # fmt: skip
+        model=cfg.model,
+        data=run.data.describe(),
+        hardware=plan.hardware_dict(),
+        batch_size=run.train_batches.batch_size,
+        steps_per_epoch=steps_per_epoch,
+        epochs=epochs,
+        measured_steps=steps,
+        warmup_steps=warmup,
+        train_images_per_s=round(min(images_per_step, n_train) / per_step, 1),
+        eval_images_per_s=round(eval_ips, 1) if eval_ips else None,
+        epoch_train_seconds=round(epoch_train, 2),
+        epoch_eval_seconds=round(epoch_eval, 2),
+        epoch_seconds=round(epoch_total, 2),
+        test_seconds=round(test, 2),
+        total_seconds=round(total, 1),
+        time_limit=cfg.time_limit,
+        epochs_in_budget=round(in_budget, 2) if in_budget is not None else None,
+        peak_memory_bytes=peak_bytes,
+        peak_memory_kind=peak_kind,
+    )
 
 
 def _now(device: torch.device) -> float:

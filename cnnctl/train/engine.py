@@ -9,18 +9,19 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Protocol, Sequence
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cnnctl.train.budget import BudgetProbe
+from cnnctl.errors import TrainingError
+from cnnctl.train.budget import BudgetProbe, Workload
 from cnnctl.train.distributed import Dist
 from cnnctl.train.ema import EMA, Lookahead
-from cnnctl.errors import TrainingError
 from cnnctl.train.schedule import Schedule
 
 
@@ -35,21 +36,26 @@ class Reporter(Protocol):
     def log(self, message: str) -> None: ...
 
 
-def make_loss(kind: str, num_classes: int, label_smoothing: float = 0.0, weight: torch.Tensor | None = None) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+def make_loss(
+    kind: str, num_classes: int, label_smoothing: float = 0.0, weight: torch.Tensor | None = None
+) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """Cross-entropy (optionally weighted per class: --class-weights), or MSE between
     softmax(logits) and one-hot targets (the cats-vs-dogs tutorial).
 
     Targets are class indices (N,) or, from --mixup/--cutmix, class probabilities (N, classes).
     """
     if kind == "mse":
+
         def mse(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
             target = y if y.dim() == 2 else F.one_hot(y, num_classes).float()
             return F.mse_loss(logits.float().softmax(1), target)
+
         return mse
 
     def ce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         w = weight.to(logits.device) if weight is not None else None
         return F.cross_entropy(logits.float(), y, weight=w, label_smoothing=label_smoothing)
+
     return ce
 
 
@@ -115,52 +121,77 @@ class Hooks:
     should_stop: Callable[[], bool] = lambda: False
     reporter: Reporter | None = None
     on_epoch_start: Callable[[int], None] = lambda epoch: None
-    on_epoch_end: Callable[[dict[str, Any], bool, LoopState, History], None] = lambda record, improved, state, history: None
-    on_step: Callable[[int, torch.Tensor, float], None] | None = None  # (step, loss tensor, lr) after each optimizer step
+    on_epoch_end: Callable[[dict[str, Any], bool, LoopState, History], None] = lambda record, improved, state, history: (
+        None
+    )
+    on_step: Callable[[int, torch.Tensor, float], None] | None = (
+        None  # (step, loss tensor, lr) after each optimizer step
+    )
+
+
+@dataclass(frozen=True)
+class Until:
+    """Where an epoch may end early: `end_step()`, the global step to stop at (asked after every
+    step: a time budget fitted during the epoch can move it), and a wall-clock `deadline`."""
+
+    end_step: Callable[[], int | None] | None = None
+    deadline: float | None = None  # time.monotonic() seconds
+
+
+class _Sums:
+    """An epoch's running loss, hits and images; they stay on the model's device (no host sync
+    per step on CUDA) until `reduce` sums them over the ranks."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.loss = torch.zeros((), dtype=torch.float64, device=device)
+        self.correct = torch.zeros((), dtype=torch.int64, device=device)
+        self.seen = 0
+
+    def add(self, logits: torch.Tensor, y: torch.Tensor, loss: torch.Tensor) -> None:
+        n = y.shape[0]
+        self.loss += loss.detach().double() * n
+        self.correct += (logits.detach().argmax(1) == (y.argmax(1) if y.dim() == 2 else y)).sum()
+        self.seen += n
+
+    def reduce(self, dist: Dist, steps: int, seconds: float, truncated: bool) -> EpochStats:
+        loss_sum, correct_sum, seen_sum = dist.sum([float(self.loss), float(self.correct), float(self.seen)])
+        seen = int(seen_sum)
+        return EpochStats(loss_sum / max(1, seen), correct_sum / max(1, seen), seen, steps, seconds, truncated)
 
 
 def train_one_epoch(
-    model: nn.Module,
+    loop: Loop,
     batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
-    optimizer: torch.optim.Optimizer,
-    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     lr_fn: Callable[[int], float],
     step: int,
     *,
     stepping: Stepping | None = None,
     sizes: Sequence[int] | None = None,
-    end_step: Callable[[], int | None] | None = None,
-    deadline: float | None = None,
+    until: Until | None = None,
     hooks: Hooks | None = None,
     dist: Dist | None = None,
 ) -> tuple[EpochStats, int]:
-    """One pass over `batches`; returns the stats (summed over all ranks) and the new global step.
+    """One pass of `loop`'s model, optimizer and loss over `batches`; returns the stats (summed
+    over all ranks) and the new global step. `fit` is its one caller in cnnctl.
 
     A step is one optimizer step (`Stepping.step`): with `stepping.accumulate` N, the gradients
     of N consecutive batches (global sizes in `sizes`) are summed, each batch's mean loss weighted
     by its share of the group, so N batches of B train exactly as one batch of N*B would
-    (BatchNorm aside: it sees B images at a time). `end_step()` is the global step to stop at
-    (None: the whole pass); it is asked after every step, because a time budget fitted during the
-    epoch can move it.
+    (BatchNorm aside: it sees B images at a time). The epoch ends early where `until` says.
 
     Under torchrun every rank runs this on its slice of the same global batches; the stop checks
     after each step are agreed between ranks, so all of them leave the loop at the same step.
     """
-    dist = dist or Dist()
-    stepping = stepping or Stepping()
-    hooks = hooks or Hooks()
+    dist, stepping, hooks, until = dist or Dist(), stepping or Stepping(), hooks or Hooks(), until or Until()
+    model, optimizer = loop.model, loop.optimizer
     accumulate, reporter = stepping.accumulate, hooks.reporter
     model.train()
     device = next(model.parameters()).device
     params = [p for group in optimizer.param_groups for p in group["params"]]
     count = len(sizes) if sizes is not None else None
-    # Running sums stay on the model's device: no host sync per step for them on CUDA.
-    total_loss = torch.zeros((), dtype=torch.float64, device=device)
-    correct = torch.zeros((), dtype=torch.int64, device=device)
+    sums = _Sums(device)
     step_loss = torch.zeros((), dtype=torch.float32, device=device)
-    seen = steps = 0
-    truncated = False
-    lr = 0.0
+    steps, truncated, lr = 0, False, 0.0
     start = time.perf_counter()
     for i, (x, y) in enumerate(batches):
         position = i % accumulate  # within this step's group of batches
@@ -172,26 +203,11 @@ def train_one_epoch(
             step_loss.zero_()
         weight = 1.0
         if accumulate > 1:
-            group_sizes = sizes[i - position:i - position + accumulate] if sizes is not None else [1] * accumulate
+            group_sizes = sizes[i - position : i - position + accumulate] if sizes is not None else [1] * accumulate
             weight = (sizes[i] if sizes is not None else 1) / sum(group_sizes)
-        # DDP: all-reduce the gradients once per step, on the group's last batch.
-        sync = model.no_sync() if not last and hasattr(model, "no_sync") else nullcontext()
-        with sync:
-            with autocast(device, stepping.amp):
-                logits = model(x)
-                loss = loss_fn(logits, y)
-            if not torch.isfinite(loss):
-                raise TrainingError(
-                    f"the loss became {loss.item()} at step {step + 1} (lr {lr:.3g}); training stopped. "
-                    f"Lower --lr or add --warmup; the last good epoch is kept in last.safetensors"
-                )
-            stepping.backward(loss * weight if weight != 1.0 else loss)
-        n = y.shape[0]
-        loss_value = loss.detach().double()
-        total_loss += loss_value * n
+        logits, loss = _forward_backward(loop, x, y, weight, sync=last, stepping=stepping, where=(step + 1, lr))
+        sums.add(logits, y, loss)
         step_loss += loss.detach().float() * weight
-        correct += (logits.detach().argmax(1) == (y.argmax(1) if y.dim() == 2 else y)).sum()
-        seen += n
         if not last:
             continue
         steps += 1
@@ -200,21 +216,45 @@ def train_one_epoch(
         if hooks.on_step is not None:
             hooks.on_step(step, step_loss.clone(), lr)
         if reporter is not None and (device.type == "cpu" or steps % 20 == 0):  # float() syncs a GPU
-            reporter.batch(i + 1, float(loss_value), seen / max(1e-9, time.perf_counter() - start))
-        stop, late = dist.any(hooks.should_stop(), deadline is not None and time.monotonic() >= deadline)
+            reporter.batch(i + 1, float(loss.detach()), sums.seen / max(1e-9, time.perf_counter() - start))
+        stop, late = dist.any(hooks.should_stop(), until.deadline is not None and time.monotonic() >= until.deadline)
         if stop:
             raise Interrupted()
-        end = end_step() if end_step is not None else None
+        end = until.end_step() if until.end_step is not None else None
         if late or (end is not None and step >= end):
             truncated = True
             break
     if stepping.lookahead is not None:
         stepping.lookahead.end_epoch()
-    seconds = time.perf_counter() - start
-    loss_sum, correct_sum, seen = dist.sum([float(total_loss), float(correct), float(seen)])
-    seen = int(seen)
-    stats = EpochStats(loss_sum / max(1, seen), correct_sum / max(1, seen), seen, steps, seconds, truncated)
-    return stats, step
+    return sums.reduce(dist, steps, time.perf_counter() - start, truncated), step
+
+
+def _forward_backward(
+    loop: Loop,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    weight: float,
+    *,
+    sync: bool,
+    stepping: Stepping,
+    where: tuple[int, float],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One batch's forward pass and backward of its loss (x `weight` within an accumulated step);
+    under DDP the gradients are all-reduced only when `sync` (the group's last batch)."""
+    model = loop.model
+    no_sync = getattr(model, "no_sync", None)
+    with no_sync() if not sync and no_sync is not None else nullcontext():
+        with autocast(x.device, stepping.amp):
+            logits = model(x)
+            loss = loop.loss_fn(logits, y)
+        if not torch.isfinite(loss):
+            step, lr = where
+            raise TrainingError(
+                f"the loss became {loss.item()} at step {step} (lr {lr:.3g}); training stopped. "
+                f"Lower --lr or add --warmup; the last good epoch is kept in last.safetensors"
+            )
+        stepping.backward(loss * weight if weight != 1.0 else loss)
+    return logits, loss
 
 
 @dataclass
@@ -279,7 +319,7 @@ def tta_logits(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, f
     if shift:
         h, w = x.shape[-2:]
         padded = F.pad(x, (shift,) * 4, mode="reflect")
-        moved = (views(padded[..., :h, :w]) + views(padded[..., 2 * shift:, 2 * shift:])) / 2
+        moved = (views(padded[..., :h, :w]) + views(padded[..., 2 * shift :, 2 * shift :])) / 2
         logits = (logits + moved) / 2
     return logits
 
@@ -300,6 +340,19 @@ class LoopState:
     best_epoch: int = 0
     bad_epochs: int = 0
     elapsed: float = 0.0
+
+    def advance(self, epoch: int, step: int, seconds: float, metric: float, limits: Limits) -> bool:
+        """Record a finished epoch; True when it is the new best. With monitor "last" every epoch
+        replaces the saved weights (a schedule that anneals to zero ends on its best weights;
+        1,000 validation images would pick among near-ties by noise)."""
+        improved = limits.monitor == "last" or is_better(metric, self.best, limits.compared)
+        self.epoch, self.step = epoch, step
+        self.elapsed += seconds
+        if improved:
+            self.best, self.best_epoch, self.bad_epochs = metric, epoch, 0
+        else:
+            self.bad_epochs += 1
+        return improved
 
 
 @dataclass
@@ -339,8 +392,18 @@ class Loop:
     eval_model: nn.Module | None = None
 
 
-def fit(loop: Loop, schedule: Schedule, stepping: Stepping, limits: Limits, hooks: Hooks, *, state: LoopState,
-        history: History | None = None, seed: int = 0, dist: Dist | None = None) -> History:  # fmt: skip
+def fit(
+    loop: Loop,
+    schedule: Schedule,
+    stepping: Stepping,
+    limits: Limits,
+    hooks: Hooks,
+    *,
+    state: LoopState,
+    history: History | None = None,
+    seed: int = 0,
+    dist: Dist | None = None,
+) -> History:
     """Train from `state.epoch + 1` to `limits.epochs`; validate with `evaluate` after every epoch.
 
     Each epoch reseeds torch's global RNG from (seed, epoch) and draws its shuffle from the same,
@@ -363,7 +426,9 @@ def fit(loop: Loop, schedule: Schedule, stepping: Stepping, limits: Limits, hook
     history = history if history is not None else History()
     eval_model = loop.eval_model if loop.eval_model is not None else loop.model  # a compiled module has no truth value
     deadline = time.monotonic() + (limits.time_limit - state.elapsed) if limits.time_limit else None
-    probe = _budget_probe(schedule, deadline, limits, loop.train_batches, loop.val_batches, stepping, dist, hooks.reporter)
+    probe = _budget_probe(
+        schedule, deadline, limits, loop.train_batches, loop.val_batches, stepping, dist, hooks.reporter
+    )
     epoch_hooks = dataclasses.replace(hooks, on_step=_with_probe(probe, hooks.on_step))
     history.stopped = "completed"
     for epoch in range(state.epoch + 1, limits.epochs + 1):
@@ -375,16 +440,18 @@ def fit(loop: Loop, schedule: Schedule, stepping: Stepping, limits: Limits, hook
         if stepping.lookahead is not None:
             stepping.lookahead.start_epoch(min([schedule.length, *_ends(limits, schedule)]))
         stats, step = train_one_epoch(
-            loop.model, loop.train_batches.epoch(epoch), loop.optimizer, loop.loss_fn, schedule.lr, state.step, stepping=stepping,
+            loop,
+            loop.train_batches.epoch(epoch),
+            schedule.lr,
+            state.step,
+            stepping=stepping,
             sizes=loop.train_batches.sizes() if hasattr(loop.train_batches, "sizes") else None,
-            end_step=lambda: min(_ends(limits, schedule), default=None), deadline=deadline, hooks=epoch_hooks, dist=dist,
-        )  # fmt: skip
+            until=Until(lambda: min(_ends(limits, schedule), default=None), deadline),
+            hooks=epoch_hooks,
+            dist=dist,
+        )
         record = _epoch_record(epoch, stats, step, schedule)
-        if loop.val_batches is not None:
-            dist.sync_buffers(eval_model)
-            record.update(_validate(eval_model, loop.val_batches, loop.loss_fn, dist))
-            if stepping.ema is not None:
-                record.update({f"ema_{k}": v for k, v in _validate(stepping.ema.module, loop.val_batches, loop.loss_fn, dist).items()})
+        record.update(_validation(loop, eval_model, stepping, dist))
         metric = _score(record, limits, stepping.ema is not None)
         ended_plan = schedule.shortened and step >= schedule.planned_steps  # the fitted schedule has run its course
         if deadline is not None and schedule.total_steps and stats.steps and not ended_plan:
@@ -393,15 +460,7 @@ def fit(loop: Loop, schedule: Schedule, stepping: Stepping, limits: Limits, hook
             _refit(schedule, step, deadline, (time.monotonic() - epoch_start) / stats.steps, dist)
         if schedule.shortened:
             record["planned_steps"] = schedule.planned_steps
-        # monitor "last": every epoch replaces the saved weights (a schedule that anneals to zero
-        # ends on its best weights; 1,000 validation images would pick among near-ties by noise).
-        improved = limits.monitor == "last" or is_better(metric, state.best, limits.compared)
-        state.epoch, state.step = epoch, step
-        state.elapsed += stats.seconds
-        if improved:
-            state.best, state.best_epoch, state.bad_epochs = metric, epoch, 0
-        else:
-            state.bad_epochs += 1
+        improved = state.advance(epoch, step, stats.seconds, metric, limits)
         history.epochs.append(record)
         hooks.on_epoch_end(record, improved, state, history)
         if hooks.reporter is not None:
@@ -462,7 +521,9 @@ def _stop_reason(limits: Limits, schedule: Schedule, state: LoopState, step: int
     return None
 
 
-def _with_probe(probe: BudgetProbe | None, on_step: Callable[[int, torch.Tensor, float], None] | None) -> Callable[[int, torch.Tensor, float], None] | None:
+def _with_probe(
+    probe: BudgetProbe | None, on_step: Callable[[int, torch.Tensor, float], None] | None
+) -> Callable[[int, torch.Tensor, float], None] | None:
     if probe is None:
         return on_step
 
@@ -479,8 +540,16 @@ def _ends(limits: Limits, schedule: Schedule) -> list[int]:
     return [s for s in (limits.max_steps, schedule.planned_steps) if s]
 
 
-def _budget_probe(schedule: Schedule, deadline: float | None, limits: Limits, train_batches: Any, val_batches: Any | None,
-                  stepping: Stepping, dist: Dist, reporter: Reporter | None) -> BudgetProbe | None:  # fmt: skip
+def _budget_probe(
+    schedule: Schedule,
+    deadline: float | None,
+    limits: Limits,
+    train_batches: Any,
+    val_batches: Any | None,
+    stepping: Stepping,
+    dist: Dist,
+    reporter: Reporter | None,
+) -> BudgetProbe | None:
     """With a time limit: a probe that fits the schedule after the first measured steps (see budget.py)."""
     if deadline is None or not schedule.total_steps:
         return None
@@ -489,10 +558,30 @@ def _budget_probe(schedule: Schedule, deadline: float | None, limits: Limits, tr
     steps_per_epoch = max(1, schedule.steps_per_epoch)
     measure = max(2, min(10, steps_per_epoch // 3))
     return BudgetProbe(
-        schedule, deadline, epochs=limits.epochs, images_per_step=per_rank_batch * stepping.accumulate, eval_images=eval_images,
-        eval_passes=2 if stepping.ema is not None else 1, world_size=dist.world_size, warmup=2, measure=measure,
-        agree=lambda v: dist.sum([v])[0] / dist.world_size, log=reporter.log if reporter is not None else None,
-    )  # fmt: skip
+        schedule,
+        deadline,
+        epochs=limits.epochs,
+        work=Workload(
+            per_rank_batch * stepping.accumulate, eval_images, 2 if stepping.ema is not None else 1, dist.world_size
+        ),
+        warmup=2,
+        measure=measure,
+        agree=lambda v: dist.sum([v])[0] / dist.world_size,
+        log=reporter.log if reporter is not None else None,
+    )
+
+
+def _validation(loop: Loop, eval_model: nn.Module, stepping: Stepping, dist: Dist) -> dict[str, float]:
+    """The epoch's validation metrics (none without validation batches): the model's, and its
+    --ema average's as ema_* keys."""
+    if loop.val_batches is None:
+        return {}
+    dist.sync_buffers(eval_model)
+    record = _validate(eval_model, loop.val_batches, loop.loss_fn, dist)
+    if stepping.ema is not None:
+        ema = _validate(stepping.ema.module, loop.val_batches, loop.loss_fn, dist)
+        record.update({f"ema_{k}": v for k, v in ema.items()})
+    return record
 
 
 def _validate(model: nn.Module, batches: Any, loss_fn: Callable[..., torch.Tensor], dist: Dist) -> dict[str, float]:

@@ -23,21 +23,21 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Iterator
 
 import torch
 from torch import nn
 
-from cnnctl.data.batches import Batches
+from cnnctl.data.batches import Augmentation, Batches, Order
 from cnnctl.data.bundle import fingerprint
 from cnnctl.data.cache import cached_array, hash_files
 from cnnctl.data.policies import PolicyAugment
 from cnnctl.data.sources import Split
-from cnnctl.train.engine import autocast
 from cnnctl.progress import Meter
 from cnnctl.runtime.preprocess import Preprocess
+from cnnctl.train.engine import autocast
 
 FORMAT = 1
 Log = Callable[[str], None]
@@ -60,8 +60,12 @@ class Views:
 
     def key(self) -> dict:
         policy = None if self.policy is None else [self.policy.name, self.policy.magnitude, self.policy.group]
-        return {"count": self.count, "augment": self.augment if self.count > 1 else "none", "seed": self.seed if self.count > 1 else 0,
-                "policy": policy if self.count > 1 else None}  # fmt: skip
+        return {
+            "count": self.count,
+            "augment": self.augment if self.count > 1 else "none",
+            "seed": self.seed if self.count > 1 else 0,
+            "policy": policy if self.count > 1 else None,
+        }
 
 
 class HeadInput:
@@ -103,8 +107,17 @@ def is_head_last(model: nn.Module, head: nn.Module, x: torch.Tensor) -> bool:
 
 def first_images(split: Split, pixels: Batches, n: int = 4) -> torch.Tensor:
     """The first `n` images of `split` as the model sees them (the checks before a feature pass)."""
-    return next(iter(Batches(split.take(torch.arange(min(n, len(split)))), pixels.prep, n, device=pixels.device,
-                             channels_last=pixels.channels_last)))[0]  # fmt: skip
+    return next(
+        iter(
+            Batches(
+                split.take(torch.arange(min(n, len(split)))),
+                pixels.prep,
+                n,
+                device=pixels.device,
+                channels_last=pixels.channels_last,
+            )
+        )
+    )[0]
 
 
 def backbone_digest(model: nn.Module, head_name: str) -> str:
@@ -133,19 +146,54 @@ def images_identity(split: Split) -> str:
 
 
 def feature_key(model_name: str, digest: str, prep: Preprocess, split: Split, views: Views, amp: str) -> str:
-    spec = {"format": FORMAT, "model": model_name, "backbone": digest, "preprocess": prep.to_dict(), "images": images_identity(split),
-            "views": views.key(), "amp": amp}  # fmt: skip
+    spec = {
+        "format": FORMAT,
+        "model": model_name,
+        "backbone": digest,
+        "preprocess": prep.to_dict(),
+        "images": images_identity(split),
+        "views": views.key(),
+        "amp": amp,
+    }
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:32]
 
 
-def features_of(model: nn.Module, head_name: str, model_name: str, split: Split, prep: Preprocess, views: Views, *, batch_size: int,
-                device: torch.device, amp: str, channels_last: bool, cache_dir: Path, log: Log, what: str) -> torch.Tensor:  # fmt: skip
-    """The head's input for every view of every image of `split`: (views, images, ...) from the
-    cache entry when complete, else computed (by one process per machine) and stored."""
+@dataclass(frozen=True)
+class Backbone:
+    """A model whose backbone is frozen: the features are what its head (`head_name`) receives."""
+
+    model: nn.Module
+    head_name: str
+    model_name: str  # the registry name, part of the cache key
+
+
+@dataclass(frozen=True)
+class Store:
+    """Where the features are kept (`cache_dir`, one entry per machine), the precision they are
+    computed in, and where progress is said."""
+
+    cache_dir: Path
+    amp: str
+    log: Log
+
+
+def features_of(backbone: Backbone, pixels: Batches, views: Views, store: Store, what: str) -> torch.Tensor:
+    """The head's input for every view of every image of `pixels.split` (decoded and batched as
+    `pixels` says): (views, images, ...) from the cache entry when complete, else computed (by one
+    process per machine) and stored."""
+    model, head_name, model_name = backbone.model, backbone.head_name, backbone.model_name
+    split, prep, batch_size = pixels.split, pixels.prep, pixels.batch_size
+    device, channels_last, amp, cache_dir, log = (
+        pixels.device,
+        pixels.channels_last,
+        store.amp,
+        store.cache_dir,
+        store.log,
+    )
     head = head_module(model, head_name)
     digest = backbone_digest(model, head_name)
     key = feature_key(model_name, digest, prep, split, views, amp)
-    sample = _head_inputs(model, head, first_images(split, Batches(split, prep, 2, device=device, channels_last=channels_last), 2), amp)
+    sample = _head_inputs(model, head, first_images(split, pixels, 2), amp)
     shape = (views.count, len(split), *sample.shape[1:])
     data = cache_dir / f"features-{key}.{str(sample.dtype).removeprefix('torch.')}"
     nbytes = int(torch.Size(shape).numel()) * sample.element_size()
@@ -154,24 +202,43 @@ def features_of(model: nn.Module, head_name: str, model_name: str, split: Split,
 
     def fill(out: torch.Tensor, where: str) -> None:
         computed.append(True)
-        log(f"features: running the frozen backbone once over {len(split)} {what} image(s), {views.describe()}, {amp if amp != 'none' else 'float32'}"
-            f" -> {nbytes / 2**20:.1f} MiB {where}")  # fmt: skip
-        meter = Meter(views.count * len(split), "through the frozen backbone", verb="computing features", done="ran", unit="image views")
+        log(
+            f"features: running the frozen backbone once over {len(split)} {what} image(s), {views.describe()}, "
+            f"{amp if amp != 'none' else 'float32'}"
+            f" -> {nbytes / 2**20:.1f} MiB {where}"
+        )
+        meter = Meter(
+            views.count * len(split),
+            "through the frozen backbone",
+            verb="computing features",
+            done="ran",
+            unit="image views",
+        )
         done = 0
         for v in range(views.count):
-            batches = Batches(split, prep, batch_size, augment=views.augment if v else "none", seed=views.seed, device=device,
-                              channels_last=channels_last, policy=views.policy if v else None)  # fmt: skip
+            batches = Batches(
+                split,
+                prep,
+                batch_size,
+                device=device,
+                channels_last=channels_last,
+                order=Order(seed=views.seed),
+                augmentation=Augmentation(augment=views.augment if v else "none", policy=views.policy if v else None),
+            )
             start = 0
             for x, _ in batches.epoch(v):
                 feats = _head_inputs(model, head, x, amp)
-                out[v, start:start + len(feats)] = feats.to("cpu", sample.dtype)
+                out[v, start : start + len(feats)] = feats.to("cpu", sample.dtype)
                 start += len(feats)
                 done += len(feats)
                 meter.update(done)
         log(meter.summary())
 
     def compute(tmp: Path) -> dict:
-        fill(torch.from_file(str(tmp), shared=True, size=int(torch.Size(shape).numel()), dtype=sample.dtype).view(shape), f"in {data}")
+        fill(
+            torch.from_file(str(tmp), shared=True, size=int(torch.Size(shape).numel()), dtype=sample.dtype).view(shape),
+            f"in {data}",
+        )
         return {"views": views.count, "images": len(split), "what": what, "model": model_name}
 
     try:
@@ -251,24 +318,40 @@ def why_not_cached(*, mixing: bool, ema: bool, feature_cache: str) -> str | None
     return None
 
 
-def cached_batches(model: nn.Module, head_name: str, model_name: str, train: Batches, val: Batches | None, val_split: Split | None,
-                   views: Views, *, amp: str, cache_dir: Path, eval_batch: int, rank: int, world: int,
-                   log: Log) -> tuple[FeatureBatches, FeatureBatches | None] | None:  # fmt: skip
+def cached_batches(
+    backbone: Backbone,
+    train: Batches,
+    val: Batches | None,
+    val_split: Split | None,
+    views: Views,
+    store: Store,
+    *,
+    eval_batch: int,
+    rank: int,
+    world: int,
+) -> tuple[FeatureBatches, FeatureBatches | None] | None:
     """Feature batches standing in for `train` and `val` (this rank's shard of `val_split`), or
-    None (said in the log) when the model's output is not its head applied to the head's input."""
+    None (said in the log) when the model's output is not its head applied to the head's input.
+    Validation features are computed in float32, as validation runs."""
     from cnnctl.data.batches import shard_range
 
-    head = head_module(model, head_name)
-    if not is_head_last(model, head, first_images(train.split, train)):
-        log(f"features: not cached: {model_name}'s output is not its {head_name} applied to what {head_name} receives; "
-            f"every frozen epoch runs the backbone")
+    head = head_module(backbone.model, backbone.head_name)
+    if not is_head_last(backbone.model, head, first_images(train.split, train)):
+        name, head_name = backbone.model_name, backbone.head_name
+        store.log(
+            f"features: not cached: {name}'s output is not its {head_name} applied to what {head_name} receives; "
+            f"every frozen epoch runs the backbone"
+        )
         return None
-    common = dict(device=train.device, amp=amp, channels_last=train.channels_last, cache_dir=cache_dir, log=log)
-    feats = features_of(model, head_name, model_name, train.split, train.prep, views, batch_size=eval_batch, what="training", **common)
+
+    def pixels(split: Split, prep: Preprocess) -> Batches:
+        return Batches(split, prep, eval_batch, device=train.device, channels_last=train.channels_last)
+
+    feats = features_of(backbone, pixels(train.split, train.prep), views, store, "training")
     train_feats = FeatureBatches(train, feats)
     val_feats = None
     if val is not None and val_split is not None:
-        stored = features_of(model, head_name, model_name, val_split, val.prep, Views(), batch_size=eval_batch, what="validation", **common)
+        stored = features_of(backbone, pixels(val_split, val.prep), Views(), replace(store, amp="none"), "validation")
         lo, hi = shard_range(len(val_split), rank, world)
         val_feats = FeatureBatches(val, stored[:, lo:hi])
     return train_feats, val_feats
@@ -287,7 +370,9 @@ def frozen_run(checkpoint: Path, epoch: int | None) -> dict | None:
     return cfg if not unfreeze or (epoch is not None and epoch < unfreeze) else None
 
 
-def eval_batches(model: nn.Module, model_name: str, split: Split, pixels: Batches, cfg: dict, log: Log) -> tuple[nn.Module, FeatureBatches] | None:
+def eval_batches(
+    model: nn.Module, model_name: str, split: Split, pixels: Batches, cfg: dict, log: Log
+) -> tuple[nn.Module, FeatureBatches] | None:
     """`cnnctl eval` of a frozen-backbone run: (its head, batches of the split's stored features,
     float32), computed on the first evaluation and reused by the next; None where not valid."""
     from cnnctl.data.sources import default_cache_dir
@@ -296,7 +381,6 @@ def eval_batches(model: nn.Module, model_name: str, split: Split, pixels: Batche
     head_name, head = head_of(model)
     if not len(split) or not is_head_last(model, head, first_images(split, pixels)):
         return None
-    feats = features_of(model, head_name, model_name, split, pixels.prep, Views(), batch_size=pixels.batch_size, device=pixels.device,
-                        amp="none", channels_last=pixels.channels_last, cache_dir=default_cache_dir(str(cfg.get("cache_dir") or "")),
-                        log=log, what="evaluation")  # fmt: skip
+    store = Store(default_cache_dir(str(cfg.get("cache_dir") or "")), "none", log)
+    feats = features_of(Backbone(model, head_name, model_name), pixels, Views(), store, "evaluation")
     return head, FeatureBatches(pixels, feats)

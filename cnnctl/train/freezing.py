@@ -54,14 +54,16 @@ class Freezer:
         want = self.frozen_at(epoch)
         if want == self.frozen:
             return False
-        head_modules = {id(m) for m in dict(self.model.named_modules())[self.head_name].modules()} if self.head_name else set()
+        head_modules = (
+            {id(m) for m in dict(self.model.named_modules())[self.head_name].modules()} if self.head_name else set()
+        )
         for p in self.model.parameters():
             if id(p) not in self.head_params:
                 p.requires_grad_(not want)
         for m in self.model.modules():
             if isinstance(m, nn.modules.batchnorm._BatchNorm) and id(m) not in head_modules:
                 if want or self.keep_bn_stats:
-                    m.train = types.MethodType(_stay_eval, m)  # model.train() leaves it in eval mode
+                    m.train = types.MethodType(_stay_eval, m)  # type: ignore[method-assign]  # model.train() leaves it in eval mode
                     m.eval()
                 else:
                     m.__dict__.pop("train", None)
@@ -97,7 +99,9 @@ class ParamGroup:
     wd_scale: float = 1.0
 
 
-def param_groups(model: nn.Module, freezer: Freezer | None, backbone_lr_scale: float, bn_bias_lr_scale: float = 0.0) -> list[ParamGroup]:
+def param_groups(
+    model: nn.Module, freezer: Freezer | None, backbone_lr_scale: float, bn_bias_lr_scale: float = 0.0
+) -> list[ParamGroup]:
     """Optimizer groups: the head at the base rate, the backbone at `backbone_lr_scale` times it.
 
     Frozen parameters are in the backbone group too (they get no gradients while frozen, so the
@@ -121,5 +125,9 @@ def param_groups(model: nn.Module, freezer: Freezer | None, backbone_lr_scale: f
         if rest:
             groups.append(ParamGroup("backbone", rest, lr_scale=backbone_lr_scale))
     if bn_biases:
-        groups.append(ParamGroup("bn_bias", bn_biases, lr_scale=bn_bias_lr_scale * backbone_lr_scale, wd_scale=1.0 / bn_bias_lr_scale))
+        groups.append(
+            ParamGroup(
+                "bn_bias", bn_biases, lr_scale=bn_bias_lr_scale * backbone_lr_scale, wd_scale=1.0 / bn_bias_lr_scale
+            )
+        )
     return groups

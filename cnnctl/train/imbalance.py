@@ -25,15 +25,25 @@ def loss_weights(spec: str, counts: torch.Tensor, classes: list[str]) -> torch.T
         return None
     if (counts == 0).any():
         empty = [c for c, n in zip(classes, counts.tolist()) if n == 0]
-        raise UsageError(f"--class-weights: class(es) {', '.join(empty[:5])} have no training images; remove them or add images")
+        raise UsageError(
+            f"--class-weights: class(es) {', '.join(empty[:5])} have no training images; remove them or add images"
+        )
     if spec == "auto":
         raw = counts.sum() / (len(classes) * counts)
     elif spec == "effective":
-        raw = (1 - EFFECTIVE_BETA) / (1 - EFFECTIVE_BETA ** counts)
+        raw = (1 - EFFECTIVE_BETA) / (1 - EFFECTIVE_BETA**counts)
     else:
-        given = read_json(spec, UsageError, f"--class-weights {spec}: no such file", "give a JSON object of {class: weight}")
-        if not isinstance(given, dict) or set(given) != set(classes) or not all(isinstance(v, (int, float)) and v > 0 for v in given.values()):
-            raise UsageError(f"--class-weights {spec} must give a positive weight for exactly the classes {', '.join(classes[:10])}")
+        given = read_json(
+            spec, UsageError, f"--class-weights {spec}: no such file", "give a JSON object of {class: weight}"
+        )
+        if (
+            not isinstance(given, dict)
+            or set(given) != set(classes)
+            or not all(isinstance(v, (int, float)) and v > 0 for v in given.values())
+        ):
+            raise UsageError(
+                f"--class-weights {spec} must give a positive weight for exactly the classes {', '.join(classes[:10])}"
+            )
         raw = torch.tensor([float(given[c]) for c in classes], dtype=torch.float64)
     mean = (raw * counts).sum() / counts.sum()  # the average weight an image gets
     return (raw / mean).to(torch.float32)

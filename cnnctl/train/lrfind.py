@@ -21,16 +21,14 @@ nearest the shipped recipes' tuned rates (docs/train.md has the measurements):
 from __future__ import annotations
 
 import math
-import tempfile
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from cnnctl.config import TrainConfig
-from cnnctl.train.engine import Hooks, Interrupted, Limits, Reporter
 from cnnctl.errors import TrainingError, UsageError
+from cnnctl.train.engine import Hooks, Interrupted, Limits, Reporter
 
 BETA = 0.98
 
@@ -70,14 +68,22 @@ def suggestions(lrs: np.ndarray, smoothed: np.ndarray) -> tuple[float, float, fl
     min_lr = float(lrs[best])
     first = max(1, len(lrs) // 10)
     if best - first >= 2:
-        grad = np.gradient(smoothed[first:best + 1], np.log(lrs[first:best + 1]))
+        grad = np.gradient(smoothed[first : best + 1], np.log(lrs[first : best + 1]))
         steepest = float(lrs[first + int(np.argmin(grad))])
     else:
         steepest = min_lr / 10
     return min_lr, min_lr / 10, steepest
 
 
-def lr_find(cfg: TrainConfig, reporter: Reporter, *, start: float = 1e-7, end: float = 10.0, steps: int = 100, diverge: float = 4.0) -> LrCurve:
+def lr_find(
+    cfg: TrainConfig,
+    reporter: Reporter,
+    *,
+    start: float = 1e-7,
+    end: float = 10.0,
+    steps: int = 100,
+    diverge: float = 4.0,
+) -> LrCurve:
     if not 0 < start < end:
         raise UsageError(f"--start-lr {start:g} must be positive and below --end-lr {end:g}")
     if not 10 <= steps <= 10_000:
@@ -88,7 +94,7 @@ def lr_find(cfg: TrainConfig, reporter: Reporter, *, start: float = 1e-7, end: f
 
     device = pick_device(cfg.device)
     points: list[dict[str, float]] = []
-    state = {"avg": 0.0, "best": math.inf, "stop": ""}
+    state: dict[str, Any] = {"avg": 0.0, "best": math.inf, "stop": ""}
 
     def on_step(step: int, loss: Any, lr: float) -> None:
         raw = float(loss)
@@ -100,9 +106,13 @@ def lr_find(cfg: TrainConfig, reporter: Reporter, *, start: float = 1e-7, end: f
             state["stop"] = "diverged"
 
     run = prepare(make_plan(cfg, reporter, device), reporter)
-    reporter.log(f"lr-find: {steps} steps from {start:g} to {end:g} (x{(end / start) ** (1 / (steps - 1)):.3f} a step), "
-                 f"{run.train_batches.batch_size} images a step, stopping once the smoothed loss passes {diverge:g}x its minimum")  # fmt: skip
-    sweep = Schedule(base_lr=start, end_lr=end, kind="range", total_steps=steps, steps_per_epoch=run.schedule.steps_per_epoch)
+    reporter.log(
+        f"lr-find: {steps} steps from {start:g} to {end:g} (x{(end / start) ** (1 / (steps - 1)):.3f} a step), "
+        f"{run.train_batches.batch_size} images a step, stopping once the smoothed loss passes {diverge:g}x its minimum"
+    )
+    sweep = Schedule(
+        base_lr=start, end_lr=end, kind="range", total_steps=steps, steps_per_epoch=run.schedule.steps_per_epoch
+    )
     hooks = Hooks(on_step=on_step, should_stop=lambda: bool(state["stop"]))
     try:
         fit_prepared(run, hooks, schedule=sweep, limits=Limits(epochs=steps, max_steps=steps), validate=False)
@@ -112,11 +122,26 @@ def lr_find(cfg: TrainConfig, reporter: Reporter, *, start: float = 1e-7, end: f
     except TrainingError:
         state["stop"] = "non-finite loss"
     if len(points) < 10:
-        raise TrainingError(f"the loss diverged after {len(points)} steps (at lr {points[-1]['lr'] if points else start:.3g}); start lower (--start-lr)")
+        raise TrainingError(
+            f"the loss diverged after {len(points)} steps (at lr {points[-1]['lr'] if points else start:.3g}); start lower (--start-lr)"
+        )
     lrs = np.array([p["lr"] for p in points])
     smoothed = centred_average(np.array([p["loss"] for p in points]), max(3, (steps // 20) | 1))
     for p, v in zip(points, smoothed):
         p["smoothed"] = float(v)
     min_lr, valley, steepest = suggestions(lrs, smoothed)
-    return LrCurve(cfg.model, cfg.data, cfg.optimizer, start, end, steps, state["stop"], points, min_lr, valley, steepest, steepest,
-                   "steepest: where the smoothed loss falls fastest against log(lr), before its minimum")  # fmt: skip
+    return LrCurve(
+        cfg.model,
+        cfg.data,
+        cfg.optimizer,
+        start,
+        end,
+        steps,
+        state["stop"],
+        points,
+        min_lr,
+        valley,
+        steepest,
+        steepest,
+        "steepest: where the smoothed loss falls fastest against log(lr), before its minimum",
+    )

@@ -51,7 +51,11 @@ class Plan:
 
     def hardware_dict(self) -> dict[str, Any]:
         """config.json's "hardware" (and --dry-run's): the machine's choices and the eval batch."""
-        return {**self.hardware.to_dict(), "eval_batch_size": self.eval_batch.size, "eval_batch_reason": self.eval_batch.reason}
+        return {
+            **self.hardware.to_dict(),
+            "eval_batch_size": self.eval_batch.size,
+            "eval_batch_reason": self.eval_batch.reason,
+        }
 
     def summary(self) -> str:
         return f"{self.hardware.summary()}; eval batch {self.eval_batch.size} ({self.eval_batch.reason})"
@@ -67,7 +71,9 @@ def pick_device(name: str, dist: Dist | None = None) -> torch.device:
         raise UsageError("--device cuda: no CUDA device is available here; use --device cpu or auto")
     if dist is not None and dist.enabled and (name == "cuda" or (name == "auto" and torch.cuda.is_available())):
         if dist.local_rank >= torch.cuda.device_count():
-            raise UsageError(f"LOCAL_RANK {dist.local_rank} but this node has {torch.cuda.device_count()} CUDA device(s); lower --nproc-per-node")
+            raise UsageError(
+                f"LOCAL_RANK {dist.local_rank} but this node has {torch.cuda.device_count()} CUDA device(s); lower --nproc-per-node"
+            )
         torch.cuda.set_device(dist.local_rank)
         return torch.device("cuda", dist.local_rank)
     if dist is not None and dist.enabled and name == "auto":
@@ -83,8 +89,15 @@ def pick_device(name: str, dist: Dist | None = None) -> torch.device:
     return torch.device(name)
 
 
-def make_plan(cfg: TrainConfig, reporter: Reporter, device: torch.device, dist: Dist | None = None, *, recorded: Manifest | None = None,
-              accept_data_change: bool = False) -> Plan:  # fmt: skip
+def make_plan(
+    cfg: TrainConfig,
+    reporter: Reporter,
+    device: torch.device,
+    dist: Dist | None = None,
+    *,
+    recorded: Manifest | None = None,
+    accept_data_change: bool = False,
+) -> Plan:
     """Resolve `cfg` on this machine and its data (see the module docstring). `recorded`: a resumed
     run's split manifest (a changed data folder is refused unless `accept_data_change`)."""
     dist = dist or Dist()
@@ -93,8 +106,10 @@ def make_plan(cfg: TrainConfig, reporter: Reporter, device: torch.device, dist: 
     weights = start_weights(cfg)
     cfg = resolve_preprocessing(cfg, weights)
     if cfg.flip and cfg.data in DIGIT_SETS and not cfg.allow_flip:
-        raise UsageError(f"--augment {cfg.augment} flips images horizontally, which turns digits into other shapes; "
-                         f"use --augment shift for {cfg.data}, or add --allow-flip if you really mean it")  # fmt: skip
+        raise UsageError(
+            f"--augment {cfg.augment} flips images horizontally, which turns digits into other shapes; "
+            f"use --augment shift for {cfg.data}, or add --allow-flip if you really mean it"
+        )
     data = build(cfg.data_config(), reporter.log, recorded, accept_data_change)
     for note in data.notes:
         reporter.log(note)
@@ -107,8 +122,14 @@ def make_plan(cfg: TrainConfig, reporter: Reporter, device: torch.device, dist: 
 def _machine(cfg: TrainConfig, device: torch.device, dist: Dist) -> machine.HardwarePlan:
     """The machine's choices (amp, threads, layout), applied to torch; refuses what this machine
     cannot run before any image is decoded."""
-    hardware = machine.plan(cfg.amp, cfg.threads, cfg.channels_last, device.type, device_index=device.index or 0,
-                            local_world_size=dist.local_world_size)  # fmt: skip
+    hardware = machine.plan(
+        cfg.amp,
+        cfg.threads,
+        cfg.channels_last,
+        device.type,
+        device_index=device.index or 0,
+        local_world_size=dist.local_world_size,
+    )
     check_available(cfg.log)
     torch.set_num_threads(hardware.threads)
     if cfg.deterministic:
@@ -138,8 +159,12 @@ def resolve_preprocessing(cfg: TrainConfig, weights: Pretrained | None) -> Train
                 mean, std = [sum(mean) / 3], [sum(std) / 3]
             cfg = dataclasses.replace(cfg, mean=",".join(map(str, mean)), std=",".join(map(str, std)))
         if cfg.resize == "auto" and cfg.data not in NAMED_SETS:
-            cfg = dataclasses.replace(cfg, resize="crop", crop_pct=weights.crop_size / weights.resize_size,
-                                      image_size=cfg.image_size or str(weights.crop_size))  # fmt: skip
+            cfg = dataclasses.replace(
+                cfg,
+                resize="crop",
+                crop_pct=weights.crop_size / weights.resize_size,
+                image_size=cfg.image_size or str(weights.crop_size),
+            )
         elif cfg.resize == "crop" and not cfg.image_size:
             cfg = dataclasses.replace(cfg, image_size=str(weights.crop_size))  # --resize crop: the weights' crop size
         if cfg.interpolation == "auto":

@@ -34,7 +34,9 @@ def check_available(kind: str) -> None:
         try:
             import tensorboard  # noqa: F401
         except ImportError:
-            raise UsageError("--log tensorboard needs the tensorboard package: pip install 'cnnctl[tensorboard]' (or use --log csv)") from None
+            raise UsageError(
+                "--log tensorboard needs the tensorboard package: pip install 'cnnctl[tensorboard]' (or use --log csv)"
+            ) from None
 
 
 class RunLog:
@@ -108,5 +110,5 @@ def _tag(key: str) -> str:
     """history keys -> TensorBoard tags: val_acc -> val/acc, ema_val_acc -> ema/val_acc, lr -> train/lr."""
     for prefix in ("train_", "val_", "ema_"):
         if key.startswith(prefix):
-            return f"{prefix[:-1]}/{key[len(prefix):]}"
+            return f"{prefix[:-1]}/{key[len(prefix) :]}"
     return f"train/{key}"

@@ -8,8 +8,18 @@ from __future__ import annotations
 import math
 
 
-def lr_at(step: int, *, base_lr: float, kind: str, total_steps: int, steps_per_epoch: int,
-          warmup_epochs: float = 0.0, step_size: int = 5, gamma: float = 0.1, end_lr: float = 0.0) -> float:  # fmt: skip
+def lr_at(
+    step: int,
+    *,
+    base_lr: float,
+    kind: str,
+    total_steps: int,
+    steps_per_epoch: int,
+    warmup_epochs: float = 0.0,
+    step_size: int = 5,
+    gamma: float = 0.1,
+    end_lr: float = 0.0,
+) -> float:
     """Learning rate for optimizer step `step` (0-based) of `total_steps`. "range" is lr-find's
     exponential sweep from `base_lr` to `end_lr` over the steps."""
     total = max(1, total_steps)
@@ -58,8 +68,18 @@ class Schedule:
     the same plan.
     """
 
-    def __init__(self, *, base_lr: float, kind: str, total_steps: int, steps_per_epoch: int, warmup_epochs: float = 0.0,
-                 step_size: int = 5, gamma: float = 0.1, end_lr: float = 0.0) -> None:  # fmt: skip
+    def __init__(
+        self,
+        *,
+        base_lr: float,
+        kind: str,
+        total_steps: int,
+        steps_per_epoch: int,
+        warmup_epochs: float = 0.0,
+        step_size: int = 5,
+        gamma: float = 0.1,
+        end_lr: float = 0.0,
+    ) -> None:
         self.base_lr, self.kind, self.total_steps, self.steps_per_epoch = base_lr, kind, total_steps, steps_per_epoch
         self.warmup_epochs, self.step_size, self.gamma, self.end_lr = warmup_epochs, step_size, gamma, end_lr
         self.planned_steps = 0  # 0: as configured
@@ -74,8 +94,17 @@ class Schedule:
         return 0 < self.planned_steps < self.total_steps
 
     def lr(self, step: int) -> float:
-        return lr_at(step, base_lr=self.base_lr, kind=self.kind, total_steps=self.length, steps_per_epoch=self.steps_per_epoch,
-                     warmup_epochs=self.warmup_epochs, step_size=self.step_size, gamma=self.gamma, end_lr=self.end_lr)  # fmt: skip
+        return lr_at(
+            step,
+            base_lr=self.base_lr,
+            kind=self.kind,
+            total_steps=self.length,
+            steps_per_epoch=self.steps_per_epoch,
+            warmup_epochs=self.warmup_epochs,
+            step_size=self.step_size,
+            gamma=self.gamma,
+            end_lr=self.end_lr,
+        )
 
     def budget_steps(self, step: int, remaining_s: float, seconds_per_step: float) -> int:
         """How long the plan should be for the time left (see steps_within_budget)."""

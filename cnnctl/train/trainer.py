@@ -14,34 +14,47 @@ import math
 import os
 import shutil
 import signal
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, cast
 
 import torch
 
-from cnnctl.train import history as history_file
-from cnnctl.models.checkpoint import load_last, save_last, save_model, versions
 from cnnctl.config import TrainConfig, resolve
-from cnnctl.data.bundle import DataBundle, build
+from cnnctl.data.batches import Augmentation, Batches, Order, shard
+from cnnctl.data.bundle import DataBundle
+from cnnctl.data.layout import NAMED_SETS
 from cnnctl.data.manifest import Manifest
-from cnnctl.data.batches import Batches, shard
 from cnnctl.data.policies import BatchMix, PolicyAugment
-from cnnctl.data.sources import NAMED_SETS
-from cnnctl.train.plan import Plan, make_plan, pick_device
-from cnnctl.train.distributed import Dist, is_comm_error
-from cnnctl.train.ema import EMA, Lookahead
-from cnnctl.train.engine import History, Hooks, Interrupted, Limits, Loop, LoopState, Reporter, Stepping, evaluate, fit, make_loss
 from cnnctl.errors import CnnctlError, RunDirError, UsageError
 from cnnctl.io import RunLock, write_json
-from cnnctl.runtime.metadata import DataInfo, Metadata, TrainingInfo
 from cnnctl.models import create
+from cnnctl.models.checkpoint import load_last, save_last, save_model, versions
 from cnnctl.models.layers import init_from_data
+from cnnctl.runtime.metadata import DataInfo, Metadata, TrainingInfo
+from cnnctl.train import history as history_file
+from cnnctl.train.distributed import Dist, is_comm_error
+from cnnctl.train.ema import EMA, Lookahead
+from cnnctl.train.engine import (
+    History,
+    Hooks,
+    Interrupted,
+    Limits,
+    Loop,
+    LoopState,
+    Reporter,
+    Stepping,
+    evaluate,
+    fit,
+    make_loss,
+)
+from cnnctl.train.freezing import Freezer, ParamGroup, param_groups, set_batchnorm_momentum
+from cnnctl.train.plan import Plan, make_plan, pick_device
 from cnnctl.train.runlog import RunLog
 from cnnctl.train.schedule import Schedule
-from cnnctl.train.freezing import Freezer, ParamGroup, param_groups, set_batchnorm_momentum
 from cnnctl.train.weights import InitReport, init_from, load_pretrained
 
 
@@ -60,7 +73,13 @@ def make_optimizer(cfg: TrainConfig, groups: list[ParamGroup]) -> torch.optim.Op
     weight decay; its `lr_scale` is the epoch loop's (Stepping.lr_scales), per step."""
     params = [{"params": g.params, "name": g.name, "weight_decay": cfg.weight_decay * g.wd_scale} for g in groups]
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0, weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(
+            params,
+            lr=cfg.lr,
+            momentum=cfg.momentum,
+            nesterov=cfg.nesterov and cfg.momentum > 0,
+            weight_decay=cfg.weight_decay,
+        )
     if cfg.optimizer == "adam":
         return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -97,11 +116,19 @@ def checkpoint_metadata(cfg: TrainConfig, data: DataBundle) -> Metadata:
     """The self-describing part of every checkpoint (docs/formats.md)."""
     c, h, w = data.input_shape
     return Metadata(
-        model=cfg.model, input_shape=(c, h, w), class_names=tuple(data.classes), preprocess=data.prep, versions=versions(),
+        model=cfg.model,
+        input_shape=(c, h, w),
+        class_names=tuple(data.classes),
+        preprocess=data.prep,
+        versions=versions(),
         # Absolute paths, so `cnnctl eval` finds the data from any working directory.
-        data=DataInfo(name=cfg.data if cfg.data in NAMED_SETS else os.path.abspath(cfg.data), data_dir=os.path.abspath(cfg.data_dir),
-                      val_split=cfg.val_split, fingerprint=data.fingerprint),
-    )  # fmt: skip
+        data=DataInfo(
+            name=cfg.data if cfg.data in NAMED_SETS else os.path.abspath(cfg.data),
+            data_dir=os.path.abspath(cfg.data_dir),
+            val_split=cfg.val_split,
+            fingerprint=data.fingerprint,
+        ),
+    )
 
 
 def run(
@@ -136,7 +163,13 @@ def run(
         try:
             with RunLock(run_dir) if dist.is_main else nullcontext():
                 if overwrite and not resume and dist.is_main:
-                    for name in ("model.safetensors", "last.safetensors", "history.json", "config.json", "splits.json.gz"):
+                    for name in (
+                        "model.safetensors",
+                        "last.safetensors",
+                        "history.json",
+                        "config.json",
+                        "splits.json.gz",
+                    ):
                         (run_dir / name).unlink(missing_ok=True)
                 dist.agree(True)  # the others read the run directory only after rank 0 holds it
                 run = setup(cfg, run_dir, bool(resume), reporter, device, dist, accept_data_change)
@@ -166,7 +199,9 @@ def _prepare_run_dir(cfg: TrainConfig, out: str | None, resume: str | None, over
         if run_dir.exists() and not run_dir.is_dir():
             raise RunDirError(f"--out {run_dir} is a file; give a directory")
         if run_dir.is_dir() and any(p.name != ".lock" for p in run_dir.iterdir()) and not overwrite:
-            raise RunDirError(f"--out {run_dir} is not empty; add --resume {run_dir} to continue it, --overwrite to replace it, or choose another --out")
+            raise RunDirError(
+                f"--out {run_dir} is not empty; add --resume {run_dir} to continue it, --overwrite to replace it, or choose another --out"
+            )
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -224,8 +259,15 @@ class Prepared:
         return self.opt.stepping
 
 
-def setup(cfg: TrainConfig, run_dir: Path, resuming: bool, reporter: Reporter, device: torch.device, dist: Dist,
-          accept_data_change: bool = False) -> Prepared:  # fmt: skip
+def setup(
+    cfg: TrainConfig,
+    run_dir: Path,
+    resuming: bool,
+    reporter: Reporter,
+    device: torch.device,
+    dist: Dist,
+    accept_data_change: bool = False,
+) -> Prepared:
     """Everything before the first step: the plan (train/plan.py), then the model, optimisation,
     batches and schedule, and the saved state when resuming. A resumed run trains on the splits it
     recorded (cnnctl/data/manifest.py)."""
@@ -234,8 +276,10 @@ def setup(cfg: TrainConfig, run_dir: Path, resuming: bool, reporter: Reporter, d
     if resuming:
         recorded = Manifest.read(run_dir)
         if recorded is None:
-            reporter.log(f"{run_dir} has no split manifest (written by an older cnnctl): the splits are drawn again from the data as it "
-                         f"is now; if files were added or removed since, images may move between train and val")  # fmt: skip
+            reporter.log(
+                f"{run_dir} has no split manifest (written by an older cnnctl): the splits are drawn again from the data as it "
+                f"is now; if files were added or removed since, images may move between train and val"
+            )
     plan = make_plan(cfg, reporter, device, dist, recorded=recorded, accept_data_change=accept_data_change)
     run = prepare(plan, reporter, dist, resuming=resuming)
     if resuming:
@@ -258,14 +302,30 @@ def prepare(plan: Plan, reporter: Reporter, dist: Dist | None = None, *, resumin
     return Prepared(plan, start, opt, schedule, limits, train_batches, val_batches, LoopState(), History())
 
 
-def fit_prepared(run: Prepared, hooks: Hooks | None = None, *, schedule: Schedule | None = None, limits: Limits | None = None,
-                 validate: bool = True, dist: Dist | None = None) -> History:  # fmt: skip
+def fit_prepared(
+    run: Prepared,
+    hooks: Hooks | None = None,
+    *,
+    schedule: Schedule | None = None,
+    limits: Limits | None = None,
+    validate: bool = True,
+    dist: Dist | None = None,
+) -> History:
     """Train a prepared run with the one epoch loop (`engine.fit`), in this process, on images: the
     seam lr-find, the dry run and `check --labels` use (a `schedule` or `limits` of their own;
     `validate=False` skips the validation passes). No run directory is written."""
     loop = Loop(run.model, run.opt.optimizer, run.opt.loss_fn, run.train_batches, run.val_batches if validate else None)
-    return fit(loop, schedule or run.schedule, run.stepping, limits or run.limits, hooks or Hooks(), state=run.state, history=run.history,
-               seed=run.cfg.seed, dist=dist)  # fmt: skip
+    return fit(
+        loop,
+        schedule or run.schedule,
+        run.stepping,
+        limits or run.limits,
+        hooks or Hooks(),
+        state=run.state,
+        history=run.history,
+        seed=run.cfg.seed,
+        dist=dist,
+    )
 
 
 def _start(plan: Plan, resuming: bool, reporter: Reporter) -> Start:
@@ -284,7 +344,10 @@ def _start(plan: Plan, resuming: bool, reporter: Reporter) -> Start:
     if weights is not None and not resuming:
         init_report = load_pretrained(model, weights)
         given = f" from {weights.file}" if weights.given else ""
-        reporter.log(init_report.summary().replace("--init ", "--pretrained ", 1).replace(":", f"{given}:", 1) + f"; {weights.trained_on}")
+        reporter.log(
+            init_report.summary().replace("--init ", "--pretrained ", 1).replace(":", f"{given}:", 1)
+            + f"; {weights.trained_on}"
+        )
     if cfg.init and not resuming and weights is None:
         init_report = init_from(model, cfg.init)
         reporter.log(init_report.summary())
@@ -300,37 +363,70 @@ def _optimisation(plan: Plan, model: torch.nn.Module, log: Callable[[str], None]
     freezer = Freezer(model, cfg.freeze, cfg.unfreeze_at, cfg.keep_bn_stats) if cfg.freeze != "none" else None
     groups = param_groups(model, freezer, cfg.backbone_lr_scale, cfg.bn_bias_lr_scale)
     amp = plan.amp
-    stepping = Stepping(accumulate=cfg.accumulate, clip_grad=cfg.clip_grad, ema=EMA(model, cfg.ema) if cfg.ema else None,
-                        lookahead=Lookahead(model, cfg.lookahead) if cfg.lookahead else None, amp=amp,
-                        scaler=torch.amp.GradScaler("cuda") if amp == "fp16" else None, lr_scales=[g.lr_scale for g in groups])  # fmt: skip
-    weights = None
+    stepping = Stepping(
+        accumulate=cfg.accumulate,
+        clip_grad=cfg.clip_grad,
+        ema=EMA(model, cfg.ema) if cfg.ema else None,
+        lookahead=Lookahead(model, cfg.lookahead) if cfg.lookahead else None,
+        amp=amp,
+        scaler=torch.amp.GradScaler("cuda") if amp == "fp16" else None,
+        lr_scales=[g.lr_scale for g in groups],
+    )
+    weights: torch.Tensor | None = None
     if cfg.class_weights != "none":
         from cnnctl.train.imbalance import class_counts, describe, loss_weights
 
         counts = class_counts(data.train.y, num_classes)
-        weights = loss_weights(cfg.class_weights, counts, list(data.classes))
-        log(f"class weights ({cfg.class_weights}; weight (training images)): {describe(weights, counts, list(data.classes))}")
-    return Optimisation(freezer, make_optimizer(cfg, groups), make_loss(cfg.loss, num_classes, cfg.label_smoothing, weights), stepping)
+        per_class = loss_weights(cfg.class_weights, counts, list(data.classes))
+        assert per_class is not None  # "none" was handled above
+        shown = describe(per_class, counts, list(data.classes))
+        weights = per_class
+        log(f"class weights ({cfg.class_weights}; weight (training images)): {shown}")
+    return Optimisation(
+        freezer, make_optimizer(cfg, groups), make_loss(cfg.loss, num_classes, cfg.label_smoothing, weights), stepping
+    )
 
 
 def _batches(plan: Plan, dist: Dist) -> tuple[Batches, Batches | None]:
     """Training batches (augmented, mixed, this rank's slice) and validation batches (this rank's shard)."""
     cfg, data, device = plan.cfg, plan.data, plan.device
-    policy = PolicyAugment(cfg.auto_augment, magnitude=cfg.aug_magnitude, group=cfg.aug_group) if cfg.auto_augment != "none" else None
-    mix = BatchMix(len(data.classes), mixup=cfg.mixup, cutmix=cfg.cutmix, prob=cfg.mix_prob) if (cfg.mixup or cfg.cutmix) else None
+    policy = (
+        PolicyAugment(cfg.auto_augment, magnitude=cfg.aug_magnitude, group=cfg.aug_group)
+        if cfg.auto_augment != "none"
+        else None
+    )
+    mix = (
+        BatchMix(len(data.classes), mixup=cfg.mixup, cutmix=cfg.cutmix, prob=cfg.mix_prob)
+        if (cfg.mixup or cfg.cutmix)
+        else None
+    )
     draw = None
     if cfg.sampler == "balanced":  # the same global draw on every rank (seeded), which then takes its slice
         from cnnctl.train.imbalance import balanced_sample_weights, class_counts
 
         draw = balanced_sample_weights(data.train.y, class_counts(data.train.y, len(data.classes)))
-    train = Batches(data.train, data.prep, cfg.batch_size, shuffle=True, augment=cfg.augment, seed=cfg.seed, device=device,
-                    channels_last=cfg.channels_last, rank=dist.rank, world=dist.world_size, policy=policy, mix=mix,
-                    alternate_flip=cfg.alternate_flip, draw=draw)  # fmt: skip
+    train = Batches(
+        data.train,
+        data.prep,
+        cfg.batch_size,
+        device=device,
+        channels_last=cfg.channels_last,
+        order=Order(shuffle=True, seed=cfg.seed, rank=dist.rank, world=dist.world_size, draw=draw),
+        augmentation=Augmentation(augment=cfg.augment, policy=policy, mix=mix, alternate_flip=cfg.alternate_flip),
+    )
     if len(train) == 0:
-        raise UsageError(f"{len(data.train)} training image(s) cannot feed {dist.world_size} processes; use more data or fewer processes")
+        raise UsageError(
+            f"{len(data.train)} training image(s) cannot feed {dist.world_size} processes; use more data or fewer processes"
+        )
     val = None
     if data.val:
-        val = Batches(shard(data.val, dist.rank, dist.world_size), data.prep, plan.eval_batch.size, device=device, channels_last=cfg.channels_last)
+        val = Batches(
+            shard(data.val, dist.rank, dist.world_size),
+            data.prep,
+            plan.eval_batch.size,
+            device=device,
+            channels_last=cfg.channels_last,
+        )
     return train, val
 
 
@@ -338,13 +434,28 @@ def _schedule(cfg: TrainConfig, train_batches: Batches) -> tuple[Schedule, Limit
     """The learning rate per step and the run's length: the schedule owns its step count."""
     steps_per_epoch = math.ceil(len(train_batches) / cfg.accumulate)  # optimizer steps
     epochs = math.ceil(cfg.iters / steps_per_epoch) if cfg.iters else cfg.epochs
-    schedule = Schedule(base_lr=cfg.lr, kind=cfg.scheduler, total_steps=cfg.iters or epochs * steps_per_epoch, steps_per_epoch=steps_per_epoch,
-                        warmup_epochs=cfg.warmup, step_size=cfg.step_size, gamma=cfg.gamma)  # fmt: skip
-    limits = Limits(epochs=epochs, max_steps=cfg.iters or None, patience=cfg.patience, monitor=cfg.monitor, time_limit=cfg.time_limit)
+    schedule = Schedule(
+        base_lr=cfg.lr,
+        kind=cfg.scheduler,
+        total_steps=cfg.iters or epochs * steps_per_epoch,
+        steps_per_epoch=steps_per_epoch,
+        warmup_epochs=cfg.warmup,
+        step_size=cfg.step_size,
+        gamma=cfg.gamma,
+    )
+    limits = Limits(
+        epochs=epochs,
+        max_steps=cfg.iters or None,
+        patience=cfg.patience,
+        monitor=cfg.monitor,
+        time_limit=cfg.time_limit,
+    )
     return schedule, limits
 
 
-def _resume(run_dir: Path, model: torch.nn.Module, opt: Optimisation, schedule: Schedule, limits: Limits, reporter: Reporter) -> tuple[LoopState, History]:
+def _resume(
+    run_dir: Path, model: torch.nn.Module, opt: Optimisation, schedule: Schedule, limits: Limits, reporter: Reporter
+) -> tuple[LoopState, History]:
     """Weights, optimizer, average, RNG, schedule plan, loop state and history from last.safetensors."""
     saved = load_last(run_dir / "last.safetensors", model, opt.optimizer, opt.stepping.ema)
     loop = dict(saved["loop"])
@@ -377,12 +488,22 @@ class Checkpointer:
         if not self.writes:
             return
         run = self.run
-        write_json(self.run_dir / "config.json", {
-            **run.cfg.to_dict(), "init_report": run.start.init_report.to_dict() if run.start.init_report else None,
-            "resolved_epochs": run.limits.epochs, "total_steps": run.schedule.total_steps, "device": str(device),
-            "data_summary": run.data.describe(), "preprocess": run.data.prep.to_dict(), "versions": versions(),
-            "torch_threads": torch.get_num_threads(), "world_size": dist.world_size, "hardware": run.plan.hardware_dict(),
-        })  # fmt: skip
+        write_json(
+            self.run_dir / "config.json",
+            {
+                **run.cfg.to_dict(),
+                "init_report": run.start.init_report.to_dict() if run.start.init_report else None,
+                "resolved_epochs": run.limits.epochs,
+                "total_steps": run.schedule.total_steps,
+                "device": str(device),
+                "data_summary": run.data.describe(),
+                "preprocess": run.data.prep.to_dict(),
+                "versions": versions(),
+                "torch_threads": torch.get_num_threads(),
+                "world_size": dist.world_size,
+                "hardware": run.plan.hardware_dict(),
+            },
+        )
         run.data.manifest().write(self.run_dir)
 
     def epoch_end(self, record: dict[str, Any], improved: bool, state: LoopState, history: History) -> None:
@@ -390,14 +511,22 @@ class Checkpointer:
             return
         run = self.run
         metrics = {k: v for k, v in record.items() if k.startswith(("val_", "train_", "ema_"))}
-        meta = self.meta.replace(training=TrainingInfo(epoch=record["epoch"], metrics=metrics, weights=record.get("weights", "model")))
+        meta = self.meta.replace(
+            training=TrainingInfo(epoch=record["epoch"], metrics=metrics, weights=record.get("weights", "model"))
+        )
         ema = run.stepping.ema
         if improved:
             # With --ema, the better of the two weights on the monitored metric (record["weights"]).
             best = ema.module if ema is not None and record.get("weights") == "ema" else run.model
             save_model(self.run_dir / "model.safetensors", best, meta)
-        save_last(self.run_dir / "last.safetensors", run.model, run.opt.optimizer,
-                  {"loop": state.__dict__.copy(), "schedule": run.schedule.state_dict(), "history": history.epochs}, meta, ema)  # fmt: skip
+        save_last(
+            self.run_dir / "last.safetensors",
+            run.model,
+            run.opt.optimizer,
+            {"loop": state.__dict__.copy(), "schedule": run.schedule.state_dict(), "history": history.epochs},
+            meta,
+            ema,
+        )
         history_file.save(self.run_dir / "history.json", history.epochs)
         if self.log is not None:
             self.log.epoch(record, history.epochs)
@@ -406,7 +535,12 @@ class Checkpointer:
         if self.log is not None:
             self.log.close()
         if self.writes:
-            history_file.save(self.run_dir / "history.json", history.epochs, **({"test": test} if test else {}), stopped=history.stopped)
+            history_file.save(
+                self.run_dir / "history.json",
+                history.epochs,
+                **({"test": test} if test else {}),
+                stopped=history.stopped,
+            )
 
 
 @dataclass
@@ -430,7 +564,9 @@ def _phases(run: Prepared, dist: Dist, log: Callable[[str], None]) -> list[Phase
     frozen_end = min(epochs, unfreeze - 1) if unfreeze else epochs
     if freezer is None or first > frozen_end:
         return [Phase(epochs)]
-    reason = why_not_cached(mixing=bool(cfg.mixup or cfg.cutmix), ema=run.stepping.ema is not None, feature_cache=cfg.feature_cache)
+    reason = why_not_cached(
+        mixing=bool(cfg.mixup or cfg.cutmix), ema=run.stepping.ema is not None, feature_cache=cfg.feature_cache
+    )
     if reason:
         log(f"features: not cached ({reason}); every frozen epoch runs the backbone")
     cached = reason is None
@@ -444,7 +580,7 @@ def _phase_loop(run: Prepared, phase: Phase, device: torch.device, dist: Dist, r
     stored features (falling back to images when the model's output is not its head's)."""
     if phase.cached:
         from cnnctl.data.sources import default_cache_dir
-        from cnnctl.train.features import cached_batches, head_module, views_for
+        from cnnctl.train.features import Backbone, Store, cached_batches, head_module, views_for
 
         cfg = run.cfg
         freezer = run.opt.freezer
@@ -452,40 +588,77 @@ def _phase_loop(run: Prepared, phase: Phase, device: torch.device, dist: Dist, r
         policy = run.train_batches.policy
         views = views_for(cfg.augment, cfg.feature_views, cfg.seed, policy)
         if views.count == 1 and (cfg.augment != "none" or policy is not None):
-            reporter.log(f"features: the frozen epochs train on the un-augmented images (--feature-views 1 by default); "
-                         f"--feature-views N adds N-1 views with --augment {cfg.augment}")  # fmt: skip
-        batches = cached_batches(run.model, freezer.head_name, cfg.model, run.train_batches, run.val_batches, run.data.val, views,
-                                 amp=run.stepping.amp, cache_dir=default_cache_dir(cfg.cache_dir), eval_batch=run.plan.eval_batch.size,
-                                 rank=dist.rank, world=dist.world_size, log=reporter.log)  # fmt: skip
+            reporter.log(
+                f"features: the frozen epochs train on the un-augmented images (--feature-views 1 by default); "
+                f"--feature-views N adds N-1 views with --augment {cfg.augment}"
+            )
+        batches = cached_batches(
+            Backbone(run.model, freezer.head_name, cfg.model),
+            run.train_batches,
+            run.val_batches,
+            run.data.val,
+            views,
+            Store(default_cache_dir(cfg.cache_dir), run.plan.amp, reporter.log),
+            eval_batch=run.plan.eval_batch.size,
+            rank=dist.rank,
+            world=dist.world_size,
+        )
         if batches is not None:
             head = head_module(run.model, freezer.head_name)
             reporter.log(f"epochs up to {phase.end}: the head ({freezer.head_name}) trains on the stored features")
-            return Loop(dist.wrap(head, device), run.opt.optimizer, run.opt.loss_fn, batches[0], batches[1], eval_model=head)
+            return Loop(
+                dist.wrap(head, device), run.opt.optimizer, run.opt.loss_fn, batches[0], batches[1], eval_model=head
+            )
     train_model = dist.wrap(run.model, device)
-    train_model = torch.compile(train_model) if run.cfg.compile else train_model
-    return Loop(train_model, run.opt.optimizer, run.opt.loss_fn, run.train_batches, run.val_batches,
-                eval_model=run.model if dist.enabled else train_model)  # fmt: skip
+    train_model = cast(torch.nn.Module, torch.compile(train_model)) if run.cfg.compile else train_model
+    return Loop(
+        train_model,
+        run.opt.optimizer,
+        run.opt.loss_fn,
+        run.train_batches,
+        run.val_batches,
+        eval_model=run.model if dist.enabled else train_model,
+    )
 
 
-def _fit(run: Prepared, checkpoints: Checkpointer, reporter: Reporter, device: torch.device, dist: Dist, run_dir: Path) -> History:
+def _fit(
+    run: Prepared, checkpoints: Checkpointer, reporter: Reporter, device: torch.device, dist: Dist, run_dir: Path
+) -> History:
     """The epoch loop over the prepared run, phase by phase (`_phases`), with Ctrl-C/SIGTERM
     turned into a clean stop."""
     freezer = run.opt.freezer
 
     def on_epoch_start(epoch: int) -> None:
         if freezer is not None and freezer.apply(epoch):
-            reporter.log(f"epoch {epoch}: the backbone {'is frozen' if freezer.frozen else 'trains from now on'} (--unfreeze-at {run.cfg.unfreeze_at})")
+            reporter.log(
+                f"epoch {epoch}: the backbone {'is frozen' if freezer.frozen else 'trains from now on'} "
+                f"(--unfreeze-at {run.cfg.unfreeze_at})"
+            )
 
     history = run.history
     with _signals() as caught:
-        hooks = Hooks(should_stop=lambda: bool(caught), reporter=reporter, on_epoch_start=on_epoch_start, on_epoch_end=checkpoints.epoch_end,
-                      on_step=checkpoints.log.step if checkpoints.log is not None else None)  # fmt: skip
+        hooks = Hooks(
+            should_stop=lambda: bool(caught),
+            reporter=reporter,
+            on_epoch_start=on_epoch_start,
+            on_epoch_end=checkpoints.epoch_end,
+            on_step=checkpoints.log.step if checkpoints.log is not None else None,
+        )
         try:
             for phase in _phases(run, dist, reporter.log):
                 on_epoch_start(run.state.epoch + 1)  # before DDP wraps the model: it keeps the trainable set it sees
                 loop = _phase_loop(run, phase, device, dist, reporter)
-                history = fit(loop, run.schedule, run.stepping, dataclasses.replace(run.limits, epochs=phase.end), hooks, state=run.state,
-                              history=history, seed=run.cfg.seed, dist=dist)  # fmt: skip
+                history = fit(
+                    loop,
+                    run.schedule,
+                    run.stepping,
+                    dataclasses.replace(run.limits, epochs=phase.end),
+                    hooks,
+                    state=run.state,
+                    history=history,
+                    seed=run.cfg.seed,
+                    dist=dist,
+                )
                 del loop
                 if history.stopped != "completed":
                     break
@@ -507,11 +680,20 @@ def _test(run: Prepared, run_dir: Path, device: torch.device, history: History) 
     best, _, _ = load_model(run_dir, device)
     if run.cfg.channels_last:
         best = best.to(memory_format=torch.channels_last)
-    batches = Batches(run.data.test, run.data.prep, run.plan.eval_batch.size, device=device, channels_last=run.cfg.channels_last)
+    batches = Batches(
+        run.data.test, run.data.prep, run.plan.eval_batch.size, device=device, channels_last=run.cfg.channels_last
+    )
     result = evaluate(best, batches, run.opt.loss_fn)  # float32, as validation and `cnnctl eval`
-    test = {"loss": result.loss, "acc": result.acc, "images": len(result.targets), "epoch": run.state.best_epoch}
+    test: dict[str, Any] = {
+        "loss": result.loss,
+        "acc": result.acc,
+        "images": len(result.targets),
+        "epoch": run.state.best_epoch,
+    }
     if run.stepping.ema is not None:
-        test["weights"] = next((r.get("weights") for r in history.epochs if r["epoch"] == run.state.best_epoch), "model")
+        test["weights"] = next(
+            (r.get("weights") for r in history.epochs if r["epoch"] == run.state.best_epoch), "model"
+        )
     return test
 
 
@@ -523,8 +705,18 @@ class RunInterrupted(Exception):
         self.run_dir, self.epoch = run_dir, epoch
 
 
-def train(model: str | None, recipe: str | None, flags: dict[str, Any], *, out: str | None, resume: str | None,
-          overwrite: bool, reporter: Reporter, dist: Dist | None = None, accept_data_change: bool = False) -> RunResult:
+def train(
+    model: str | None,
+    recipe: str | None,
+    flags: dict[str, Any],
+    *,
+    out: str | None,
+    resume: str | None,
+    overwrite: bool,
+    reporter: Reporter,
+    dist: Dist | None = None,
+    accept_data_change: bool = False,
+) -> RunResult:
     """What `cnnctl train` calls: resolve the config (resumed run's config <- recipe <- flags) and
     run it; under torchrun an error names the rank it happened on."""
     dist = dist or Dist()
@@ -532,7 +724,15 @@ def train(model: str | None, recipe: str | None, flags: dict[str, Any], *, out: 
         cfg = resolve_run(model, recipe, flags, resume)
         if accept_data_change and not resume:
             raise UsageError("--accept-data-change goes with --resume RUN (a new run records the data as it is)")
-        return run(cfg, out=out, resume=resume, overwrite=overwrite, reporter=reporter, dist=dist, accept_data_change=accept_data_change)
+        return run(
+            cfg,
+            out=out,
+            resume=resume,
+            overwrite=overwrite,
+            reporter=reporter,
+            dist=dist,
+            accept_data_change=accept_data_change,
+        )
     except CnnctlError as exc:
         raise dist.label(exc) from None
 

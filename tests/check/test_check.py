@@ -49,7 +49,7 @@ def planted(tmp_path_factory) -> dict:
     (bad / "Thumbs.db").write_bytes(b"\x00" * 64)
     photo = Image.open(PETS_MINI / "Cat" / "26.jpg").convert("RGB")
     photo.rotate(90).convert("CMYK").save(bad / "cmyk.jpg")
-    Image.fromarray((np.asarray(photo.rotate(180).convert("L"), dtype=np.uint16) * 257)).save(bad / "deep.png")
+    Image.fromarray(np.asarray(photo.rotate(180).convert("L"), dtype=np.uint16) * 257).save(bad / "deep.png")
     photo.transpose(Image.Transpose.FLIP_LEFT_RIGHT).convert("P").save(bad / "palette.png", transparency=0)
     exif = Image.Exif()
     exif[0x0112] = 6
@@ -84,9 +84,20 @@ def test_check_finds_leaked_copies_across_folders_with_no_false_positives(plante
 def test_check_reports_every_bad_and_odd_file(planted):
     r = _check(planted["holdout"])
     status = {Path(p["path"]).name: p["status"] for p in r["problems"]}
-    assert status == {"truncated.jpg": "truncated", "notes.jpg": "undecodable", "empty.jpg": "zero-byte", "Thumbs.db": "not-image"}
-    for kind, name in [("cmyk", "cmyk.jpg"), ("high-bit-depth", "deep.png"), ("alpha", "palette.png"), ("palette", "palette.png"),
-                       ("exif-rotated", "rotated.jpg"), ("mixed-modes", "deep.png")]:  # fmt: skip
+    assert status == {
+        "truncated.jpg": "truncated",
+        "notes.jpg": "undecodable",
+        "empty.jpg": "zero-byte",
+        "Thumbs.db": "not-image",
+    }
+    for kind, name in [
+        ("cmyk", "cmyk.jpg"),
+        ("high-bit-depth", "deep.png"),
+        ("alpha", "palette.png"),
+        ("palette", "palette.png"),
+        ("exif-rotated", "rotated.jpg"),
+        ("mixed-modes", "deep.png"),
+    ]:
         f = _finding(r, kind)
         assert f is not None and [Path(p).name for p in f["examples"]] == [name], (kind, f)
     assert r["roots"][0]["classes"] == {"Cat": 10 + 3 + 4, "Dog": 10 + 3 + 1}
@@ -128,10 +139,14 @@ def test_check_without_labels_does_not_import_torch(planted):
     import subprocess
     import sys
 
-    code = ("import sys; from cnnctl.cli import main\n"
-            "try:\n    main(['check', sys.argv[1], '--json'])\nexcept SystemExit:\n    pass\n"
-            "assert 'torch' not in sys.modules, 'torch imported'")  # fmt: skip
-    proc = subprocess.run([sys.executable, "-c", code, str(planted["train"])], capture_output=True, text=True, timeout=120)
+    code = (
+        "import sys; from cnnctl.cli import main\n"
+        "try:\n    main(['check', sys.argv[1], '--json'])\nexcept SystemExit:\n    pass\n"
+        "assert 'torch' not in sys.modules, 'torch imported'"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(planted["train"])], capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr
 
 
@@ -156,5 +171,7 @@ def test_reencoded_copies_stay_within_the_default_distance():
         img.resize((120, 120)).save(buf, "JPEG", quality=50)
         copy = Image.open(buf)
         assert bin(phash(img) ^ phash(copy)).count("1") <= 6
-        mad = np.abs(np.frombuffer(thumbnail(img), np.uint8).astype(int) - np.frombuffer(thumbnail(copy), np.uint8)).mean()
+        mad = np.abs(
+            np.frombuffer(thumbnail(img), np.uint8).astype(int) - np.frombuffer(thumbnail(copy), np.uint8)
+        ).mean()
         assert mad <= THUMB_MAD

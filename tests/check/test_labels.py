@@ -37,7 +37,9 @@ def test_confident_learning_finds_planted_noise_and_its_rows_sum_to_the_labels()
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_the_same_issues_in_the_same_order_as_cleanlab(seed):
-    cleanlab = pytest.importorskip("cleanlab.filter", reason="pip install cleanlab to compare with the reference implementation")
+    cleanlab = pytest.importorskip(
+        "cleanlab.filter", reason="pip install cleanlab to compare with the reference implementation"
+    )
     noisy, probs, _ = _noisy(seed, k=3 + seed)
     ref = cleanlab.find_label_issues(noisy, probs, return_indices_ranked_by="self_confidence")
     assert find_issues(noisy, probs).tolist() == list(ref)
@@ -75,8 +77,19 @@ def test_labels_with_imagenet_features_find_flipped_photos(tmp_path, mobilenet_t
         for i in (3, 11, 17):
             shutil.move(data / cls / f"{i}.jpg", data / other / f"{cls.lower()}-{i}.jpg")
             planted.add(str(data / other / f"{cls.lower()}-{i}.jpg"))
-    proc = run_cli("check", data, "--labels", "--model", "tv:mobilenet_v2", "--weights", "IMAGENET1K_V1", "--image-size", "160",
-                   "--json", env={"TORCH_HOME": str(mobilenet_torch_home)})  # fmt: skip
+    proc = run_cli(
+        "check",
+        data,
+        "--labels",
+        "--model",
+        "tv:mobilenet_v2",
+        "--weights",
+        "IMAGENET1K_V1",
+        "--image-size",
+        "160",
+        "--json",
+        env={"TORCH_HOME": str(mobilenet_torch_home)},
+    )
     assert proc.returncode == 0, proc.stderr
     lab = json.loads(proc.stdout)["labels"]
     found = {s["path"] for s in lab["suspects"]}
@@ -88,7 +101,18 @@ def test_labels_with_imagenet_features_find_flipped_photos(tmp_path, mobilenet_t
 def test_labels_refuse_missing_weights_before_decoding(tmp_path):
     from tests.conftest import assert_user_error
 
-    proc = run_cli("check", PETS_MINI, "--labels", "--model", "tv:mobilenet_v2", "--pretrained",
-                   env={"TORCH_HOME": str(tmp_path / "empty"), "HTTPS_PROXY": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9"})  # fmt: skip
+    proc = run_cli(
+        "check",
+        PETS_MINI,
+        "--labels",
+        "--model",
+        "tv:mobilenet_v2",
+        "--pretrained",
+        env={
+            "TORCH_HOME": str(tmp_path / "empty"),
+            "HTTPS_PROXY": "http://127.0.0.1:9",
+            "https_proxy": "http://127.0.0.1:9",
+        },
+    )
     assert_user_error(proc)
     assert "decoded" not in proc.stderr

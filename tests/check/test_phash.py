@@ -11,7 +11,9 @@ from tests.conftest import CIFAR_MINI, PETS_MINI
 
 
 def test_phash_equals_imagehash_bit_for_bit():
-    imagehash = pytest.importorskip("imagehash", reason="pip install imagehash to compare with the reference implementation")
+    imagehash = pytest.importorskip(
+        "imagehash", reason="pip install imagehash to compare with the reference implementation"
+    )
     paths = sorted(PETS_MINI.rglob("*.jpg")) + sorted(CIFAR_MINI.rglob("*.jpg"))[:40]
     for path in paths:
         img = Image.open(path)
@@ -26,7 +28,11 @@ def test_close_pairs_match_brute_force_across_blocks():
     got = set()
     for i, j, d in close_pairs(hashes, 3, rows=7):
         got |= {(a, b, c) for a, b, c in zip(i.tolist(), j.tolist(), d.tolist())}
-    want = {(a, b, bin(int(hashes[a]) ^ int(hashes[b])).count("1")) for a in range(len(hashes)) for b in range(a + 1, len(hashes))
-            if bin(int(hashes[a]) ^ int(hashes[b])).count("1") <= 3}  # fmt: skip
+    want = {
+        (a, b, bin(int(hashes[a]) ^ int(hashes[b])).count("1"))
+        for a in range(len(hashes))
+        for b in range(a + 1, len(hashes))
+        if bin(int(hashes[a]) ^ int(hashes[b])).count("1") <= 3
+    }
     assert got == want and len(want) >= 50
     assert popcount(np.array([0, 1, 2**64 - 1], dtype=np.uint64)).tolist() == [0, 1, 64]

@@ -90,8 +90,13 @@ print("sum", int(px.array.sum()), flush=True)
 
 
 def start_child(img: Path, cache: Path, *go: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", CHILD, str(img), str(cache), *map(str, go)], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(img), str(cache), *map(str, go)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def wait_for_partial(cache: Path, proc: subprocess.Popen, timeout: float = 60) -> None:
@@ -113,8 +118,13 @@ def test_a_kill_during_decoding_leaves_nothing_that_looks_complete(tmp_path):
     assert proc.returncode == -signal.SIGKILL
     assert list(cache.glob(".pixels-*.partial")), "the decode finished before the kill; make it longer"
     assert not list(cache.glob("pixels-*.json")) and not list(cache.glob("pixels-*.u8"))
-    done = subprocess.run([sys.executable, "-c", CHILD, str(tmp_path / "img"), str(cache)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-c", CHILD, str(tmp_path / "img"), str(cache)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     assert "decoded 3000 images" in done.stdout
     assert not list(cache.glob(".pixels-*.partial"))  # the leftover was cleared under the lock
@@ -144,7 +154,7 @@ MEMORY_CHILD = """
 import sys, threading, time
 from pathlib import Path
 import torch
-from cnnctl.data.batches import Batches
+from cnnctl.data.batches import Augmentation, Batches, Order
 from cnnctl.data.bundle import channel_stats, split_off
 from cnnctl.data.sources import folder_split
 from cnnctl.runtime.preprocess import Preprocess
@@ -167,7 +177,7 @@ split = folder_split(Path(sys.argv[1]), ["photos"], prep, Path(sys.argv[2]), lam
 train, val = split_off(split, 0.1)
 mean, std = channel_stats(train)
 prep = Preprocess(channels=3, size=(192, 192), mean=mean, std=std)
-for x, y in Batches(train, prep, 16, shuffle=True, augment="flip-crop", seed=0).epoch(1):
+for x, y in Batches(train, prep, 16, order=Order(shuffle=True), augmentation=Augmentation(augment="flip-crop")).epoch(1):
     pass
 time.sleep(0.02)
 print(split.store.numel(), peak[0] - base, flush=True)
@@ -178,23 +188,40 @@ def test_memory_stays_bounded_while_decoding_and_reading_a_large_cache(tmp_path)
     # 2,400 photos decoded at 192x192: a 265 MB cache, four times the 66 MB bound asserted here
     # (measured: about 45 MB at the peak, the same for 1,400 or 4,200 photos: it is the batches').
     photo_files(tmp_path / "data" / "photos", 2400)
-    proc = subprocess.run([sys.executable, "-c", MEMORY_CHILD, str(tmp_path / "data"), str(tmp_path / "cache")],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-c", MEMORY_CHILD, str(tmp_path / "data"), str(tmp_path / "cache")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     cache_bytes, grown = map(int, proc.stdout.split())
     assert cache_bytes == 2400 * 3 * 192 * 192
-    assert grown < cache_bytes / 4, f"anonymous memory grew by {grown / 2**20:.0f} MB for a {cache_bytes / 2**20:.0f} MB cache"
+    assert grown < cache_bytes / 4, (
+        f"anonymous memory grew by {grown / 2**20:.0f} MB for a {cache_bytes / 2**20:.0f} MB cache"
+    )
 
 
 def test_every_decode_setting_is_part_of_the_key(tmp_path):
     # Same files, same output size, only the shorter side before the centre crop differs
     # (--crop-pct 0.875 vs 0.8): that is other pixels, so never the same entry.
     files = photo_files(tmp_path / "img", 3)
-    a = load_pixels(files, Preprocess(channels=3, size=(40, 40), resize="crop", resize_size=46), tmp_path / "cache", lambda m: None)
-    b = load_pixels(files, Preprocess(channels=3, size=(40, 40), resize="crop", resize_size=50), tmp_path / "cache", lambda m: None)
+    a = load_pixels(
+        files, Preprocess(channels=3, size=(40, 40), resize="crop", resize_size=46), tmp_path / "cache", lambda m: None
+    )
+    b = load_pixels(
+        files, Preprocess(channels=3, size=(40, 40), resize="crop", resize_size=50), tmp_path / "cache", lambda m: None
+    )
     assert a.key != b.key and not torch.equal(a.array, b.array)
-    assert np.array_equal(b.array[0].numpy(), load_image(files[0], Preprocess(channels=3, size=(40, 40), resize="crop", resize_size=50)))
+    assert np.array_equal(
+        b.array[0].numpy(), load_image(files[0], Preprocess(channels=3, size=(40, 40), resize="crop", resize_size=50))
+    )
     # Normalisation is applied per batch, not stored: it does not change the entry.
-    c = load_pixels(files, Preprocess(channels=3, size=(40, 40), mean=[0.5] * 3, std=[0.2] * 3, resize="crop", resize_size=46),
-                    tmp_path / "cache", lambda m: None)  # fmt: skip
+    c = load_pixels(
+        files,
+        Preprocess(channels=3, size=(40, 40), mean=[0.5] * 3, std=[0.2] * 3, resize="crop", resize_size=46),
+        tmp_path / "cache",
+        lambda m: None,
+    )
     assert c.key == a.key

@@ -48,7 +48,10 @@ def test_manifest_records_every_split_file(grown):
     for rel, label, size in zip(val.paths, val.labels, val.sizes):
         assert ["Cat", "Dog"][label] == rel.split("/")[0] and (data / rel).stat().st_size == size
     doc = json.loads(gzip.decompress((run / FILE).read_bytes()))
-    assert doc["format"] == 1 and doc["fingerprint"] == json.loads((run / "config.json").read_text())["data_summary"]["fingerprint"]
+    assert (
+        doc["format"] == 1
+        and doc["fingerprint"] == json.loads((run / "config.json").read_text())["data_summary"]["fingerprint"]
+    )
 
 
 def test_eval_reads_the_recorded_split_after_the_folder_changed(grown):
@@ -83,8 +86,12 @@ def test_resume_refuses_a_changed_folder_and_accepts_on_request(grown):
     data, run = grown
     shutil.copy(data / "Cat" / "0.jpg", data / "Cat" / "copy-of-0.jpg")  # a training or val photo, copied
     proc = run_cli("train", "--resume", run, "--epochs", "2")
-    assert_user_error(proc, "changed since this run recorded its splits", "1 file(s) added", "--accept-data-change", "--out")
-    assert json.loads((run / "history.json").read_text())["epochs"][-1]["epoch"] == 1  # nothing trained, nothing written
+    assert_user_error(
+        proc, "changed since this run recorded its splits", "1 file(s) added", "--accept-data-change", "--out"
+    )
+    assert (
+        json.loads((run / "history.json").read_text())["epochs"][-1]["epoch"] == 1
+    )  # nothing trained, nothing written
 
     before = Manifest.read(run)
     proc = run_cli("train", "--resume", run, "--epochs", "2", "--accept-data-change")

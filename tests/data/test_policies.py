@@ -6,7 +6,7 @@ import pytest
 import torch
 from torchvision.transforms import v2
 
-from cnnctl.data.batches import Batches
+from cnnctl.data.batches import Augmentation, Batches, Order
 from cnnctl.data.policies import BatchMix, PolicyAugment, seeded
 from cnnctl.data.sources import load_source
 from cnnctl.runtime.preprocess import Preprocess
@@ -15,14 +15,32 @@ from tests.conftest import CIFAR_MINI
 
 @pytest.fixture(scope="module")
 def cifar(tmp_path_factory):
-    src = load_source(str(CIFAR_MINI), "", False, None, False, str(tmp_path_factory.mktemp("cache")), lambda m: None, "stretch", 0.875, "bilinear")
+    src = load_source(
+        str(CIFAR_MINI),
+        "",
+        False,
+        None,
+        False,
+        str(tmp_path_factory.mktemp("cache")),
+        lambda m: None,
+        "stretch",
+        0.875,
+        "bilinear",
+    )
     prep = Preprocess(channels=3, size=(32, 32), mean=[0.5, 0.5, 0.5], std=[0.25, 0.25, 0.25])
     return src.train, prep
 
 
-def _batches(cifar, **kw):
+def _batches(cifar, policy=None, mix=None, rank=0, world=1):
     split, prep = cifar
-    return Batches(split, prep, 64, shuffle=True, augment="flip-crop", seed=5, channels_last=True, **kw)
+    return Batches(
+        split,
+        prep,
+        64,
+        channels_last=True,
+        order=Order(shuffle=True, seed=5, rank=rank, world=world),
+        augmentation=Augmentation(augment="flip-crop", policy=policy, mix=mix),
+    )
 
 
 def test_policy_is_v2_per_group_and_a_function_of_seed_epoch_batch(cifar):
@@ -57,7 +75,9 @@ def test_mixup_and_cutmix_give_soft_targets_of_the_batch_pairs(cifar):
     assert soft.shape == (16, 10) and torch.allclose(soft.sum(1), torch.ones(16))
     lam = float(soft[0, y[0]]) if y[0] != y[-1] else None
     assert lam is not None
-    torch.testing.assert_close(mixed, lam * x + (1 - lam) * x.roll(1, 0))  # v2.MixUp pairs each image with the previous one
+    torch.testing.assert_close(
+        mixed, lam * x + (1 - lam) * x.roll(1, 0)
+    )  # v2.MixUp pairs each image with the previous one
     with seeded(3):
         cut, soft_cut = BatchMix(10, cutmix=1.0)(x, y)
     changed = (cut != x).any(1)  # (N, H, W): the pasted box

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from cnnctl.data.sources import folder_layout, folder_split, image_folder
+from cnnctl.data.layout import folder_layout
+from cnnctl.data.sources import folder_split, image_folder
 from cnnctl.errors import DataError
 from cnnctl.runtime.preprocess import Preprocess, load_image
 from tests.conftest import PETS_MINI, assert_user_error, run_cli
@@ -70,8 +71,21 @@ def support(report: dict) -> dict[str, int]:
 def pets_run(tmp_path_factory) -> Path:
     """A cats-vs-dogs model (classes Cat, Dog) trained briefly on the plain PetImages fixture folder."""
     out = tmp_path_factory.mktemp("pets") / "run"
-    proc = run_cli("train", "catdog", "--data", PETS_MINI, "--grayscale", "--image-size", "50", "--epochs", "1",
-                   "--batch-size", "16", "--out", out)  # fmt: skip
+    proc = run_cli(
+        "train",
+        "catdog",
+        "--data",
+        PETS_MINI,
+        "--grayscale",
+        "--image-size",
+        "50",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "16",
+        "--out",
+        out,
+    )
     assert proc.returncode == 0, proc.stderr
     return out
 

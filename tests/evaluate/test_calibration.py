@@ -16,7 +16,21 @@ from tests.conftest import assert_user_error, run_cli, write_mnist_pngs
 def overconfident(tmp_path_factory):
     """model-a overfitted on 400 digits for 30 epochs: confident beyond its accuracy."""
     out = tmp_path_factory.mktemp("cal") / "over"
-    proc = run_cli("train", "model-a", "--data", "mnist-mini", "--epochs", "30", "--lr", "3e-3", "--subset", "400", "--out", out, "--json")
+    proc = run_cli(
+        "train",
+        "model-a",
+        "--data",
+        "mnist-mini",
+        "--epochs",
+        "30",
+        "--lr",
+        "3e-3",
+        "--subset",
+        "400",
+        "--out",
+        out,
+        "--json",
+    )
     assert proc.returncode == 0, proc.stderr
     return out
 
@@ -27,7 +41,9 @@ def test_ece_and_the_fitted_temperature_on_known_cases():
     true = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
     targets = np.array([rng.choice(4, p=p) for p in true])  # softmax(logits) is calibrated by construction...
     assert calibration(true, targets)["ece"] < 0.02
-    probs = np.exp(3 * logits) / np.exp(3 * logits).sum(1, keepdims=True)  # ...a model reporting softmax(3 * logits) is overconfident
+    probs = np.exp(3 * logits) / np.exp(3 * logits).sum(
+        1, keepdims=True
+    )  # ...a model reporting softmax(3 * logits) is overconfident
     assert calibration(probs, targets)["ece"] > 0.1
     t = fit_temperature(3 * logits, targets)
     assert 2.8 < t < 3.2  # recovers the factor that was applied
@@ -42,7 +58,9 @@ def test_calibrate_lowers_ece_on_images_not_used_for_fitting(overconfident, tmp_
     proc = run_cli("calibrate", overconfident, "--json")
     assert proc.returncode == 0, proc.stderr
     r = json.loads(proc.stdout)
-    assert r["fit"]["split"] == "val" and r["check"]["split"] == "test" and r["temperature"] > 1.2  # overconfident: T > 1
+    assert (
+        r["fit"]["split"] == "val" and r["check"]["split"] == "test" and r["temperature"] > 1.2
+    )  # overconfident: T > 1
     assert r["check"]["after"]["ece"] < 0.6 * r["check"]["before"]["ece"]  # on the 2,000 test digits, never used to fit
     assert r["check"]["after"]["top1"] == r["check"]["before"]["top1"]
     after = json.loads(run_cli("eval", overconfident, "--json", "--plot-calibration", tmp_path / "rel.png").stdout)
@@ -58,7 +76,10 @@ def test_calibrate_lowers_ece_on_images_not_used_for_fitting(overconfident, tmp_
     clf = OnnxClassifier(overconfident / "model.onnx", "cpu")
     assert clf.meta.temperature == pytest.approx(r["temperature"], rel=1e-5)
     files = [f for f, _ in write_mnist_pngs(tmp_path / "digits", per_class=1)]
-    rows = [json.loads(line) for line in run_cli("predict", overconfident / "model.onnx", *files, "--json").stdout.splitlines()]
+    rows = [
+        json.loads(line)
+        for line in run_cli("predict", overconfident / "model.onnx", *files, "--json").stdout.splitlines()
+    ]
     for f, row in zip(files, rows):
         logits = clf.logits(clf.from_pixels(load_image(f, clf.prep)[None])).astype(np.float64)
         assert row["top"][0]["prob"] == pytest.approx(softmax(logits / clf.meta.temperature).max(), abs=1e-6)

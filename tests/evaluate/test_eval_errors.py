@@ -19,11 +19,27 @@ def rows(path) -> list[dict]:
 
 def test_errors_and_predictions_name_the_files(photo_run, tmp_path):
     errors, preds = tmp_path / "errors.csv", tmp_path / "all.csv"
-    proc = run_cli("eval", photo_run, "--data", PETS_MINI, "--split", "all", "--errors", errors, "--predictions", preds, "--json", "--top-losses", "5")
+    proc = run_cli(
+        "eval",
+        photo_run,
+        "--data",
+        PETS_MINI,
+        "--split",
+        "all",
+        "--errors",
+        errors,
+        "--predictions",
+        preds,
+        "--json",
+        "--top-losses",
+        "5",
+    )
     assert proc.returncode == 0, proc.stderr
     r = json.loads(proc.stdout)
     every = rows(preds)
-    assert len(every) == r["images"] and {row["path"] for row in every} == {str(p) for p in sorted(PETS_MINI.rglob("*.jpg"))}
+    assert len(every) == r["images"] and {row["path"] for row in every} == {
+        str(p) for p in sorted(PETS_MINI.rglob("*.jpg"))
+    }
     wrong = rows(errors)
     assert len(wrong) == sum(row["true"] != row["predicted"] for row in every) == round(r["images"] * (1 - r["top1"]))
     for row in every:
@@ -44,7 +60,17 @@ def test_an_onnx_export_gives_the_same_rows_with_tta(photo_run, tmp_path):
     assert run_cli("export", photo_run, "-o", tmp_path / "m.onnx").returncode == 0
     out = {}
     for name, target in (("pt", photo_run), ("onnx", tmp_path / "m.onnx")):
-        proc = run_cli("eval", target, "--data", PETS_MINI, "--split", "all", "--tta-flip", "--predictions", tmp_path / f"{name}.csv")
+        proc = run_cli(
+            "eval",
+            target,
+            "--data",
+            PETS_MINI,
+            "--split",
+            "all",
+            "--tta-flip",
+            "--predictions",
+            tmp_path / f"{name}.csv",
+        )
         assert proc.returncode == 0, proc.stderr
         out[name] = rows(tmp_path / f"{name}.csv")
     for a, b in zip(out["pt"], out["onnx"]):
@@ -53,5 +79,7 @@ def test_an_onnx_export_gives_the_same_rows_with_tta(photo_run, tmp_path):
 
 
 def test_a_csv_name_is_checked_before_the_images_are_read(photo_run, tmp_path):
-    assert_user_error(run_cli("eval", photo_run, "--data", PETS_MINI, "--split", "all", "--errors", tmp_path / "e.json"), ".csv")
+    assert_user_error(
+        run_cli("eval", photo_run, "--data", PETS_MINI, "--split", "all", "--errors", tmp_path / "e.json"), ".csv"
+    )
     assert not (tmp_path / "e.json").exists()

@@ -97,7 +97,9 @@ def test_damaged_and_mismatched_targets(quick_run, tmp_path, cifar_small):
 
     write_mnist_pngs(tmp_path / "digits", per_class=3)
     (tmp_path / "digits" / "9").rename(tmp_path / "digits" / "nine")
-    assert_user_error(run_cli("eval", quick_run, "--data", tmp_path / "digits"), "has classes ['nine'] that the model lacks")
+    assert_user_error(
+        run_cli("eval", quick_run, "--data", tmp_path / "digits"), "has classes ['nine'] that the model lacks"
+    )
     assert_user_error(run_cli("eval", tmp_path / "missing.onnx"), "no such file")
     (tmp_path / "junk.onnx").write_bytes(b"\x08\x01junk" * 10)
     assert_user_error(run_cli("eval", tmp_path / "junk.onnx"), "not a loadable ONNX model")

@@ -25,13 +25,35 @@ def patch_run(tmp_path_factory):
         img = np.asarray(Image.open(path).convert("RGB").resize((96, 72), Image.Resampling.BILINEAR)).copy()
         cls = "patch" if i % 2 == 0 else "plain"
         if cls == "patch":
-            img[BOX[1]:BOX[3], BOX[0]:BOX[2]] = np.where(checker == 1, [255, 0, 255], [0, 255, 0])
+            img[BOX[1] : BOX[3], BOX[0] : BOX[2]] = np.where(checker == 1, [255, 0, 255], [0, 255, 0])
         folder = root / ("held-out" if i % 10 == 0 else "train") / cls
         folder.mkdir(parents=True, exist_ok=True)
         Image.fromarray(img.astype(np.uint8)).save(folder / f"{i}.png")
     run = root / "run"
-    proc = run_cli("train", "resnet8", "--data", root / "train", "--image-size", "64", "--epochs", "6", "--batch-size", "32", "--lr", "3e-3",
-                   "--optimizer", "adamw", "--scheduler", "onecycle", "--augment", "none", "--monitor", "last", "--out", run)  # fmt: skip
+    proc = run_cli(
+        "train",
+        "resnet8",
+        "--data",
+        root / "train",
+        "--image-size",
+        "64",
+        "--epochs",
+        "6",
+        "--batch-size",
+        "32",
+        "--lr",
+        "3e-3",
+        "--optimizer",
+        "adamw",
+        "--scheduler",
+        "onecycle",
+        "--augment",
+        "none",
+        "--monitor",
+        "last",
+        "--out",
+        run,
+    )
     assert proc.returncode == 0, proc.stderr
     return run, sorted((root / "held-out" / "patch").glob("*.png"))
 
@@ -59,7 +81,10 @@ def test_most_of_the_heatmap_mass_lies_on_the_patch(patch_run):
         for path in images[:8]:
             heat = explainer.explain(str(path)).heatmap
             box = np.zeros_like(heat, dtype=bool)  # BOX in the 64x64 input, widened by one 4-pixel grid cell
-            box[int(BOX[1] * 64 / 72) - 4:int(BOX[3] * 64 / 72) + 4, int(BOX[0] * 64 / 96) - 4:int(BOX[2] * 64 / 96) + 4] = True
+            box[
+                int(BOX[1] * 64 / 72) - 4 : int(BOX[3] * 64 / 72) + 4,
+                int(BOX[0] * 64 / 96) - 4 : int(BOX[2] * 64 / 96) + 4,
+            ] = True
             share = heat[box].sum() / heat.sum()
             assert share >= 0.6, (method, path.name, share, box.mean())
 
@@ -84,7 +109,9 @@ def test_input_points_map_back_through_the_centre_crop(size, tmp_path):
     w, h = size
     for fx, fy in [(w // 2, h // 2), (w // 2 + 20, h // 2 - 15)]:
         arr = np.zeros((h, w, 3), np.uint8)
-        arr[fy - 2:fy + 3, fx - 2:fx + 3] = 255  # 5x5: nearest-neighbour sampling at ~1/3 scale always keeps some of it
+        arr[fy - 2 : fy + 3, fx - 2 : fx + 3] = (
+            255  # 5x5: nearest-neighbour sampling at ~1/3 scale always keeps some of it
+        )
         Image.fromarray(arr).save(tmp_path / "dot.png")
         view = load_image(tmp_path / "dot.png", prep)[0]
         ys, xs = np.nonzero(view)

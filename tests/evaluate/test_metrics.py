@@ -17,9 +17,13 @@ def test_per_class_numbers_match_a_hand_computed_matrix():
     report = per_class(cm, ["a", "b", "c"])
     a, b, c = report["per_class"]
     # a: tp 2, predicted 3, support 4 -> P 2/3, R 1/2, F1 = 2*(2/3*1/2)/(2/3+1/2) = 4/7
-    assert a["precision"] == pytest.approx(2 / 3) and a["recall"] == pytest.approx(0.5) and a["f1"] == pytest.approx(4 / 7)
+    assert (
+        a["precision"] == pytest.approx(2 / 3) and a["recall"] == pytest.approx(0.5) and a["f1"] == pytest.approx(4 / 7)
+    )
     # b: tp 2, predicted 4, support 3 -> P 1/2, R 2/3, F1 4/7
-    assert b["precision"] == pytest.approx(0.5) and b["recall"] == pytest.approx(2 / 3) and b["f1"] == pytest.approx(4 / 7)
+    assert (
+        b["precision"] == pytest.approx(0.5) and b["recall"] == pytest.approx(2 / 3) and b["f1"] == pytest.approx(4 / 7)
+    )
     # c: tp 2, predicted 3, support 3 -> P = R = F1 = 2/3
     assert c["precision"] == pytest.approx(2 / 3) and c["f1"] == pytest.approx(2 / 3) and c["support"] == 3
     macro = report["averages"]["macro"]

@@ -8,11 +8,11 @@ import onnx
 import pytest
 import torch
 
-from cnnctl.models.checkpoint import save_model, versions
 from cnnctl.errors import ExportError
 from cnnctl.export.onnx import export
-from cnnctl.runtime.inference import OnnxClassifier
 from cnnctl.models import create, get_entry, list_models
+from cnnctl.models.checkpoint import save_model, versions
+from cnnctl.runtime.inference import OnnxClassifier
 from cnnctl.runtime.metadata import DataInfo, Metadata, TrainingInfo
 from cnnctl.runtime.preprocess import Preprocess
 from tests.conftest import assert_user_error, run_cli
@@ -24,8 +24,15 @@ def _checkpoint(tmp_path, name: str):
     model = create(name).eval()
     c = entry.default_input[0]
     prep = Preprocess(channels=c, size=entry.default_input[1:], mean=[0.5] * c, std=[0.25] * c)
-    meta = Metadata(model=name, input_shape=entry.default_input, class_names=tuple(f"c{i}" for i in range(entry.num_classes)),
-                    preprocess=prep, data=DataInfo(name="/nonexistent-data"), versions=versions(), training=TrainingInfo(epoch=0))
+    meta = Metadata(
+        model=name,
+        input_shape=entry.default_input,
+        class_names=tuple(f"c{i}" for i in range(entry.num_classes)),
+        preprocess=prep,
+        data=DataInfo(name="/nonexistent-data"),
+        versions=versions(),
+        training=TrainingInfo(epoch=0),
+    )
     path = tmp_path / f"{name}.safetensors"
     save_model(path, model, meta)
     return path
@@ -54,7 +61,9 @@ def test_cli_export_of_trained_run_reports_parity_on_real_images(quick_run, tmp_
 
 
 def test_fixed_batch_export(quick_run, tmp_path):
-    proc = run_cli("export", quick_run, "-o", tmp_path / "f.onnx", "--dynamic", "none", "--batch", "4", "--exporter", "torchscript")
+    proc = run_cli(
+        "export", quick_run, "-o", tmp_path / "f.onnx", "--dynamic", "none", "--batch", "4", "--exporter", "torchscript"
+    )
     assert proc.returncode == 0, proc.stderr
     clf = OnnxClassifier(tmp_path / "f.onnx", "cpu")
     assert clf.session.get_inputs()[0].shape[0] == 4

@@ -21,7 +21,12 @@ def photos() -> np.ndarray:
 def exports(photo_run, tmp_path_factory):
     out = tmp_path_factory.mktemp("deploy")
     files = {}
-    for name, flags in {"float": [], "nhwc": ["--input", "uint8"], "nchw": ["--input", "uint8", "--layout", "nchw"], "fp16": ["--fp16"]}.items():
+    for name, flags in {
+        "float": [],
+        "nhwc": ["--input", "uint8"],
+        "nchw": ["--input", "uint8", "--layout", "nchw"],
+        "fp16": ["--fp16"],
+    }.items():
         proc = run_cli("export", photo_run, "-o", out / f"{name}.onnx", "--json", *flags)
         assert proc.returncode == 0, proc.stderr
         files[name] = (out / f"{name}.onnx", json.loads(proc.stdout))
@@ -66,7 +71,9 @@ def test_predict_and_eval_take_either_kind_and_agree(exports):
         assert proc.returncode == 0, proc.stderr
         evals[name] = json.loads(proc.stdout)
     assert evals["float"]["images"] == evals["nhwc"]["images"] == len(photos())
-    assert evals["float"]["top1"] == evals["nhwc"]["top1"] and abs(evals["float"]["loss"] - evals["nhwc"]["loss"]) < 1e-5
+    assert (
+        evals["float"]["top1"] == evals["nhwc"]["top1"] and abs(evals["float"]["loss"] - evals["nhwc"]["loss"]) < 1e-5
+    )
 
 
 def test_from_normalized_recovers_the_exact_pixels(exports):
@@ -85,7 +92,9 @@ def test_an_fp16_graph_agrees_with_float32_pytorch_on_real_photos(exports):
     import onnx
 
     inits = onnx.load(str(path)).graph.initializer
-    assert sum(t.data_type == onnx.TensorProto.FLOAT16 for t in inits) > sum(t.data_type == onnx.TensorProto.FLOAT for t in inits)
+    assert sum(t.data_type == onnx.TensorProto.FLOAT16 for t in inits) > sum(
+        t.data_type == onnx.TensorProto.FLOAT for t in inits
+    )
     assert path.stat().st_size < 0.6 * exports["float"][0].stat().st_size  # half-size weights
     for check in report["checks"]:
         assert check["top1_agreement"] >= 0.99 and check["max_abs_diff"] <= 2e-2 * max(1.0, check["max_abs_logit"])

@@ -10,7 +10,10 @@ import pytest
 
 from tests.conftest import assert_user_error, run_cli
 
-pytest.importorskip("tritonclient.grpc.model_config_pb2", reason="Triton's model-config schema ships in tritonclient (pip install -e '.[dev]')")
+pytest.importorskip(
+    "tritonclient.grpc.model_config_pb2",
+    reason="Triton's model-config schema ships in tritonclient (pip install -e '.[dev]')",
+)
 
 
 def test_a_triton_repository_parses_with_tritons_schema_and_matches_the_graph(photo_run, tmp_path):
@@ -18,11 +21,19 @@ def test_a_triton_repository_parses_with_tritons_schema_and_matches_the_graph(ph
     from tritonclient.grpc import model_config_pb2
 
     repo = tmp_path / "model_repository"
-    proc = run_cli("export", photo_run, "--format", "triton", "-o", repo, "--input", "uint8", "--max-batch", "16", "--json")
+    proc = run_cli(
+        "export", photo_run, "--format", "triton", "-o", repo, "--input", "uint8", "--max-batch", "16", "--json"
+    )
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     name = photo_run.name
-    assert sorted(p.relative_to(repo).as_posix() for p in repo.rglob("*")) == [name, f"{name}/1", f"{name}/1/model.onnx", f"{name}/config.pbtxt", f"{name}/labels.txt"]
+    assert sorted(p.relative_to(repo).as_posix() for p in repo.rglob("*")) == [
+        name,
+        f"{name}/1",
+        f"{name}/1/model.onnx",
+        f"{name}/config.pbtxt",
+        f"{name}/labels.txt",
+    ]
     cfg = text_format.Parse((repo / name / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
     assert cfg.name == name and cfg.backend == "onnxruntime" and cfg.max_batch_size == 16
     assert cfg.dynamic_batching.max_queue_delay_microseconds == 5000
@@ -47,7 +58,9 @@ def test_a_float_repository_and_a_replaced_model_leave_no_staging(photo_run, tmp
 
     repo = tmp_path / "repo"
     for _ in range(2):  # the second export replaces the first in place
-        proc = run_cli("export", photo_run, "--format", "triton", "-o", repo, "--name", "pets", "--instance-kind", "cpu")
+        proc = run_cli(
+            "export", photo_run, "--format", "triton", "-o", repo, "--name", "pets", "--instance-kind", "cpu"
+        )
         assert proc.returncode == 0, proc.stderr
         assert "tritonserver --model-repository" in proc.stdout
     assert [p.name for p in repo.iterdir()] == ["pets"]
@@ -59,7 +72,9 @@ def test_a_float_repository_and_a_replaced_model_leave_no_staging(photo_run, tmp
 def test_refusals_leave_the_repository_untouched(photo_run, tmp_path):
     repo = tmp_path / "repo"
     assert_user_error(run_cli("export", photo_run, "--format", "triton"), "-o REPO")
-    assert_user_error(run_cli("export", photo_run, "--format", "triton", "-o", repo, "--dynamic", "none"), "--dynamic batch")
+    assert_user_error(
+        run_cli("export", photo_run, "--format", "triton", "-o", repo, "--dynamic", "none"), "--dynamic batch"
+    )
     assert_user_error(run_cli("export", photo_run, "--format", "triton", "-o", repo, "--int8"), "--int8")
     assert_user_error(run_cli("export", photo_run, "--format", "triton", "-o", repo, "--name", "bad/name"), "--name")
     assert_user_error(run_cli("export", photo_run, "--format", "triton", "-o", tmp_path / "x.onnx"), "folder")
@@ -71,8 +86,17 @@ def test_the_config_text_is_checked_against_the_schema():
     from cnnctl.errors import ExportError
     from cnnctl.export.triton import config_text, parse_config
 
-    good = config_text("m", input_dtype="float32", input_dims=[3, 8, 8], input_layout="NCHW", classes=4, max_batch=8,
-                       max_queue_delay_us=100, instances=1, kind="auto")  # fmt: skip
+    good = config_text(
+        "m",
+        input_dtype="float32",
+        input_dims=[3, 8, 8],
+        input_layout="NCHW",
+        classes=4,
+        max_batch=8,
+        max_queue_delay_us=100,
+        instances=1,
+        kind="auto",
+    )
     assert parse_config(good).max_batch_size == 8
     with pytest.raises(ExportError, match="does not parse"):
         parse_config(good.replace("max_batch_size", "max_batch"))

@@ -7,20 +7,33 @@ import json
 import pytest
 import torch
 
-from cnnctl.models.checkpoint import PICKLE_SUFFIXES, load_last, load_model, model_tensors, resolve_checkpoint, save_last, save_model
-from cnnctl.train.ema import EMA
 from cnnctl.errors import CheckpointError
-from cnnctl.runtime.metadata import DataInfo, Metadata, TrainingInfo, read_checkpoint_metadata
 from cnnctl.models import create
+from cnnctl.models.checkpoint import (
+    PICKLE_SUFFIXES,
+    load_last,
+    load_model,
+    model_tensors,
+    resolve_checkpoint,
+    save_last,
+    save_model,
+)
+from cnnctl.runtime.metadata import DataInfo, Metadata, TrainingInfo, read_checkpoint_metadata
 from cnnctl.runtime.preprocess import Preprocess
+from cnnctl.train.ema import EMA
 
 pytestmark = pytest.mark.quick
 
 
 def _meta() -> Metadata:
-    return Metadata(model="model-a", input_shape=(1, 28, 28), class_names=tuple(str(i) for i in range(10)),
-                    preprocess=Preprocess(channels=1, size=(28, 28), mean=[0.13], std=[0.31]), data=DataInfo(name="mnist-mini"),
-                    training=TrainingInfo(epoch=2, metrics={"val_acc": 0.9}))  # fmt: skip
+    return Metadata(
+        model="model-a",
+        input_shape=(1, 28, 28),
+        class_names=tuple(str(i) for i in range(10)),
+        preprocess=Preprocess(channels=1, size=(28, 28), mean=[0.13], std=[0.31]),
+        data=DataInfo(name="mnist-mini"),
+        training=TrainingInfo(epoch=2, metrics={"val_acc": 0.9}),
+    )
 
 
 def _trained(seed: int = 0) -> tuple[torch.nn.Module, torch.optim.Optimizer, EMA]:
@@ -61,13 +74,17 @@ def test_last_file_restores_weights_optimizer_average_and_rng(tmp_path):
     for a, b in zip(ema.state_dict().values(), other_ema.state_dict().values()):
         assert torch.equal(a, b)
     saved, restored = opt.state_dict(), other_opt.state_dict()
-    assert json.loads(json.dumps(saved["param_groups"])) == restored["param_groups"]  # JSON keeps (0.9, 0.999) as a list
+    assert (
+        json.loads(json.dumps(saved["param_groups"])) == restored["param_groups"]
+    )  # JSON keeps (0.9, 0.999) as a list
     for idx, s in saved["state"].items():
         for key, value in s.items():
             assert torch.equal(torch.as_tensor(value), torch.as_tensor(restored["state"][idx][key])), (idx, key)
     # The model's weights come out of a last file too (eval of last.safetensors), without the rest.
     loaded, meta, _ = load_model(tmp_path / "last.safetensors")
-    assert meta.kind == "last" and all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values()))
+    assert meta.kind == "last" and all(
+        torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values())
+    )
     with pytest.raises(CheckpointError, match="without --ema"):
         save_last(tmp_path / "plain.safetensors", model, opt, state, _meta())
         load_last(tmp_path / "plain.safetensors", other, other_opt, other_ema)

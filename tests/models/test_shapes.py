@@ -7,8 +7,8 @@ import json
 import pytest
 from torch import nn
 
-from cnnctl.models.tracing import trace_model
 from cnnctl.models.shapes import trace, visible_rows
+from cnnctl.models.tracing import trace_model
 from tests.conftest import assert_user_error, run_cli
 
 
@@ -23,9 +23,12 @@ def test_receptive_field_and_jump_worked_by_hand():
     # Conv k3 s1 p1 -> MaxPool k2 s2 -> Conv k3 s1 p1 -> Conv k5 s2 p2 -> MaxPool k3 s1, by hand:
     # rf: 1+2*1=3 | 3+1*1=4, j=2 | 4+2*2=8 | 8+4*2=16, j=4 | 16+2*4=24, j=4
     model = nn.Sequential(
-        nn.Conv2d(1, 4, 3, padding=1), nn.MaxPool2d(2), nn.Conv2d(4, 4, 3, padding=1),
-        nn.Conv2d(4, 8, 5, stride=2, padding=2), nn.MaxPool2d(3, stride=1),
-    )  # fmt: skip
+        nn.Conv2d(1, 4, 3, padding=1),
+        nn.MaxPool2d(2),
+        nn.Conv2d(4, 4, 3, padding=1),
+        nn.Conv2d(4, 8, 5, stride=2, padding=2),
+        nn.MaxPool2d(3, stride=1),
+    )
     rows = visible_rows(trace(model, (1, 32, 32)).rows, None)
     assert [(r.receptive_field, r.jump) for r in rows] == [(3, 1), (4, 2), (8, 2), (16, 4), (24, 4)]
     assert [r.output_shape[2] for r in rows] == [32, 16, 16, 8, 6]
@@ -84,6 +87,10 @@ def test_shapes_of_a_run_directory_and_checkpoint(quick_run):
     proc = run_cli("shapes", quick_run, "--json")
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
-    assert report["model"] == "model-a" and report["input_shape"] == [1, 28, 28] and report["rows"][-1]["output_shape"] == [1, 10]
+    assert (
+        report["model"] == "model-a"
+        and report["input_shape"] == [1, 28, 28]
+        and report["rows"][-1]["output_shape"] == [1, 10]
+    )
     proc = run_cli("shapes", quick_run / "model.safetensors", "--input", "1x32x32")
     assert_user_error(proc, "expects", "1x28x28")

@@ -13,7 +13,9 @@ from tests.conftest import CIFAR_MINI, run_cli
 
 
 def _cifar(tmp_path) -> torch.Tensor:
-    src = load_source(str(CIFAR_MINI), "", False, None, False, str(tmp_path / "cache"), lambda m: None, "stretch", 0.875, "bilinear")
+    src = load_source(
+        str(CIFAR_MINI), "", False, None, False, str(tmp_path / "cache"), lambda m: None, "stretch", 0.875, "bilinear"
+    )
     x = src.train.images(torch.arange(len(src.train)))
     return normalize(x, torch.full((1, 3, 1, 1), 0.47), torch.full((1, 3, 1, 1), 0.25))
 
@@ -46,8 +48,20 @@ def test_whitening_makes_the_image_patches_unit_and_uncorrelated(tmp_path):
 
 def test_a_run_initialises_the_stem_once_and_resume_keeps_it(tmp_path):
     out = tmp_path / "w"
-    proc = run_cli("train", "fastnet-w", "--data", CIFAR_MINI, "--epochs", "1", "--batch-size", "50", "--val-split", "0.2",
-                   "--out", out)  # fmt: skip
+    proc = run_cli(
+        "train",
+        "fastnet-w",
+        "--data",
+        CIFAR_MINI,
+        "--epochs",
+        "1",
+        "--batch-size",
+        "50",
+        "--val-split",
+        "0.2",
+        "--out",
+        out,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "features.0: initialised from 160 training images (patch whitening)" in proc.stderr
     first = load_file(str(out / "last.safetensors"))["model/features.0.weight"]
@@ -62,7 +76,14 @@ def test_a_run_initialises_the_stem_once_and_resume_keeps_it(tmp_path):
 def test_fastnet_wd_convolutions_start_as_the_identity():
     model = create("fastnet-wd", (3, 32, 32), 10)
     convs = [m for m in model.features if type(m) is torch.nn.Conv2d]
-    assert [(c.in_channels, c.out_channels) for c in convs] == [(24, 64), (64, 64), (64, 128), (128, 128), (128, 128), (128, 128)]
+    assert [(c.in_channels, c.out_channels) for c in convs] == [
+        (24, 64),
+        (64, 64),
+        (64, 128),
+        (128, 128),
+        (128, 128),
+        (128, 128),
+    ]
     with torch.no_grad():
         x = torch.randn(2, 128, 6, 6)
         torch.testing.assert_close(convs[3](x), x)  # a square convolution passes its input through

@@ -21,7 +21,11 @@ from tests.serve.test_server import BROWSER_FLAGS, _chromium, free_port
 
 def tree(root: Path) -> dict[str, str]:
     """Every file under root (relative path -> content hash): "the folder is as before"."""
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture()
@@ -68,7 +72,9 @@ def test_the_api_lists_items_serves_files_and_heatmaps_and_logs_each_mark(photo_
     assert client.get("/image/0").content == Path(first["path"]).read_bytes()
     cam = client.get("/cam/0.png")
     assert cam.status_code == 200 and cam.content[:8] == b"\x89PNG\r\n\x1a\n"
-    assert client.get("/image/999").status_code == 404 and client.get("/image/..%2F..%2Fetc%2Fpasswd").status_code == 404
+    assert (
+        client.get("/image/999").status_code == 404 and client.get("/image/..%2F..%2Fetc%2Fpasswd").status_code == 404
+    )
     other = "Dog" if first["given"] == "Cat" else "Cat"
     assert client.post("/api/decisions", json={"id": 0, "action": "relabel", "to": other}).json()["to"] == other
     assert client.post("/api/decisions", json={"id": 1, "action": "remove"}).status_code == 200
@@ -76,7 +82,10 @@ def test_the_api_lists_items_serves_files_and_heatmaps_and_logs_each_mark(photo_
     assert client.post("/api/decisions", json={"id": 2, "action": "relabel", "to": "Horse"}).status_code == 400
     assert client.post("/api/decisions", content=b"{").status_code == 400
     saved = json.loads(log.read_text())
-    assert saved["data"] == str(pets) and saved["decisions"] == {first["rel"]: {"action": "relabel", "to": other}, items[1]["rel"]: {"action": "remove"}}
+    assert saved["data"] == str(pets) and saved["decisions"] == {
+        first["rel"]: {"action": "relabel", "to": other},
+        items[1]["rel"]: {"action": "remove"},
+    }
 
 
 def _log(data: Path, decisions: dict) -> dict:
@@ -86,19 +95,32 @@ def _log(data: Path, decisions: dict) -> dict:
 def test_apply_moves_files_and_undo_puts_the_folder_back(pets, tmp_path):
     before = tree(pets.parent)
     log = tmp_path / "log.json"
-    log.write_text(json.dumps(_log(pets, {"Cat/3.jpg": {"action": "relabel", "to": "Dog"}, "Dog/7.jpg": {"action": "remove"},
-                                          "Dog/8.jpg": {"action": "fine"}})))  # fmt: skip
+    log.write_text(
+        json.dumps(
+            _log(
+                pets,
+                {
+                    "Cat/3.jpg": {"action": "relabel", "to": "Dog"},
+                    "Dog/7.jpg": {"action": "remove"},
+                    "Dog/8.jpg": {"action": "fine"},
+                },
+            )
+        )
+    )
     proc = run_cli("review", "--apply", log, "--json")
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
     assert result["applied"] == 2 and result["decisions"] == {"relabel": 1, "remove": 1, "fine": 1}
-    assert (pets / "Dog" / "3.from-Cat.jpg").is_file() and not (pets / "Cat" / "3.jpg").exists()  # Dog/3.jpg is another photo
+    assert (pets / "Dog" / "3.from-Cat.jpg").is_file() and not (
+        pets / "Cat" / "3.jpg"
+    ).exists()  # Dog/3.jpg is another photo
     assert (pets.parent / "pets-quarantine" / "Dog" / "7.jpg").is_file() and not (pets / "Dog" / "7.jpg").exists()
     assert_user_error(run_cli("review", "--apply", log), "applied already")
     assert run_cli("review", "--undo", result["undo"]).returncode == 0
     after = tree(pets.parent)
-    assert {k: v for k, v in after.items() if not k.startswith("pets-quarantine") and "log" not in k} == \
-        {k: v for k, v in before.items() if "log" not in k}  # fmt: skip
+    assert {k: v for k, v in after.items() if not k.startswith("pets-quarantine") and "log" not in k} == {
+        k: v for k, v in before.items() if "log" not in k
+    }
     assert_user_error(run_cli("review", "--undo", result["undo"]), "undone already")
 
 
@@ -107,7 +129,9 @@ def test_a_log_that_cannot_be_applied_whole_changes_nothing(pets, tmp_path):
     log = tmp_path / "log.json"
     shutil.copy(pets / "Cat" / "5.jpg", pets / "Dog" / "5.from-Cat.jpg")  # with Dog/5.jpg: both names taken
     before = tree(pets)
-    log.write_text(json.dumps(_log(pets, {"Cat/4.jpg": {"action": "remove"}, "Cat/5.jpg": {"action": "relabel", "to": "Dog"}})))
+    log.write_text(
+        json.dumps(_log(pets, {"Cat/4.jpg": {"action": "remove"}, "Cat/5.jpg": {"action": "relabel", "to": "Dog"}}))
+    )
     assert_user_error(run_cli("review", "--apply", log), "already exists")
     log.write_text(json.dumps(_log(pets, {"Cat/4.jpg": {"action": "remove"}, "Cat/99.jpg": {"action": "remove"}})))
     assert_user_error(run_cli("review", "--apply", log), "no longer there")
@@ -145,8 +169,26 @@ def test_mark_apply_and_undo_through_the_page_in_a_real_browser(photo_run, pets,
     playwright = pytest.importorskip("playwright.sync_api", reason="pip install playwright (the dev extra has it)")
     before = tree(pets)
     port, log = free_port(), tmp_path / "review-log.json"
-    proc = subprocess.Popen([sys.executable, "-m", "cnnctl", "review", str(photo_run), "--data", str(pets), "--top", "6", "--port", str(port),
-                             "--log", str(log)], cwd=ROOT, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "cnnctl",
+            "review",
+            str(photo_run),
+            "--data",
+            str(pets),
+            "--top",
+            "6",
+            "--port",
+            str(port),
+            "--log",
+            str(log),
+        ],
+        cwd=ROOT,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     err: list[str] = []
     threading.Thread(target=lambda: err.extend(proc.stderr), daemon=True).start()
     url = f"http://127.0.0.1:{port}"
@@ -167,7 +209,9 @@ def test_mark_apply_and_undo_through_the_page_in_a_real_browser(photo_run, pets,
             page.wait_for_selector("#grid[data-ready='1']")
             cards = page.locator(".card")
             assert cards.count() == 6
-            page.wait_for_function("[...document.querySelectorAll('img.cam')].every(i => i.complete && i.naturalWidth > 0)", timeout=60000)
+            page.wait_for_function(
+                "[...document.querySelectorAll('img.cam')].every(i => i.complete && i.naturalWidth > 0)", timeout=60000
+            )
             cards.nth(0).locator("button.remove").click()
             cards.nth(1).locator("button.relabel").click()  # to the preselected other class
             cards.nth(2).locator("button.fine").click()

@@ -53,7 +53,9 @@ def test_photo_crop_preprocessing_matches_torchvision_and_predict(tmp_path):
         img.crop((10, 0, 130, 180)).save(tmp_path / "Dog" / "portrait.jpg", quality=92)
         img.crop((0, 30, 180, 120)).save(tmp_path / "Dog" / "landscape.png")
     shutil.copy(PETS_MINI / "Dog" / "5.jpg", tmp_path / "Dog" / "square.jpg")
-    prep = Preprocess(channels=3, size=(64, 64), mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225], resize="crop", resize_size=73)
+    prep = Preprocess(
+        channels=3, size=(64, 64), mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225], resize="crop", resize_size=73
+    )
     split = folder_split(tmp_path, ["Cat", "Dog"], prep, None, lambda m: None)
     reference = T.Compose([T.Resize(73), T.CenterCrop(64), T.PILToTensor()])
     for i, path in enumerate(split.paths):
@@ -75,7 +77,9 @@ def test_png_of_a_dataset_image_gives_the_same_tensor(tmp_path):
     path, _ = files[0]
     index = int(path.stem)
     from_file = normalize(load_image(path, prep)[None], prep)
-    from_data, _ = next(iter(Batches(Split(src.test.x[index:index + 1], src.test.y[index:index + 1]), prep, 1, channels_last=False)))
+    from_data, _ = next(
+        iter(Batches(Split(src.test.x[index : index + 1], src.test.y[index : index + 1]), prep, 1, channels_last=False))
+    )
     assert np.array_equal(from_file, from_data.numpy())
 
 
@@ -97,8 +101,8 @@ def test_predict_matches_pytorch_on_image_files(quick_run, quick_onnx, tmp_path)
     assert all(torch_labels[p] == label for p, label in onnx_labels.items())
     accuracy = np.mean([onnx_labels[str(f)] == str(y) for f, y in files])
     assert accuracy >= 0.9
-    from cnnctl.models.checkpoint import TorchClassifier
     from cnnctl.data.sources import mnist_mini
+    from cnnctl.models.checkpoint import TorchClassifier
 
     clf = TorchClassifier(quick_run)
     test = mnist_mini().test
@@ -121,8 +125,12 @@ print("TORCH_LOADED" if any(m == "torch" or m.startswith("torch.") for m in sys.
 
 def test_onnx_predict_never_imports_torch(quick_onnx, tmp_path):
     files = write_mnist_pngs(tmp_path, per_class=1)
-    proc = subprocess.run([sys.executable, "-c", PROBE.format(model=str(quick_onnx), image=str(files[0][0]))],
-                          capture_output=True, text=True, cwd=ROOT)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-c", PROBE.format(model=str(quick_onnx), image=str(files[0][0]))],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert "TORCH_FREE 0" in proc.stderr, proc.stderr
     assert json.loads(proc.stdout)["path"] == str(files[0][0])
 

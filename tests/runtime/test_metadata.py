@@ -20,10 +20,18 @@ OLD = FIXTURES / "format1-run"  # written by cnnctl before the typed Metadata (t
 
 def full() -> Metadata:
     prep = Preprocess(channels=3, size=(32, 32), mean=[0.5] * 3, std=[0.25] * 3)
-    return Metadata(model="tiny", input_shape=(3, 32, 32), class_names=("cat", "dog"), preprocess=prep,
-                    data=DataInfo(name="/data/pets", data_dir="/data", val_split=0.2, fingerprint="ab12"),
-                    versions={"cnnctl": "0.1.0", "torch": "2"}, training=TrainingInfo(epoch=3, metrics={"val_acc": 0.9}, weights="ema"),
-                    export=ExportInfo(exporter="dynamo", opset=18, source_sha256="ff", versions={"cnnctl": "0.1.0"}, quantization="int8"))  # fmt: skip
+    return Metadata(
+        model="tiny",
+        input_shape=(3, 32, 32),
+        class_names=("cat", "dog"),
+        preprocess=prep,
+        data=DataInfo(name="/data/pets", data_dir="/data", val_split=0.2, fingerprint="ab12"),
+        versions={"cnnctl": "0.1.0", "torch": "2"},
+        training=TrainingInfo(epoch=3, metrics={"val_acc": 0.9}, weights="ema"),
+        export=ExportInfo(
+            exporter="dynamo", opset=18, source_sha256="ff", versions={"cnnctl": "0.1.0"}, quantization="int8"
+        ),
+    )
 
 
 def test_json_map_round_trip():
@@ -33,23 +41,42 @@ def test_json_map_round_trip():
     assert Metadata.from_json_map(raw, "x") == meta
     # The file layout is the flat one every cnnctl file has had.
     flat = {k: json.loads(v) for k, v in raw.items()}
-    assert flat["epoch"] == 3 and flat["weights"] == "ema" and flat["exporter"] == "dynamo" and flat["versions"]["export"] == {"cnnctl": "0.1.0"}
+    assert (
+        flat["epoch"] == 3
+        and flat["weights"] == "ema"
+        and flat["exporter"] == "dynamo"
+        and flat["versions"]["export"] == {"cnnctl": "0.1.0"}
+    )
     assert flat["num_classes"] == 2 and flat["input_shape"] == [3, 32, 32] and flat["format"] == 1
-    bare = Metadata(model="m", input_shape=(1, 8, 8), class_names=("a",), preprocess=Preprocess(channels=1, size=(8, 8)))
+    bare = Metadata(
+        model="m", input_shape=(1, 8, 8), class_names=("a",), preprocess=Preprocess(channels=1, size=(8, 8))
+    )
     assert Metadata.from_json_map(bare.to_json_map(), "x") == bare
-    assert set(bare.to_dict()) == {"format", "kind", "model", "input_shape", "num_classes", "class_names", "preprocess", "versions"}
+    assert set(bare.to_dict()) == {
+        "format",
+        "kind",
+        "model",
+        "input_shape",
+        "num_classes",
+        "class_names",
+        "preprocess",
+        "versions",
+    }
 
 
-@pytest.mark.parametrize("change, needle", [
-    ({"format": 2}, "format 2 is not supported"),
-    ({"input_shape": [3, 32]}, "not [C, H, W]"),
-    ({"num_classes": 3}, "does not list 3 names"),
-    ({"class_names": ["cat", 7]}, "does not list 2 names"),
-    ({"preprocess": {"channels": 3}}, "preprocessing metadata is malformed"),
-    ({"input_shape": [1, 32, 32]}, "does not match input_shape"),
-    ({"epoch": "three"}, "training/export fields are malformed"),
-    ({"data": ["not", "a", "dict"]}, None),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "change, needle",
+    [
+        ({"format": 2}, "format 2 is not supported"),
+        ({"input_shape": [3, 32]}, "not [C, H, W]"),
+        ({"num_classes": 3}, "does not list 3 names"),
+        ({"class_names": ["cat", 7]}, "does not list 2 names"),
+        ({"preprocess": {"channels": 3}}, "preprocessing metadata is malformed"),
+        ({"input_shape": [1, 32, 32]}, "does not match input_shape"),
+        ({"epoch": "three"}, "training/export fields are malformed"),
+        ({"data": ["not", "a", "dict"]}, None),
+    ],
+)
 def test_validation_names_the_field(change, needle):
     flat = {**full().to_dict(), **change}
     raw = {k: json.dumps(v) for k, v in flat.items()}
@@ -72,7 +99,11 @@ def test_files_written_before_the_typed_metadata_still_load(tmp_path):
     from cnnctl.runtime.inference import OnnxClassifier
 
     clf = OnnxClassifier(OLD / "model.onnx", "cpu")
-    assert clf.meta.export is not None and clf.meta.export.exporter in ("dynamo", "torchscript") and clf.meta.export.source_sha256
+    assert (
+        clf.meta.export is not None
+        and clf.meta.export.exporter in ("dynamo", "torchscript")
+        and clf.meta.export.source_sha256
+    )
     assert clf.meta.preprocess == meta.preprocess and clf.meta.class_names == meta.class_names
     # The commands users run on such files: eval (checkpoint and ONNX agree), shapes, predict, resume.
     proc = run_cli("eval", OLD, "--compare", OLD / "model.onnx", "--json")

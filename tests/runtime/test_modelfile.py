@@ -18,7 +18,7 @@ def _tensor_bytes(path) -> bytes:
 
     data = path.read_bytes()
     (n,) = struct.unpack("<Q", data[:8])
-    return data[8 + n:]
+    return data[8 + n :]
 
 
 def test_write_then_read_both_suffixes(quick_run, quick_onnx, tmp_path):
@@ -66,8 +66,6 @@ def test_probabilities_apply_the_temperature_once(quick_run):
 
 
 def test_a_checkpoint_and_its_export_are_one_classifier(quick_run, quick_onnx):
-    from cnnctl.runtime.preprocess import load_image
-    from tests.conftest import write_mnist_pngs
 
     torch_clf = open_classifier(quick_run, "cpu", threads=1)
     onnx_clf = open_classifier(quick_onnx, "cpu")
@@ -82,7 +80,9 @@ def test_predict_honours_provider_and_threads_for_a_checkpoint(quick_run, tmp_pa
 
     files = [str(f) for f, _ in write_mnist_pngs(tmp_path / "d", per_class=1)]
     torch_rows = run_cli("predict", quick_run, *files, "--json", "--provider", "cpu", "--threads", "1")
-    onnx_rows = run_cli("predict", quick_run / "model.onnx", *files, "--json") if (quick_run / "model.onnx").exists() else None
+    onnx_rows = (
+        run_cli("predict", quick_run / "model.onnx", *files, "--json") if (quick_run / "model.onnx").exists() else None
+    )
     assert torch_rows.returncode == 0, torch_rows.stderr
     assert "provider torch-cpu" in torch_rows.stderr
     if onnx_rows is not None:
@@ -94,4 +94,6 @@ def test_predict_honours_provider_and_threads_for_a_checkpoint(quick_run, tmp_pa
 
     if not torch.cuda.is_available():
         assert_user_error(run_cli("predict", quick_run, *files, "--provider", "cuda"), "--provider cuda", "PyTorch")
-    assert_user_error(run_cli("predict", quick_run, *files, "--provider", "tpu"), "--provider must be auto, cpu or cuda")
+    assert_user_error(
+        run_cli("predict", quick_run, *files, "--provider", "tpu"), "--provider must be auto, cpu or cuda"
+    )

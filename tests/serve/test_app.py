@@ -92,7 +92,11 @@ def test_bad_requests_get_one_json_line_each(quick_onnx, digits):
         before = c.get("/health").json()["errors"]
         cases = [
             (c.post("/predict", content=b"", headers={"content-type": "image/png"}), 400, "empty upload"),
-            (c.post("/predict", content=b"not an image", headers={"content-type": "image/png"}), 400, "not a readable image"),
+            (
+                c.post("/predict", content=b"not an image", headers={"content-type": "image/png"}),
+                400,
+                "not a readable image",
+            ),
             (c.post("/predict", content=b"{}", headers={"content-type": "application/json"}), 415, "content type"),
             (c.post("/predict", content=b"x" * 60_000, headers={"content-type": "image/png"}), 413, "--max-bytes"),
             (c.post("/predict?top_k=many", **png(digits[0])), 400, "top_k"),
@@ -102,22 +106,102 @@ def test_bad_requests_get_one_json_line_each(quick_onnx, digits):
             (c.post("/v2/models/other/infer", json={}), 404, "serves 'model'"),
             (c.get("/v2/models/model/versions/2"), 404, "version 1"),
             (c.post("/v2/models/model/infer", json={"inputs": []}), 400, "inputs"),
-            (c.post("/v2/models/model/infer", json={"inputs": [{"name": "x", "shape": [1, 1, 28, 28], "datatype": "FP32", "data": [0.0] * 784}]}), 400, "takes one input"),
-            (c.post("/v2/models/model/infer", json={"inputs": [{"name": "input", "shape": [1, 1, 28, 28], "datatype": "UINT8", "data": [0] * 784}]}), 400, "--input uint8"),
-            (c.post("/v2/models/model/infer", json={"inputs": [{"name": "input", "shape": [1, 3, 28, 28], "datatype": "FP32", "data": [0.0] * 2352}]}), 400, "shape"),
-            (c.post("/v2/models/model/infer", json={"inputs": [{"name": "input", "shape": [1, 1, 28, 28], "datatype": "FP32", "data": [0.0] * 5}]}), 400, "needs 784"),
-            (c.post("/v2/models/model/infer", json={"inputs": [{"name": "input", "shape": [1, 1, 28, 28], "datatype": "FP32", "data": ["a"] * 784}]}), 400, "numbers"),
-            (c.post("/v2/models/model/infer", json={"inputs": [{"name": "input", "shape": [1, 1, 28, 28], "datatype": "STRING", "data": []}]}), 400, "datatype"),
-            (c.post("/v2/models/model/infer", json={"inputs": [{"name": "input", "shape": [1, 1, 28, 28], "datatype": "FP32", "data": [0.0] * 784}],
-                                                      "outputs": [{"name": "embeddings"}]}), 400, "outputs: logits, probabilities"),
-            (c.post("/v2/models/model/infer", content=b'{"inputs": []}', headers={"inference-header-content-length": "999"}), 400, "does not fit"),
-        ]  # fmt: skip
+            (
+                c.post(
+                    "/v2/models/model/infer",
+                    json={"inputs": [{"name": "x", "shape": [1, 1, 28, 28], "datatype": "FP32", "data": [0.0] * 784}]},
+                ),
+                400,
+                "takes one input",
+            ),
+            (
+                c.post(
+                    "/v2/models/model/infer",
+                    json={
+                        "inputs": [{"name": "input", "shape": [1, 1, 28, 28], "datatype": "UINT8", "data": [0] * 784}]
+                    },
+                ),
+                400,
+                "--input uint8",
+            ),
+            (
+                c.post(
+                    "/v2/models/model/infer",
+                    json={
+                        "inputs": [{"name": "input", "shape": [1, 3, 28, 28], "datatype": "FP32", "data": [0.0] * 2352}]
+                    },
+                ),
+                400,
+                "shape",
+            ),
+            (
+                c.post(
+                    "/v2/models/model/infer",
+                    json={
+                        "inputs": [{"name": "input", "shape": [1, 1, 28, 28], "datatype": "FP32", "data": [0.0] * 5}]
+                    },
+                ),
+                400,
+                "needs 784",
+            ),
+            (
+                c.post(
+                    "/v2/models/model/infer",
+                    json={
+                        "inputs": [{"name": "input", "shape": [1, 1, 28, 28], "datatype": "FP32", "data": ["a"] * 784}]
+                    },
+                ),
+                400,
+                "numbers",
+            ),
+            (
+                c.post(
+                    "/v2/models/model/infer",
+                    json={"inputs": [{"name": "input", "shape": [1, 1, 28, 28], "datatype": "STRING", "data": []}]},
+                ),
+                400,
+                "datatype",
+            ),
+            (
+                c.post(
+                    "/v2/models/model/infer",
+                    json={
+                        "inputs": [{"name": "input", "shape": [1, 1, 28, 28], "datatype": "FP32", "data": [0.0] * 784}],
+                        "outputs": [{"name": "embeddings"}],
+                    },
+                ),
+                400,
+                "outputs: logits, probabilities",
+            ),
+            (
+                c.post(
+                    "/v2/models/model/infer",
+                    content=b'{"inputs": []}',
+                    headers={"inference-header-content-length": "999"},
+                ),
+                400,
+                "does not fit",
+            ),
+        ]
         for r, status, needle in cases:
             assert r.status_code == status, (needle, r.status_code, r.text)
             assert needle in error_of(r), (needle, r.text)
         binary = np.zeros((1, 1, 28, 28), np.float32).tobytes()
-        head = json.dumps({"inputs": [{"name": "input", "shape": [1, 1, 28, 28], "datatype": "FP32", "parameters": {"binary_data_size": len(binary) - 4}}]}).encode()
-        r = c.post("/v2/models/model/infer", content=head + binary, headers={"inference-header-content-length": str(len(head))})
+        head = json.dumps(
+            {
+                "inputs": [
+                    {
+                        "name": "input",
+                        "shape": [1, 1, 28, 28],
+                        "datatype": "FP32",
+                        "parameters": {"binary_data_size": len(binary) - 4},
+                    }
+                ]
+            }
+        ).encode()
+        r = c.post(
+            "/v2/models/model/infer", content=head + binary, headers={"inference-header-content-length": str(len(head))}
+        )
         assert r.status_code == 400 and "needs 3136" in error_of(r)
         health = c.get("/health").json()
         assert health["status"] == "ok" and health["errors"] - before == len(cases) + 1  # and the service is still up
@@ -130,8 +214,18 @@ def test_a_bearer_token_guards_everything_but_the_probes(quick_onnx, digits, mon
         wait_ready(c)
         for path in ("/v2/health/live", "/v2/health/ready", "/health", "/"):
             assert c.get(path).status_code == 200, path
-        for headers in ({}, {"authorization": "Bearer " + "x" * 24}, {"authorization": "Basic " + KEY}, {"authorization": "Bearer " + KEY[:-1]}):
-            for method, path in (("post", "/predict"), ("get", "/metrics"), ("get", "/metadata"), ("get", "/v2/models/model")):
+        for headers in (
+            {},
+            {"authorization": "Bearer " + "x" * 24},
+            {"authorization": "Basic " + KEY},
+            {"authorization": "Bearer " + KEY[:-1]},
+        ):
+            for method, path in (
+                ("post", "/predict"),
+                ("get", "/metrics"),
+                ("get", "/metadata"),
+                ("get", "/v2/models/model"),
+            ):
                 if method == "post":
                     r = c.post(path, content=digits[0].read_bytes(), headers={**headers, "content-type": "image/png"})
                 else:
@@ -147,14 +241,18 @@ def test_a_bearer_token_guards_everything_but_the_probes(quick_onnx, digits, mon
 
 def test_the_cli_refuses_exposure_without_a_key(quick_onnx):
     assert_user_error(run_cli("serve", quick_onnx, "--host", "0.0.0.0"), "--api-key-env", "--no-auth")
-    assert_user_error(run_cli("serve", quick_onnx, "--api-key-env", "CNNCTL_NOT_SET_ANYWHERE"), "CNNCTL_NOT_SET_ANYWHERE")
+    assert_user_error(
+        run_cli("serve", quick_onnx, "--api-key-env", "CNNCTL_NOT_SET_ANYWHERE"), "CNNCTL_NOT_SET_ANYWHERE"
+    )
     assert_user_error(run_cli("serve", quick_onnx, "--api-key-env", "SHORT", env={"SHORT": "abc"}), "16 characters")
     assert_user_error(run_cli("serve", quick_onnx, "--api-key-env", "K", "--no-auth", env={"K": KEY}), "contradict")
     assert_user_error(run_cli("serve", quick_onnx, "--log-format", "xml"), "--log-format")
 
 
 def test_a_full_queue_sheds_load_with_503_and_retry_after(quick_onnx, digits):
-    gate = Gate(OnnxClassifier(quick_onnx, "cpu"), free=1)  # the warm-up (one call at max_batch 1) passes; then batches wait
+    gate = Gate(
+        OnnxClassifier(quick_onnx, "cpu"), free=1
+    )  # the warm-up (one call at max_batch 1) passes; then batches wait
     with client(quick_onnx, gate, max_queue=3, max_batch=1) as c:
         wait_ready(c)
         try:
@@ -166,7 +264,10 @@ def test_a_full_queue_sheds_load_with_503_and_retry_after(quick_onnx, digits):
 def shed(c: TestClient, gate: Gate, digits: list[Path]) -> None:
     """Three requests fill a queue of 3 while inference waits; the fourth is shed."""
     results: list[int] = []
-    threads = [threading.Thread(target=lambda: results.append(c.post("/predict", **png(digits[0])).status_code)) for _ in range(3)]
+    threads = [
+        threading.Thread(target=lambda: results.append(c.post("/predict", **png(digits[0])).status_code))
+        for _ in range(3)
+    ]
     for t in threads:
         t.start()
     deadline = time.monotonic() + 10
@@ -212,7 +313,9 @@ def test_metrics_count_requests_errors_batches_and_latency(quick_onnx, digits):
     assert samples[("cnnctl_requests_total", (("code", "400"), ("route", "/predict")))] == 1
     assert samples[("cnnctl_images_total", ())] == 7
     batches = samples[("cnnctl_batch_size_count", ())]
-    assert samples[("cnnctl_batch_size_sum", ())] == 7 and 2 <= batches < 7  # the warm-up is not counted; 6 files share batches
+    assert (
+        samples[("cnnctl_batch_size_sum", ())] == 7 and 2 <= batches < 7
+    )  # the warm-up is not counted; 6 files share batches
     assert samples[("cnnctl_inference_duration_seconds_count", ())] == batches
     assert samples[("cnnctl_request_duration_seconds_count", (("route", "/predict"),))] == 3
     assert samples[("cnnctl_queue_depth", ())] == 0
@@ -221,9 +324,19 @@ def test_metrics_count_requests_errors_batches_and_latency(quick_onnx, digits):
 def test_one_json_log_line_per_request(quick_onnx, digits, capfd):
     with client(quick_onnx, log_format="json") as c:
         wait_ready(c)
-        c.post("/predict", headers={"x-request-id": "req-7", "content-type": "image/png"}, content=digits[0].read_bytes())
+        c.post(
+            "/predict", headers={"x-request-id": "req-7", "content-type": "image/png"}, content=digits[0].read_bytes()
+        )
         c.get("/nowhere")
     lines = [json.loads(line) for line in capfd.readouterr().err.splitlines() if line.startswith("{")]
     lines = [x for x in lines if x["path"] != "/v2/health/ready"][-2:]
-    assert [(x["method"], x["path"], x["status"]) for x in lines] == [("POST", "/predict", 200), ("GET", "/nowhere", 404)]
-    assert lines[0]["request_id"] == "req-7" and lines[0]["route"] == "/predict" and lines[0]["ms"] > 0 and lines[1]["route"] == "other"
+    assert [(x["method"], x["path"], x["status"]) for x in lines] == [
+        ("POST", "/predict", 200),
+        ("GET", "/nowhere", 404),
+    ]
+    assert (
+        lines[0]["request_id"] == "req-7"
+        and lines[0]["route"] == "/predict"
+        and lines[0]["ms"] > 0
+        and lines[1]["route"] == "other"
+    )

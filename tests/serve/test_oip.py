@@ -14,7 +14,9 @@ from cnnctl.runtime.preprocess import load_image
 from tests.conftest import run_cli, write_mnist_pngs
 from tests.serve.test_server import Server
 
-http = pytest.importorskip("tritonclient.http", reason="Triton's HTTP client (pip install -e '.[dev]' brings tritonclient[http])")
+http = pytest.importorskip(
+    "tritonclient.http", reason="Triton's HTTP client (pip install -e '.[dev]' brings tritonclient[http])"
+)
 pytest.importorskip("uvicorn", reason="cnnctl serve needs the serve extra (pip install -e '.[serve]')")
 
 KEY = "triton-test-key-0123456789"
@@ -66,7 +68,10 @@ def test_tritonclient_infer_equals_cnnctl_predict(kind, quick_onnx, pixel_onnx, 
         for binary in (True, False):
             inp = http.InferInput("input", list(x.shape), want)
             inp.set_data_from_numpy(x, binary_data=binary)
-            outputs = [http.InferRequestedOutput("probabilities", binary_data=binary), http.InferRequestedOutput("logits", binary_data=binary, class_count=3)]
+            outputs = [
+                http.InferRequestedOutput("probabilities", binary_data=binary),
+                http.InferRequestedOutput("logits", binary_data=binary, class_count=3),
+            ]
             result = client.infer(name, [inp], outputs=outputs, request_id="r1", headers=dict(auth))
             probs = result.as_numpy("probabilities")
             assert probs.shape == (len(digits), 10) and result.get_response()["id"] == "r1"
@@ -78,9 +83,15 @@ def test_tritonclient_infer_equals_cnnctl_predict(kind, quick_onnx, pixel_onnx, 
                 entries = [e.decode() if isinstance(e, bytes) else e for e in entries]
                 assert [e.split(":")[2] for e in entries] == list(expected[f.name])[:3]
         gz = client.infer(name, [inp], headers=dict(auth), request_compression_algorithm="gzip")
-        np.testing.assert_allclose(gz.as_numpy("probabilities"), probs, atol=1e-7)  # a gzip request body, as tritonclient can send
-        async_results = [client.async_infer(name, [inp], headers=dict(auth)) for _ in range(8)]  # concurrent requests, batched together
-        assert all(np.array_equal(r.get_result().as_numpy("logits").argmax(1), x_logits_argmax(clf, x)) for r in async_results)
+        np.testing.assert_allclose(
+            gz.as_numpy("probabilities"), probs, atol=1e-7
+        )  # a gzip request body, as tritonclient can send
+        async_results = [
+            client.async_infer(name, [inp], headers=dict(auth)) for _ in range(8)
+        ]  # concurrent requests, batched together
+        assert all(
+            np.array_equal(r.get_result().as_numpy("logits").argmax(1), x_logits_argmax(clf, x)) for r in async_results
+        )
         with pytest.raises(Exception, match="401"):
             client.infer(name, [inp])  # no key
         client.close()
@@ -96,11 +107,29 @@ def test_the_codec_round_trips_binary_and_bytes_tensors():
     from cnnctl.serve import oip
 
     x = np.arange(24, dtype=np.float32).reshape(2, 3, 2, 2)
-    head = json.dumps({"id": "a", "inputs": [{"name": "input", "shape": [2, 3, 2, 2], "datatype": "FP32", "parameters": {"binary_data_size": x.nbytes}}],
-                       "outputs": [{"name": "logits", "parameters": {"binary_data": True, "classification": 2}}, {"name": "probabilities"}]}).encode()  # fmt: skip
+    head = json.dumps(
+        {
+            "id": "a",
+            "inputs": [
+                {
+                    "name": "input",
+                    "shape": [2, 3, 2, 2],
+                    "datatype": "FP32",
+                    "parameters": {"binary_data_size": x.nbytes},
+                }
+            ],
+            "outputs": [
+                {"name": "logits", "parameters": {"binary_data": True, "classification": 2}},
+                {"name": "probabilities"},
+            ],
+        }
+    ).encode()
     req = oip.decode_request(head + x.tobytes(), str(len(head)))
     assert req.id == "a" and np.array_equal(req.inputs["input"], x)
-    assert [(o.name, o.binary, o.classification) for o in req.outputs] == [("logits", True, 2), ("probabilities", False, 0)]
+    assert [(o.name, o.binary, o.classification) for o in req.outputs] == [
+        ("logits", True, 2),
+        ("probabilities", False, 0),
+    ]
     values = np.array([[0.1, 0.7, 0.2]], np.float32)
     labels = oip.classification(values, ["a", "b", "c"], 2)
     assert labels.tolist() == [["0.7:1:b", "0.2:2:c"]]

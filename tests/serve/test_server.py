@@ -34,8 +34,14 @@ class Server:
 
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.proc = subprocess.Popen([sys.executable, "-m", "cnnctl", "serve", str(model), "--port", str(self.port), *args],
-                                     cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})})  # fmt: skip
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "cnnctl", "serve", str(model), "--port", str(self.port), *args],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, **(env or {})},
+        )
         self.stderr: list[str] = []
         threading.Thread(target=lambda: self.stderr.extend(self.proc.stderr), daemon=True).start()
         deadline = time.monotonic() + 60
@@ -83,7 +89,9 @@ def same_rows(served: list[dict], printed: list[dict]) -> None:
 
 def test_predict_raw_and_multipart_give_the_rows_predict_prints(server, quick_onnx, digits):
     printed = predict_cli(quick_onnx, digits[:6])
-    raw = httpx.post(server.url + "/predict?top_k=3", content=digits[0].read_bytes(), headers={"content-type": "image/png"})
+    raw = httpx.post(
+        server.url + "/predict?top_k=3", content=digits[0].read_bytes(), headers={"content-type": "image/png"}
+    )
     assert raw.status_code == 200, raw.text
     assert raw.json()["predictions"][0]["top"][0]["label"] == printed[0]["top"][0]["label"]
     files = [("file", (f.name, f.read_bytes(), "image/png")) for f in digits[:6]]
@@ -104,12 +112,14 @@ def test_health_and_metadata(server, quick_onnx):
     from cnnctl.runtime.inference import OnnxClassifier
     from cnnctl.runtime.metadata import Metadata
 
-    assert Metadata.from_dict(meta, "/metadata") == OnnxClassifier(quick_onnx, "cpu").meta  # the file's own record, as JSON
+    assert (
+        Metadata.from_dict(meta, "/metadata") == OnnxClassifier(quick_onnx, "cpu").meta
+    )  # the file's own record, as JSON
     from cnnctl import __version__
 
     assert meta["cnnctl_version"] == __version__
     page = httpx.get(server.url + "/")
-    assert page.status_code == 200 and "<input id=\"file\" type=\"file\"" in page.text
+    assert page.status_code == 200 and '<input id="file" type="file"' in page.text
 
 
 def bomb_png() -> bytes:
@@ -121,7 +131,9 @@ def bomb_png() -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     ihdr = struct.pack(">IIBBBBB", 20000, 20000, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 100)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 100)) + chunk(b"IEND", b"")
+    )
 
 
 def test_bad_input_gets_a_4xx_line_and_the_service_stays_up(server, digits):
@@ -141,7 +153,10 @@ def test_bad_input_gets_a_4xx_line_and_the_service_stays_up(server, digits):
         assert r.status_code == status, (needle, r.status_code, r.text)
         body = r.json()
         assert list(body) == ["error"] and needle in body["error"] and "\n" not in body["error"]
-    assert httpx.post(server.url + "/predict?top_k=x", content=good, headers={"content-type": "image/png"}).status_code == 400
+    assert (
+        httpx.post(server.url + "/predict?top_k=x", content=good, headers={"content-type": "image/png"}).status_code
+        == 400
+    )
     assert httpx.get(server.url + "/nothing").status_code == 404
     ok = httpx.post(server.url + "/predict", content=good, headers={"content-type": "image/png"})
     assert ok.status_code == 200 and httpx.get(server.url + "/health").json()["status"] == "ok"
@@ -154,14 +169,19 @@ def test_concurrent_requests_are_batched_together(server, digits):
 
     async def burst() -> list[int]:
         async with httpx.AsyncClient(base_url=server.url) as client:
-            posts = [client.post("/predict", content=f.read_bytes(), headers={"content-type": "image/png"}) for f in digits[:16]]
+            posts = [
+                client.post("/predict", content=f.read_bytes(), headers={"content-type": "image/png"})
+                for f in digits[:16]
+            ]
             return [r.status_code for r in await asyncio.gather(*posts)]
 
     before = httpx.get(server.url + "/health").json()
     assert asyncio.run(burst()) == [200] * 16
     after = httpx.get(server.url + "/health").json()
     assert after["images"] - before["images"] == 16
-    assert after["batches"] - before["batches"] < 16 and after["largest_batch"] > 1  # several requests per onnxruntime call
+    assert (
+        after["batches"] - before["batches"] < 16 and after["largest_batch"] > 1
+    )  # several requests per onnxruntime call
 
 
 def test_sigterm_finishes_the_request_in_flight(quick_onnx, digits):
@@ -169,7 +189,9 @@ def test_sigterm_finishes_the_request_in_flight(quick_onnx, digits):
     result: dict = {}
 
     def post() -> None:
-        result["r"] = httpx.post(s.url + "/predict", content=digits[1].read_bytes(), headers={"content-type": "image/png"}, timeout=30)
+        result["r"] = httpx.post(
+            s.url + "/predict", content=digits[1].read_bytes(), headers={"content-type": "image/png"}, timeout=30
+        )
 
     t = threading.Thread(target=post)
     t.start()
@@ -199,8 +221,15 @@ def _chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-BROWSER_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]  # fmt: skip
+BROWSER_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 @pytest.mark.skipif(_chromium() is None, reason="no chromium here (apt-get install chromium; .ci/run installs it)")
@@ -216,7 +245,9 @@ def test_the_page_classifies_a_picked_image_in_a_real_browser(server, digits, tm
         rows = page.locator("#result tr").all_inner_texts()
         page.screenshot(path=str(tmp_path / "page.png"))
         browser.close()
-    served = httpx.post(server.url + "/predict?top_k=5", content=digits[4].read_bytes(), headers={"content-type": "image/png"}).json()
+    served = httpx.post(
+        server.url + "/predict?top_k=5", content=digits[4].read_bytes(), headers={"content-type": "image/png"}
+    ).json()
     top = served["predictions"][0]["top"]
     assert len(rows) == 5 and rows[0].split()[0] == top[0]["label"]
     assert (tmp_path / "page.png").stat().st_size > 1000
@@ -257,13 +288,15 @@ def test_several_worker_processes_serve_and_stop_cleanly(quick_onnx, digits):
         # /health answered by one worker: the other may still be warming up, and says so with a
         # 503 + Retry-After, which a client retries (as here); every image is answered in the end.
         deadline = time.monotonic() + 30
-        while (r := httpx.post(s.url + "/predict", content=f.read_bytes(), headers={"content-type": "image/png"})).status_code == 503:
+        while (
+            r := httpx.post(s.url + "/predict", content=f.read_bytes(), headers={"content-type": "image/png"})
+        ).status_code == 503:
             assert "retry-after" in r.headers and time.monotonic() < deadline
             time.sleep(0.2)
         codes.append(r.status_code)
     assert codes == [200] * 6
     deadline = time.monotonic() + 30  # both workers warmed up: readiness is the minimum over them
-    while 'cnnctl_ready 1.0' not in (text := httpx.get(s.url + "/metrics").text):
+    while "cnnctl_ready 1.0" not in (text := httpx.get(s.url + "/metrics").text):
         assert time.monotonic() < deadline, text
         time.sleep(0.2)
     for _ in range(3):  # whichever worker answers the scrape, it reports the sum over both

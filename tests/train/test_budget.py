@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cnnctl.train.budget import BudgetProbe
+from cnnctl.train.budget import BudgetProbe, Workload
 from cnnctl.train.schedule import Schedule
 
 pytestmark = pytest.mark.quick
@@ -20,8 +20,17 @@ class Clock:
 
 def _probe(deadline: float, clock: Clock, log: list[str], **kw) -> tuple[Schedule, BudgetProbe]:
     schedule = Schedule(base_lr=0.1, kind="onecycle", total_steps=1000, steps_per_epoch=100)
-    probe = BudgetProbe(schedule, deadline, epochs=10, images_per_step=50, eval_images=kw.pop("eval_images", 0), warmup=2,
-                        measure=4, log=log.append, clock=clock, **kw)  # fmt: skip
+    probe = BudgetProbe(
+        schedule,
+        deadline,
+        epochs=10,
+        work=Workload(50, kw.pop("eval_images", 0), kw.pop("eval_passes", 1), kw.pop("world_size", 1)),
+        warmup=2,
+        measure=4,
+        log=log.append,
+        clock=clock,
+        **kw,
+    )
     return schedule, probe
 
 

@@ -13,25 +13,50 @@ from pathlib import Path
 import pytest
 import torch
 
-from cnnctl.data.batches import Batches, shard
+from cnnctl.data.batches import Augmentation, Batches, Order, shard
 from cnnctl.data.sources import Split
-from cnnctl.train.distributed import Dist
 from cnnctl.errors import UsageError
 from cnnctl.runtime.preprocess import Preprocess
+from cnnctl.train.distributed import Dist
 from tests.conftest import ROOT, run_cli
 
 # Small and real: 2,000 training digits of mnist-mini (800 held out for validation), one epoch.
-ARGS = ["model-a", "--data", "mnist-mini", "--subset", "2000", "--epochs", "1", "--batch-size", "100",
-        "--optimizer", "sgd", "--lr", "0.05", "--threads", "1"]  # fmt: skip
+ARGS = [
+    "model-a",
+    "--data",
+    "mnist-mini",
+    "--subset",
+    "2000",
+    "--epochs",
+    "1",
+    "--batch-size",
+    "100",
+    "--optimizer",
+    "sgd",
+    "--lr",
+    "0.05",
+    "--threads",
+    "1",
+]
 
 
 def torchrun(*args: str, nproc: int = 2, timeout: float = 120, wait: bool = True):
     """`torchrun --standalone --nproc-per-node N -m cnnctl ARGS`, as docs/distributed.md shows."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-           "-m", "cnnctl", *map(str, args)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={nproc}",
+        "-m",
+        "cnnctl",
+        *map(str, args),
+    ]
     env = {**os.environ, "COLUMNS": "200", "OMP_NUM_THREADS": "1", "CNNCTL_DIST_TIMEOUT": "60"}
     if not wait:
-        return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+        return subprocess.Popen(
+            cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+        )
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
@@ -42,15 +67,36 @@ def _split(n: int) -> Split:
 def test_rank_shards_of_a_global_batch_are_the_single_process_batch():
     prep = Preprocess(channels=1, size=(2, 2), mean=[0.0], std=[1.0])
     split = _split(23)
-    one = list(Batches(split, prep, 8, shuffle=True, augment="flip", seed=3, channels_last=False).epoch(2))
-    shards = [list(Batches(split, prep, 8, shuffle=True, augment="flip", seed=3, channels_last=False, rank=r, world=3).epoch(2)) for r in range(3)]
+    one = list(
+        Batches(
+            split,
+            prep,
+            8,
+            channels_last=False,
+            order=Order(shuffle=True, seed=3),
+            augmentation=Augmentation(augment="flip"),
+        ).epoch(2)
+    )
+    shards = [
+        list(
+            Batches(
+                split,
+                prep,
+                8,
+                channels_last=False,
+                order=Order(shuffle=True, seed=3, rank=r, world=3),
+                augmentation=Augmentation(augment="flip"),
+            ).epoch(2)
+        )
+        for r in range(3)
+    ]
     # 23 = 8 + 8 + 7: every global batch, last one included, splits over 3 ranks.
     assert len(one) == 3 and all(len(s) == 3 for s in shards)
     for b, (x, y) in enumerate(one):
         assert torch.equal(torch.cat([s[b][0] for s in shards]), x)
         assert torch.equal(torch.cat([s[b][1] for s in shards]), y)
     # A last batch smaller than the number of ranks is dropped on every rank alike.
-    assert len(Batches(_split(17), prep, 8, rank=0, world=2)) == 2
+    assert len(Batches(_split(17), prep, 8, order=Order(rank=0, world=2))) == 2
     assert len(Batches(_split(17), prep, 8)) == 3
     parts = [shard(split, r, 3) for r in range(3)]
     assert torch.equal(torch.cat([p.y for p in parts]), split.y)
@@ -80,8 +126,29 @@ def test_environment_detection(monkeypatch):
         Dist.from_env()
 
 
-@pytest.mark.parametrize("extra", [(), ("--ema", "0.9", "--mixup", "0.2", "--cutmix", "1.0", "--auto-augment", "randaugment",
-                                          "--accumulate", "2", "--clip-grad", "1.0", "--lookahead", "3")], ids=["plain", "regularised"])  # fmt: skip
+@pytest.mark.parametrize(
+    "extra",
+    [
+        (),
+        (
+            "--ema",
+            "0.9",
+            "--mixup",
+            "0.2",
+            "--cutmix",
+            "1.0",
+            "--auto-augment",
+            "randaugment",
+            "--accumulate",
+            "2",
+            "--clip-grad",
+            "1.0",
+            "--lookahead",
+            "3",
+        ),
+    ],
+    ids=["plain", "regularised"],
+)
 def test_two_processes_train_what_one_process_trains(tmp_path, extra):
     single = run_cli("train", *ARGS, *extra, "--out", tmp_path / "single", timeout=300)
     assert single.returncode == 0, single.stderr
@@ -97,7 +164,9 @@ def test_two_processes_train_what_one_process_trains(tmp_path, extra):
     assert b["train_loss"] == pytest.approx(a["train_loss"], rel=2e-3)
     assert b["val_loss"] == pytest.approx(a["val_loss"], rel=1e-2)
     assert abs(b["val_acc"] - a["val_acc"]) <= 0.01
-    assert two["test"]["acc"] == pytest.approx(one["test"]["acc"], abs=0.01) and two["test"]["acc"] > (0.5 if extra else 0.85)
+    assert two["test"]["acc"] == pytest.approx(one["test"]["acc"], abs=0.01) and two["test"]["acc"] > (
+        0.5 if extra else 0.85
+    )
     if extra:  # the average and the choice between it and the model agree as well
         assert abs(b["ema_val_acc"] - a["ema_val_acc"]) <= 0.01 and "weights" in two["test"]
     config = json.loads((tmp_path / "ddp" / "config.json").read_text())
@@ -123,8 +192,21 @@ def test_global_batch_must_split_evenly(tmp_path):
 def test_time_limit_stops_every_rank_at_the_same_step(tmp_path):
     # Each rank's clock runs out at a slightly different moment; the ranks agree after every
     # step, so they leave the epoch together (a disagreement would hang in the next all-reduce).
-    proc = torchrun("train", *ARGS, "--subset", "0", "--epochs", "50", "--time-limit", "3", "--patience", "3",
-                    "--out", tmp_path / "run", "--json")  # fmt: skip
+    proc = torchrun(
+        "train",
+        *ARGS,
+        "--subset",
+        "0",
+        "--epochs",
+        "50",
+        "--time-limit",
+        "3",
+        "--patience",
+        "3",
+        "--out",
+        tmp_path / "run",
+        "--json",
+    )
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout.splitlines()[-1])["summary"]
     assert summary["stopped"] in ("time-limit", "early-stopped") and summary["epochs"] < 50
@@ -231,8 +313,25 @@ def test_ranks_on_one_machine_map_one_decode_cache(tmp_path):
     from tests.conftest import PETS_MINI
 
     cache = tmp_path / "cache"
-    proc = torchrun("train", "fastnet-s", "--data", PETS_MINI, "--image-size", "64", "--epochs", "6", "--batch-size", "8",
-                    "--threads", "1", "--cache-dir", cache, "--out", tmp_path / "run", wait=False)  # fmt: skip
+    proc = torchrun(
+        "train",
+        "fastnet-s",
+        "--data",
+        PETS_MINI,
+        "--image-size",
+        "64",
+        "--epochs",
+        "6",
+        "--batch-size",
+        "8",
+        "--threads",
+        "1",
+        "--cache-dir",
+        cache,
+        "--out",
+        tmp_path / "run",
+        wait=False,
+    )
     mapped: dict[int, set[str]] = {}
     try:
         while proc.poll() is None and len(mapped) < 2:
@@ -241,7 +340,9 @@ def test_ranks_on_one_machine_map_one_decode_cache(tmp_path):
                     maps = Path(f"/proc/{pid}/maps").read_text()
                 except OSError:
                     continue
-                lines = {line.split(maxsplit=5)[-1] for line in maps.splitlines() if "pixels-" in line and ".u8" in line}
+                lines = {
+                    line.split(maxsplit=5)[-1] for line in maps.splitlines() if "pixels-" in line and ".u8" in line
+                }
                 # The decoding rank maps its own .partial file while writing it; what counts is
                 # the complete entry each rank trains from.
                 lines = {f for f in lines if not f.endswith(".partial")}

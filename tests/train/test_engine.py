@@ -8,18 +8,23 @@ import pytest
 import torch
 
 from cnnctl.config import TrainConfig
-from cnnctl.train.plan import resolve_preprocessing
+from cnnctl.data.batches import Batches, Order
 from cnnctl.data.bundle import build
-from cnnctl.data.batches import Batches
-from cnnctl.train.ema import EMA, Lookahead
-from cnnctl.train.engine import Hooks, Stepping, evaluate, make_loss, train_one_epoch
 from cnnctl.models import create
+from cnnctl.train.ema import EMA, Lookahead
+from cnnctl.train.engine import Hooks, Loop, Stepping, evaluate, make_loss, train_one_epoch
+from cnnctl.train.plan import resolve_preprocessing
 
 
 @pytest.fixture(scope="module")
 def digits():
     # 1,000 real digits of mnist-mini: 15 batches of 64 and one of 40.
-    return build(resolve_preprocessing(TrainConfig(model="model-a", data="mnist-mini", subset=1000, val_split=0.0), None).data_config(), lambda m: None)
+    return build(
+        resolve_preprocessing(
+            TrainConfig(model="model-a", data="mnist-mini", subset=1000, val_split=0.0), None
+        ).data_config(),
+        lambda m: None,
+    )
 
 
 def _epoch(data, batch: int, accumulate: int, *, clip: float = 0.0, ema: bool = False):
@@ -27,11 +32,17 @@ def _epoch(data, batch: int, accumulate: int, *, clip: float = 0.0, ema: bool = 
     model = create("model-a", data.input_shape, len(data.classes))  # no BatchNorm: batch size cannot matter
     average = EMA(model, 0.9) if ema else None
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    batches = Batches(data.train, data.prep, batch, shuffle=True, seed=1, channels_last=False)
+    batches = Batches(data.train, data.prep, batch, channels_last=False, order=Order(shuffle=True, seed=1))
     steps = []
-    stats, step = train_one_epoch(model, batches.epoch(1), opt, make_loss("ce", 10), lambda s: 0.05, 0,
-                                  stepping=Stepping(accumulate=accumulate, clip_grad=clip, ema=average), sizes=batches.sizes(),
-                                  hooks=Hooks(on_step=lambda s, loss, lr: steps.append((s, float(loss)))))  # fmt: skip
+    stats, step = train_one_epoch(
+        Loop(model, opt, make_loss("ce", 10), batches),
+        batches.epoch(1),
+        lambda s: 0.05,
+        0,
+        stepping=Stepping(accumulate=accumulate, clip_grad=clip, ema=average),
+        sizes=batches.sizes(),
+        hooks=Hooks(on_step=lambda s, loss, lr: steps.append((s, float(loss)))),
+    )
     return model, stats, step, steps, average
 
 
@@ -58,7 +69,9 @@ def test_clip_grad_bounds_every_update(digits):
     opt = torch.optim.SGD(model.parameters(), lr=1.0)  # plain SGD: the update is lr * clipped gradient
     batches = Batches(digits.train, digits.prep, 64, channels_last=False)
     one = iter([next(iter(batches))])
-    train_one_epoch(model, one, opt, make_loss("ce", 10), lambda s: 1.0, 0, stepping=Stepping(clip_grad=0.01))
+    train_one_epoch(
+        Loop(model, opt, make_loss("ce", 10), one), one, lambda s: 1.0, 0, stepping=Stepping(clip_grad=0.01)
+    )
     moved = torch.cat([(a - b).detach().flatten() for a, b in zip(model.parameters(), before.parameters())])
     assert float(moved.norm()) == pytest.approx(0.01, rel=1e-4)
 
@@ -74,7 +87,9 @@ def test_ema_follows_the_warm_up_decay_and_lags_the_model(digits):
     replay = create("model-a", digits.input_shape, 10)
     opt = torch.optim.SGD(replay.parameters(), lr=0.05, momentum=0.9)
     avg = None
-    for n, (x, y) in enumerate(Batches(digits.train, digits.prep, 64, shuffle=True, seed=1, channels_last=False).epoch(1)):
+    for n, (x, y) in enumerate(
+        Batches(digits.train, digits.prep, 64, channels_last=False, order=Order(shuffle=True, seed=1)).epoch(1)
+    ):
         opt.zero_grad()
         make_loss("ce", 10)(replay(x), y).backward()
         opt.step()
@@ -110,8 +125,15 @@ def test_test_time_views_and_their_weights():
     result = evaluate(model, [(x, torch.zeros(2, dtype=torch.int64))], tta_flip=True, tta_shift=1)
     torch.testing.assert_close(result.logits[0], torch.tensor([0.25, 0.25, 0.125, 0.125, 0.125, 0.125]))
     plain, mirror, down, down_mirror, up, up_mirror = seen
-    assert torch.equal(plain, x) and torch.equal(mirror, x.flip(3)) and torch.equal(down_mirror, down.flip(3)) and torch.equal(up_mirror, up.flip(3))
-    assert torch.equal(down[..., 1:, 1:], x[..., :-1, :-1]) and torch.equal(up[..., :-1, :-1], x[..., 1:, 1:])  # moved by +1 and -1 px
+    assert (
+        torch.equal(plain, x)
+        and torch.equal(mirror, x.flip(3))
+        and torch.equal(down_mirror, down.flip(3))
+        and torch.equal(up_mirror, up.flip(3))
+    )
+    assert torch.equal(down[..., 1:, 1:], x[..., :-1, :-1]) and torch.equal(
+        up[..., :-1, :-1], x[..., 1:, 1:]
+    )  # moved by +1 and -1 px
     assert torch.equal(down[..., 0, 1:], x[..., 1, :-1])  # the edge is reflected, not zeros
     seen.clear()
     evaluate(model, [(x, torch.zeros(2, dtype=torch.int64))])

@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from cnnctl.data.batches import Batches
+from cnnctl.data.batches import Batches, Order
 from cnnctl.data.sources import image_folder
-from cnnctl.train.features import FeatureBatches, Views, features_of, head_module, is_head_last
-from cnnctl.train.freezing import Freezer
 from cnnctl.models import create
+from cnnctl.train.features import Backbone, FeatureBatches, Store, Views, features_of, head_module, is_head_last
+from cnnctl.train.freezing import Freezer
 from tests.conftest import PETS_MINI, ROOT, run_cli
 
 
@@ -36,8 +36,10 @@ def _frozen(seed: int = 0) -> torch.nn.Module:
 
 
 def _features(model, split, prep, cache: Path, logs: list[str], views: Views = Views()) -> torch.Tensor:
-    return features_of(model, "fc", "tv:resnet18", split, prep, views, batch_size=16, device=torch.device("cpu"), amp="none",
-                       channels_last=False, cache_dir=cache, log=logs.append, what="training")  # fmt: skip
+    pixels = Batches(split, prep, 16, device=torch.device("cpu"), channels_last=False)
+    return features_of(
+        Backbone(model, "fc", "tv:resnet18"), pixels, views, Store(cache, "none", logs.append), "training"
+    )
 
 
 def test_the_head_on_stored_features_gives_the_models_logits(tmp_path):
@@ -51,7 +53,9 @@ def test_the_head_on_stored_features_gives_the_models_logits(tmp_path):
     with torch.inference_mode():
         direct = torch.cat([model(x) for x, _ in pixels])
         cached = torch.cat([head(x) for x, _ in FeatureBatches(pixels, feats)])
-    assert direct.abs().mean() > 0.01 and torch.allclose(direct, cached, rtol=1e-5, atol=1e-6), (direct - cached).abs().max()
+    assert direct.abs().mean() > 0.01 and torch.allclose(direct, cached, rtol=1e-5, atol=1e-6), (
+        (direct - cached).abs().max()
+    )
     assert is_head_last(model, head, next(iter(pixels))[0])
 
     class Doubled(torch.nn.Module):  # something after the head: the cache would be wrong, so it is refused
@@ -97,18 +101,38 @@ def test_changed_weights_files_or_preprocessing_recompute_the_features(tmp_path)
 
 
 def test_augmented_views_differ_and_epochs_draw_among_them(tmp_path):
-    src = image_folder(str(PETS_MINI), (72, 72), False, tmp_path / "pixels", lambda m: None, "stretch", 0.875, "bilinear")
+    src = image_folder(
+        str(PETS_MINI), (72, 72), False, tmp_path / "pixels", lambda m: None, "stretch", 0.875, "bilinear"
+    )
     prep = src.prep.__class__(**{**src.prep.to_dict(), "size": (64, 64), "mean": [0.5] * 3, "std": [0.25] * 3})
     feats = _features(_frozen(), src.train, prep, tmp_path / "f", [], Views(3, "rrc-flip", 0))
     assert feats.shape[0] == 3 and not feats[0].equal(feats[1]) and not feats[1].equal(feats[2])
-    batches = FeatureBatches(Batches(src.train, prep, 64, shuffle=True, channels_last=False), feats)
+    batches = FeatureBatches(Batches(src.train, prep, 64, channels_last=False, order=Order(shuffle=True)), feats)
     x1, x2 = next(iter(batches.epoch(1)))[0], next(iter(batches.epoch(2)))[0]
     assert not x1.equal(x2) and next(iter(batches.epoch(1)))[0].equal(x1)  # per-epoch draws, reproducible
 
 
 def test_train_on_features_matches_training_through_the_backbone(tmp_path):
-    common = ("train", "tv:mobilenet_v2", "--data", PETS_MINI, "--image-size", "64", "--resize", "crop", "--freeze", "backbone",
-              "--epochs", "2", "--batch-size", "8", "--amp", "none", "--val-split", "0.2")  # fmt: skip
+    common = (
+        "train",
+        "tv:mobilenet_v2",
+        "--data",
+        PETS_MINI,
+        "--image-size",
+        "64",
+        "--resize",
+        "crop",
+        "--freeze",
+        "backbone",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "8",
+        "--amp",
+        "none",
+        "--val-split",
+        "0.2",
+    )
     live = run_cli(*common, "--feature-cache", "off", "--out", tmp_path / "live")
     cached = run_cli(*common, "--out", tmp_path / "cached")
     assert live.returncode == 0 and cached.returncode == 0, live.stderr + cached.stderr
@@ -132,8 +156,31 @@ def test_train_on_features_matches_training_through_the_backbone(tmp_path):
 
 def test_a_kill_during_the_feature_pass_leaves_nothing_complete(tmp_path):
     cache = tmp_path / "cache"
-    cmd = [sys.executable, "-m", "cnnctl", "train", "tv:mobilenet_v2", "--data", str(PETS_MINI), "--image-size", "160", "--resize", "crop",
-           "--augment", "rrc-flip", "--feature-views", "6", "--freeze", "backbone", "--epochs", "1", "--amp", "none", "--out", str(tmp_path / "run")]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "cnnctl",
+        "train",
+        "tv:mobilenet_v2",
+        "--data",
+        str(PETS_MINI),
+        "--image-size",
+        "160",
+        "--resize",
+        "crop",
+        "--augment",
+        "rrc-flip",
+        "--feature-views",
+        "6",
+        "--freeze",
+        "backbone",
+        "--epochs",
+        "1",
+        "--amp",
+        "none",
+        "--out",
+        str(tmp_path / "run"),
+    ]
     env = {**os.environ, "CNNCTL_CACHE": str(cache)}
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
     try:
@@ -148,7 +195,9 @@ def test_a_kill_during_the_feature_pass_leaves_nothing_complete(tmp_path):
     finally:
         proc.kill()
     assert partial, "the kill should land during the feature pass"
-    assert not list(cache.glob("features-*.json")) and not [p for p in cache.glob("features-*") if p.suffix not in (".lock",)]
+    assert not list(cache.glob("features-*.json")) and not [
+        p for p in cache.glob("features-*") if p.suffix not in (".lock",)
+    ]
     again = subprocess.run(cmd + ["--overwrite"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr
     assert "running the frozen backbone once over" in again.stderr and "6 views per image" in again.stderr

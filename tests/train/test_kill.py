@@ -22,7 +22,9 @@ def test_second_writer_is_refused_and_a_dead_owner_lock_is_taken_over(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     (run / ".lock").write_text(str(os.getpid()))  # a live process (this test) holds it
-    proc = run_cli("train", "model-c", "--subset", "200", "--epochs", "1", "--out", run, subprocess_=True)  # another pid
+    proc = run_cli(
+        "train", "model-c", "--subset", "200", "--epochs", "1", "--out", run, subprocess_=True
+    )  # another pid
     assert_user_error(proc, "in use by another cnnctl process")
     (run / ".lock").write_text("999999999")  # no such process: stale
     proc = run_cli("train", "model-c", "--subset", "200", "--epochs", "1", "--out", run)
@@ -40,8 +42,11 @@ def test_same_seed_twice_gives_identical_histories_and_weights(tmp_path):
         assert run_cli(*args, "--out", tmp_path / name).returncode == 0
     wa, wb = (load_file(str(tmp_path / n / "model.safetensors")) for n in ("a", "b"))
     assert all(wa[k].equal(wb[k]) for k in wa)
-    strip = lambda n: [{k: v for k, v in r.items() if k not in ("seconds", "images_per_s")}  # noqa: E731
-                       for r in json.loads((tmp_path / n / "history.json").read_text())["epochs"]]
+
+    def strip(n: str) -> list[dict]:
+        epochs = json.loads((tmp_path / n / "history.json").read_text())["epochs"]
+        return [{k: v for k, v in r.items() if k not in ("seconds", "images_per_s")} for r in epochs]
+
     assert strip("a") == strip("b")
 
 

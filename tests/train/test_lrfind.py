@@ -12,14 +12,29 @@ from cnnctl.train.lrfind import centred_average, suggestions
 from tests.conftest import CIFAR_MINI, assert_user_error, run_cli
 
 
-@pytest.mark.parametrize("recipe,data,tuned", [
-    ("mnist-fast", "mnist-mini", 4e-3),     # model-a, AdamW, batch 128
-    ("cifar10-fast", str(CIFAR_MINI), 0.2),  # fastnet-s, SGD Nesterov
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "recipe,data,tuned",
+    [
+        ("mnist-fast", "mnist-mini", 4e-3),  # model-a, AdamW, batch 128
+        ("cifar10-fast", str(CIFAR_MINI), 0.2),  # fastnet-s, SGD Nesterov
+    ],
+)
 def test_the_suggestion_lands_near_the_recipes_tuned_rate(recipe, data, tuned, tmp_path):
     extra = ["--batch-size", "32"] if recipe == "cifar10-fast" else []
-    proc = run_cli("lr-find", "--recipe", recipe, "--data", data, *extra, "--json", "--plot", tmp_path / "lr.png", "--output", tmp_path / "lr.json",
-                   cwd=tmp_path)  # fmt: skip
+    proc = run_cli(
+        "lr-find",
+        "--recipe",
+        recipe,
+        "--data",
+        data,
+        *extra,
+        "--json",
+        "--plot",
+        tmp_path / "lr.png",
+        "--output",
+        tmp_path / "lr.json",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr
     r = json.loads(proc.stdout)
     assert r == json.loads((tmp_path / "lr.json").read_text())
@@ -36,9 +51,15 @@ def test_the_rules_on_a_known_curve():
     loss = 2 - 1.5 / (1 + np.exp(-(np.log10(lrs) + 3) * 3))  # falls fastest at 1e-3, flat after
     loss[50:] += np.linspace(0, 5, 11)  # diverges past 1e-1
     low, valley, steepest = suggestions(lrs, centred_average(loss, 3))
-    assert steepest == pytest.approx(1e-3, rel=0.3) and low == pytest.approx(lrs[50], rel=0.3) and valley == pytest.approx(low / 10)
+    assert (
+        steepest == pytest.approx(1e-3, rel=0.3)
+        and low == pytest.approx(lrs[50], rel=0.3)
+        and valley == pytest.approx(low / 10)
+    )
 
 
 def test_bad_ranges_are_one_line():
-    assert_user_error(run_cli("lr-find", "model-a", "--data", "mnist-mini", "--start-lr", "1", "--end-lr", "0.1"), "--start-lr")
+    assert_user_error(
+        run_cli("lr-find", "model-a", "--data", "mnist-mini", "--start-lr", "1", "--end-lr", "0.1"), "--start-lr"
+    )
     assert_user_error(run_cli("lr-find", "model-a", "--data", "mnist-mini", "--steps", "3"), "--steps")

@@ -14,7 +14,9 @@ ARGS = ["model-a", "--data", "mnist-mini", "--subset", "600", "--epochs", "2", "
 
 
 def test_tensorboard_event_files_read_back_with_tensorboards_reader(tmp_path):
-    pytest.importorskip("tensorboard", reason="the tensorboard extra is not installed: pip install 'cnnctl[tensorboard]'")
+    pytest.importorskip(
+        "tensorboard", reason="the tensorboard extra is not installed: pip install 'cnnctl[tensorboard]'"
+    )
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     proc = run_cli("train", *ARGS, "--log", "tensorboard", "--out", tmp_path / "tb")
@@ -47,7 +49,9 @@ def test_csv_history_and_steps(tmp_path):
 def test_missing_tensorboard_is_one_line_before_anything_is_written(tmp_path):
     # A process where `import tensorboard` fails, as on a machine without the extra.
     (tmp_path / "shadow" / "tensorboard").mkdir(parents=True)
-    (tmp_path / "shadow" / "tensorboard" / "__init__.py").write_text("raise ImportError('No module named tensorboard')\n")
+    (tmp_path / "shadow" / "tensorboard" / "__init__.py").write_text(
+        "raise ImportError('No module named tensorboard')\n"
+    )
     env = {"PYTHONPATH": os.pathsep.join([str(tmp_path / "shadow"), os.environ.get("PYTHONPATH", "")])}
     proc = run_cli("train", *ARGS, "--log", "tensorboard", "--out", tmp_path / "none", env=env, subprocess_=True)
     assert_user_error(proc, "pip install 'cnnctl[tensorboard]'", "--log csv")

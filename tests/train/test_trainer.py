@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 
 from tests.conftest import ROOT, assert_user_error, run_cli
 
+
 def test_quick_run_reaches_97_percent_on_the_test_digits(quick_run):
     hist = json.loads((quick_run / "history.json").read_text())
     assert hist["test"]["images"] == 2000
@@ -26,7 +27,18 @@ def test_run_files_reload_and_are_complete(quick_run):
     with safe_open(str(quick_run / "model.safetensors"), framework="pt") as f:
         meta = {k: json.loads(v) for k, v in f.metadata().items()}
         keys = list(f.keys())
-    for key in ("format", "model", "input_shape", "num_classes", "class_names", "preprocess", "epoch", "metrics", "versions", "data"):
+    for key in (
+        "format",
+        "model",
+        "input_shape",
+        "num_classes",
+        "class_names",
+        "preprocess",
+        "epoch",
+        "metrics",
+        "versions",
+        "data",
+    ):
         assert key in meta, key
     assert meta["model"] == "model-a" and meta["input_shape"] == [1, 28, 28] and meta["num_classes"] == 10
     assert meta["class_names"] == [str(i) for i in range(10)]
@@ -54,9 +66,25 @@ def test_json_lines_and_summary(quick_run):
 def test_model_a_sgd_on_full_mnist_reaches_90_percent(shared_data, tmp_path):
     # The MNIST tutorial's settings (SGD lr 0.01, batch 100) for a few hundred iterations.
     proc = run_cli(
-        "train", "model-a", "--data", "mnist", "--data-dir", shared_data, "--optimizer", "sgd",
-        "--lr", "0.01", "--momentum", "0", "--batch-size", "100", "--iters", "600", "--out", tmp_path / "a",
-    )  # fmt: skip
+        "train",
+        "model-a",
+        "--data",
+        "mnist",
+        "--data-dir",
+        shared_data,
+        "--optimizer",
+        "sgd",
+        "--lr",
+        "0.01",
+        "--momentum",
+        "0",
+        "--batch-size",
+        "100",
+        "--iters",
+        "600",
+        "--out",
+        tmp_path / "a",
+    )
     assert proc.returncode == 0, proc.stderr
     hist = json.loads((tmp_path / "a" / "history.json").read_text())
     assert hist["epochs"][-1]["steps"] == 600
@@ -64,28 +92,90 @@ def test_model_a_sgd_on_full_mnist_reaches_90_percent(shared_data, tmp_path):
 
 
 def _train_args(out: Path, extra: tuple[str, ...] = (), model: str = "tiny") -> list[str]:
-    return ["train", model, "--data", "mnist-mini", "--subset", "600", "--epochs", "3", "--batch-size", "50",
-            "--augment", "shift", "--seed", "3", "--out", str(out), *extra]  # fmt: skip
+    return [
+        "train",
+        model,
+        "--data",
+        "mnist-mini",
+        "--subset",
+        "600",
+        "--epochs",
+        "3",
+        "--batch-size",
+        "50",
+        "--augment",
+        "shift",
+        "--seed",
+        "3",
+        "--out",
+        str(out),
+        *extra,
+    ]
 
 
 # Every regulariser of #17 at once: the EMA weights, the mixing and policy draws, the
 # accumulation groups and the lookahead must all replay exactly after an interruption.
-REGULARISED = ("--ema", "0.95", "--mixup", "0.4", "--cutmix", "1.0", "--mix-prob", "0.8", "--auto-augment", "trivialaugment",
-               "--aug-group", "4", "--clip-grad", "2.0", "--accumulate", "2", "--lookahead", "3", "--log", "csv")  # fmt: skip
+REGULARISED = (
+    "--ema",
+    "0.95",
+    "--mixup",
+    "0.4",
+    "--cutmix",
+    "1.0",
+    "--mix-prob",
+    "0.8",
+    "--auto-augment",
+    "trivialaugment",
+    "--aug-group",
+    "4",
+    "--clip-grad",
+    "2.0",
+    "--accumulate",
+    "2",
+    "--lookahead",
+    "3",
+    "--log",
+    "csv",
+)
 # airbench's tricks on a BatchNorm net: fixed BatchNorm weights, scaled bias rates, fast statistics,
 # lookahead, alternating flips.
-AIRBENCH = ("--bn-bias-lr-scale", "64", "--bn-momentum", "0.4", "--lookahead", "5", "--ema", "0.9", "--augment", "flip-shift",
-            "--allow-flip", "--alternate-flip", "--optimizer", "sgd", "--lr", "0.05", "--nesterov")  # fmt: skip
+AIRBENCH = (
+    "--bn-bias-lr-scale",
+    "64",
+    "--bn-momentum",
+    "0.4",
+    "--lookahead",
+    "5",
+    "--ema",
+    "0.9",
+    "--augment",
+    "flip-shift",
+    "--allow-flip",
+    "--alternate-flip",
+    "--optimizer",
+    "sgd",
+    "--lr",
+    "0.05",
+    "--nesterov",
+)
 
 
-@pytest.mark.parametrize("model, extra", [("tiny", ()), ("tiny", REGULARISED), ("fastnet-wd", AIRBENCH)],
-                         ids=["plain", "ema-mix-policy-accumulate-lookahead", "airbench"])  # fmt: skip
+@pytest.mark.parametrize(
+    "model, extra",
+    [("tiny", ()), ("tiny", REGULARISED), ("fastnet-wd", AIRBENCH)],
+    ids=["plain", "ema-mix-policy-accumulate-lookahead", "airbench"],
+)
 def test_resume_after_sigint_is_bit_identical(tmp_path, model, extra):
     # tiny has dropout and augmentation: both must replay exactly after the interruption.
     full = run_cli(*_train_args(tmp_path / "full", extra, model))
     assert full.returncode == 0, full.stderr
-    proc = subprocess.Popen([sys.executable, "-m", "cnnctl", *_train_args(tmp_path / "cut", extra, model)], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cnnctl", *_train_args(tmp_path / "cut", extra, model)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     assert proc.stderr is not None
     for line in proc.stderr:
         if line.startswith("epoch 1 "):
@@ -116,7 +206,10 @@ def test_resume_after_sigint_is_bit_identical(tmp_path, model, extra):
         assert len(norms) == 6
         for k in norms:
             layer = k.removesuffix(".running_var")
-            assert torch.equal(a[f"{layer}.weight"], torch.ones_like(a[f"{layer}.weight"])) and a[f"{layer}.bias"].abs().max() > 0
+            assert (
+                torch.equal(a[f"{layer}.weight"], torch.ones_like(a[f"{layer}.weight"]))
+                and a[f"{layer}.bias"].abs().max() > 0
+            )
 
 
 def test_resume_with_more_epochs_extends_the_run(tmp_path):
@@ -147,8 +240,21 @@ def test_image_folder_with_odd_and_broken_files(tmp_path):
     (root / "5" / "text.jpg").write_text("not an image")
     data = (root / "6" / sorted(os.listdir(root / "6"))[0]).read_bytes()
     (root / "6" / "truncated.png").write_bytes(data[: len(data) // 2])
-    proc = run_cli("train", "model-a", "--data", root, "--grayscale", "--epochs", "1", "--val-split", "0.2",
-                   "--out", tmp_path / "run", "--cache-dir", tmp_path / "cache")  # fmt: skip
+    proc = run_cli(
+        "train",
+        "model-a",
+        "--data",
+        root,
+        "--grayscale",
+        "--epochs",
+        "1",
+        "--val-split",
+        "0.2",
+        "--out",
+        tmp_path / "run",
+        "--cache-dir",
+        tmp_path / "cache",
+    )
     assert proc.returncode == 0, proc.stderr
     assert "skipped 3 unreadable image(s) of 127" in proc.stderr
     config = json.loads((tmp_path / "run" / "config.json").read_text())
@@ -156,8 +262,21 @@ def test_image_folder_with_odd_and_broken_files(tmp_path):
 
 
 def test_cifar_folder_trains_tiny_with_flip_crop(cifar_small, tmp_path):
-    proc = run_cli("train", "tiny", "--data", cifar_small, "--epochs", "1", "--augment", "flip-crop",
-                   "--out", tmp_path / "c", "--cache-dir", tmp_path / "cache", "--json")  # fmt: skip
+    proc = run_cli(
+        "train",
+        "tiny",
+        "--data",
+        cifar_small,
+        "--epochs",
+        "1",
+        "--augment",
+        "flip-crop",
+        "--out",
+        tmp_path / "c",
+        "--cache-dir",
+        tmp_path / "cache",
+        "--json",
+    )
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout.splitlines()[-1])["summary"]
     assert summary["test"]["images"] == 50
@@ -175,7 +294,10 @@ def test_cifar_folder_trains_tiny_with_flip_crop(cifar_small, tmp_path):
         (["model-a", "--augment", "flip-crop"], ["--augment shift", "--allow-flip"]),
         (["model-a", "--val-split", "1.5"], ["--val-split"]),
         (["model-a", "--lr", "0"], ["--lr"]),
-        (["catdog", "--data", "mnist-mini", "--image-size", "8"], ["(Conv2d) cannot take input 32x2x2", "larger input"]),
+        (
+            ["catdog", "--data", "mnist-mini", "--image-size", "8"],
+            ["(Conv2d) cannot take input 32x2x2", "larger input"],
+        ),
         (["nosuchmodel"], ["unknown model"]),
         ([], ["no model given"]),
         (["model-a", "--amp", "fp16", "--device", "cpu"], ["needs a CUDA device", "--amp auto"]),
@@ -200,8 +322,26 @@ def test_non_empty_out_is_refused(tmp_path):
 
 def test_divergence_stops_with_a_clear_message(tmp_path):
     # Epoch 1 trains normally; the step schedule then multiplies the rate by 1e30.
-    proc = run_cli("train", "model-a", "--optimizer", "sgd", "--lr", "0.01", "--scheduler", "step", "--step-size", "1",
-                   "--gamma", "1e30", "--subset", "2000", "--epochs", "3", "--out", tmp_path / "nan")  # fmt: skip
+    proc = run_cli(
+        "train",
+        "model-a",
+        "--optimizer",
+        "sgd",
+        "--lr",
+        "0.01",
+        "--scheduler",
+        "step",
+        "--step-size",
+        "1",
+        "--gamma",
+        "1e30",
+        "--subset",
+        "2000",
+        "--epochs",
+        "3",
+        "--out",
+        tmp_path / "nan",
+    )
     assert_user_error(proc, "the loss became", "lower --lr")
     assert proc.returncode == 3
     assert not list((tmp_path / "nan").glob("*.tmp"))
@@ -225,9 +365,27 @@ def test_recipe_with_flag_override(tmp_path):
 def test_time_limit_fits_the_onecycle_schedule_to_the_budget(tmp_path):
     # 60 epochs cannot fit in 8 s: the schedule is shortened to what fits after every epoch, so
     # the learning rate has annealed to near its floor when time runs out, not stopped at its peak.
-    proc = run_cli("train", "model-a", "--data", "mnist-mini", "--subset", "2000", "--epochs", "60",
-                   "--scheduler", "onecycle", "--lr", "0.004", "--time-limit", "8", "--threads", "1",
-                   "--out", tmp_path / "run", "--json")  # fmt: skip
+    proc = run_cli(
+        "train",
+        "model-a",
+        "--data",
+        "mnist-mini",
+        "--subset",
+        "2000",
+        "--epochs",
+        "60",
+        "--scheduler",
+        "onecycle",
+        "--lr",
+        "0.004",
+        "--time-limit",
+        "8",
+        "--threads",
+        "1",
+        "--out",
+        tmp_path / "run",
+        "--json",
+    )
     assert proc.returncode == 0, proc.stderr
     hist = json.loads((tmp_path / "run" / "history.json").read_text())
     config = json.loads((tmp_path / "run" / "config.json").read_text())
@@ -248,7 +406,22 @@ def test_bf16_autocast_trains_on_cpu(tmp_path):
     # refused in one line naming --amp auto (tests/test_machine.py forces both kinds of CPU).
     from cnnctl.machine import choose_amp
 
-    args = ["train", "model-a", "--subset", "900", "--epochs", "2", "--batch-size", "50", "--lr", "3e-3", "--amp", "bf16", "--device", "cpu"]
+    args = [
+        "train",
+        "model-a",
+        "--subset",
+        "900",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "50",
+        "--lr",
+        "3e-3",
+        "--amp",
+        "bf16",
+        "--device",
+        "cpu",
+    ]
     if choose_amp("auto", "cpu").amp != "bf16":
         assert_user_error(run_cli(*args, "--out", tmp_path / "bf16"), "--amp auto")
         pytest.skip("this CPU has no native bf16: the refusal is what it gets")
@@ -264,8 +437,26 @@ def test_bf16_autocast_trains_on_cpu(tmp_path):
 def test_time_limit_fits_the_schedule_from_the_first_steps(tmp_path):
     """The speed is measured over the first steps, not at the end of the first epoch: a budget
     smaller than one epoch still anneals, and the log says in one line that it buys too little."""
-    proc = run_cli("train", "model-c", "--data", "mnist-mini", "--epochs", "40", "--batch-size", "16", "--scheduler", "onecycle",
-                   "--lr", "0.003", "--time-limit", "1", "--threads", "1", "--out", tmp_path / "run")  # fmt: skip
+    proc = run_cli(
+        "train",
+        "model-c",
+        "--data",
+        "mnist-mini",
+        "--epochs",
+        "40",
+        "--batch-size",
+        "16",
+        "--scheduler",
+        "onecycle",
+        "--lr",
+        "0.003",
+        "--time-limit",
+        "1",
+        "--threads",
+        "1",
+        "--out",
+        tmp_path / "run",
+    )
     assert proc.returncode == 0, proc.stderr
     hist = json.loads((tmp_path / "run" / "history.json").read_text())
     first, last = hist["epochs"][0], hist["epochs"][-1]
@@ -283,8 +474,24 @@ def test_time_limit_fits_the_schedule_from_the_first_steps(tmp_path):
 
 def test_monitor_last_keeps_the_last_epoch_and_ema_picks_between_the_two(tmp_path):
     out = tmp_path / "last"
-    proc = run_cli("train", "model-a", "--subset", "600", "--epochs", "3", "--batch-size", "50", "--lr", "3e-3", "--ema", "0.9",
-                   "--monitor", "last", "--out", out)  # fmt: skip
+    proc = run_cli(
+        "train",
+        "model-a",
+        "--subset",
+        "600",
+        "--epochs",
+        "3",
+        "--batch-size",
+        "50",
+        "--lr",
+        "3e-3",
+        "--ema",
+        "0.9",
+        "--monitor",
+        "last",
+        "--out",
+        out,
+    )
     assert proc.returncode == 0, proc.stderr
     hist = json.loads((out / "history.json").read_text())
     final = hist["epochs"][-1]
