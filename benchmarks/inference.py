@@ -60,11 +60,11 @@ def main() -> None:
         check=True,
         capture_output=True,
     )
-    from cnnctl.export.onnx import export
+    from cnnctl.export.onnx import ExportOptions, export
     from cnnctl.models.checkpoint import load_model
     from cnnctl.runtime.inference import OnnxClassifier
 
-    report = export(str(run), int8=True, log=lambda m: None)
+    report = export(str(run), None, ExportOptions(int8=True), log=lambda m: None)
     model, _, _ = load_model(run)
     fp = OnnxClassifier(run / "model.onnx", "cpu")
     q8 = OnnxClassifier(run / "model.int8.onnx", "cpu")

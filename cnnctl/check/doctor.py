@@ -176,6 +176,7 @@ PROBLEMS = {
 
 
 def report(roots: list[Root], items: list[Item], groups: list[Group], near: int) -> dict[str, Any]:
+    """The doctor's report: per-root counts, image statistics, and the findings, errors first."""
     names = [r.name for r in roots]
     records = [rec for root in roots for rec in root.records]
     ok = [rec for rec in records if rec.decodes]
@@ -184,119 +185,9 @@ def report(roots: list[Root], items: list[Item], groups: list[Group], near: int)
         bad = [rec.path for rec in records if rec.status == status]
         if bad:
             findings.append(_finding(status, level, f"{len(bad)} {text}", bad))
-    per_root = []
-    for root in roots:
-        counts = Counter(label for label, rec in zip(root.labels, root.records) if rec.decodes)
-        classes = {c: counts.get(c, 0) for c in root.classes}
-        nonzero = [v for v in classes.values() if v]
-        ratio = max(nonzero) / min(nonzero) if nonzero else 0.0
-        per_root.append(
-            {
-                "name": root.name,
-                "path": root.path,
-                "files": len(root.records),
-                "images": sum(classes.values()),
-                "classes": classes,
-                "imbalance_ratio": round(ratio, 3),
-            }
-        )
-        empty = [c for c, v in classes.items() if v == 0]
-        if empty:
-            findings.append(
-                _finding(
-                    "empty-class",
-                    "warning",
-                    f"{root.name}: {len(empty)} class folder(s) with no readable image: {', '.join(empty[:5])}",
-                    [os.path.join(root.path, c) for c in empty],
-                )
-            )
-        if ratio >= IMBALANCE_WARN:
-            big = max(classes, key=lambda c: classes[c])
-            small = min((c for c in classes if classes[c]), key=lambda c: classes[c])
-            findings.append(
-                _finding(
-                    "imbalance",
-                    "warning",
-                    f"{root.name}: classes are imbalanced {ratio:.1f}:1 ({big} {classes[big]}, {small} {classes[small]}); "
-                    f"consider --class-weights auto or --sampler balanced, and macro recall over accuracy",
-                    [],
-                )
-            )
-    leaks = [g for g in groups if g.across_roots]
-    conflicts = [g for g in groups if g.conflicting]
-    inside = [g for g in groups if not g.across_roots and not g.conflicting]
-    member_paths = lambda gs: [items[i].path for g in gs for i in g.members]  # noqa: E731
-    if leaks:
-        pairs = Counter(" & ".join(names[r] for r in g.roots) for g in leaks)
-        findings.append(
-            _finding(
-                "leak",
-                "error",
-                f"{len(leaks)} duplicate group(s) span roots ({'; '.join(f'{k}: {v}' for k, v in pairs.most_common(3))}): "
-                f"held-out scores are inflated; remove the copies from one side",
-                member_paths(leaks),
-            )
-        )
-    if conflicts:
-        findings.append(
-            _finding(
-                "conflicting-labels",
-                "error",
-                f"{len(conflicts)} duplicate group(s) carry different labels: "
-                f"the same picture cannot be both; keep one copy in the right class",
-                member_paths(conflicts),
-            )
-        )
-    if inside:
-        extra = sum(len(g.members) - 1 for g in inside)
-        findings.append(
-            _finding(
-                "duplicate",
-                "warning",
-                f"{len(inside)} duplicate group(s) within one root and class ({extra} extra copies): "
-                f"they weigh those pictures more",
-                member_paths(inside),
-            )
-        )
-    rotated = [rec.path for rec in ok if rec.orientation in ORIENTATIONS]
-    if rotated:
-        kinds = Counter(ORIENTATIONS[rec.orientation] for rec in ok if rec.orientation in ORIENTATIONS)
-        findings.append(
-            _finding(
-                "exif-rotated",
-                "warning",
-                f"{len(rotated)} image(s) carry an EXIF rotation ({', '.join(f'{k} {v}' for k, v in kinds.most_common())}): "
-                f"viewers turn them, training reads the stored pixels; rotate them on disk if the turned view is right",
-                rotated,
-            )
-        )
-    modes = Counter(rec.mode for rec in ok)
-    odd = {
-        "cmyk": ([r.path for r in ok if r.mode == "CMYK"], "CMYK image(s), converted to RGB (colours may shift)"),
-        "palette": ([r.path for r in ok if r.mode == "P"], "palette image(s), converted"),
-        "alpha": ([r.path for r in ok if r.alpha], "image(s) with transparency, composited on black"),
-        "high-bit-depth": (
-            [r.path for r in ok if r.mode in HIGH_DEPTH_MODES],
-            "16-/32-bit image(s), reduced to 8 bits",
-        ),
-    }
-    for kind, (paths, text) in odd.items():
-        if paths:
-            findings.append(_finding(kind, "warning", f"{len(paths)} {text}", paths))
-    looks = Counter("grayscale" if r.mode in GRAY_MODES else "colour" for r in ok)
-    if len(looks) > 1:
-        minority = min(looks, key=lambda k: looks[k])
-        findings.append(
-            _finding(
-                "mixed-modes",
-                "warning",
-                f"grayscale and colour files are mixed ({dict(looks)}): the {minority} ones are converted",
-                [r.path for r in ok if ("grayscale" if r.mode in GRAY_MODES else "colour") == minority],
-            )
-        )
-    huge = [r.path for r in records if r.bytes > HUGE_BYTES]
-    if huge:
-        findings.append(_finding("huge-file", "warning", f"{len(huge)} file(s) over {HUGE_BYTES >> 20} MB", huge))
+    per_root = [_root_summary(root, findings) for root in roots]
+    findings += _duplicate_findings(items, groups, names)
+    findings += _file_findings(records, ok)
     sizes = Counter((r.width, r.height) for r in ok)
     order = {"error": 0, "warning": 1, "info": 2}
     findings.sort(key=lambda f: order[f["level"]])
@@ -312,7 +203,7 @@ def report(roots: list[Root], items: list[Item], groups: list[Group], near: int)
             "distinct": len(sizes),
             "most_common": [[w, h, n] for (w, h), n in sizes.most_common(5)],
         },
-        "modes": dict(modes.most_common()),
+        "modes": dict(Counter(rec.mode for rec in ok).most_common()),
         "formats": dict(Counter(r.format for r in ok).most_common()),
         "near_distance": near,
         "findings": findings,
@@ -323,6 +214,134 @@ def report(roots: list[Root], items: list[Item], groups: list[Group], near: int)
         "errors": sum(1 for f in findings if f["level"] == "error"),
         "warnings": sum(1 for f in findings if f["level"] == "warning"),
     }
+
+
+def _root_summary(root: Root, findings: list[dict[str, Any]]) -> dict[str, Any]:
+    """One root's counts per class; empty classes and imbalance go to `findings`."""
+    counts = Counter(label for label, rec in zip(root.labels, root.records) if rec.decodes)
+    classes = {c: counts.get(c, 0) for c in root.classes}
+    nonzero = [v for v in classes.values() if v]
+    ratio = max(nonzero) / min(nonzero) if nonzero else 0.0
+    empty = [c for c, v in classes.items() if v == 0]
+    if empty:
+        findings.append(
+            _finding(
+                "empty-class",
+                "warning",
+                f"{root.name}: {len(empty)} class folder(s) with no readable image: {', '.join(empty[:5])}",
+                [os.path.join(root.path, c) for c in empty],
+            )
+        )
+    if ratio >= IMBALANCE_WARN:
+        big = max(classes, key=lambda c: classes[c])
+        small = min((c for c in classes if classes[c]), key=lambda c: classes[c])
+        findings.append(
+            _finding(
+                "imbalance",
+                "warning",
+                f"{root.name}: classes are imbalanced {ratio:.1f}:1 ({big} {classes[big]}, {small} {classes[small]}); "
+                f"consider --class-weights auto or --sampler balanced, and macro recall over accuracy",
+                [],
+            )
+        )
+    return {
+        "name": root.name,
+        "path": root.path,
+        "files": len(root.records),
+        "images": sum(classes.values()),
+        "classes": classes,
+        "imbalance_ratio": round(ratio, 3),
+    }
+
+
+def _duplicate_findings(items: list[Item], groups: list[Group], names: list[str]) -> list[dict[str, Any]]:
+    """Copies across roots (leakage), copies with different labels, and copies within one class."""
+    leaks = [g for g in groups if g.across_roots]
+    conflicts = [g for g in groups if g.conflicting]
+    inside = [g for g in groups if not g.across_roots and not g.conflicting]
+
+    def member_paths(gs: list[Group]) -> list[str]:
+        return [items[i].path for g in gs for i in g.members]
+
+    out = []
+    if leaks:
+        pairs = Counter(" & ".join(names[r] for r in g.roots) for g in leaks)
+        shown = "; ".join(f"{k}: {v}" for k, v in pairs.most_common(3))
+        out.append(
+            _finding(
+                "leak",
+                "error",
+                f"{len(leaks)} duplicate group(s) span roots ({shown}): held-out scores are inflated; "
+                f"remove the copies from one side",
+                member_paths(leaks),
+            )
+        )
+    if conflicts:
+        out.append(
+            _finding(
+                "conflicting-labels",
+                "error",
+                f"{len(conflicts)} duplicate group(s) carry different labels: "
+                f"the same picture cannot be both; keep one copy in the right class",
+                member_paths(conflicts),
+            )
+        )
+    if inside:
+        extra = sum(len(g.members) - 1 for g in inside)
+        out.append(
+            _finding(
+                "duplicate",
+                "warning",
+                f"{len(inside)} duplicate group(s) within one root and class ({extra} extra copies): "
+                f"they weigh those pictures more",
+                member_paths(inside),
+            )
+        )
+    return out
+
+
+def _file_findings(records: list[FileRecord], ok: list[FileRecord]) -> list[dict[str, Any]]:
+    """What the files themselves carry: EXIF rotation, odd colour modes, mixed grayscale and colour, huge files."""
+    out = []
+    rotated = [rec.path for rec in ok if rec.orientation in ORIENTATIONS]
+    if rotated:
+        kinds = Counter(ORIENTATIONS[rec.orientation] for rec in ok if rec.orientation in ORIENTATIONS)
+        out.append(
+            _finding(
+                "exif-rotated",
+                "warning",
+                f"{len(rotated)} image(s) carry an EXIF rotation ({', '.join(f'{k} {v}' for k, v in kinds.most_common())}): "
+                f"viewers turn them, training reads the stored pixels; rotate them on disk if the turned view is right",
+                rotated,
+            )
+        )
+    odd = {
+        "cmyk": ([r.path for r in ok if r.mode == "CMYK"], "CMYK image(s), converted to RGB (colours may shift)"),
+        "palette": ([r.path for r in ok if r.mode == "P"], "palette image(s), converted"),
+        "alpha": ([r.path for r in ok if r.alpha], "image(s) with transparency, composited on black"),
+        "high-bit-depth": (
+            [r.path for r in ok if r.mode in HIGH_DEPTH_MODES],
+            "16-/32-bit image(s), reduced to 8 bits",
+        ),
+    }
+    for kind, (paths, text) in odd.items():
+        if paths:
+            out.append(_finding(kind, "warning", f"{len(paths)} {text}", paths))
+    looks = Counter("grayscale" if r.mode in GRAY_MODES else "colour" for r in ok)
+    if len(looks) > 1:
+        minority = min(looks, key=lambda k: looks[k])
+        out.append(
+            _finding(
+                "mixed-modes",
+                "warning",
+                f"grayscale and colour files are mixed ({dict(looks)}): the {minority} ones are converted",
+                [r.path for r in ok if ("grayscale" if r.mode in GRAY_MODES else "colour") == minority],
+            )
+        )
+    huge = [r.path for r in records if r.bytes > HUGE_BYTES]
+    if huge:
+        out.append(_finding("huge-file", "warning", f"{len(huge)} file(s) over {HUGE_BYTES >> 20} MB", huge))
+    return out
 
 
 def add_label_issues(report: dict[str, Any], root: Root, opts: Any, log: Log) -> None:

@@ -127,9 +127,9 @@ def export_cmd(
     $ cnnctl export runs/pets --format triton -o model_repository
     """
     from cnnctl.errors import UsageError
-    from cnnctl.export.onnx import export, export_triton
+    from cnnctl.export.onnx import ExportOptions, export, export_triton
 
-    options: dict[str, Any] = dict(
+    options = ExportOptions(
         opset=opset,
         dynamic=dynamic,
         batch=batch,
@@ -150,12 +150,12 @@ def export_cmd(
             max_batch=max_batch,
             max_queue_delay_us=max_queue_delay_us,
             kind=instance_kind,
-            **options,
+            opts=options,
         )
     elif format_ == "onnx":
         if name is not None:
             raise UsageError("--name names a model in a Triton repository; use it with --format triton")
-        report = export(target, output, **options)
+        report = export(target, output, options)
     else:
         raise UsageError(f"--format must be onnx or triton, got {format_!r}")
     emit(report, json_, _render)

@@ -34,12 +34,33 @@ _OWN = {
     ),
 }
 _DEFAULTS = {"start_lr": 1e-7, "end_lr": 10.0, "steps": 100}
+# Train options lr-find has no use for: it sweeps the rate itself over --steps steps, validates
+# nothing, keeps nothing, and runs every step through the model. Given on the command line, they
+# are refused rather than ignored (a recipe's values for them are ignored: the recipe is for train).
+IGNORED = {
+    "lr": "the rate is swept from --start-lr to --end-lr",
+    "epochs": "it runs --steps steps",
+    "iters": "it runs --steps steps",
+    "scheduler": "the rate is swept from --start-lr to --end-lr",
+    "warmup": "the rate is swept from --start-lr to --end-lr",
+    "step_size": "the rate is swept from --start-lr to --end-lr",
+    "gamma": "the rate is swept from --start-lr to --end-lr",
+    "patience": "it validates nothing",
+    "monitor": "it validates nothing",
+    "eval_batch_size": "it validates nothing",
+    "time_limit": "it runs --steps steps",
+    "log": "it writes no run directory (use --output and --plot)",
+    "feature_cache": "every step runs through the model",
+    "feature_views": "every step runs through the model",
+    "unfreeze_at": "it runs one sweep of --steps steps",
+}
 
 
 def lr_find_cmd(**kwargs: Any) -> None:
     """Find a learning rate: train briefly while the rate grows from --start-lr to --end-lr,
     and read the loss curve. Takes train's options (the same model, data, optimizer, batch,
-    augmentation); the schedule options are ignored. No run directory is made.
+    augmentation). The schedule, stopping and logging options are refused (it sweeps the rate itself);
+    a recipe's values for them are ignored. No run directory is made.
 
     Examples:
 
@@ -52,8 +73,14 @@ def lr_find_cmd(**kwargs: Any) -> None:
     from cnnctl.train.lrfind import lr_find
     from cnnctl.train.trainer import resolve_run
 
+    from cnnctl.errors import UsageError
+
     model = kwargs.pop("model")
     own = {k: kwargs.pop(k) for k in list(_OWN)}
+    given = [k for k in IGNORED if kwargs.get(k) is not None]
+    if given:
+        flag = "--" + given[0].replace("_", "-")
+        raise UsageError(f"lr-find does not use {flag} ({IGNORED[given[0]]}); drop it")
     for k, v in _DEFAULTS.items():
         own[k] = v if own[k] is None else own[k]
     cfg = resolve_run(model, own["recipe"], kwargs, None)

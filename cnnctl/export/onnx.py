@@ -20,6 +20,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -212,112 +213,144 @@ def default_output(target: str | Path) -> Path:
     return p / "model.onnx" if p.is_dir() else resolve_checkpoint(p).with_suffix(".onnx")
 
 
+@dataclass(frozen=True)
+class ExportOptions:
+    """How `cnnctl export` writes the graph (docs/export.md)."""
+
+    opset: int = 18
+    dynamic: str = "batch"  # "batch": any batch size; "none": fixed at `batch`
+    batch: int = 1
+    exporter: str = "auto"  # dynamo, torchscript, or auto (dynamo, falling back to torchscript)
+    tolerance: float | None = None  # the parity bound (default: 1e-4, or FP16_TOLERANCE with fp16)
+    int8: bool = False
+    input_dtype: str = "float32"  # or "uint8": raw pixels, normalised inside the graph
+    layout: str = "auto"
+    fp16: bool = False
+    check_batch: int = 32
+
+    def checked(self) -> ExportOptions:
+        """The options with the input kind and tolerance resolved; refuses what cannot be exported."""
+        input_dtype, layout = _input_kind(self.input_dtype, self.layout)
+        if self.int8 and (input_dtype != "float32" or self.fp16):
+            raise UsageError("--int8 quantizes the float32 model: export it without --input uint8 / --fp16")
+        if self.dynamic not in ("batch", "none"):
+            raise UsageError(f"--dynamic must be batch or none, got {self.dynamic!r}")
+        if self.exporter not in ("auto", *EXPORTERS):
+            raise UsageError(f"--exporter must be auto, dynamo or torchscript, got {self.exporter!r}")
+        if not 7 <= self.opset <= 23:
+            raise UsageError(f"--opset {self.opset} is outside what cnnctl supports (7..23); 18 is a good default")
+        tolerance = self.tolerance if self.tolerance is not None else (FP16_TOLERANCE if self.fp16 else 1e-4)
+        return dataclasses.replace(self, input_dtype=input_dtype, layout=layout, tolerance=tolerance)
+
+    @property
+    def precision(self) -> str:
+        return "float16" if self.fp16 else "float32"
+
+    @property
+    def is_dynamic(self) -> bool:
+        return self.dynamic == "batch"
+
+
 def export(
-    target: str,
-    output: str | None = None,
-    *,
-    opset: int = 18,
-    dynamic: str = "batch",
-    batch: int = 1,
-    exporter: str = "auto",
-    tolerance: float | None = None,
-    int8: bool = False,
-    input_dtype: str = "float32",
-    layout: str = "auto",
-    fp16: bool = False,
-    check_batch: int = 32,
-    log: Log = _stderr_log,
+    target: str, output: str | None = None, opts: ExportOptions | None = None, log: Log = _stderr_log
 ) -> dict[str, Any]:
-    """Export `target` to ONNX and verify it; returns the report (see docs/export.md)."""
-    input_dtype, layout = _input_kind(input_dtype, layout)
-    precision = "float16" if fp16 else "float32"
-    if int8 and (input_dtype != "float32" or fp16):
-        raise UsageError("--int8 quantizes the float32 model: export it without --input uint8 / --fp16")
-    if tolerance is None:
-        tolerance = FP16_TOLERANCE if fp16 else 1e-4
-    if dynamic not in ("batch", "none"):
-        raise UsageError(f"--dynamic must be batch or none, got {dynamic!r}")
-    if exporter not in ("auto", *EXPORTERS):
-        raise UsageError(f"--exporter must be auto, dynamo or torchscript, got {exporter!r}")
-    if not 7 <= opset <= 23:
-        raise UsageError(f"--opset {opset} is outside what cnnctl supports (7..23); 18 is a good default")
+    """Export `target` to ONNX and verify it in onnxruntime; returns the report (see docs/export.md).
+    Nothing is written unless the graph agrees with PyTorch."""
+    opts = (opts or ExportOptions()).checked()
     model, meta, ckpt = load_model(target, "cpu")
     out = Path(output) if output else default_output(target)
     if out.suffix != ".onnx":
         raise UsageError(f"-o {out}: the output name must end in .onnx")
     prep = meta.preprocess
-    is_dynamic = dynamic == "batch"
-    n_check = max(2, check_batch) if is_dynamic else batch
     recorded = Manifest.beside(ckpt)
-    pixels, _, source = sample_pixels(meta, n_check, log=log, recorded=recorded)
-    source_sha256 = file_sha256(ckpt)
-    order = ["dynamo", "torchscript"] if exporter == "auto" else [exporter]
+    pixels, _, source = sample_pixels(
+        meta, max(2, opts.check_batch) if opts.is_dynamic else opts.batch, log=log, recorded=recorded
+    )
     report: dict[str, Any] = {
         "output": str(out),
         "checkpoint": str(ckpt),
         "check_inputs": source,
-        "dynamic": dynamic,
-        "input": {"dtype": input_dtype, "layout": layout},
-        "precision": precision,
+        "dynamic": opts.dynamic,
+        "input": {"dtype": opts.input_dtype, "layout": opts.layout},
+        "precision": opts.precision,
     }
     graph: torch.nn.Module = model
-    if input_dtype != "float32" or fp16:
-        graph = Deployed(copy.deepcopy(model) if fp16 else model, prep, input_dtype, layout, precision).eval()
-        if fp16:
+    if opts.input_dtype != "float32" or opts.fp16:
+        graph = Deployed(
+            copy.deepcopy(model) if opts.fp16 else model, prep, opts.input_dtype, opts.layout, opts.precision
+        ).eval()
+        if opts.fp16:
             graph.model.half()
-    dummy = torch.from_numpy(graph_input(pixels[:batch] if not is_dynamic else pixels[:2], prep, input_dtype, layout))
+    dummy = torch.from_numpy(
+        graph_input(pixels[: opts.batch] if not opts.is_dynamic else pixels[:2], prep, opts.input_dtype, opts.layout)
+    )
     with atomic_path(out) as tmp:
-        used, failures = None, []
-        for name in order:
-            try:
-                _quiet(lambda: EXPORTERS[name](graph, dummy, tmp, opset, is_dynamic))  # noqa: B023 - called at once
-                used = name
-                break
-            except OSError as exc:  # the disk, not the exporter: no fallback can help
-                raise ExportError(f"cannot write {out}: {exc.strerror or exc} (disk full or read-only?)") from None
-            except Exception as exc:  # noqa: BLE001 - any exporter failure triggers the fallback
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                failures.append(f"{name}: {first[:200]}")
-                if len(order) > 1:
-                    log(f"the {name} exporter failed for {meta.model} ({first[:200]}); falling back")
-        if used is None:
-            raise ExportError(f"could not export {meta.model}: {'; '.join(failures)}")
-        meta = meta.replace(
-            export=ExportInfo(
-                exporter=used,
-                opset=opset,
-                source_sha256=source_sha256,
-                versions=versions(),
-                input_dtype=input_dtype,
-                input_layout=layout,
-                precision=precision,
-            )
+        used = _write_graph(graph, dummy, tmp, out, opts, meta.model, log)
+        export_info = ExportInfo(
+            exporter=used,
+            opset=opts.opset,
+            source_sha256=file_sha256(ckpt),
+            versions=versions(),
+            input_dtype=opts.input_dtype,
+            input_layout=opts.layout,
+            precision=opts.precision,
         )
+        meta = meta.replace(export=export_info)
         try:
             _attach_metadata(tmp, meta)
         except Exception as exc:  # noqa: BLE001 - onnx.checker raises several types
             raise ExportError(f"the exported model fails onnx.checker: {str(exc).splitlines()[0][:200]}") from None
-        clf = OnnxClassifier(tmp, "cpu")
-        checks = [parity(clf, model, pixels[:1] if is_dynamic else pixels[:batch])]
-        if is_dynamic:
-            checks.append(parity(clf, model, pixels))
-        report.update(exporter=used, opset=opset, checks=checks, tolerance=tolerance)
-        # float16 rounds every activation: a near-tie may flip, so it must agree on 99% of images, float32 on all.
-        min_agreement = FP16_MIN_AGREEMENT if fp16 else 1.0
-        for c in checks:
-            if c["max_abs_diff"] > tolerance * max(1.0, c["max_abs_logit"]) or c["top1_agreement"] < min_agreement:
-                raise ExportError(
-                    f"onnxruntime disagrees with PyTorch at batch {c['batch']}: max |logit diff| {c['max_abs_diff']:.3g} "
-                    f"(tolerance {tolerance:g}), top-1 agreement {c['top1_agreement']:.2%}; nothing was written"
-                )
+        report.update(
+            exporter=used, opset=opts.opset, checks=_verify(tmp, model, pixels, opts), tolerance=opts.tolerance
+        )
     report["bytes"] = out.stat().st_size
-    if fp16:
+    if opts.fp16:
         report["float_bytes_estimate"] = sum(
             t.numel() * 4 for t in model.state_dict().values() if t.is_floating_point()
         )
-    if int8:
+    if opts.int8:
         report["int8"] = quantize(out, model, meta, prep, log=log, recorded=recorded)
     return report
+
+
+def _write_graph(
+    graph: torch.nn.Module, dummy: torch.Tensor, tmp: Path, out: Path, opts: ExportOptions, model_name: str, log: Log
+) -> str:
+    """Run the exporter(s) into `tmp` (renamed to `out` later); returns the one that succeeded
+    (auto: dynamo, then torchscript)."""
+    order = ["dynamo", "torchscript"] if opts.exporter == "auto" else [opts.exporter]
+    failures = []
+    for name in order:
+        try:
+            _quiet(lambda: EXPORTERS[name](graph, dummy, tmp, opts.opset, opts.is_dynamic))  # noqa: B023 - called at once
+            return name
+        except OSError as exc:  # the disk, not the exporter: no fallback can help
+            raise ExportError(f"cannot write {out}: {exc.strerror or exc} (disk full or read-only?)") from None
+        except Exception as exc:  # noqa: BLE001 - any exporter failure triggers the fallback
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            failures.append(f"{name}: {first[:200]}")
+            if len(order) > 1:
+                log(f"the {name} exporter failed for {model_name} ({first[:200]}); falling back")
+    raise ExportError(f"could not export {model_name}: {'; '.join(failures)}")
+
+
+def _verify(path: Path, model: torch.nn.Module, pixels: np.ndarray, opts: ExportOptions) -> list[dict[str, float]]:
+    """Parity of the written graph with PyTorch at batch 1 (or the fixed batch) and at the check
+    batch; float16 rounds every activation, so a near-tie may flip: 99% top-1 agreement there,
+    all of it in float32."""
+    clf = OnnxClassifier(path, "cpu")
+    checks = [parity(clf, model, pixels[:1] if opts.is_dynamic else pixels[: opts.batch])]
+    if opts.is_dynamic:
+        checks.append(parity(clf, model, pixels))
+    tolerance = opts.tolerance if opts.tolerance is not None else 1e-4
+    min_agreement = FP16_MIN_AGREEMENT if opts.fp16 else 1.0
+    for c in checks:
+        if c["max_abs_diff"] > tolerance * max(1.0, c["max_abs_logit"]) or c["top1_agreement"] < min_agreement:
+            raise ExportError(
+                f"onnxruntime disagrees with PyTorch at batch {c['batch']}: max |logit diff| {c['max_abs_diff']:.3g} "
+                f"(tolerance {tolerance:g}), top-1 agreement {c['top1_agreement']:.2%}; nothing was written"
+            )
+    return checks
 
 
 def export_triton(
@@ -329,20 +362,21 @@ def export_triton(
     max_queue_delay_us: int = 5000,
     instances: int = 1,
     kind: str = "auto",
-    **options: Any,
+    opts: ExportOptions | None = None,
 ) -> dict[str, Any]:
     """`cnnctl export --format triton -o REPO`: the verified export inside a Triton model repository."""
     from cnnctl.export.triton import model_name, write_repository
 
-    if options.get("int8"):
+    opts = opts or ExportOptions()
+    if opts.int8:
         raise UsageError("--format triton takes one model file; export --int8 separately (cnnctl export RUN --int8)")
-    if options.get("dynamic", "batch") != "batch":
+    if opts.dynamic != "batch":
         raise UsageError("--format triton uses Triton's dynamic batching, which needs --dynamic batch")
     resolve_checkpoint(target)  # a missing run fails before the repository is touched
     return write_repository(
         repo,
         name or model_name(target),
-        lambda path: export(target, str(path), **options),
+        lambda path: export(target, str(path), opts),
         max_batch=max_batch,
         max_queue_delay_us=max_queue_delay_us,
         instances=instances,

@@ -177,34 +177,7 @@ class Metadata:
         try:
             versions = {str(k): v for k, v in (meta.get("versions") or {}).items()}
             export_versions = versions.pop("export", None)
-            data = meta.get("data")
-            data_info = None
-            if isinstance(data, dict) and data.get("name"):
-                data_info = DataInfo(
-                    name=str(data["name"]),
-                    data_dir=str(data.get("data_dir", "")),
-                    val_split=float(data.get("val_split", 0.1)),
-                    fingerprint=str(data.get("fingerprint", "")),
-                )
-            training = None
-            if "epoch" in meta:
-                training = TrainingInfo(
-                    epoch=int(meta["epoch"]),
-                    metrics={str(k): v for k, v in (meta.get("metrics") or {}).items()},
-                    weights=str(meta.get("weights", "model")),
-                )
-            export = None
-            if "exporter" in meta:
-                export = ExportInfo(
-                    exporter=str(meta["exporter"]),
-                    opset=int(meta.get("opset", 0)),
-                    source_sha256=str(meta.get("source_sha256", "")),
-                    versions=dict(export_versions or {}),
-                    quantization=meta.get("quantization"),
-                    input_dtype=str(meta.get("input_dtype", "float32")),
-                    input_layout=str(meta.get("input_layout", "NCHW")),
-                    precision=str(meta.get("precision", "float32")),
-                )
+            data_info, training, export = _sections(meta, dict(export_versions or {}))
         except (AttributeError, TypeError, ValueError) as exc:
             raise CheckpointError(
                 f"{source}: metadata data/training/export fields are malformed ({exc}); the file is damaged"
@@ -227,6 +200,41 @@ class Metadata:
             export=export,
             temperature=float(temperature) if temperature is not None else None,
         )
+
+
+def _sections(
+    meta: dict[str, Any], export_versions: dict[str, str]
+) -> tuple[DataInfo | None, TrainingInfo | None, ExportInfo | None]:
+    """The optional sections of a flat metadata dict; malformed values raise TypeError/ValueError."""
+    data = meta.get("data")
+    data_info = None
+    if isinstance(data, dict) and data.get("name"):
+        data_info = DataInfo(
+            name=str(data["name"]),
+            data_dir=str(data.get("data_dir", "")),
+            val_split=float(data.get("val_split", 0.1)),
+            fingerprint=str(data.get("fingerprint", "")),
+        )
+    training = None
+    if "epoch" in meta:
+        training = TrainingInfo(
+            epoch=int(meta["epoch"]),
+            metrics={str(k): v for k, v in (meta.get("metrics") or {}).items()},
+            weights=str(meta.get("weights", "model")),
+        )
+    export = None
+    if "exporter" in meta:
+        export = ExportInfo(
+            exporter=str(meta["exporter"]),
+            opset=int(meta.get("opset", 0)),
+            source_sha256=str(meta.get("source_sha256", "")),
+            versions=export_versions,
+            quantization=meta.get("quantization"),
+            input_dtype=str(meta.get("input_dtype", "float32")),
+            input_layout=str(meta.get("input_layout", "NCHW")),
+            precision=str(meta.get("precision", "float32")),
+        )
+    return data_info, training, export
 
 
 def _parse(raw: dict[str, str] | None, source: str) -> dict[str, Any]:

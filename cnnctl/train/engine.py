@@ -419,8 +419,7 @@ def fit(
     inside the budget on a slower or busier machine.
 
     With an EMA (`stepping.ema`), both weights are validated; the record's "weights" says which
-    scored better on `limits.monitor` (the EMA when there is no validation split), and that score
-    is the epoch's: the checkpointing hook saves those weights as the best.
+    scored better on `limits.monitor` (the EMA without a validation split): those are the best.
     """
     dist = dist or Dist()
     history = history if history is not None else History()

@@ -284,10 +284,10 @@ def setup(
     run = prepare(plan, reporter, dist, resuming=resuming)
     if resuming:
         run.state, run.history = _resume(run_dir, run.model, run.opt, run.schedule, run.limits, reporter)
+        if run.opt.freezer is not None:
+            run.opt.freezer.apply(run.state.epoch + 1)  # before DDP wraps the model: it keeps the trainable set it sees
     elif (run_dir / "config.json").exists() and not (run_dir / "last.safetensors").exists():
         reporter.log(f"{run_dir} has no finished epoch yet; starting from epoch 1")
-    if run.opt.freezer is not None:
-        run.opt.freezer.apply(run.state.epoch + 1)  # before DDP wraps the model: it keeps the trainable set it sees
     return run
 
 
@@ -299,6 +299,8 @@ def prepare(plan: Plan, reporter: Reporter, dist: Dist | None = None, *, resumin
     opt = _optimisation(plan, start.model, reporter.log)
     train_batches, val_batches = _batches(plan, dist)
     schedule, limits = _schedule(plan.cfg, train_batches)
+    if opt.freezer is not None:
+        opt.freezer.apply(1)  # the first epoch's trainable set (a resumed run's is applied after its state is loaded)
     return Prepared(plan, start, opt, schedule, limits, train_batches, val_batches, LoopState(), History())
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from cnnctl.errors import ExportError
-from cnnctl.export.onnx import export
+from cnnctl.export.onnx import ExportOptions, export
 from cnnctl.models import create, get_entry, list_models
 from cnnctl.models.checkpoint import save_model, versions
 from cnnctl.runtime.inference import OnnxClassifier
@@ -74,12 +74,12 @@ def test_fixed_batch_export(quick_run, tmp_path):
 
 def test_failed_parity_leaves_no_file(quick_run, tmp_path):
     with pytest.raises(ExportError, match="disagrees with PyTorch"):
-        export(str(quick_run), str(tmp_path / "x.onnx"), tolerance=0.0, log=lambda m: None)
+        export(str(quick_run), str(tmp_path / "x.onnx"), ExportOptions(tolerance=0.0), log=lambda m: None)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_int8_export_reports_accuracy_and_speed(quick_run, tmp_path):
-    report = export(str(quick_run), str(tmp_path / "q.onnx"), int8=True, log=lambda m: None)
+    report = export(str(quick_run), str(tmp_path / "q.onnx"), ExportOptions(int8=True), log=lambda m: None)
     q = report["int8"]
     assert (tmp_path / "q.int8.onnx").exists() and not (tmp_path / "q.pre.onnx").exists()
     assert q["int8_top1"] > 0.9 and abs(q["top1_drop_points"]) < 3

@@ -63,3 +63,37 @@ def test_bad_ranges_are_one_line():
         run_cli("lr-find", "model-a", "--data", "mnist-mini", "--start-lr", "1", "--end-lr", "0.1"), "--start-lr"
     )
     assert_user_error(run_cli("lr-find", "model-a", "--data", "mnist-mini", "--steps", "3"), "--steps")
+
+
+@pytest.mark.parametrize(
+    "flag,value,why",
+    [
+        ("--patience", "3", "validates nothing"),
+        ("--monitor", "val_loss", "validates nothing"),
+        ("--time-limit", "60", "--steps"),
+        ("--log", "csv", "no run directory"),
+        ("--feature-cache", "off", "through the model"),
+        ("--scheduler", "onecycle", "swept"),
+        ("--lr", "0.1", "swept"),
+    ],
+)
+def test_train_flags_it_would_ignore_are_refused(flag, value, why):
+    proc = run_cli("lr-find", "model-a", "--data", "mnist-mini", flag, value)
+    assert_user_error(proc, f"lr-find does not use {flag}", why, "drop it")
+
+
+def test_a_frozen_backbone_stays_frozen_during_the_sweep(tmp_path):
+    """The seam (plan -> prepare -> fit_prepared) applies --freeze before the first step."""
+    from cnnctl.cli.reporter import QuietReporter
+    from cnnctl.config import TrainConfig
+    from cnnctl.train.plan import make_plan, pick_device
+    from cnnctl.train.trainer import fit_prepared, prepare
+
+    cfg = TrainConfig(model="resnet8", data="mnist-mini", subset=256, freeze="backbone", batch_size=64, epochs=1)
+    run = prepare(make_plan(cfg, QuietReporter(), pick_device("cpu")), QuietReporter())
+    head = run.opt.freezer.head_name
+    before = {k: v.clone() for k, v in run.model.state_dict().items() if v.is_floating_point()}
+    fit_prepared(run, validate=False)
+    changed = {k for k, v in run.model.state_dict().items() if k in before and not v.equal(before[k])}
+    assert changed and all(k.startswith(head) or "running_" in k for k in changed), sorted(changed)[:5]
+    assert not any("running_" in k for k in changed)  # frozen BatchNorm statistics stay as they are
