@@ -205,8 +205,8 @@ class TrainConfig:
         "of compute capability 8.0+; fp16 on older GPUs; else float32), bf16, fp16 (CUDA), none (float32; the default). "
         "bf16 on a CPU that would only emulate it is refused.",
     )
-    compile: bool = _f(False, "torch.compile the model (CUDA).")
-    deterministic: bool = _f(False, "Use deterministic algorithms (CUDA).")
+    compile: bool = _f(False, "torch.compile the model (any device; pays off mostly on CUDA).")
+    deterministic: bool = _f(False, "Use deterministic algorithms (torch.use_deterministic_algorithms, any device).")
     channels_last: bool = _f(True, "Use channels_last memory format.")
     threads: int = _f(0, "CPU threads for torch (0 = all cores).")
     patience: int = _f(0, "Stop after this many epochs without improvement of --monitor (0 = never).")

@@ -70,10 +70,9 @@ def lr_find_cmd(**kwargs: Any) -> None:
     """
     from cnnctl.cli.common import out, print_json
     from cnnctl.cli.reporter import TrainReporter
+    from cnnctl.errors import UsageError
     from cnnctl.train.lrfind import lr_find
     from cnnctl.train.trainer import resolve_run
-
-    from cnnctl.errors import UsageError
 
     model = kwargs.pop("model")
     own = {k: kwargs.pop(k) for k in list(_OWN)}

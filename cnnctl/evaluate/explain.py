@@ -16,7 +16,7 @@ The target layer is, by default, the last module whose output still has a spatia
 tensor with H, W > 1), the outermost when several end there: the last convolutional stage.
 Written here (~100 lines) instead of depending on `pytorch-grad-cam`, whose dependencies
 (OpenCV, scikit-learn, matplotlib, ttach; ~117 MB of wheels measured with `pip download`) would
-be most of cnnctl's install for three formulas; docs/explain.md has the comparison.
+be most of cnnctl's install for three formulas; docs/check.md ("Why not pytorch-grad-cam") has the comparison.
 """
 
 from __future__ import annotations

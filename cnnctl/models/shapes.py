@@ -1,7 +1,7 @@
 """The layer-by-layer trace behind `cnnctl shapes`.
 
-The trace runs a forward pass with hooks on every module. `trace_model` builds the model on the
-meta device, so even huge inputs cost no memory or time: only shapes are computed. When the
+The trace runs a forward pass with hooks on every module. Its callers (`models.tracing`) build
+the model on the meta device, so even huge inputs cost no memory or time: only shapes are computed. When the
 input cannot pass, the rows up to the failing layer are kept and a diagnosis names the layer,
 what it expected, what it got and the fix.
 """
