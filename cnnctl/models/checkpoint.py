@@ -16,7 +16,8 @@ from safetensors.torch import load_file, save_file
 from cnnctl import __version__
 from cnnctl.errors import CheckpointError
 from cnnctl.io import atomic_path
-from cnnctl.runtime.metadata import Metadata, read_checkpoint_metadata, read_safetensors_header
+from cnnctl.runtime import modelfile
+from cnnctl.runtime.metadata import Metadata
 
 # Files that hold pickles (torch.save, Hugging Face's pytorch_model.bin): loading one can run code.
 PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".pkl", ".bin")
@@ -73,7 +74,7 @@ def build_model(meta: Metadata) -> torch.nn.Module:
 def load_model(target: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, Metadata, Path]:
     """(model in eval mode, metadata, checkpoint path) from a run directory or .safetensors file."""
     path = resolve_checkpoint(target)
-    meta = read_checkpoint_metadata(path)
+    meta = modelfile.read(path)
     model = build_model(meta)
     try:
         state = load_file(str(path))
@@ -135,7 +136,7 @@ def load_last(
     p = Path(path)
     if not p.is_file():
         raise CheckpointError(f"{p} not found: nothing to resume (did the first epoch finish?)")
-    _, raw = read_safetensors_header(p)
+    _, raw = modelfile.safetensors_header(p)
     try:
         meta = {k: json.loads(v) for k, v in raw.items()}
         tensors = load_file(str(p))
@@ -170,7 +171,6 @@ __all__ = [
     "build_model",
     "load_last",
     "load_model",
-    "read_checkpoint_metadata",
     "resolve_checkpoint",
     "save_last",
     "save_model",

@@ -57,9 +57,9 @@ def trace_target(
     p = Path(target)
     if p.is_dir() or p.suffix == ".safetensors":
         from cnnctl.models.checkpoint import resolve_checkpoint
-        from cnnctl.runtime.metadata import read_checkpoint_metadata
+        from cnnctl.runtime import modelfile
 
-        meta = read_checkpoint_metadata(resolve_checkpoint(p))
+        meta = modelfile.read(resolve_checkpoint(p))
         built_for = meta.input_shape
         if input_shape is None and batch == 1:
             return meta.model, trace_built(meta.model, built_for, meta.num_classes)

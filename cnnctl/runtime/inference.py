@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 
 from cnnctl.errors import CheckpointError, DataError, UsageError
+from cnnctl.runtime import modelfile
 from cnnctl.runtime.classifier import Classifier, probabilities
-from cnnctl.runtime.metadata import Metadata
 from cnnctl.runtime.preprocess import IMAGE_SUFFIXES, Preprocess, load_image, normalize
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
@@ -55,16 +55,6 @@ def make_session(path: str | Path, provider: str = "auto", *, threads: int = 0) 
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"{p} is not a loadable ONNX model ({first[:200]})") from None
     return session, session.get_providers()[0]
-
-
-def onnx_metadata(session: Any, source: str) -> Metadata:
-    """The cnnctl metadata stored in an ONNX file's metadata_props, validated."""
-    raw = dict(session.get_modelmeta().custom_metadata_map)
-    meta = Metadata.from_json_map(raw, source)
-    inputs, outputs = session.get_inputs(), session.get_outputs()
-    if [i.name for i in inputs] != ["input"] or "logits" not in [o.name for o in outputs]:
-        raise CheckpointError(f"{source}: expected input 'input' and output 'logits'; re-export it with cnnctl export")
-    return meta
 
 
 def expand_inputs(inputs: Iterable[str], stdin: Iterable[str] | None = None) -> list[str]:
@@ -151,7 +141,7 @@ class OnnxClassifier:
     def __init__(self, path: str | Path, provider: str = "auto", threads: int = 0) -> None:
         self.path = str(path)
         self.session, self.provider = make_session(path, provider, threads=threads)
-        self.meta = onnx_metadata(self.session, self.path)
+        self.meta = modelfile.from_session(self.session, self.path)
         self.prep = self.meta.preprocess
         export = self.meta.export
         self.input_dtype = export.input_dtype if export is not None else "float32"

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import struct
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from cnnctl.errors import CheckpointError
@@ -21,7 +19,6 @@ from cnnctl.runtime.preprocess import Preprocess
 
 FORMAT = 1
 REQUIRED = ("format", "model", "input_shape", "num_classes", "class_names", "preprocess")
-MAX_HEADER = 100 * 1024 * 1024
 KINDS = ("model", "last")  # model.safetensors (and exports of it), last.safetensors
 
 
@@ -248,40 +245,3 @@ def _parse(raw: dict[str, str] | None, source: str) -> dict[str, Any]:
         except (TypeError, ValueError):
             raise CheckpointError(f"{source}: metadata field {key!r} is not valid JSON; the file is damaged") from None
     return meta
-
-
-def read_safetensors_header(path: str | Path) -> tuple[dict[str, Any], dict[str, str]]:
-    """(tensor index, raw __metadata__) of a .safetensors file, parsed by hand (no torch)."""
-    p = Path(path)
-    try:
-        with open(p, "rb") as fh:
-            head = fh.read(8)
-            if len(head) < 8:
-                raise CheckpointError(f"{p} is too short to be a safetensors file")
-            (n,) = struct.unpack("<Q", head)
-            size = p.stat().st_size
-            if n > MAX_HEADER or n > size - 8:
-                raise CheckpointError(f"{p} is not a valid safetensors file (header length {n} out of range)")
-            header = json.loads(fh.read(n))
-    except FileNotFoundError:
-        raise CheckpointError(f"{p}: no such file") from None
-    except IsADirectoryError:
-        raise CheckpointError(
-            f"{p} is a directory; give a run directory with model.safetensors or a .safetensors file"
-        ) from None
-    except PermissionError:
-        raise CheckpointError(f"{p}: permission denied") from None
-    except (ValueError, UnicodeDecodeError):
-        raise CheckpointError(f"{p} is not a valid safetensors file (its header is not JSON)") from None
-    if not isinstance(header, dict):
-        raise CheckpointError(f"{p} is not a valid safetensors file")
-    raw = header.pop("__metadata__", None) or {}
-    if not isinstance(raw, dict) or not all(isinstance(v, str) for v in raw.values()):
-        raise CheckpointError(f"{p}: __metadata__ must map strings to strings")
-    return header, raw
-
-
-def read_checkpoint_metadata(path: str | Path) -> Metadata:
-    """Validated cnnctl metadata of a .safetensors checkpoint."""
-    _, raw = read_safetensors_header(path)
-    return Metadata.from_json_map(raw, str(path))

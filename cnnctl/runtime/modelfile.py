@@ -16,7 +16,9 @@ from typing import Any
 
 from cnnctl.errors import CheckpointError
 from cnnctl.io import atomic_path
-from cnnctl.runtime.metadata import Metadata, read_safetensors_header
+from cnnctl.runtime.metadata import Metadata
+
+MAX_HEADER = 100 * 1024 * 1024
 
 ONNX_SUFFIX = ".onnx"
 
@@ -26,7 +28,7 @@ def read(path: str | os.PathLike[str]) -> Metadata:
     p = Path(path)
     if p.suffix == ONNX_SUFFIX:
         return Metadata.from_json_map(_onnx_props(p), str(p))
-    _, raw = read_safetensors_header(p)
+    _, raw = safetensors_header(p)
     return Metadata.from_json_map(raw, str(p))
 
 
@@ -46,6 +48,47 @@ def write(path: str | os.PathLike[str], meta: Metadata) -> None:
             onnx.save(model, str(tmp))
     else:
         _write_safetensors(p, meta)
+
+
+def safetensors_header(path: str | Path) -> tuple[dict[str, Any], dict[str, str]]:
+    """(tensor index, raw __metadata__) of a .safetensors file, parsed by hand (no torch)."""
+    p = Path(path)
+    try:
+        with open(p, "rb") as fh:
+            head = fh.read(8)
+            if len(head) < 8:
+                raise CheckpointError(f"{p} is too short to be a safetensors file")
+            (n,) = struct.unpack("<Q", head)
+            size = p.stat().st_size
+            if n > MAX_HEADER or n > size - 8:
+                raise CheckpointError(f"{p} is not a valid safetensors file (header length {n} out of range)")
+            header = json.loads(fh.read(n))
+    except FileNotFoundError:
+        raise CheckpointError(f"{p}: no such file") from None
+    except IsADirectoryError:
+        raise CheckpointError(
+            f"{p} is a directory; give a run directory with model.safetensors or a .safetensors file"
+        ) from None
+    except PermissionError:
+        raise CheckpointError(f"{p}: permission denied") from None
+    except (ValueError, UnicodeDecodeError):
+        raise CheckpointError(f"{p} is not a valid safetensors file (its header is not JSON)") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{p} is not a valid safetensors file")
+    raw = header.pop("__metadata__", None) or {}
+    if not isinstance(raw, dict) or not all(isinstance(v, str) for v in raw.values()):
+        raise CheckpointError(f"{p}: __metadata__ must map strings to strings")
+    return header, raw
+
+
+def from_session(session: Any, source: str) -> Metadata:
+    """The metadata of an ONNX file already open in onnxruntime (its custom metadata map),
+    validated, with the graph's input and output names checked."""
+    meta = Metadata.from_json_map(dict(session.get_modelmeta().custom_metadata_map), source)
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    if [i.name for i in inputs] != ["input"] or "logits" not in [o.name for o in outputs]:
+        raise CheckpointError(f"{source}: expected input 'input' and output 'logits'; re-export it with cnnctl export")
+    return meta
 
 
 def _onnx_props(path: Path) -> dict[str, str]:
@@ -76,7 +119,7 @@ def _write_safetensors(path: Path, meta: Metadata) -> None:
     """Rewrite the header of a safetensors file: [8-byte length][JSON header, space-padded to 8
     bytes][tensor bytes]. The tensor offsets are relative to the end of the header, so the bytes
     after it are copied as they are."""
-    index, raw = read_safetensors_header(path)
+    index, raw = safetensors_header(path)
     raw = {**raw, **meta.to_json_map()}
     with open(path, "rb") as fh:
         (n,) = struct.unpack("<Q", fh.read(8))

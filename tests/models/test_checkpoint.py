@@ -18,7 +18,8 @@ from cnnctl.models.checkpoint import (
     save_last,
     save_model,
 )
-from cnnctl.runtime.metadata import DataInfo, Metadata, TrainingInfo, read_checkpoint_metadata
+from cnnctl.runtime.metadata import DataInfo, Metadata, TrainingInfo
+from cnnctl.runtime.modelfile import read as read_checkpoint_metadata
 from cnnctl.runtime.preprocess import Preprocess
 from cnnctl.train.ema import EMA
 

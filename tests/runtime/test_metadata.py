@@ -9,7 +9,8 @@ import shutil
 import pytest
 
 from cnnctl.errors import CheckpointError
-from cnnctl.runtime.metadata import DataInfo, ExportInfo, Metadata, TrainingInfo, read_checkpoint_metadata
+from cnnctl.runtime.metadata import DataInfo, ExportInfo, Metadata, TrainingInfo
+from cnnctl.runtime.modelfile import read as read_checkpoint_metadata
 from cnnctl.runtime.preprocess import Preprocess
 from tests.conftest import FIXTURES, ROOT, assert_user_error, run_cli
 
