@@ -37,11 +37,12 @@ def run_cli(
     """Run `cnnctl ARGS` as a user would, capturing stdout and stderr separately.
 
     In this process by default (cnnctl's own `main()`, the same code path as the console script,
-    without paying ~2 s of interpreter and torch start-up per call); in a real subprocess with
-    `subprocess_=True`, with `cwd` or `input`, or for every call when CNNCTL_TEST_SUBPROCESS=1.
-    Tests about process behaviour (signals, imports, exit on kill) start their own processes.
+    without paying ~2 s of interpreter and torch start-up per call; `cwd` is entered and left
+    again around the call); in a real subprocess with `subprocess_=True`, with `input`, or for
+    every call when CNNCTL_TEST_SUBPROCESS=1. Tests about process behaviour (signals, imports,
+    exit on kill) start their own processes.
     """
-    if subprocess_ or cwd is not None or input is not None or os.environ.get("CNNCTL_TEST_SUBPROCESS") == "1":
+    if subprocess_ or input is not None or os.environ.get("CNNCTL_TEST_SUBPROCESS") == "1":
         full_env = {**os.environ, "COLUMNS": "200", **(env or {})}
         return subprocess.run(
             [sys.executable, "-m", "cnnctl", *map(str, args)],
@@ -52,10 +53,10 @@ def run_cli(
             timeout=timeout,
             env=full_env,
         )
-    return _run_in_process([str(a) for a in args], env or {})
+    return _run_in_process([str(a) for a in args], env or {}, cwd)
 
 
-def _run_in_process(argv: list[str], env: dict) -> subprocess.CompletedProcess:
+def _run_in_process(argv: list[str], env: dict, cwd: Path | None = None) -> subprocess.CompletedProcess:
     import contextlib
     import io
     import traceback
@@ -64,13 +65,15 @@ def _run_in_process(argv: list[str], env: dict) -> subprocess.CompletedProcess:
 
     from cnnctl.cli import common, main
 
-    saved_env, saved_threads = dict(os.environ), torch.get_num_threads()
+    saved_env, saved_threads, saved_cwd = dict(os.environ), torch.get_num_threads(), os.getcwd()
     saved_det = torch.are_deterministic_algorithms_enabled()
     os.environ.update({"COLUMNS": "200", **{k: str(v) for k, v in env.items()}})
     common._consoles.clear()  # consoles bind to the streams current when first made
     stdout, stderr = io.StringIO(), io.StringIO()
     code = 0
     try:
+        if cwd is not None:
+            os.chdir(cwd)
         with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
             try:
                 main(argv)
@@ -80,6 +83,7 @@ def _run_in_process(argv: list[str], env: dict) -> subprocess.CompletedProcess:
                 traceback.print_exc()
                 code = 1
     finally:
+        os.chdir(saved_cwd)
         common._consoles.clear()
         os.environ.clear()
         os.environ.update(saved_env)

@@ -22,7 +22,7 @@ from cnnctl.data.batches import Batches
 from cnnctl.data.bundle import select_splits, split_off
 from cnnctl.data.layout import DIGIT_SETS, NAMED_SETS, folder_layout
 from cnnctl.data.manifest import Manifest
-from cnnctl.data.sources import Split, default_cache_dir, files_split, folder_split, load_source
+from cnnctl.data.sources import Source, Split, default_cache_dir, files_split, folder_split, load_source
 from cnnctl.errors import DataError, UsageError
 from cnnctl.evaluate.metrics import calibration, confusion_matrix, nll, per_class
 from cnnctl.machine import EvalBatch, eval_batch
@@ -123,23 +123,7 @@ def load_split(
             )
     if name not in NAMED_SETS:
         return _folder_split(name, info, split, classes, prep, val_split, log)
-    src = load_source(
-        name,
-        data_dir or (info.data_dir if info is not None and info.data_dir else "./data"),
-        False,
-        prep.size,
-        prep.channels == 1,
-        log=log,
-    )
-    if (src.channels, tuple(src.size)) != (prep.channels, tuple(prep.size)):
-        raise DataError(
-            f"{name} gives {src.channels}x{src.size[0]}x{src.size[1]} images, the model takes {prep.channels}x{prep.size[0]}x{prep.size[1]}"
-        )
-    if src.classes != classes:
-        raise DataError(
-            f"{name} has classes {src.classes[:5]}{'...' if len(src.classes) > 5 else ''} but the model was trained on "
-            f"{classes[:5]}{'...' if len(classes) > 5 else ''}; evaluate on the data set it was trained for"
-        )
+    src = _named_source(name, meta, data_dir, log)
     if split == "all":
         raise UsageError(f"--split all is for image folders; {name} has test, val and train splits")
     if split == "test":
@@ -157,6 +141,25 @@ def load_split(
 SPLITS = ("test", "val", "train", "all")
 
 
+def _named_source(name: str, meta: Metadata, data_dir: str | None, log: Callable[[str], None]) -> Source:
+    """A named data set (mnist, cifar10, ...) decoded as the model's preprocessing says; refused
+    in one line when its image size or classes are not the model's."""
+    prep, classes, info = meta.preprocess, list(meta.class_names), meta.data
+    where = data_dir or (info.data_dir if info is not None and info.data_dir else "./data")
+    src = load_source(name, where, False, prep.size, prep.channels == 1, log=log)
+    if (src.channels, tuple(src.size)) != (prep.channels, tuple(prep.size)):
+        raise DataError(
+            f"{name} gives {src.channels}x{src.size[0]}x{src.size[1]} images, "
+            f"the model takes {prep.channels}x{prep.size[0]}x{prep.size[1]}"
+        )
+    if src.classes != classes:
+        raise DataError(
+            f"{name} has classes {src.classes[:5]}{'...' if len(src.classes) > 5 else ''} but the model was trained on "
+            f"{classes[:5]}{'...' if len(classes) > 5 else ''}; evaluate on the data set it was trained for"
+        )
+    return src
+
+
 def _recorded_split(
     recorded: Manifest, split: str, meta: Metadata, name: str, data_dir: str | None, log: Callable[[str], None]
 ) -> Split:
@@ -165,15 +168,7 @@ def _recorded_split(
     rec = recorded.splits[split]
     prep = meta.preprocess
     if rec.rows is not None:
-        info = meta.data
-        src = load_source(
-            name,
-            data_dir or (info.data_dir if info is not None and info.data_dir else "./data"),
-            False,
-            prep.size,
-            prep.channels == 1,
-            log=log,
-        )
+        src = _named_source(name, meta, data_dir, log)
         if rec.rows and max(rec.rows) >= len(src.train):
             raise DataError(
                 f"{name} has {len(src.train)} training images but the run recorded row {max(rec.rows)}; is it the same data set?"
