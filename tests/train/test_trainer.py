@@ -483,7 +483,7 @@ def test_monitor_last_keeps_the_last_epoch_and_ema_picks_between_the_two(tmp_pat
         "--subset",
         "600",
         "--epochs",
-        "2",
+        "3",
         "--batch-size",
         "50",
         "--lr",
