@@ -98,7 +98,7 @@ def _train_args(out: Path, extra: tuple[str, ...] = (), model: str = "tiny") -> 
         "--data",
         "mnist-mini",
         "--subset",
-        "600",
+        "400",
         "--epochs",
         "2",
         "--batch-size",
