@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -62,13 +63,63 @@ class Review:
             return decision
 
 
-def create_app(review: Review) -> Any:
+TOKEN_HEADER = "x-cnnctl-token"
+LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
+
+
+def allowed_hosts(host: str, port: int) -> set[str]:
+    """The Host headers the page may be reached by: the bound address (and, for a loopback
+    address, its other loopback names). Anything else is a DNS-rebinding attempt or a mistake."""
+    names = {"127.0.0.1", "localhost", "[::1]"} if host in LOOPBACK else {host}
+    return {f"{name}:{port}" for name in names}
+
+
+@dataclass(frozen=True)
+class Guard:
+    """Who may use the review page: requests naming an allowed Host (`hosts`; None: not checked,
+    for in-process tests) read; a decision must also carry the per-session `token` the page was
+    served with, in a header (which a cross-site form or a text/plain fetch cannot set without a
+    CORS preflight this app never grants), as JSON, from no Origin but the page's own."""
+
+    token: str
+    hosts: set[str] | None = None
+
+    def refused(self, request: Any, write: bool) -> Any:
+        """None when `request` may go on, else the 403/415 response that answers it."""
+        import hmac
+
+        from starlette.responses import JSONResponse
+
+        host = request.headers.get("host", "")
+        if self.hosts is not None and host not in self.hosts:
+            return JSONResponse({"error": f"host {host!r} is not this review page's"}, status_code=403)
+        if not write:
+            return None
+        origin = request.headers.get("origin")
+        if origin is not None and origin != f"http://{host}":
+            return JSONResponse({"error": f"origin {origin!r} may not write here"}, status_code=403)
+        if not hmac.compare_digest(request.headers.get(TOKEN_HEADER, ""), self.token):
+            error = "missing or wrong session token: mark images from the review page"
+            return JSONResponse({"error": error}, status_code=403)
+        if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
+            return JSONResponse({"error": "send the decision as application/json"}, status_code=415)
+        return None
+
+
+def create_app(review: Review, *, token: str | None = None, hosts: set[str] | None = None) -> Any:
+    """The review page's ASGI app; what may reach it is `Guard`'s to say."""
+    import secrets
+
     from starlette.applications import Starlette
     from starlette.requests import Request
-    from starlette.responses import FileResponse, JSONResponse, Response
+    from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
     from starlette.routing import Route
 
     from cnnctl.errors import CnnctlError
+
+    guard = Guard(token or secrets.token_urlsafe(32), hosts)
+    page = STATIC.read_text(encoding="utf-8").replace("__CNNCTL_TOKEN__", guard.token)
+    refused = guard.refused
 
     def item_of(request: Request) -> dict[str, Any] | None:
         try:
@@ -78,19 +129,17 @@ def create_app(review: Review) -> Any:
         return review.items[i] if 0 <= i < len(review.items) else None
 
     async def index(request: Request) -> Response:
-        return FileResponse(STATIC, media_type="text/html")
+        return refused(request, write=False) or HTMLResponse(page, headers={"Cache-Control": "no-store"})
 
     async def items(request: Request) -> Response:
-        return JSONResponse(
-            {
-                "items": review.items,
-                "classes": review.classes,
-                "log": review.log_path,
-                "decisions": review.log["decisions"],
-            }
-        )
+        if (no := refused(request, write=False)) is not None:
+            return no
+        listing = {"items": review.items, "classes": review.classes, "log": review.log_path}
+        return JSONResponse({**listing, "decisions": review.log["decisions"]})
 
     async def image(request: Request) -> Response:
+        if (no := refused(request, write=False)) is not None:
+            return no
         item = item_of(request)
         if item is None:
             return JSONResponse({"error": "no such item"}, status_code=404)
@@ -99,6 +148,8 @@ def create_app(review: Review) -> Any:
         )
 
     def cam(request: Request) -> Response:  # sync: runs in the thread pool, off the event loop
+        if (no := refused(request, write=False)) is not None:
+            return no
         item = item_of(request)
         if item is None:
             return JSONResponse({"error": "no such item"}, status_code=404)
@@ -108,6 +159,8 @@ def create_app(review: Review) -> Any:
             return JSONResponse({"error": exc.message}, status_code=422)
 
     async def decisions(request: Request) -> Response:
+        if (no := refused(request, write=True)) is not None:
+            return no
         try:
             body = await request.json()
             item_id, action, to = int(body["id"]), str(body["action"]), body.get("to")
@@ -142,4 +195,5 @@ def run(review: Review, host: str, port: int) -> None:
         file=sys.stderr,
         flush=True,
     )
-    uvicorn.run(create_app(review), host=host, port=port, log_level="warning", access_log=False)
+    app = create_app(review, hosts=allowed_hosts(host, port))
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)

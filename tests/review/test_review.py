@@ -66,6 +66,7 @@ def test_the_api_lists_items_serves_files_and_heatmaps_and_logs_each_mark(photo_
     losses = [it["loss"] for it in items if "top-loss" in it["sources"]]
     log = tmp_path / "log.json"
     client = TestClient(create_app(Review(str(photo_run), str(pets), items, classes, str(log))))
+    client.headers["x-cnnctl-token"] = _page_token(client)  # what the page's script sends
     listing = client.get("/api/items").json()
     assert len(listing["items"]) == len(items) and listing["decisions"] == {} and max(losses) == items[0]["loss"]
     first = items[0]
@@ -80,12 +81,73 @@ def test_the_api_lists_items_serves_files_and_heatmaps_and_logs_each_mark(photo_
     assert client.post("/api/decisions", json={"id": 1, "action": "remove"}).status_code == 200
     assert client.post("/api/decisions", json={"id": 1, "action": "explode"}).status_code == 400
     assert client.post("/api/decisions", json={"id": 2, "action": "relabel", "to": "Horse"}).status_code == 400
-    assert client.post("/api/decisions", content=b"{").status_code == 400
+    assert client.post("/api/decisions", content=b"{", headers={"content-type": "application/json"}).status_code == 400
     saved = json.loads(log.read_text())
     assert saved["data"] == str(pets) and saved["decisions"] == {
         first["rel"]: {"action": "relabel", "to": other},
         items[1]["rel"]: {"action": "remove"},
     }
+
+
+def _page_token(client) -> str:
+    import re
+
+    page = client.get("/").text
+    found = re.search(r'<meta name="cnnctl-token" content="([^"]+)">', page)
+    assert found and found.group(1) != "__CNNCTL_TOKEN__"
+    return found.group(1)
+
+
+def test_only_the_review_page_itself_can_write_marks(photo_run, pets, suspects, tmp_path):
+    """A site open in the same browser cannot mark images: a cross-origin text/plain POST (no
+    preflight), a POST without the page's token, and a DNS-rebinding Host change nothing."""
+    from starlette.testclient import TestClient
+
+    from cnnctl.review.app import Review, allowed_hosts, create_app
+    from cnnctl.review.items import build_items
+
+    items, classes = build_items(str(photo_run), str(pets), labels=str(_relocate(suspects, pets, tmp_path)), top=5)
+    log = tmp_path / "log.json"
+    hosts = allowed_hosts("127.0.0.1", 8100)
+    app = create_app(Review(str(photo_run), str(pets), items, classes, str(log)), hosts=hosts)
+    client = TestClient(app, base_url="http://127.0.0.1:8100")
+    token = _page_token(client)
+    mark = b'{"id": 0, "action": "remove"}'
+    attacks = [
+        # what the issue tried: a foreign page's fetch with text/plain (a "simple" request, no preflight)
+        {"origin": "http://evil.example", "content-type": "text/plain"},
+        # even with the right token (it cannot read it, but say it guessed): a foreign Origin
+        {"origin": "http://evil.example", "content-type": "application/json", "x-cnnctl-token": token},
+        # same origin but no token (a form post or a script on another port of 127.0.0.1)
+        {"origin": "http://127.0.0.1:8100", "content-type": "application/json"},
+        # the right token as text/plain
+        {"origin": "http://127.0.0.1:8100", "content-type": "text/plain", "x-cnnctl-token": token},
+        # a wrong token
+        {"content-type": "application/json", "x-cnnctl-token": token[:-1] + ("A" if token[-1] != "A" else "B")},
+    ]
+    for headers in attacks:
+        response = client.post("/api/decisions", content=mark, headers=headers)
+        assert response.status_code in (403, 415), (headers, response.text)
+    # DNS rebinding: evil.example resolving to 127.0.0.1 reaches the server with its own Host
+    rebound = TestClient(app, base_url="http://evil.example:8100")
+    assert rebound.get("/api/items").status_code == 403 and rebound.get("/image/0").status_code == 403
+    assert rebound.get("/").status_code == 403  # and so never sees the token
+    assert (
+        rebound.post(
+            "/api/decisions", content=mark, headers={"content-type": "application/json", "x-cnnctl-token": token}
+        ).status_code
+        == 403
+    )
+    assert not log.exists() or json.loads(log.read_text())["decisions"] == {}
+    # the page itself: same origin, its token, JSON
+    ok = client.post(
+        "/api/decisions",
+        content=mark,
+        headers={"origin": "http://127.0.0.1:8100", "content-type": "application/json", "x-cnnctl-token": token},
+    )
+    assert ok.status_code == 200 and json.loads(log.read_text())["decisions"] == {items[0]["rel"]: {"action": "remove"}}
+    # another session (a restarted server) has another token
+    assert _page_token(TestClient(create_app(Review(str(photo_run), str(pets), items, classes, str(log))))) != token
 
 
 def _log(data: Path, decisions: dict) -> dict:
