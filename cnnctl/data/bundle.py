@@ -14,7 +14,7 @@ import torch
 
 from cnnctl.config import DataConfig, parse_floats
 from cnnctl.data.layout import NAMED_SETS
-from cnnctl.data.manifest import Manifest, SplitRecord, compare, deal, record_files
+from cnnctl.data.manifest import Manifest, SplitRecord, compare, deal, record_files, relative_to
 from cnnctl.data.sources import Source, Split, default_cache_dir, load_source, redecode
 from cnnctl.errors import DataError, UsageError
 from cnnctl.runtime.preprocess import Preprocess
@@ -234,11 +234,10 @@ def _recorded(
     in_val = set(val_rec.paths) if val_rec is not None else set()
     unused = set(unused_rec.paths) if unused_rec is not None else set()
     known = recorded.all_paths()
-    prefix = root.rstrip(os.sep) + os.sep
+    relative = relative_to(root)
     groups: dict[str, list[int]] = {"train": [], "val": [], "unused": []}
     for i, path in enumerate(src.train.paths or []):
-        full = os.path.abspath(path)
-        rel = full[len(prefix) :] if full.startswith(prefix) else os.path.relpath(full, root)
+        rel = relative(path)[1]
         if rel in unused:
             groups["unused"].append(i)
         elif rel in in_val or (rel not in known and val_rec is not None and deal(rel, val_split)):

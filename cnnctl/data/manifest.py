@@ -24,7 +24,7 @@ import gzip
 import hashlib
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -159,16 +159,29 @@ class Manifest:
         return FileState(present, missing, changed)
 
 
+def relative_to(root: str) -> Callable[[str], tuple[str, str]]:
+    """A function from a path under `root` (absolute, or relative to the working directory) to
+    (its absolute path, its path relative to `root`): a string cut for the millions of paths a
+    listing holds, os.path.relpath only for the odd one outside the plain prefix."""
+    base = os.path.abspath(root)
+    prefix = base.rstrip(os.sep) + os.sep
+
+    def rel(path: str) -> tuple[str, str]:
+        full = path if os.path.isabs(path) else os.path.abspath(path)
+        return full, full[len(prefix) :] if full.startswith(prefix) else os.path.relpath(full, base)
+
+    return rel
+
+
 def record_files(root: str, paths: Iterable[str], labels: Iterable[int]) -> SplitRecord:
     """A split of image files under `root`, with each file's size and mtime now."""
-    prefix = root.rstrip(os.sep) + os.sep
+    relative = relative_to(root)
     rels: list[str] = []
     sizes: list[int] = []
     mtimes: list[int] = []
     labs: list[int] = []
     for path, label in zip(paths, labels):
-        full = path if os.path.isabs(path) else os.path.abspath(path)
-        rel = full[len(prefix) :] if full.startswith(prefix) else os.path.relpath(full, root)
+        full, rel = relative(path)
         try:
             st = os.stat(full)
             size, mtime = st.st_size, st.st_mtime_ns
@@ -202,11 +215,8 @@ def compare(
     manifest: Manifest, root: str, current: Iterable[str], splits: tuple[str, ...] = ("train", "val")
 ) -> Change:
     """Files now under `root` (absolute or root-relative paths) against the recorded `splits`."""
-    prefix = os.path.abspath(root).rstrip(os.sep) + os.sep
-    now = set()
-    for p in current:
-        full = p if os.path.isabs(p) else os.path.abspath(p)
-        now.add(full[len(prefix) :] if full.startswith(prefix) else os.path.relpath(full, root))
+    relative = relative_to(root)
+    now = {relative(p)[1] for p in current}
     recorded: set[str] = set()
     changed: list[str] = []
     for name in splits:
@@ -217,7 +227,7 @@ def compare(
         for rel, size, mtime in zip(rec.paths, rec.sizes, rec.mtimes):
             if rel in now:
                 try:
-                    st = os.stat(os.path.join(prefix, rel))
+                    st = os.stat(os.path.join(root, rel))
                 except OSError:
                     continue
                 if st.st_size != size or st.st_mtime_ns != mtime:

@@ -21,7 +21,7 @@ from torch import nn
 from cnnctl.data.batches import Batches
 from cnnctl.data.bundle import select_splits, split_off
 from cnnctl.data.layout import DIGIT_SETS, NAMED_SETS, folder_layout
-from cnnctl.data.manifest import Manifest
+from cnnctl.data.manifest import Manifest, relative_to
 from cnnctl.data.sources import Source, Split, default_cache_dir, files_split, folder_split, load_source
 from cnnctl.errors import DataError, UsageError
 from cnnctl.evaluate.metrics import calibration, confusion_matrix, nll, per_class
@@ -180,8 +180,8 @@ def _recorded_split(
         from cnnctl.data.sources import list_images
 
         known = recorded.all_paths()
-        prefix = recorded.data.rstrip(os.sep) + os.sep
-        new = sum(1 for f in list_images(recorded.data) if f[len(prefix) :] not in known)
+        relative = relative_to(recorded.data)
+        new = sum(1 for f in list_images(recorded.data) if relative(f)[1] not in known)
     if state.missing or state.changed or new:
         gone = state.missing + state.changed
         left = f"{len(state.missing)} missing and {len(state.changed)} changed since training are left out (e.g. {', '.join(gone[:3])})"
