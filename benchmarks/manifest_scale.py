@@ -76,7 +76,8 @@ def main() -> None:
     print(f"files: {args.files:,} ({len(val.paths):,} val)")
     print(f"splits.json.gz: {size / 2**20:.1f} MiB ({size / args.files:.1f} bytes a file)")
     print(
-        f"write {write_s:.2f} s, read {read_s:.2f} s, compare a listing {compare_s:.2f} s ({len(change.added)} added, {len(change.removed)} removed)"
+        f"write {write_s:.2f} s, read {read_s:.2f} s, compare a listing {compare_s:.2f} s "
+        f"({len(change.added)} added, {len(change.removed)} removed)"
     )
     print(f"stat per file: {stat_us:.1f} us -> {stat_us * args.files / 1e6:.1f} s for {args.files:,} files")
     print(f"peak memory added: {peak:.0f} MiB (the path lists themselves included)")
