@@ -14,8 +14,8 @@ import torch
 
 from cnnctl.config import DataConfig, parse_floats
 from cnnctl.data.layout import NAMED_SETS
-from cnnctl.data.manifest import Manifest, SplitRecord, compare, deal, record_files, relative_to
-from cnnctl.data.sources import Source, Split, default_cache_dir, load_source, redecode
+from cnnctl.data.manifest import Change, Manifest, SplitRecord, compare, deal, record_files, relative_to
+from cnnctl.data.sources import Source, Split, default_cache_dir, load_source, redecode, training_files
 from cnnctl.errors import DataError, UsageError
 from cnnctl.runtime.preprocess import Preprocess
 from cnnctl.specs import parse_image_size
@@ -39,6 +39,7 @@ class DataBundle:
     notes: list[str] = field(default_factory=list)
     root: str = ""  # the absolute data folder ("" for a named set)
     excluded: Split | None = None  # training images left out by --subset
+    skipped: tuple[str, ...] = ()  # files of the training folders that did not decode
     changes: tuple[dict[str, int | str], ...] = ()  # data changes accepted on resume (--accept-data-change)
 
     def manifest(self) -> Manifest:
@@ -52,6 +53,8 @@ class DataBundle:
             elif not self.root and name != "test":
                 rows = split.rows if split.rows is not None else torch.arange(len(split))
                 splits[name] = SplitRecord(rows=tuple(rows.tolist()))
+        if self.root and self.skipped:  # unreadable files: known, so a later listing does not count them as new
+            splits["skipped"] = record_files(self.root, self.skipped, [-1] * len(self.skipped))
         return Manifest(self.root or self.name, splits, self.fingerprint, self.changes)
 
     @property
@@ -138,6 +141,9 @@ def build(
     `recorded` is a resumed run's split manifest: the splits are then the recorded ones, and a data
     folder whose files changed since is refused unless `accept_change` (docs/train.md#resume).
     """
+    if recorded is not None and recorded.is_folder and not accept_change and os.path.isdir(cfg.data):
+        # Compared on the listing, before anything is decoded: a grown folder is refused at once.
+        _refuse_change(recorded, compare(recorded, recorded.data, training_files(cfg.data), RECORDED))
     size = parse_image_size(cfg.image_size) if cfg.image_size else None
     src: Source = load_source(
         cfg.data,
@@ -182,9 +188,34 @@ def build(
         raise UsageError(f"--mean/--std need {src.channels} value(s) for {src.channels}-channel images")
     base = src.prep or Preprocess(channels=src.channels, size=src.size)
     prep = dataclasses.replace(base, mean=mean, std=std)
+    skipped = src.train.skipped + (src.val.skipped if src.val is not None else ())
     return DataBundle(
-        src.name, src.classes, train, val, src.test, prep, fingerprint(train, val), src.notes, root, excluded, changes
+        src.name,
+        src.classes,
+        train,
+        val,
+        src.test,
+        prep,
+        fingerprint(train, val),
+        src.notes,
+        root=root,
+        excluded=excluded,
+        changes=changes,
+        skipped=skipped,
     )
+
+
+# The recorded groups a data folder's training files fall in (test/ is not compared: it is read whole).
+RECORDED = ("train", "val", "unused", "skipped")
+
+
+def _refuse_change(recorded: Manifest, change: Change) -> None:
+    if change:
+        raise DataError(
+            f"{recorded.data} changed since this run recorded its splits: {change.summary()}; start a new run "
+            f"(--out NEW), or add --accept-data-change to go on (recorded files keep their split, new ones are "
+            f"dealt to train/val)"
+        )
 
 
 def _recorded(
@@ -211,13 +242,10 @@ def _recorded(
         train = rows("train")
         assert train is not None
         return train, rows("val"), rows("unused"), recorded.changes
-    current = list(src.train.paths or []) + list(src.val.paths or [] if src.val is not None else [])
-    change = compare(recorded, root, current, ("train", "val", "unused"))
-    if change and not accept:
-        raise DataError(
-            f"{where} changed since this run recorded its splits: {change.summary()}; start a new run (--out NEW), "
-            f"or add --accept-data-change to go on (recorded files keep their split, new ones are dealt to train/val)"
-        )
+    current = [p for s in (src.train, src.val) if s is not None for p in [*(s.paths or []), *s.skipped]]
+    change = compare(recorded, root, current, RECORDED)
+    if not accept:
+        _refuse_change(recorded, change)
     changes = recorded.changes
     if change:
         log(

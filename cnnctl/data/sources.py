@@ -44,6 +44,7 @@ class Split:
     paths: list[str] | None = None
     rows: torch.Tensor | None = None
     identity: str | None = None
+    skipped: tuple[str, ...] = ()  # files of the listing that did not decode (not in `paths`)
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
@@ -165,13 +166,16 @@ def _list_files(root: Path, classes: list[str], labels_of: list[int]) -> tuple[l
     return files, labels
 
 
-def list_images(root: str) -> Iterator[str]:
-    """Every image file under `root`, recursively, in sorted order (paths joined onto `root`)."""
-    for dirpath, dirnames, names in os.walk(root):
-        dirnames.sort()
-        for n in sorted(names):
-            if n.lower().endswith(IMAGE_SUFFIXES):
-                yield os.path.join(dirpath, n)
+def training_files(path: str) -> list[str]:
+    """The image files training reads from a folder, without decoding them: every image under
+    <class>/ (recursively) of the folder, or of its train/ and val/ when it has split folders."""
+    layout = folder_layout(path)
+    roots = [layout.splits[s] for s in ("train", "val") if s in layout.splits] if layout.splits else [layout.root]
+    files: list[str] = []
+    for root in roots:
+        classes = [p.name for p in class_dirs(root)]
+        files += _list_files(root, classes, list(range(len(classes))))[0]
+    return files
 
 
 def folder_split(
@@ -224,8 +228,9 @@ def files_split(
     if not ok:
         raise DataError(f"{where}: none of the {len(files)} image files could be read")
     rows = torch.as_tensor(ok, dtype=torch.int64) if pixels.failed else None
+    skipped = tuple(files[i] for i in sorted(pixels.failed))
     y = torch.as_tensor(np.asarray(labels, dtype=np.int64)[ok])
-    return Split(pixels.array, y, [files[i] for i in ok], rows, pixels.key)
+    return Split(pixels.array, y, [files[i] for i in ok], rows, pixels.key, skipped)
 
 
 def _first_image_size(files: list[str]) -> tuple[int, int]:

@@ -177,11 +177,11 @@ def _recorded_split(
     state = recorded.files(split)
     new = 0
     if os.path.isdir(recorded.data):
-        from cnnctl.data.sources import list_images
+        from cnnctl.data.sources import training_files
 
         known = recorded.all_paths()
         relative = relative_to(recorded.data)
-        new = sum(1 for f in list_images(recorded.data) if relative(f)[1] not in known)
+        new = sum(1 for f in training_files(recorded.data) if relative(f)[1] not in known)
     if state.missing or state.changed or new:
         gone = state.missing + state.changed
         left = f"{len(state.missing)} missing and {len(state.changed)} changed since training are left out (e.g. {', '.join(gone[:3])})"

@@ -89,6 +89,7 @@ def test_resume_refuses_a_changed_folder_and_accepts_on_request(grown):
     assert_user_error(
         proc, "changed since this run recorded its splits", "1 file(s) added", "--accept-data-change", "--out"
     )
+    assert "decoded" not in proc.stderr  # refused on the listing, before any image is decoded
     assert (
         json.loads((run / "history.json").read_text())["epochs"][-1]["epoch"] == 1
     )  # nothing trained, nothing written
@@ -153,3 +154,17 @@ def test_a_damaged_manifest_is_one_line(grown):
     (run / FILE).write_bytes(b"not gzip")
     proc = run_cli("eval", run, "--split", "val")
     assert_user_error(proc, "splits.json.gz is damaged")
+
+
+def test_an_unreadable_file_is_recorded_and_is_not_new_on_resume(tmp_path):
+    data = tmp_path / "pets"
+    shutil.copytree(PETS_MINI, data)
+    (data / "Cat" / "broken.jpg").write_bytes(b"this is not a JPEG")
+    run = tmp_path / "run"
+    proc = run_cli("train", *TRAIN, "--data", data, "--out", run)
+    assert proc.returncode == 0 and "skipped 1 unreadable image" in proc.stderr, proc.stderr
+    manifest = Manifest.read(run)
+    assert manifest is not None and manifest.splits["skipped"].paths == ("Cat/broken.jpg",)
+    assert "Cat/broken.jpg" not in manifest.splits["train"].paths + manifest.splits["val"].paths
+    resumed = run_cli("train", "--resume", run, "--epochs", "2")
+    assert resumed.returncode == 0 and "changed since" not in resumed.stderr, resumed.stderr
