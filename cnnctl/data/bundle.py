@@ -141,9 +141,7 @@ def build(
     `recorded` is a resumed run's split manifest: the splits are then the recorded ones, and a data
     folder whose files changed since is refused unless `accept_change` (docs/train.md#resume).
     """
-    if recorded is not None and recorded.is_folder and not accept_change and os.path.isdir(cfg.data):
-        # Compared on the listing, before anything is decoded: a grown folder is refused at once.
-        _refuse_change(recorded, compare(recorded, recorded.data, training_files(cfg.data), RECORDED))
+    change = _data_change(cfg.data, recorded, accept_change) if recorded is not None else None
     size = parse_image_size(cfg.image_size) if cfg.image_size else None
     src: Source = load_source(
         cfg.data,
@@ -162,7 +160,7 @@ def build(
     changes: tuple[dict[str, int | str], ...] = ()
     train, val = src.train, src.val
     if recorded is not None:
-        train, val, excluded, changes = _recorded(src, root, recorded, cfg.val_split, accept_change, log)
+        train, val, excluded, changes = _recorded(src, root, recorded, cfg.val_split, change, log)
     else:
         train, val = select_splits(src, cfg.val_split)
     if (
@@ -209,24 +207,32 @@ def build(
 RECORDED = ("train", "val", "unused", "skipped")
 
 
-def _refuse_change(recorded: Manifest, change: Change) -> None:
-    if change:
+def _data_change(data: str, recorded: Manifest, accept: bool) -> Change | None:
+    """How the data folder differs from what the run recorded, from its listing, before anything
+    is decoded (a grown folder is refused at once unless `accept`); None for a named set."""
+    where = data if data in NAMED_SETS else os.path.abspath(data)
+    if recorded.data != where:
+        raise DataError(
+            f"this run was trained on {recorded.data}, not {where}; resume with the same --data, or start a new run"
+        )
+    if not recorded.is_folder:
+        return None
+    change = compare(recorded, recorded.data, training_files(data), RECORDED)
+    if change and not accept:
         raise DataError(
             f"{recorded.data} changed since this run recorded its splits: {change.summary()}; start a new run "
             f"(--out NEW), or add --accept-data-change to go on (recorded files keep their split, new ones are "
             f"dealt to train/val)"
         )
+    return change
 
 
 def _recorded(
-    src: Source, root: str, recorded: Manifest, val_split: float, accept: bool, log: Callable[[str], None]
+    src: Source, root: str, recorded: Manifest, val_split: float, change: Change | None, log: Callable[[str], None]
 ) -> tuple[Split, Split | None, Split | None, tuple[dict[str, int | str], ...]]:
-    """(train, val, excluded, accepted changes): the splits a resumed run recorded, on the data as it is now."""
+    """(train, val, excluded, accepted changes): the splits a resumed run recorded, on the data as
+    it is now (`change`: how its listing differs, already accepted)."""
     where = root or src.name
-    if recorded.data != where:
-        raise DataError(
-            f"this run was trained on {recorded.data}, not {where}; resume with the same --data, or start a new run"
-        )
     if not root:  # a named set: rows of its training split, which cannot change
 
         def rows(name: str) -> Split | None:
@@ -242,10 +248,6 @@ def _recorded(
         train = rows("train")
         assert train is not None
         return train, rows("val"), rows("unused"), recorded.changes
-    current = [p for s in (src.train, src.val) if s is not None for p in [*(s.paths or []), *s.skipped]]
-    change = compare(recorded, root, current, RECORDED)
-    if not accept:
-        _refuse_change(recorded, change)
     changes = recorded.changes
     if change:
         log(
