@@ -26,7 +26,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "scheduler": ("none", "step", "cosine", "onecycle"),
     "device": ("auto", "cpu", "cuda", "mps"),
     "amp": ("none", "auto", "bf16", "fp16"),
-    "monitor": ("val_acc", "val_loss", "last"),
+    "monitor": ("auto", "val_acc", "val_loss", "val_map", "last"),
+    "task": ("auto", "single", "multilabel"),
     "freeze": ("none", "backbone"),
     "feature_cache": ("auto", "off"),
     "resize": ("auto", "stretch", "crop"),
@@ -49,7 +50,24 @@ class TrainConfig:
     model: str = _f("", "Model name from the registry (`cnnctl models`).", cli=False)
     data: str = _f(
         "mnist-mini",
-        "Data set: mnist, fashion-mnist, kmnist, cifar10, cifar100, mnist-mini (built in), or an image folder PATH.",
+        "Data set: mnist, fashion-mnist, kmnist, cifar10, cifar100, mnist-mini (built in), an image folder PATH, or a "
+        "label file (.csv, .tsv, .jsonl, .parquet, or a saved Hugging Face dataset folder; docs/labels.md).",
+    )
+    task: str = _f(
+        "auto",
+        "single (softmax, one class per image) or multilabel (sigmoid, a set of labels per image, per-class "
+        "thresholds tuned on val); auto: multilabel when a label file holds several labels in a row.",
+    )
+    image_root: str = _f("", "Label files: the folder their image paths are relative to (default: the file's folder).")
+    path_column: str = _f(
+        "", "Label files: the column of image paths (default: path, file, filename, image, image_name or id)."
+    )
+    label_column: str = _f("", "Label files: the column of labels (default: labels, label, tags, target or class).")
+    label_delim: str = _f("", "Label files: what separates several labels in one cell (default: whitespace).")
+    skip_bad_rows: bool = _f(
+        False,
+        "Label files: leave out rows naming missing or undecodable files, duplicates, empty paths or no label "
+        "(counted in the log) instead of refusing the file.",
     )
     data_dir: str = _f("./data", "Where torchvision data sets live (torchvision's layout).")
     download: bool = _f(False, "Download a torchvision data set if it is missing.")
@@ -211,9 +229,15 @@ class TrainConfig:
     threads: int = _f(0, "CPU threads for torch (0 = all cores).")
     patience: int = _f(0, "Stop after this many epochs without improvement of --monitor (0 = never).")
     monitor: str = _f(
-        "val_acc",
-        "What picks the saved checkpoint: val_acc, val_loss, or last (the last epoch's weights, for "
-        "schedules that anneal to zero; with --ema, val_loss picks between the two).",
+        "auto",
+        "What picks the saved checkpoint: val_acc, val_loss, val_map (multi-label), or last (the last epoch's "
+        "weights, for schedules that anneal to zero; with --ema, val_loss picks between the two); auto: val_map for "
+        "multi-label runs, else val_acc.",
+    )
+    threshold_rule: str = _f(
+        "f1",
+        "Multi-label: how each class's threshold is tuned on the validation split: f1 (the maximum F1), "
+        "precision=0.9 (the lowest threshold reaching that precision), recall=0.9, or fixed=0.5.",
     )
     time_limit: float = _f(0.0, "Stop training after this many seconds (0 = no limit).")
     cache_dir: str = _f("", "Cache for decoded image folders (default: ~/.cache/cnnctl).")
@@ -257,6 +281,12 @@ class DataConfig:
     interpolation: str  # bilinear, bicubic or nearest
     crop_pct: float
     cache_dir: str
+    task: str = "auto"
+    image_root: str = ""
+    path_column: str = ""
+    label_column: str = ""
+    label_delim: str = ""
+    skip_bad_rows: bool = False
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
@@ -265,6 +295,12 @@ FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 PANELS: dict[str, tuple[str, ...]] = {
     "Data": (
         "data",
+        "task",
+        "image_root",
+        "path_column",
+        "label_column",
+        "label_delim",
+        "skip_bad_rows",
         "data_dir",
         "download",
         "val_split",
@@ -310,7 +346,16 @@ PANELS: dict[str, tuple[str, ...]] = {
         "ema",
         "lookahead",
     ),
-    "Schedule & stopping": ("scheduler", "warmup", "step_size", "gamma", "patience", "monitor", "time_limit"),
+    "Schedule & stopping": (
+        "scheduler",
+        "warmup",
+        "step_size",
+        "gamma",
+        "patience",
+        "monitor",
+        "threshold_rule",
+        "time_limit",
+    ),
     "Augmentation": (
         "augment",
         "alternate_flip",
@@ -410,11 +455,30 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         raise UsageError(
             "--patience needs --monitor val_acc or val_loss to count epochs without improvement (with last, every epoch is kept)"
         )
+    parse_threshold_rule(cfg.threshold_rule)
+    if cfg.task == "multilabel" and cfg.loss == "mse":
+        raise UsageError(
+            "--loss mse is for single-label softmax outputs; multi-label runs train with binary cross-entropy"
+        )
     if cfg.loss == "mse" and cfg.label_smoothing:
         raise UsageError("--label-smoothing applies to --loss ce only")
     for name in ("mean", "std"):
         parse_floats(getattr(cfg, name), name)
     return cfg
+
+
+def parse_threshold_rule(rule: str) -> tuple[str, float]:
+    """ "f1" -> ("f1", 0); "precision=0.9" -> ("precision", 0.9); also recall=X and fixed=X."""
+    kind, _, value = rule.partition("=")
+    try:
+        number = float(value) if value else 0.0
+    except ValueError:
+        number = -1.0
+    if (kind == "f1" and not value) or (kind in ("precision", "recall", "fixed") and 0 < number < 1):
+        return kind, number
+    raise UsageError(
+        f"--threshold-rule {rule!r}: use f1, precision=X, recall=X or fixed=X with X in (0, 1), e.g. precision=0.9"
+    )
 
 
 def parse_floats(text: str, name: str) -> list[float]:

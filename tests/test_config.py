@@ -25,6 +25,11 @@ OTHER = {
     "cache_dir": "/c",
     "eval_batch_size": "256",
     "class_weights": "effective",
+    "image_root": "/images",
+    "path_column": "file",
+    "label_column": "tags",
+    "label_delim": ";",
+    "threshold_rule": "precision=0.9",
 }
 
 

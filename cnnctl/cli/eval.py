@@ -142,9 +142,17 @@ def eval_cmd(
         )
     if json_:
         print_json(report)
+    elif report.get("task") == "multilabel":
+        _render_multilabel(report)
     else:
         _render(report)
-    if min_accuracy is not None and report["top1"] < min_accuracy:
+    if min_accuracy is not None and report.get("task") == "multilabel":
+        if report["map"] is None or report["map"] < min_accuracy:
+            raise GateError(
+                f"mAP {report['map']} is below --min-accuracy {min_accuracy:.4f} (a multi-label model is gated on its "
+                f"mean average precision; {report['images']} images)"
+            )
+    elif min_accuracy is not None and report["top1"] < min_accuracy:
         raise GateError(
             f"top-1 accuracy {report['top1']:.4f} is below --min-accuracy {min_accuracy:.4f} ({report['images']} images)"
         )
@@ -230,6 +238,49 @@ def _render(r: dict[str, Any]) -> None:
             f"compare {c['target']} ({c['kind']}): top-1 {c['top1']:.4f}, agreement {c['agreement']:.4%}, max "
             f"|logit diff| {c['max_abs_logit_diff']:.3g}"
         )
+
+
+def _render_multilabel(r: dict[str, Any]) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    console = out()
+    tuned = "tuned on val" if r["thresholds_tuned"] else "1/2: none tuned"
+    console.print(
+        f"{escape(r['target'])} ({r['kind']}, {r['provider']}) on {escape(r['data'])} ({r['split']} split), {r['images']:,} "
+        f"images, multi-label: mAP [bold]{_num(r['map'])}[/bold]  micro mAP {_num(r['micro_map'])}  macro F1 "
+        f"{r['macro_f1']:.4f}  micro F1 {r['micro_f1']:.4f}  subset acc {r['subset_accuracy']:.4f}  Hamming loss "
+        f"{r['hamming_loss']:.4f}  (thresholds {tuned}; {r['images_per_s']:,.0f} img/s)"
+    )
+    console.print(f"calibration: mean per-class ECE {r['ece']:.4f}", highlight=False)
+    table = Table(title="per class")
+    for col in ("class", "AP", "precision", "recall", "f1", "support", "threshold"):
+        table.add_column(col, justify="left" if col == "class" else "right")
+    for row in r["per_class"]:
+        table.add_row(
+            escape(row["class"]),
+            _num(row["ap"]),
+            f"{row['precision']:.4f}",
+            f"{row['recall']:.4f}",
+            f"{row['f1']:.4f}",
+            str(row["support"]),
+            f"{row['threshold']:.3f}",
+        )
+    console.print(table)
+    if r.get("top_losses"):
+        lt = Table(title="highest losses")
+        for col in ("path", "true", "predicted", "false +", "false -", "loss"):
+            lt.add_column(col)
+        for m in r["top_losses"][:10]:
+            lt.add_row(
+                *(escape(m[k]) for k in ("path", "true", "predicted", "false_positives", "false_negatives")),
+                f"{m['loss']:.3f}",
+            )
+        console.print(lt)
+
+
+def _num(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
 
 
 def register(app: typer.Typer) -> None:

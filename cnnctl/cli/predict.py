@@ -40,7 +40,12 @@ def predict(
         ),
     ] = 0,
     json_: Annotated[
-        bool, typer.Option("--json", help="One JSON line per image: path and top-k labels with probabilities.")
+        bool,
+        typer.Option(
+            "--json",
+            help="One JSON line per image: path and top-k labels with probabilities (multi-label models add "
+            "labels, the predicted set, and probs, every class's probability).",
+        ),
     ] = False,
 ) -> None:
     """Predict classes with the preprocessing stored in the model's metadata.
@@ -73,16 +78,24 @@ def predict(
 
         table = Table()
         table.add_column("path")
-        table.add_column("label")
-        table.add_column("prob", justify="right")
-        if top_k > 1:
-            table.add_column("runners-up")
-        for r in results:
-            row = [escape(r.path), escape(r.top[0][0]), f"{r.top[0][1]:.4f}"]
+        if clf.meta.multilabel:  # the predicted set at the tuned thresholds, each with its probability
+            table.add_column("labels (probability)")
+            for r in results:
+                probs = r.probs or {}
+                shown = ", ".join(f"{label} {probs[label]:.3f}" for label in r.labels or []) or "(none)"
+                table.add_row(escape(r.path), escape(shown))
+            out().print(table)
+        else:
+            table.add_column("label")
+            table.add_column("prob", justify="right")
             if top_k > 1:
-                row.append(escape(", ".join(f"{label} {p:.3f}" for label, p in r.top[1:])))
-            table.add_row(*row)
-        out().print(table)
+                table.add_column("runners-up")
+            for r in results:
+                row = [escape(r.path), escape(r.top[0][0]), f"{r.top[0][1]:.4f}"]
+                if top_k > 1:
+                    row.append(escape(", ".join(f"{label} {p:.3f}" for label, p in r.top[1:])))
+                table.add_row(*row)
+            out().print(table)
     if errors:
         raise PartialFailure(
             f"{len(errors)} of {len(paths)} input(s) could not be read; the others were predicted"

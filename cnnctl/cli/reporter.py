@@ -16,6 +16,8 @@ def format_record(r: dict[str, Any]) -> str:
     parts = [f"epoch {r['epoch']}", f"train_loss {r['train_loss']:.4f}", f"train_acc {r['train_acc']:.4f}"]
     if "val_loss" in r:
         parts += [f"val_loss {r['val_loss']:.4f}", f"val_acc {r['val_acc']:.4f}"]
+    if "val_map" in r:
+        parts += [f"val_map {r['val_map']:.4f}"]
     if "ema_val_acc" in r:
         parts += [f"ema_val_acc {r['ema_val_acc']:.4f}"]
     parts += [f"lr {r['lr']:.3g}", f"{r['seconds']:.1f}s", f"{r['images_per_s']:.0f} img/s"]

@@ -222,7 +222,7 @@ def _render(summary: dict[str, Any], epochs: list[dict[str, Any]]) -> None:
         val_acc, val_loss = (best["ema_val_acc"], best["ema_val_loss"]) if ema else (best["val_acc"], best["val_loss"])
         lines.append(
             f"best epoch {best['epoch']}{' (the --ema average)' if ema else ''}: val_acc {val_acc:.4f}  val_loss {val_loss:.4f}  "
-            f"train_acc {best['train_acc']:.4f}"
+            f"train_acc {best['train_acc']:.4f}" + (f"  val_map {best['val_map']:.4f}" if "val_map" in best else "")
         )
         gap = best["train_acc"] - val_acc
         hint = (
@@ -231,8 +231,9 @@ def _render(summary: dict[str, Any], epochs: list[dict[str, Any]]) -> None:
         lines.append(f"train - val accuracy gap: {gap:+.4f} ({hint})")
     if summary["test"]:
         t = summary["test"]
+        multi = f"mAP {t['map']:.4f}  macro F1 {t['macro_f1']:.4f}  label acc" if "map" in t else "acc"
         lines.append(
-            f"test: acc {t['acc']:.4f}  loss {t['loss']:.4f}  on {t['images']} images (best checkpoint, never used for selection)"
+            f"test: {multi} {t['acc']:.4f}  loss {t['loss']:.4f}  on {t['images']} images (best checkpoint, never used for selection)"
         )
     lines.append(f"next: cnnctl eval {summary['run_dir']}  |  cnnctl export {summary['run_dir']}")
     for line in lines:

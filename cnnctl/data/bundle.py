@@ -15,10 +15,9 @@ import torch
 from cnnctl.config import DataConfig, parse_floats
 from cnnctl.data.layout import NAMED_SETS
 from cnnctl.data.manifest import Change, Manifest, SplitRecord, compare, deal, record_files, relative_to
-from cnnctl.data.sources import Source, Split, default_cache_dir, load_source, redecode, training_files
+from cnnctl.data.sources import Source, Split, default_cache_dir, label_spec, load_data, redecode, training_files
 from cnnctl.errors import DataError, UsageError
 from cnnctl.runtime.preprocess import Preprocess
-from cnnctl.specs import parse_image_size
 
 # The validation split is drawn with this fixed seed, whatever --seed is, so runs with different
 # seeds are selected on the same images.
@@ -41,6 +40,12 @@ class DataBundle:
     excluded: Split | None = None  # training images left out by --subset
     skipped: tuple[str, ...] = ()  # files of the training folders that did not decode
     changes: tuple[dict[str, int | str], ...] = ()  # data changes accepted on resume (--accept-data-change)
+    task: str = "single"  # or "multilabel": `y` rows are multi-hot float vectors
+    label_file: str = ""  # the absolute label file the images were listed in ("" for folders and named sets)
+
+    @property
+    def multilabel(self) -> bool:
+        return self.task == "multilabel"
 
     def manifest(self) -> Manifest:
         """Which images each split holds (written into the run directory as the split manifest)."""
@@ -49,12 +54,14 @@ class DataBundle:
             if split is None:
                 continue
             if self.root and split.paths is not None:
-                splits[name] = record_files(self.root, split.paths, split.y.tolist())
+                splits[name] = record_files(self.root, split.paths, _first_labels(split.y))
             elif not self.root and name != "test":
                 rows = split.rows if split.rows is not None else torch.arange(len(split))
                 splits[name] = SplitRecord(rows=tuple(rows.tolist()))
         if self.root and self.skipped:  # unreadable files: known, so a later listing does not count them as new
             splits["skipped"] = record_files(self.root, self.skipped, [-1] * len(self.skipped))
+        if self.label_file:
+            return Manifest(self.label_file, splits, self.fingerprint, self.changes, root=self.root)
         return Manifest(self.root or self.name, splits, self.fingerprint, self.changes)
 
     @property
@@ -70,6 +77,15 @@ class DataBundle:
             "test": len(self.test) if self.test else 0,
             "fingerprint": self.fingerprint,
         }
+
+
+def _first_labels(y: torch.Tensor) -> list[int]:
+    """A split's labels as the manifest records them: the class index; for multi-hot rows, the
+    first label (-1: none). A label file's labels are read from the file again, never from here."""
+    if y.dim() == 1:
+        return y.tolist()
+    has = y > 0.5
+    return torch.where(has.any(1), has.float().argmax(1), torch.full((len(y),), -1)).tolist()
 
 
 def channel_stats(split: Split) -> tuple[list[float], list[float]]:
@@ -123,11 +139,17 @@ def split_off(split: Split, fraction: float) -> tuple[Split, Split | None]:
     """(train, val) with a fixed-seed random `fraction` held out."""
     if fraction <= 0:
         return split, None
-    n_val = max(1, int(round(len(split) * fraction)))
-    if n_val >= len(split):
-        raise UsageError(f"--val-split {fraction} leaves no training images out of {len(split)}")
-    perm = torch.randperm(len(split), generator=torch.Generator().manual_seed(VAL_SEED))
-    return split.take(perm[n_val:].sort().values), split.take(perm[:n_val].sort().values)
+    train, val = held_out(len(split), fraction)
+    return split.take(train), split.take(val)
+
+
+def held_out(n: int, fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train rows, val rows) of `n` images with a fixed-seed random `fraction` held out, sorted."""
+    n_val = max(1, int(round(n * fraction)))
+    if n_val >= n:
+        raise UsageError(f"--val-split {fraction} leaves no training images out of {n}")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(VAL_SEED))
+    return perm[n_val:].sort().values, perm[:n_val].sort().values
 
 
 def build(
@@ -141,21 +163,9 @@ def build(
     `recorded` is a resumed run's split manifest: the splits are then the recorded ones, and a data
     folder whose files changed since is refused unless `accept_change` (docs/train.md#resume).
     """
-    change = _data_change(cfg.data, recorded, accept_change) if recorded is not None else None
-    size = parse_image_size(cfg.image_size) if cfg.image_size else None
-    src: Source = load_source(
-        cfg.data,
-        cfg.data_dir,
-        cfg.download,
-        size,
-        cfg.grayscale,
-        cfg.cache_dir,
-        log,
-        cfg.resize,
-        cfg.crop_pct,
-        cfg.interpolation,
-    )
-    root = "" if cfg.data in NAMED_SETS else os.path.abspath(src.name)
+    change = _data_change(cfg, recorded, accept_change) if recorded is not None else None
+    src: Source = load_data(cfg, log)
+    root = src.root or ("" if cfg.data in NAMED_SETS else os.path.abspath(src.name))
     excluded: Split | None = None
     changes: tuple[dict[str, int | str], ...] = ()
     train, val = src.train, src.val
@@ -200,6 +210,8 @@ def build(
         excluded=excluded,
         changes=changes,
         skipped=skipped,
+        task=src.task,
+        label_file=src.name if src.root else "",
     )
 
 
@@ -207,9 +219,10 @@ def build(
 RECORDED = ("train", "val", "unused", "skipped")
 
 
-def _data_change(data: str, recorded: Manifest, accept: bool) -> Change | None:
-    """How the data folder differs from what the run recorded, from its listing, before anything
-    is decoded (a grown folder is refused at once unless `accept`); None for a named set."""
+def _data_change(cfg: DataConfig, recorded: Manifest, accept: bool) -> Change | None:
+    """How the data folder (or the label file's listing) differs from what the run recorded, before
+    anything is decoded (a grown folder is refused at once unless `accept`); None for a named set."""
+    data = cfg.data
     where = data if data in NAMED_SETS else os.path.abspath(data)
     if recorded.data != where:
         raise DataError(
@@ -217,7 +230,7 @@ def _data_change(data: str, recorded: Manifest, accept: bool) -> Change | None:
         )
     if not recorded.is_folder:
         return None
-    change = compare(recorded, recorded.data, training_files(data), RECORDED)
+    change = compare(recorded, recorded.images, training_files(data, label_spec(cfg)), RECORDED)
     if change and not accept:
         raise DataError(
             f"{recorded.data} changed since this run recorded its splits: {change.summary()}; start a new run "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +21,11 @@ NAMED_SETS = ("mnist-mini", *TORCHVISION_SETS)
 
 
 SPLIT_DIRS = ("train", "val", "test")
+
+
+def cache_root(cache_dir: str = "") -> Path:
+    """cnnctl's cache folder: `cache_dir`, else $CNNCTL_CACHE, else ~/.cache/cnnctl."""
+    return Path(cache_dir or os.environ.get("CNNCTL_CACHE", Path.home() / ".cache" / "cnnctl")).expanduser()
 
 
 def class_dirs(root: Path) -> list[Path]:

@@ -92,6 +92,16 @@ class Manifest:
     splits: dict[str, SplitRecord]
     fingerprint: str = ""
     changes: tuple[dict[str, int | str], ...] = ()  # accepted data changes (--accept-data-change), oldest first
+    root: str = ""  # a label file's image root (paths are relative to it); "" = `data` itself
+
+    @property
+    def images(self) -> str:
+        """The folder the recorded paths are relative to."""
+        return self.root or self.data
+
+    @property
+    def label_file(self) -> bool:
+        return bool(self.root)
 
     @property
     def is_folder(self) -> bool:
@@ -111,6 +121,8 @@ class Manifest:
             "changes": list(self.changes),
             "splits": {name: rec.to_dict() for name, rec in self.splits.items()},
         }
+        if self.root:
+            doc["root"] = self.root
         raw = json.dumps(doc, separators=(",", ":")).encode()
         write_bytes(Path(run_dir) / FILE, gzip.compress(raw, compresslevel=6, mtime=0))
 
@@ -127,7 +139,13 @@ class Manifest:
                     f"{path}: split manifest format {doc.get('format')!r} is not supported (this cnnctl reads {FORMAT}); upgrade cnnctl"
                 )
             splits = {str(k): SplitRecord.from_dict(v) for k, v in doc["splits"].items()}
-            return cls(str(doc["data"]), splits, str(doc.get("fingerprint", "")), tuple(doc.get("changes") or ()))
+            return cls(
+                str(doc["data"]),
+                splits,
+                str(doc.get("fingerprint", "")),
+                tuple(doc.get("changes") or ()),
+                str(doc.get("root", "")),
+            )
         except (OSError, EOFError, ValueError, KeyError, TypeError, AttributeError, gzip.BadGzipFile):
             raise CheckpointError(
                 f"{path} is damaged; restore it, or evaluate with --data FOLDER --split all on images the model never saw"
@@ -146,7 +164,7 @@ class Manifest:
         missing: list[str] = []
         changed: list[str] = []
         for rel, label, size, mtime in zip(rec.paths, rec.labels, rec.sizes, rec.mtimes):
-            full = os.path.join(self.data, rel)
+            full = os.path.join(self.images, rel)
             try:
                 st = os.stat(full)
             except OSError:

@@ -51,9 +51,12 @@ class PolicyAugment:
 
 
 class BatchMix:
-    def __init__(self, num_classes: int, *, mixup: float = 0.0, cutmix: float = 0.0, prob: float = 1.0) -> None:
+    def __init__(
+        self, num_classes: int, *, mixup: float = 0.0, cutmix: float = 0.0, prob: float = 1.0, multilabel: bool = False
+    ) -> None:
         from torchvision.transforms import v2
 
+        self.multilabel, self.alphas = multilabel, [(k, a) for k, a in (("mixup", mixup), ("cutmix", cutmix)) if a > 0]
         mixes = []
         if mixup > 0:
             mixes.append(v2.MixUp(alpha=mixup, num_classes=num_classes))
@@ -66,7 +69,31 @@ class BatchMix:
         self.prob = prob
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """float (N, C, H, W), int64 (N,) -> mixed float batch, float (N, classes) targets."""
+        """float (N, C, H, W), int64 (N,) -> mixed float batch, float (N, classes) targets.
+        Multi-label targets, float (N, classes), are mixed as vectors the same way."""
+        if self.multilabel:
+            return self._mix_vectors(x, y)
         if torch.rand(()) >= self.prob:
             return x, torch.nn.functional.one_hot(y, self.num_classes).to(torch.float32)
         return self.mix(x, y)
+
+    def _mix_vectors(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """MixUp / CutMix as v2 does them (each image with the one before it in the batch, one
+        Beta(alpha, alpha) draw per batch), on multi-hot label vectors: lam * y + (1 - lam) * y_prev,
+        lam the kept area's share for CutMix."""
+        y = y.to(torch.float32)
+        if torch.rand(()) >= self.prob:
+            return x, y
+        kind, alpha = self.alphas[int(torch.randint(len(self.alphas), ()))]
+        lam = float(torch.distributions.Beta(alpha, alpha).sample())
+        x_prev, y_prev = x.roll(1, 0), y.roll(1, 0)
+        if kind == "mixup":
+            return x.mul(lam).add_(x_prev, alpha=1 - lam), y.mul(lam).add_(y_prev, alpha=1 - lam)
+        h, w = x.shape[-2:]
+        cy, cx = int(torch.randint(h, ())), int(torch.randint(w, ()))
+        rh, rw = int(h * (1 - lam) ** 0.5 / 2), int(w * (1 - lam) ** 0.5 / 2)
+        y0, y1, x0, x1 = max(cy - rh, 0), min(cy + rh, h), max(cx - rw, 0), min(cx + rw, w)
+        out = x.clone()
+        out[..., y0:y1, x0:x1] = x_prev[..., y0:y1, x0:x1]
+        lam = 1 - (y1 - y0) * (x1 - x0) / (h * w)
+        return out, y.mul(lam).add_(y_prev, alpha=1 - lam)

@@ -6,6 +6,7 @@ no per-sample PIL work happens inside an epoch.
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import os
 import sys
@@ -16,9 +17,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cnnctl.config import DataConfig
+from cnnctl.data.labelfile import LabelSpec, LabelTable, is_label_file, read_labels, refusal
 from cnnctl.data.layout import (
     NAMED_SETS,
     TORCHVISION_SETS,
+    cache_root,
     class_dirs,
     folder_layout,
     short,
@@ -92,6 +96,8 @@ class Source:
     # for random-resized crops; validation and test are decoded with `prep` itself.
     prep: Preprocess | None = None
     train_prep: Preprocess | None = None
+    task: str = "single"  # or "multilabel": `y` rows are multi-hot float vectors (label files)
+    root: str = ""  # a label file's image root (paths in the split manifest are relative to it)
 
 
 def _read_idx(path: Path) -> np.ndarray:
@@ -166,9 +172,13 @@ def _list_files(root: Path, classes: list[str], labels_of: list[int]) -> tuple[l
     return files, labels
 
 
-def training_files(path: str) -> list[str]:
+def training_files(path: str, spec: LabelSpec | None = None) -> list[str]:
     """The image files training reads from a folder, without decoding them: every image under
-    <class>/ (recursively) of the folder, or of its train/ and val/ when it has split folders."""
+    <class>/ (recursively) of the folder, or of its train/ and val/ when it has split folders; for
+    a label file (`spec`), the files of its rows that are not test rows."""
+    if spec is not None:
+        table = read_labels(dataclasses.replace(spec, skip_bad_rows=True))
+        return [p for p, s in zip(table.paths, table.splits) if s != "test"]
     layout = folder_layout(path)
     roots = [layout.splits[s] for s in ("train", "val") if s in layout.splits] if layout.splits else [layout.root]
     files: list[str] = []
@@ -207,14 +217,15 @@ def folder_split(
 
 def files_split(
     files: list[str],
-    labels: list[int],
+    labels: list[int] | np.ndarray,
     prep: Preprocess,
     cache_dir: Path | None,
     log: Callable[[str], None],
     where: str,
 ) -> Split:
-    """These image files with these labels, decoded through the decode cache; unreadable files are
-    left out and counted in one log line (`where` names the data in messages)."""
+    """These image files with these labels (class indices, or multi-hot rows), decoded through the
+    decode cache; unreadable files are left out and counted in one log line (`where` names the data
+    in messages)."""
     from cnnctl.data.cache import load_pixels
 
     pixels = load_pixels(files, prep, cache_dir, log)
@@ -229,7 +240,8 @@ def files_split(
         raise DataError(f"{where}: none of the {len(files)} image files could be read")
     rows = torch.as_tensor(ok, dtype=torch.int64) if pixels.failed else None
     skipped = tuple(files[i] for i in sorted(pixels.failed))
-    y = torch.as_tensor(np.asarray(labels, dtype=np.int64)[ok])
+    targets = np.asarray(labels)
+    y = torch.as_tensor(targets.astype(np.float32 if targets.ndim == 2 else np.int64)[ok])
     return Split(pixels.array, y, [files[i] for i in ok], rows, pixels.key, skipped)
 
 
@@ -246,7 +258,43 @@ def _first_image_size(files: list[str]) -> tuple[int, int]:
 
 
 def default_cache_dir(cache_dir: str = "") -> Path:
-    return Path(cache_dir or os.environ.get("CNNCTL_CACHE", Path.home() / ".cache" / "cnnctl")).expanduser()
+    return cache_root(cache_dir)
+
+
+def _preprocessing(
+    files: list[str],
+    image_size: tuple[int, int] | None,
+    grayscale: bool,
+    resize: str,
+    crop_pct: float,
+    interpolation: str,
+) -> tuple[Preprocess, Preprocess, list[str]]:
+    """(how evaluation and predict decode a file, how training images are stored, notes) for
+    photos from files: --resize crop stores training images larger, for random-resized crops."""
+    notes = []
+    channels = 1 if grayscale else 3
+    if image_size is None:
+        if resize == "crop":
+            raise UsageError("--resize crop needs --image-size (the size of the centre crop the model sees)")
+        image_size = _first_image_size(files)
+        notes.append(
+            f"images resized to {image_size[0]}x{image_size[1]} (the first image's size; set --image-size to choose)"
+        )
+    if resize != "crop":
+        prep = Preprocess(channels=channels, size=image_size, interpolation=interpolation)
+        return prep, prep, notes
+    shorter = max(max(image_size), round(max(image_size) / crop_pct))
+    prep = Preprocess(
+        channels=channels, size=image_size, interpolation=interpolation, resize="crop", resize_size=shorter
+    )
+    stored = Preprocess(
+        channels=channels, size=(shorter, shorter), interpolation=interpolation, resize="crop", resize_size=shorter
+    )
+    notes.append(
+        f"photos: shorter side to {shorter}, centre {image_size[0]}x{image_size[1]} for evaluation; "
+        f"training images stored at {shorter}x{shorter} for random-resized crops"
+    )
+    return prep, stored, notes
 
 
 def image_folder(
@@ -271,38 +319,97 @@ def image_folder(
     classes = layout.classes_of(train_root)
     if not classes:
         raise DataError(f"{train_root}: no class subfolders; put images in {train_root}/<class name>/")
-    notes = []
-    channels = 1 if grayscale else 3
-    if image_size is None:
-        if resize == "crop":
-            raise UsageError("--resize crop needs --image-size (the size of the centre crop the model sees)")
-        files, _ = _list_files(train_root, classes, list(range(len(classes))))
-        if not files:
+    first: list[str] = []
+    if image_size is None and resize != "crop":
+        first, _ = _list_files(train_root, classes, list(range(len(classes))))
+        if not first:
             raise DataError(f"{train_root}: no image files in its class folders")
-        image_size = _first_image_size(files)
-        notes.append(
-            f"images resized to {image_size[0]}x{image_size[1]} (the first image's size; set --image-size to choose)"
-        )
-    if resize == "crop":
-        shorter = max(max(image_size), round(max(image_size) / crop_pct))
-        prep = Preprocess(
-            channels=channels, size=image_size, interpolation=interpolation, resize="crop", resize_size=shorter
-        )
-        stored = Preprocess(
-            channels=channels, size=(shorter, shorter), interpolation=interpolation, resize="crop", resize_size=shorter
-        )
-        notes.append(
-            f"photos: shorter side to {shorter}, centre {image_size[0]}x{image_size[1]} for evaluation; "
-            f"training images stored at {shorter}x{shorter} for random-resized crops"
-        )
-    else:
-        prep = stored = Preprocess(channels=channels, size=image_size, interpolation=interpolation)
+    prep, stored, notes = _preprocessing(first, image_size, grayscale, resize, crop_pct, interpolation)
     train = folder_split(train_root, classes, stored, cache_dir, log, str(train_root))
     splits: dict[str, Split | None] = {"val": None, "test": None}
     for name in ("val", "test"):
         if name in layout.splits:
             splits[name] = folder_split(layout.splits[name], classes, prep, cache_dir, log, str(train_root))
-    return Source(str(root), classes, train, splits["test"], splits["val"], channels, image_size, notes, prep, stored)
+    channels = prep.channels
+    return Source(str(root), classes, train, splits["test"], splits["val"], channels, prep.size, notes, prep, stored)
+
+
+def label_targets(table: LabelTable, classes: list[str], multilabel: bool) -> np.ndarray:
+    """The rows' labels as int64 class indices (N,), or float32 multi-hot vectors (N, classes)."""
+    index = table.label_index(classes)
+    if not multilabel:
+        return np.asarray([labs[0] for labs in index], dtype=np.int64)
+    y = np.zeros((len(index), len(classes)), dtype=np.float32)
+    rows = np.repeat(np.arange(len(index)), [len(labs) for labs in index])
+    y[rows, np.fromiter((c for labs in index for c in labs), dtype=np.int64, count=len(rows))] = 1.0
+    return y
+
+
+def label_file(
+    spec: LabelSpec,
+    task: str,
+    image_size: tuple[int, int] | None,
+    grayscale: bool,
+    cache_dir: Path | None,
+    log: Callable[[str], None],
+    resize: str = "stretch",
+    crop_pct: float = 0.875,
+    interpolation: str = "bilinear",
+) -> Source:
+    """A label file for training (cnnctl/data/labelfile.py): its train rows (rows without a split
+    too), and its val and test rows when it names them. The classes are the sorted label names."""
+    table = read_labels(spec, task=task)
+    if task == "single" and table.multilabel:
+        first = next(i for i, labs in enumerate(table.labels) if len(labs) != 1)
+        raise UsageError(
+            f"{spec.file} row {table.lines[first]} has {len(table.labels[first])} labels; --task single needs exactly one per "
+            f"row (--task multilabel learns label sets)"
+        )
+    multilabel = task == "multilabel" or table.multilabel
+    notes = list(table.notes)
+    if multilabel and task != "multilabel":
+        notes.append(
+            f"multi-label: some rows of {os.path.basename(spec.file)} hold several labels (or none); sigmoid outputs, one per class"
+        )
+    y = label_targets(table, table.classes, multilabel)
+    rows = {
+        name: [i for i, s in enumerate(table.splits) if s == name or (name == "train" and not s)] for name in SPLITS
+    }
+    if not rows["train"]:
+        raise DataError(f"{spec.file}: no training rows (every row's split is val or test)")
+    train_files = [table.paths[i] for i in rows["train"]]
+    prep, stored, size_notes = _preprocessing(train_files, image_size, grayscale, resize, crop_pct, interpolation)
+
+    def split(name: str, decode: Preprocess) -> Split | None:
+        if not rows[name]:
+            return None
+        files = [table.paths[i] for i in rows[name]]
+        out = files_split(files, y[rows[name]], decode, cache_dir, log, spec.file)
+        if out.skipped and not spec.skip_bad_rows:
+            line_of = {table.paths[i]: table.lines[i] for i in rows[name]}
+            bad = {"undecodable": [(line_of[f], os.path.relpath(f, table.root)) for f in out.skipped]}
+            raise DataError(refusal(spec.file, bad, len(table)))
+        return out
+
+    train = split("train", stored)
+    assert train is not None
+    src = Source(
+        os.path.abspath(spec.file),
+        table.classes,
+        train,
+        split("test", prep),
+        split("val", prep),
+        prep.channels,
+        prep.size,
+        notes + size_notes,
+        prep,
+        stored,
+    )
+    src.task, src.root = ("multilabel" if multilabel else "single"), table.root
+    return src
+
+
+SPLITS = ("train", "val", "test")
 
 
 def redecode(split: Split, prep: Preprocess, cache_dir: Path | None, log: Callable[[str], None]) -> Split:
@@ -317,6 +424,45 @@ def redecode(split: Split, prep: Preprocess, cache_dir: Path | None, log: Callab
             f"{len(pixels.failed)} image(s) became unreadable during this run: {next(iter(pixels.failed.values()))}"
         )
     return Split(pixels.array, split.y, split.paths, None, pixels.key)
+
+
+def label_spec(cfg: DataConfig) -> LabelSpec | None:
+    """How to read `cfg.data` when it is a label file; None for a folder or a named set."""
+    if not is_label_file(cfg.data):
+        for name in ("image_root", "path_column", "label_column", "label_delim"):
+            if getattr(cfg, name):
+                raise UsageError(f"--{name.replace('_', '-')} is for label files (--data FILE.csv, .jsonl, .parquet)")
+        return None
+    return LabelSpec(
+        cfg.data, cfg.image_root, cfg.path_column, cfg.label_column, cfg.label_delim, cfg.skip_bad_rows, cfg.cache_dir
+    )
+
+
+def load_data(cfg: DataConfig, log: Callable[[str], None]) -> Source:
+    """The source `cfg` names: a label file, an image folder or a named set, decoded as it says."""
+    from cnnctl.specs import parse_image_size
+
+    size = parse_image_size(cfg.image_size) if cfg.image_size else None
+    spec = label_spec(cfg)
+    if spec is not None:
+        cache = default_cache_dir(cfg.cache_dir)
+        return label_file(spec, cfg.task, size, cfg.grayscale, cache, log, cfg.resize, cfg.crop_pct, cfg.interpolation)
+    if cfg.task == "multilabel":
+        raise UsageError(
+            f"--task multilabel learns label sets from a label file (--data FILE.csv); {cfg.data} gives one class per image"
+        )
+    return load_source(
+        cfg.data,
+        cfg.data_dir,
+        cfg.download,
+        size,
+        cfg.grayscale,
+        cfg.cache_dir,
+        log,
+        cfg.resize,
+        cfg.crop_pct,
+        cfg.interpolation,
+    )
 
 
 def load_source(

@@ -93,3 +93,69 @@ def fit_temperature(logits: np.ndarray, targets: np.ndarray) -> float:
             b = lo + g * (hi - lo)
             fb = nll(logits, targets, np.exp(b))
     return float(np.exp((lo + hi) / 2))
+
+
+def average_precision(scores: np.ndarray, targets: np.ndarray) -> float:
+    """Average precision of one class (scikit-learn's `average_precision_score`: the sum over the
+    distinct score thresholds of (R_n - R_{n-1}) * P_n, no interpolation); nan without positives."""
+    y = np.asarray(targets) > 0.5
+    positives = int(y.sum())
+    if positives == 0:
+        return float("nan")
+    order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="mergesort")
+    s, hits = np.asarray(scores, dtype=np.float64)[order], y[order]
+    last = np.r_[np.nonzero(np.diff(s))[0], len(s) - 1]  # the last position of each distinct score
+    tp = np.cumsum(hits)[last]
+    precision = tp / (last + 1)
+    recall = tp / positives
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+
+
+def mean_average_precision(scores: np.ndarray, targets: np.ndarray) -> float:
+    """Macro mean of the per-class average precision over the classes that have positives."""
+    aps = [average_precision(scores[:, k], targets[:, k]) for k in range(scores.shape[1])]
+    valid = [a for a in aps if not np.isnan(a)]
+    return float(np.mean(valid)) if valid else float("nan")
+
+
+def multilabel_scores(
+    probs: np.ndarray, targets: np.ndarray, thresholds: np.ndarray, classes: list[str]
+) -> dict[str, Any]:
+    """Multi-label metrics of probabilities (N x K) against targets (N x K, {0, 1}), decided at
+    `thresholds` (K): per class AP, precision, recall, F1, support and threshold; `map` (the macro
+    mean AP over the classes with positives), `micro_map` (AP of every (image, class) pair at once),
+    macro and micro F1, subset accuracy (the whole set right) and Hamming loss (the share of wrong
+    (image, class) decisions). They equal scikit-learn's on the same arrays (tests/evaluate), except
+    that `map` leaves out classes without positives, which scikit-learn counts as 0."""
+    y = np.asarray(targets) > 0.5
+    pred = np.asarray(probs) >= np.asarray(thresholds)[None, :]
+    tp = (pred & y).sum(0).astype(np.float64)
+    fp = (pred & ~y).sum(0).astype(np.float64)
+    fn = (~pred & y).sum(0).astype(np.float64)
+    precision = np.divide(tp, tp + fp, out=np.zeros_like(tp), where=(tp + fp) > 0)
+    recall = np.divide(tp, tp + fn, out=np.zeros_like(tp), where=(tp + fn) > 0)
+    f1 = np.divide(2 * tp, 2 * tp + fp + fn, out=np.zeros_like(tp), where=(2 * tp + fp + fn) > 0)
+    aps = [average_precision(probs[:, k], y[:, k]) for k in range(y.shape[1])]
+    rows = [
+        {
+            "class": name,
+            "ap": None if np.isnan(aps[k]) else round(aps[k], 6),
+            "precision": round(float(precision[k]), 6),
+            "recall": round(float(recall[k]), 6),
+            "f1": round(float(f1[k]), 6),
+            "support": int(y[:, k].sum()),
+            "threshold": round(float(thresholds[k]), 6),
+        }
+        for k, name in enumerate(classes)
+    ]
+    valid = [a for a in aps if not np.isnan(a)]
+    stp, sfp, sfn = tp.sum(), fp.sum(), fn.sum()
+    return {
+        "map": float(np.mean(valid)) if valid else None,
+        "micro_map": average_precision(np.asarray(probs).ravel(), y.ravel()) if y.any() else None,
+        "macro_f1": float(f1.mean()),
+        "micro_f1": float(2 * stp / (2 * stp + sfp + sfn)) if (2 * stp + sfp + sfn) > 0 else 0.0,
+        "subset_accuracy": float((pred == y).all(1).mean()) if len(y) else 0.0,
+        "hamming_loss": float((pred != y).mean()) if len(y) else 0.0,
+        "per_class": rows,
+    }

@@ -6,6 +6,7 @@ split) can come from flags.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import time
@@ -20,13 +21,22 @@ from torch import nn
 
 from cnnctl.data.batches import Batches
 from cnnctl.data.bundle import select_splits, split_off
+from cnnctl.data.labelfile import LabelSpec, is_label_file, read_labels, refusal
 from cnnctl.data.layout import DIGIT_SETS, NAMED_SETS, folder_layout
 from cnnctl.data.manifest import Manifest, relative_to
-from cnnctl.data.sources import Source, Split, default_cache_dir, files_split, folder_split, load_source
+from cnnctl.data.sources import (
+    Source,
+    Split,
+    default_cache_dir,
+    files_split,
+    folder_split,
+    label_targets,
+    load_source,
+)
 from cnnctl.errors import DataError, UsageError
 from cnnctl.evaluate.metrics import calibration, confusion_matrix, nll, per_class
 from cnnctl.machine import EvalBatch, eval_batch
-from cnnctl.runtime.classifier import Classifier, probabilities
+from cnnctl.runtime.classifier import Classifier, decide, probabilities
 from cnnctl.runtime.inference import OnnxClassifier
 from cnnctl.runtime.metadata import DataInfo, Metadata
 from cnnctl.runtime.preprocess import Preprocess
@@ -87,6 +97,7 @@ def load_split(
     split: str,
     log: Callable[[str], None] | None = None,
     recorded: Manifest | None = None,
+    reading: LabelSpec | None = None,
 ) -> tuple[Split, str, list[str], str]:
     """The images of one split, decoded as the model's preprocessing says, labelled by class name.
 
@@ -98,7 +109,8 @@ def load_split(
 
     The train and val splits of the data a run was trained on are the ones it recorded (`recorded`,
     its split manifest), whatever the folder holds now; a run without one (older cnnctl) re-splits
-    the folder, said in one line.
+    the folder, said in one line. A label file's labels are read from the file as it is now (the
+    run's own file with the reading options it was trained with; another with `reading`'s).
     """
     info = meta.data
     name = data or (info.name if info is not None else None)
@@ -113,6 +125,9 @@ def load_split(
     own = info is not None and (
         name == info.name or (name not in NAMED_SETS and os.path.realpath(name) == os.path.realpath(info.name))
     )
+    if is_label_file(name):
+        spec = _reading(name, info if own else None, reading)
+        return _label_split(spec, meta, split, val_split, own, recorded, log), name, classes, split
     if own and split in ("val", "train"):
         if recorded is not None and recorded.record(split) is not None:
             return _recorded_split(recorded, split, meta, name, data_dir, log), name, classes, split
@@ -197,6 +212,70 @@ def _recorded_split(
     files = [f for f, _ in state.present]
     labels = [label for _, label in state.present]
     return files_split(files, labels, prep, default_cache_dir(), log, recorded.data)
+
+
+def _reading(name: str, info: DataInfo | None, given: LabelSpec | None) -> LabelSpec:
+    """How to read the label file `name`: as the model's run read it (its own file), else as asked."""
+    skip = given.skip_bad_rows if given is not None else False
+    if info is not None and info.labels:
+        return LabelSpec(name, skip_bad_rows=skip, **info.labels)
+    return dataclasses.replace(given, file=name) if given is not None else LabelSpec(name)
+
+
+def _label_split(
+    spec: LabelSpec,
+    meta: Metadata,
+    split: str,
+    val_split: float,
+    own: bool,
+    recorded: Manifest | None,
+    log: Callable[[str], None],
+) -> Split:
+    """The rows of a label file that make `split`, labelled as the file says now, against the model's
+    classes (another label is a bad row). The run's own file: its recorded val/train files that are
+    still listed and unchanged; its test rows. Another file: its test rows, else all of them."""
+    classes = list(meta.class_names)
+    table = read_labels(spec, classes, task=meta.task)
+    for note in table.notes:
+        log(note)
+    rows = list(range(len(table)))
+    rec = recorded.record(split) if recorded is not None and own else None
+    if rec is not None and recorded is not None:
+        state = recorded.files(split)
+        present = {path for path, _ in state.present}
+        rows = [i for i, p in enumerate(table.paths) if p in present]
+        gone = len(rec) - len(rows)
+        if gone:
+            log(
+                f"{split}: {gone} of the {len(rec)} images the run recorded are missing, changed or no longer listed; left out"
+            )
+    elif split in ("val", "train") and own:
+        log(f"the model's run has no split manifest: its {split} split is drawn again from {spec.file} as it is now")
+        listed = [i for i, s in enumerate(table.splits) if s in ("", "train", "val")]
+        named = [i for i in listed if table.splits[i] == split]
+        rows = named or listed
+        if not named:
+            cut = split_off(
+                Split(torch.zeros(len(listed), 1, 1, 1, dtype=torch.uint8), torch.tensor(listed)), val_split
+            )
+            chosen = cut[1] if split == "val" else cut[0]
+            rows = chosen.y.tolist() if chosen is not None else []
+    elif split in ("val", "train", "test"):
+        named = [i for i, s in enumerate(table.splits) if s == split]
+        if not named and (own or split != "test"):
+            raise UsageError(
+                f"{spec.file} has no {split} rows (a split column or a sibling {split} file); use --split all"
+            )
+        rows = named or rows
+    if not rows:
+        raise DataError(f"{spec.file}: no rows left for the {split} split")
+    y = label_targets(table, classes, meta.multilabel)[rows]
+    files = [table.paths[i] for i in rows]
+    images = files_split(files, y, meta.preprocess, default_cache_dir(), log, spec.file)
+    if images.skipped and not spec.skip_bad_rows:
+        line_of = {table.paths[i]: table.lines[i] for i in rows}
+        raise DataError(refusal(spec.file, {"undecodable": [(line_of[f], f) for f in images.skipped]}, len(table)))
+    return images
 
 
 def _folder_split(
@@ -325,6 +404,8 @@ def _scores(
 ) -> dict[str, Any]:
     """Accuracy, per-class table, confusion, calibration, the per-image rows and what the options
     ask of them (top losses, --errors/--predictions CSVs, the most confident mistakes)."""
+    if meta.multilabel:
+        return _multilabel_scores(result, meta, paths, opts)
     targets = result.targets.numpy()
     preds = result.logits.argmax(1).numpy()
     cm = confusion_matrix(targets, preds, len(classes))
@@ -371,6 +452,41 @@ def _scores(
     return out
 
 
+def _multilabel_scores(result: EvalResult, meta: Metadata, paths: list[str], opts: EvalOptions) -> dict[str, Any]:
+    """A multi-label model's report (evaluate/multilabel.py): mAP, F1s, per-class table at the
+    file's thresholds; --errors lists the images with a false positive or negative, by path."""
+    from cnnctl.evaluate import multilabel
+
+    out = multilabel.scores(result.logits.numpy().astype(np.float64), result.targets.numpy(), meta, paths)
+    rows = out.pop("rows")
+    out.update(
+        task="multilabel",
+        images=len(rows),
+        loss=result.loss,
+        label_accuracy=result.acc,
+        top1=None,
+        top5=None,
+        class_names=list(meta.class_names),
+        seconds=round(result.seconds, 3),
+        images_per_s=round(result.images_per_s, 1),
+        tta={"tta_flip": opts.tta_flip, "tta_shift": opts.tta_shift},
+        temperature=meta.temperature,
+        top_losses=sorted(rows, key=lambda r: -r["loss"])[: opts.top_losses],
+    )
+    wrong = [r for r in rows if r["false_positives"] or r["false_negatives"]]
+    out["images_with_errors"] = len(wrong)
+    if opts.errors_csv:
+        write_csv(opts.errors_csv, list(MULTILABEL_FIELDS), wrong)
+    if opts.predictions_csv:
+        write_csv(opts.predictions_csv, list(MULTILABEL_FIELDS), rows)
+    if opts.misclassified:
+        out["misclassified"] = sorted(wrong, key=lambda r: -r["loss"])[: opts.misclassified]
+    return out
+
+
+MULTILABEL_FIELDS = ("path", "true", "predicted", "false_positives", "false_negatives", "loss")
+
+
 def _compare(
     model: Target, other_path: str, images: Split, batch_size: int, mine: EvalResult, opts: EvalOptions
 ) -> dict[str, Any]:
@@ -382,11 +498,16 @@ def _compare(
         )
     start = time.perf_counter()
     theirs = evaluate(other.module, other.batches(images, batch_size), tta_flip=opts.tta_flip, tta_shift=opts.tta_shift)
+    if model.meta.multilabel:  # the same label set at each file's thresholds
+        a, b = (decide(probabilities(r.logits.numpy(), t.meta), t.meta) for r, t in ((mine, model), (theirs, other)))
+        agreement = float((a == b).all(1).mean())
+    else:
+        agreement = float((theirs.logits.argmax(1) == mine.logits.argmax(1)).float().mean())
     return {
         "target": other.path,
         "kind": other.kind,
         "top1": theirs.acc,
-        "agreement": float((theirs.logits.argmax(1) == mine.logits.argmax(1)).float().mean()),
+        "agreement": agreement,
         "max_abs_logit_diff": float((theirs.logits - mine.logits).abs().max()),
         "seconds": round(time.perf_counter() - start, 3),
     }
@@ -449,7 +570,9 @@ def write_report(report: dict[str, Any], path: str) -> None:
     """--output: the whole report as JSON, or the per-class table as CSV for a .csv name."""
     from cnnctl.io import write_json
 
-    if Path(path).suffix.lower() == ".csv":
+    if Path(path).suffix.lower() == ".csv" and report.get("task") == "multilabel":
+        write_csv(path, ["class", "ap", "precision", "recall", "f1", "support", "threshold"], report["per_class"])
+    elif Path(path).suffix.lower() == ".csv":
         averages = [{"class": f"{avg} avg", **values} for avg, values in report["averages"].items()]
         write_csv(path, ["class", "precision", "recall", "f1", "support"], report["per_class"] + averages)
     else:

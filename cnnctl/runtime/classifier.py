@@ -44,11 +44,34 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return out
 
 
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    """Element-wise logistic function, computed stably for large |logits|."""
+    z = np.asarray(logits, dtype=np.float64)
+    e = np.exp(-np.abs(z))
+    out: np.ndarray = np.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+    return out
+
+
 def probabilities(logits: np.ndarray, meta: Metadata, *, calibrated: bool = True) -> np.ndarray:
-    """Class probabilities (float64) of a model's logits: softmax(logits / T), with the file's
-    stored temperature T (1 when it has none, or with `calibrated=False`)."""
+    """Class probabilities (float64) of a model's logits: softmax(logits / T) for a single-label
+    model, a sigmoid per class, sigmoid(logits / T), for a multi-label one; T is the file's stored
+    temperature (1 when it has none, or with `calibrated=False`)."""
     scale = meta.scale if calibrated else 1.0
-    return softmax(np.asarray(logits, dtype=np.float64) / scale)
+    z = np.asarray(logits, dtype=np.float64) / scale
+    return sigmoid(z) if meta.multilabel else softmax(z)
+
+
+def decide(probs: np.ndarray, meta: Metadata) -> np.ndarray:
+    """A multi-label model's decisions (bool, N x classes): each class's probability at or above
+    its threshold (the file's tuned thresholds, 1/2 where it has none)."""
+    out: np.ndarray = np.asarray(probs) >= np.asarray(meta.decision_thresholds())[None, :]
+    return out
+
+
+def label_sets(probs: np.ndarray, meta: Metadata) -> list[list[str]]:
+    """The predicted label set of each row, in class order."""
+    names = meta.class_names
+    return [[names[k] for k in np.flatnonzero(row)] for row in decide(probs, meta)]
 
 
 def open_classifier(path: str | os.PathLike[str], provider: str = "auto", threads: int = 0) -> Classifier:

@@ -18,7 +18,8 @@ import numpy as np
 
 from cnnctl.errors import CheckpointError, DataError, UsageError
 from cnnctl.runtime import modelfile
-from cnnctl.runtime.classifier import Classifier, probabilities
+from cnnctl.runtime.classifier import Classifier, label_sets, probabilities
+from cnnctl.runtime.metadata import Metadata
 from cnnctl.runtime.preprocess import IMAGE_SUFFIXES, Preprocess, load_image, normalize
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
@@ -83,14 +84,34 @@ def expand_inputs(inputs: Iterable[str], stdin: Iterable[str] | None = None) -> 
 class Prediction:
     path: str
     top: list[tuple[str, float]]  # (label, probability), best first
+    labels: list[str] | None = None  # multi-label models: the predicted set (class order)
+    probs: dict[str, float] | None = None  # multi-label models: every class's probability
 
     def to_json(self) -> dict[str, Any]:
-        """The one JSON form of a prediction: `predict --json` lines and serve's rows."""
-        return prediction_json(self.path, self.top)
+        """The one JSON form of a prediction: `predict --json` lines and serve's rows. A
+        multi-label model's rows add `labels` (the set at the tuned thresholds) and `probs`."""
+        row: dict[str, Any] = {
+            "path": self.path,
+            "top": [{"label": label, "prob": round(p, 6)} for label, p in self.top],
+        }
+        if self.labels is not None and self.probs is not None:
+            row["labels"] = self.labels
+            row["probs"] = {name: round(p, 6) for name, p in self.probs.items()}
+        return row
 
 
-def prediction_json(path: str, top: list[tuple[str, float]]) -> dict[str, Any]:
-    return {"path": path, "top": [{"label": label, "prob": round(p, 6)} for label, p in top]}
+def predictions(names: list[str], probs: np.ndarray, meta: Metadata, k: int) -> list[Prediction]:
+    """One Prediction per row of `probs` (from `probabilities`): top-k labels, and for a multi-label
+    model its label set and every class's probability (the one place predict and serve build rows)."""
+    classes = list(meta.class_names)
+    tops = top_k(probs, classes, max(1, min(k, len(classes))))
+    if not meta.multilabel:
+        return [Prediction(n, t) for n, t in zip(names, tops)]
+    sets = label_sets(probs, meta)
+    return [
+        Prediction(n, t, s, {c: float(p) for c, p in zip(classes, row)})
+        for n, t, s, row in zip(names, tops, sets, probs)
+    ]
 
 
 def iter_batches(
@@ -203,9 +224,7 @@ def predict_paths(
     """Top-k predictions for every readable path; unreadable files are returned as messages."""
     errors: list[str] = []
     results: list[Prediction] = []
-    classes = list(model.meta.class_names)
-    k = max(1, min(k, len(classes)))
     for names, x in iter_batches(paths, model.prep, batch_size, errors):
         probs = probabilities(model.logits(model.from_pixels(x)), model.meta)
-        results += [Prediction(n, t) for n, t in zip(names, top_k(probs, classes, k))]
+        results += predictions(names, probs, model.meta, k)
     return results, errors

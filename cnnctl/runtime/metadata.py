@@ -26,10 +26,11 @@ KINDS = ("model", "last")  # model.safetensors (and exports of it), last.safeten
 class DataInfo:
     """Where the model's images came from, so `cnnctl eval` finds them again."""
 
-    name: str  # a named set (mnist, cifar10, ...) or an absolute folder path
+    name: str  # a named set (mnist, cifar10, ...), an absolute folder path, or an absolute label file
     data_dir: str = ""
     val_split: float = 0.1
     fingerprint: str = ""
+    labels: dict[str, str] | None = None  # a label file's reading options (image_root, path/label column, delim)
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,16 @@ class Metadata:
     training: TrainingInfo | None = None
     export: ExportInfo | None = None
     temperature: float | None = None  # `cnnctl calibrate`: probabilities are softmax(logits / temperature)
+    task: str = "single"  # "single": softmax, one class; "multilabel": a sigmoid per class, label sets
+    thresholds: tuple[float, ...] | None = None  # multilabel: each class's decision threshold (tuned on val)
+
+    @property
+    def multilabel(self) -> bool:
+        return self.task == "multilabel"
+
+    def decision_thresholds(self) -> tuple[float, ...]:
+        """Each class's threshold on its probability (1/2 where none were tuned)."""
+        return self.thresholds if self.thresholds is not None else (0.5,) * self.num_classes
 
     @property
     def scale(self) -> float:
@@ -115,7 +126,7 @@ class Metadata:
             "versions": dict(self.versions),
         }
         if self.data is not None:
-            out["data"] = dataclasses.asdict(self.data)
+            out["data"] = {k: v for k, v in dataclasses.asdict(self.data).items() if k != "labels" or v}
         if self.training is not None:
             out.update(epoch=self.training.epoch, metrics=dict(self.training.metrics), weights=self.training.weights)
         if self.export is not None:
@@ -127,6 +138,10 @@ class Metadata:
             out.update(input_dtype=e.input_dtype, input_layout=e.input_layout, precision=e.precision)
         if self.temperature is not None:
             out["temperature"] = self.temperature
+        if self.multilabel:
+            out["task"] = self.task
+        if self.thresholds is not None:
+            out["thresholds"] = list(self.thresholds)
         return out
 
     def to_json_map(self, **extra: Any) -> dict[str, str]:
@@ -185,6 +200,7 @@ class Metadata:
                 f"{source}: metadata temperature {temperature!r} is not a number in [0.01, 100]; recalibrate (cnnctl calibrate)"
             )
         kind = meta.get("kind", "model")
+        task, thresholds = _task(meta, classes, source)
         return cls(
             model=meta["model"],
             input_shape=(shape[0], shape[1], shape[2]),
@@ -196,7 +212,29 @@ class Metadata:
             training=training,
             export=export,
             temperature=float(temperature) if temperature is not None else None,
+            task=task,
+            thresholds=thresholds,
         )
+
+
+TASKS = ("single", "multilabel")
+
+
+def _task(meta: dict[str, Any], classes: int, source: str) -> tuple[str, tuple[float, ...] | None]:
+    """The file's task and, for multi-label, its per-class thresholds, validated."""
+    task = meta.get("task", "single")
+    if task not in TASKS:
+        raise CheckpointError(f"{source}: metadata task {task!r} is not one of {', '.join(TASKS)}; upgrade cnnctl")
+    raw = meta.get("thresholds")
+    if raw is None:
+        return task, None
+    if not (
+        isinstance(raw, list)
+        and len(raw) == classes
+        and all(isinstance(t, (int, float)) and not isinstance(t, bool) and 0 <= t <= 1 for t in raw)
+    ):
+        raise CheckpointError(f"{source}: metadata thresholds must be {classes} numbers in [0, 1]; the file is damaged")
+    return task, tuple(float(t) for t in raw)
 
 
 def _sections(
@@ -211,6 +249,7 @@ def _sections(
             data_dir=str(data.get("data_dir", "")),
             val_split=float(data.get("val_split", 0.1)),
             fingerprint=str(data.get("fingerprint", "")),
+            labels={str(k): str(v) for k, v in data["labels"].items()} if data.get("labels") else None,
         )
     training = None
     if "epoch" in meta:

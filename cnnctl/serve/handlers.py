@@ -13,7 +13,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from cnnctl import __version__
 from cnnctl.errors import DataError
 from cnnctl.runtime.classifier import probabilities
-from cnnctl.runtime.inference import prediction_json, top_k
+from cnnctl.runtime.inference import predictions
 from cnnctl.runtime.preprocess import load_image
 from cnnctl.serve import oip
 from cnnctl.serve.body import read_body, uploads
@@ -60,7 +60,7 @@ async def predict(request: Request) -> Response:
     with state.admit(len(files)):
         logits = await state.within_timeout(work())
     probs = probabilities(logits, clf.meta)
-    rows = [prediction_json(name, top) for (name, _), top in zip(files, top_k(probs, classes, k))]
+    rows = [p.to_json() for p in predictions([name for name, _ in files], probs, clf.meta, k)]
     return JSONResponse({"predictions": rows, "model": clf.meta.model})
 
 

@@ -151,6 +151,28 @@ class Dist:
         """Element-wise sum over ranks (e.g. loss totals, correct counts, image counts)."""
         return self._all_reduce(values, "sum") if self.enabled else list(values)
 
+    def gather(self, rows: Any) -> Any:
+        """Every rank's float rows (N_rank, K) concatenated in rank order (a multi-label validation's
+        scores and targets: average precision needs them all)."""
+        if not self.enabled:
+            return rows
+        import torch
+        import torch.distributed as dist
+
+        t = rows.to(self._device(), torch.float32)
+        counts = [
+            int(c)
+            for c in self._all_reduce([float(len(t)) if r == self.rank else 0.0 for r in range(self.world_size)], "sum")
+        ]
+        padded = torch.zeros((max(counts), *t.shape[1:]), dtype=t.dtype, device=t.device)
+        padded[: len(t)] = t
+        parts = [torch.empty_like(padded) for _ in range(self.world_size)]
+        try:
+            dist.all_gather(parts, padded)
+        except Exception as exc:
+            raise self.lost(exc) from None
+        return torch.cat([p[:c] for p, c in zip(parts, counts)]).cpu()
+
     def any(self, *flags: bool) -> tuple[bool, ...]:
         """Each flag made true on every rank if it is true on any (stop requests, deadlines)."""
         if not self.enabled:

@@ -37,13 +37,29 @@ class Reporter(Protocol):
 
 
 def make_loss(
-    kind: str, num_classes: int, label_smoothing: float = 0.0, weight: torch.Tensor | None = None
+    kind: str,
+    num_classes: int,
+    label_smoothing: float = 0.0,
+    weight: torch.Tensor | None = None,
+    *,
+    multilabel: bool = False,
 ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """Cross-entropy (optionally weighted per class: --class-weights), or MSE between
-    softmax(logits) and one-hot targets (the cats-vs-dogs tutorial).
+    softmax(logits) and one-hot targets (the cats-vs-dogs tutorial); for a multi-label run, binary
+    cross-entropy of each class's sigmoid, `weight` as each class's positive weight (pos_weight)
+    and label smoothing pulling every target towards 1/2 (y (1 - e) + e / 2).
 
-    Targets are class indices (N,) or, from --mixup/--cutmix, class probabilities (N, classes).
+    Targets are class indices (N,) or, from --mixup/--cutmix, class probabilities (N, classes);
+    multi-label targets are (N, classes) vectors in [0, 1].
     """
+    if multilabel:
+
+        def bce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            target = y.float() * (1 - label_smoothing) + label_smoothing / 2 if label_smoothing else y.float()
+            w = weight.to(logits.device) if weight is not None else None
+            return F.binary_cross_entropy_with_logits(logits.float(), target, pos_weight=w)
+
+        return bce
     if kind == "mse":
 
         def mse(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -142,21 +158,27 @@ class _Sums:
     """An epoch's running loss, hits and images; they stay on the model's device (no host sync
     per step on CUDA) until `reduce` sums them over the ranks."""
 
-    def __init__(self, device: torch.device) -> None:
+    def __init__(self, device: torch.device, multilabel: bool = False) -> None:
         self.loss = torch.zeros((), dtype=torch.float64, device=device)
         self.correct = torch.zeros((), dtype=torch.int64, device=device)
         self.seen = 0
+        self.multilabel = multilabel
 
     def add(self, logits: torch.Tensor, y: torch.Tensor, loss: torch.Tensor) -> None:
         n = y.shape[0]
         self.loss += loss.detach().double() * n
-        self.correct += (logits.detach().argmax(1) == (y.argmax(1) if y.dim() == 2 else y)).sum()
+        if self.multilabel:  # label accuracy: (image, class) decisions at 1/2 that match, per image
+            hits = ((logits.detach() > 0) == (y > 0.5)).sum()
+            self.correct += hits
+        else:
+            self.correct += (logits.detach().argmax(1) == (y.argmax(1) if y.dim() == 2 else y)).sum()
         self.seen += n
 
-    def reduce(self, dist: Dist, steps: int, seconds: float, truncated: bool) -> EpochStats:
+    def reduce(self, dist: Dist, steps: int, seconds: float, truncated: bool, classes: int = 1) -> EpochStats:
         loss_sum, correct_sum, seen_sum = dist.sum([float(self.loss), float(self.correct), float(self.seen)])
         seen = int(seen_sum)
-        return EpochStats(loss_sum / max(1, seen), correct_sum / max(1, seen), seen, steps, seconds, truncated)
+        per = classes if self.multilabel else 1
+        return EpochStats(loss_sum / max(1, seen), correct_sum / max(1, seen * per), seen, steps, seconds, truncated)
 
 
 def train_one_epoch(
@@ -189,7 +211,8 @@ def train_one_epoch(
     device = next(model.parameters()).device
     params = [p for group in optimizer.param_groups for p in group["params"]]
     count = len(sizes) if sizes is not None else None
-    sums = _Sums(device)
+    sums = _Sums(device, loop.multilabel)
+    classes = 1
     step_loss = torch.zeros((), dtype=torch.float32, device=device)
     steps, truncated, lr = 0, False, 0.0
     start = time.perf_counter()
@@ -206,6 +229,7 @@ def train_one_epoch(
             group_sizes = sizes[i - position : i - position + accumulate] if sizes is not None else [1] * accumulate
             weight = (sizes[i] if sizes is not None else 1) / sum(group_sizes)
         logits, loss = _forward_backward(loop, x, y, weight, sync=last, stepping=stepping, where=(step + 1, lr))
+        classes = logits.shape[1]
         sums.add(logits, y, loss)
         step_loss += loss.detach().float() * weight
         if not last:
@@ -226,7 +250,7 @@ def train_one_epoch(
             break
     if stepping.lookahead is not None:
         stepping.lookahead.end_epoch()
-    return sums.reduce(dist, steps, time.perf_counter() - start, truncated), step
+    return sums.reduce(dist, steps, time.perf_counter() - start, truncated, classes), step
 
 
 def _forward_backward(
@@ -259,7 +283,8 @@ def _forward_backward(
 
 @dataclass
 class EvalResult:
-    """Loss and accuracy over a split, with all logits and targets for detailed reports."""
+    """Loss and accuracy over a split, with all logits and targets for detailed reports. For
+    multi-label targets ((N, classes) vectors) `acc` is the label accuracy at 1/2 (1 - Hamming loss)."""
 
     loss: float
     acc: float
@@ -286,7 +311,7 @@ def evaluate(
     averages with mirrored inputs; `tta_shift` P puts half the weight on the inputs translated by
     (-P, -P) and (+P, +P) pixels (reflect-padded), as airbench's multi-crop evaluation."""
     model.eval()
-    loss_fn = loss_fn or (lambda logits, y: F.cross_entropy(logits.float(), y))
+    loss_fn = loss_fn or _default_loss
     all_logits, all_targets = [], []
     total_loss = 0.0
     start = time.perf_counter()
@@ -302,11 +327,21 @@ def evaluate(
     logits = torch.cat(all_logits) if all_logits else torch.zeros(0, 0)
     targets = torch.cat(all_targets) if all_targets else torch.zeros(0, dtype=torch.int64)
     n = max(1, len(targets))
+    if targets.dim() == 2:  # multi-label
+        acc = float(((logits > 0) == (targets > 0.5)).float().mean()) if len(targets) else 0.0
+        return EvalResult(total_loss / n, acc, None, logits, targets, seconds)
     acc = float((logits.argmax(1) == targets).sum()) / n if len(targets) else 0.0
     top5 = None
     if logits.shape[1:] and logits.shape[1] > 5:
         top5 = float((logits.topk(5, dim=1).indices == targets[:, None]).any(1).sum()) / n
     return EvalResult(total_loss / n, acc, top5, logits, targets, seconds)
+
+
+def _default_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of class indices; binary cross-entropy of multi-label vectors."""
+    if y.dim() == 2:
+        return F.binary_cross_entropy_with_logits(logits.float(), y.float())
+    return F.cross_entropy(logits.float(), y)
 
 
 def tta_logits(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, flip: bool, shift: int) -> torch.Tensor:
@@ -390,6 +425,7 @@ class Loop:
     train_batches: Any
     val_batches: Any | None = None
     eval_model: nn.Module | None = None
+    multilabel: bool = False  # label-set targets: label accuracy, and mAP in validation
 
 
 def fit(
@@ -497,7 +533,7 @@ def _score(record: dict[str, Any], limits: Limits, ema: bool) -> float:
         mine, averaged = record.get(key), record.get(f"ema_{key}")
         use_ema = mine is None or (averaged is not None and is_better(averaged, mine, key) and averaged != mine)
         record["weights"] = "ema" if use_ema else "model"
-    metric = record.get(key, record["train_acc"] if key == "val_acc" else record["train_loss"])
+    metric = record.get(key, record["train_loss"] if key == "val_loss" else record["train_acc"])
     if record.get("weights") == "ema" and f"ema_{key}" in record:
         metric = record[f"ema_{key}"]
     return metric
@@ -589,9 +625,16 @@ def _validate(model: nn.Module, batches: Any, loss_fn: Callable[..., torch.Tenso
     val = evaluate(model, batches, loss_fn)
     n = len(val.targets)
     top5 = val.top5 if val.top5 is not None else 0.0
-    loss_sum, correct, top5_hits, total = dist.sum([val.loss * n, round(val.acc * n), round(top5 * n), n])
+    correct = val.acc * n if val.targets.dim() == 2 else round(val.acc * n)
+    loss_sum, correct, top5_hits, total = dist.sum([val.loss * n, correct, round(top5 * n), n])
     total = max(1.0, total)
     record = {"val_loss": loss_sum / total, "val_acc": correct / total}
     if val.top5 is not None:
         record["val_top5"] = top5_hits / total
+    if val.targets.dim() == 2:  # multi-label: the mean average precision over the whole split
+        from cnnctl.evaluate.metrics import mean_average_precision
+
+        scores, targets = dist.gather(val.logits), dist.gather(val.targets)
+        value = mean_average_precision(scores.numpy(), targets.numpy())
+        record["val_map"] = 0.0 if math.isnan(value) else value
     return record

@@ -49,6 +49,29 @@ def loss_weights(spec: str, counts: torch.Tensor, classes: list[str]) -> torch.T
     return (raw / mean).to(torch.float32)
 
 
+def pos_weights(spec: str, y: torch.Tensor, classes: list[str]) -> torch.Tensor | None:
+    """Multi-label `--class-weights`: each class's positive weight in binary cross-entropy
+    (BCEWithLogitsLoss's pos_weight): auto = negatives / positives of the class in the training
+    split (PyTorch's advice), or a JSON file {class: weight}; `effective` is for single-label runs."""
+    if spec == "none":
+        return None
+    positives = (y > 0.5).sum(0).to(torch.float64)
+    if spec == "effective":
+        raise UsageError(
+            "--class-weights effective weighs single-label classes; multi-label runs take auto or a JSON file"
+        )
+    if spec == "auto":
+        if (positives == 0).any():
+            empty = [c for c, n in zip(classes, positives.tolist()) if n == 0]
+            raise UsageError(
+                f"--class-weights: class(es) {', '.join(empty[:5])} have no training images; remove them or add images"
+            )
+        return ((len(y) - positives) / positives).to(torch.float32)
+    weights = loss_weights(spec, positives.clamp_min(1), classes)
+    assert weights is not None
+    return weights
+
+
 def balanced_sample_weights(y: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
     """A weight per training image so that each class is drawn with the same probability."""
     return (1.0 / counts)[y.to(torch.int64)].to(torch.float64)

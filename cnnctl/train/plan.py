@@ -49,6 +49,19 @@ class Plan:
         Validation and test run in float32, as `cnnctl eval` does, whatever this is."""
         return self.hardware.amp.amp
 
+    @property
+    def multilabel(self) -> bool:
+        """Whether the run learns label sets (sigmoid outputs, binary cross-entropy): `--task`, or a
+        label file with several labels in a row."""
+        return self.data.multilabel
+
+    @property
+    def monitor(self) -> str:
+        """What picks the saved checkpoint: `--monitor`, auto as val_map (multi-label) or val_acc."""
+        if self.cfg.monitor != "auto":
+            return self.cfg.monitor
+        return "val_map" if self.multilabel else "val_acc"
+
     def hardware_dict(self) -> dict[str, Any]:
         """config.json's "hardware" (and --dry-run's): the machine's choices and the eval batch."""
         return {
@@ -113,10 +126,26 @@ def make_plan(
     data = build(cfg.data_config(), reporter.log, recorded, accept_data_change)
     for note in data.notes:
         reporter.log(note)
+    _check_task(cfg, data)
     eval_batch = machine.eval_batch(cfg.eval_batch_size, cfg.model, data.input_shape, len(data.classes), device.type)
     plan = Plan(cfg, device, hardware, eval_batch, weights, data)
     reporter.log(plan.summary())
     return plan
+
+
+def _check_task(cfg: TrainConfig, data: DataBundle) -> None:
+    """Options that the data's task rules out, refused once the task is known."""
+    if data.multilabel:
+        if cfg.loss == "mse":
+            raise UsageError(
+                "--loss mse is for single-label softmax outputs; multi-label runs train with binary cross-entropy"
+            )
+        if cfg.sampler == "balanced":
+            raise UsageError(
+                "--sampler balanced draws by class, which a multi-label image does not have; use --class-weights"
+            )
+    elif cfg.monitor == "val_map":
+        raise UsageError("--monitor val_map is the multi-label mean average precision; use val_acc or val_loss here")
 
 
 def _machine(cfg: TrainConfig, device: torch.device, dist: Dist) -> machine.HardwarePlan:

@@ -21,6 +21,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, cast
 
+import numpy as np
 import torch
 
 from cnnctl.config import TrainConfig, resolve
@@ -29,6 +30,7 @@ from cnnctl.data.bundle import DataBundle
 from cnnctl.data.layout import NAMED_SETS
 from cnnctl.data.manifest import Manifest
 from cnnctl.data.policies import BatchMix, PolicyAugment
+from cnnctl.data.sources import Split
 from cnnctl.errors import CnnctlError, RunDirError, UsageError
 from cnnctl.io import RunLock, write_json
 from cnnctl.models import create
@@ -114,7 +116,10 @@ def _signals() -> Iterator[list[int]]:
 
 def checkpoint_metadata(cfg: TrainConfig, data: DataBundle) -> Metadata:
     """The self-describing part of every checkpoint (docs/formats.md)."""
+    from cnnctl.data.sources import label_spec
+
     c, h, w = data.input_shape
+    spec = label_spec(cfg.data_config())
     return Metadata(
         model=cfg.model,
         input_shape=(c, h, w),
@@ -127,7 +132,9 @@ def checkpoint_metadata(cfg: TrainConfig, data: DataBundle) -> Metadata:
             data_dir=os.path.abspath(cfg.data_dir),
             val_split=cfg.val_split,
             fingerprint=data.fingerprint,
+            labels=spec.reading() if spec is not None else None,
         ),
+        task=data.task,
     )
 
 
@@ -176,7 +183,7 @@ def run(
                 checkpoints = Checkpointer(run_dir, run, dist.is_main)
                 checkpoints.write_config(device, dist)
                 history = _fit(run, checkpoints, reporter, device, dist, run_dir)
-                test = _test(run, run_dir, device, history) if dist.is_main else None
+                test = _test(run, run_dir, device, history, reporter.log) if dist.is_main else None
                 checkpoints.finish(history, test)
                 result = RunResult(run_dir, history.stopped, history.epochs, run.state.best_epoch, run.state.best, test)
         except CnnctlError:
@@ -298,7 +305,7 @@ def prepare(plan: Plan, reporter: Reporter, dist: Dist | None = None, *, resumin
     start = _start(plan, resuming, reporter)
     opt = _optimisation(plan, start.model, reporter.log)
     train_batches, val_batches = _batches(plan, dist)
-    schedule, limits = _schedule(plan.cfg, train_batches)
+    schedule, limits = _schedule(plan.cfg, train_batches, plan.monitor)
     if opt.freezer is not None:
         opt.freezer.apply(1)  # the first epoch's trainable set (a resumed run's is applied after its state is loaded)
     return Prepared(plan, start, opt, schedule, limits, train_batches, val_batches, LoopState(), History())
@@ -316,7 +323,14 @@ def fit_prepared(
     """Train a prepared run with the one epoch loop (`engine.fit`), in this process, on images: the
     seam lr-find, the dry run and `check --labels` use (a `schedule` or `limits` of their own;
     `validate=False` skips the validation passes). No run directory is written."""
-    loop = Loop(run.model, run.opt.optimizer, run.opt.loss_fn, run.train_batches, run.val_batches if validate else None)
+    loop = Loop(
+        run.model,
+        run.opt.optimizer,
+        run.opt.loss_fn,
+        run.train_batches,
+        run.val_batches if validate else None,
+        multilabel=run.data.multilabel,
+    )
     return fit(
         loop,
         schedule or run.schedule,
@@ -376,17 +390,22 @@ def _optimisation(plan: Plan, model: torch.nn.Module, log: Callable[[str], None]
     )
     weights: torch.Tensor | None = None
     if cfg.class_weights != "none":
-        from cnnctl.train.imbalance import class_counts, describe, loss_weights
+        from cnnctl.train.imbalance import class_counts, describe, loss_weights, pos_weights
 
-        counts = class_counts(data.train.y, num_classes)
-        per_class = loss_weights(cfg.class_weights, counts, list(data.classes))
+        multilabel = data.multilabel
+        counts = (data.train.y > 0.5).sum(0).double() if multilabel else class_counts(data.train.y, num_classes)
+        per_class = (
+            pos_weights(cfg.class_weights, data.train.y, list(data.classes))
+            if multilabel
+            else loss_weights(cfg.class_weights, counts, list(data.classes))
+        )
         assert per_class is not None  # "none" was handled above
         shown = describe(per_class, counts, list(data.classes))
         weights = per_class
-        log(f"class weights ({cfg.class_weights}; weight (training images)): {shown}")
-    return Optimisation(
-        freezer, make_optimizer(cfg, groups), make_loss(cfg.loss, num_classes, cfg.label_smoothing, weights), stepping
-    )
+        what = "positive weight (BCE pos_weight)" if multilabel else "weight"
+        log(f"class weights ({cfg.class_weights}; {what} (training images)): {shown}")
+    loss = make_loss(cfg.loss, num_classes, cfg.label_smoothing, weights, multilabel=data.multilabel)
+    return Optimisation(freezer, make_optimizer(cfg, groups), loss, stepping)
 
 
 def _batches(plan: Plan, dist: Dist) -> tuple[Batches, Batches | None]:
@@ -398,7 +417,7 @@ def _batches(plan: Plan, dist: Dist) -> tuple[Batches, Batches | None]:
         else None
     )
     mix = (
-        BatchMix(len(data.classes), mixup=cfg.mixup, cutmix=cfg.cutmix, prob=cfg.mix_prob)
+        BatchMix(len(data.classes), mixup=cfg.mixup, cutmix=cfg.cutmix, prob=cfg.mix_prob, multilabel=data.multilabel)
         if (cfg.mixup or cfg.cutmix)
         else None
     )
@@ -432,7 +451,7 @@ def _batches(plan: Plan, dist: Dist) -> tuple[Batches, Batches | None]:
     return train, val
 
 
-def _schedule(cfg: TrainConfig, train_batches: Batches) -> tuple[Schedule, Limits]:
+def _schedule(cfg: TrainConfig, train_batches: Batches, monitor: str) -> tuple[Schedule, Limits]:
     """The learning rate per step and the run's length: the schedule owns its step count."""
     steps_per_epoch = math.ceil(len(train_batches) / cfg.accumulate)  # optimizer steps
     epochs = math.ceil(cfg.iters / steps_per_epoch) if cfg.iters else cfg.epochs
@@ -449,7 +468,7 @@ def _schedule(cfg: TrainConfig, train_batches: Batches) -> tuple[Schedule, Limit
         epochs=epochs,
         max_steps=cfg.iters or None,
         patience=cfg.patience,
-        monitor=cfg.monitor,
+        monitor=monitor,
         time_limit=cfg.time_limit,
     )
     return schedule, limits
@@ -609,7 +628,13 @@ def _phase_loop(run: Prepared, phase: Phase, device: torch.device, dist: Dist, r
             head = head_module(run.model, freezer.head_name)
             reporter.log(f"epochs up to {phase.end}: the head ({freezer.head_name}) trains on the stored features")
             return Loop(
-                dist.wrap(head, device), run.opt.optimizer, run.opt.loss_fn, batches[0], batches[1], eval_model=head
+                dist.wrap(head, device),
+                run.opt.optimizer,
+                run.opt.loss_fn,
+                batches[0],
+                batches[1],
+                eval_model=head,
+                multilabel=run.data.multilabel,
             )
     train_model = dist.wrap(run.model, device)
     train_model = cast(torch.nn.Module, torch.compile(train_model)) if run.cfg.compile else train_model
@@ -620,6 +645,7 @@ def _phase_loop(run: Prepared, phase: Phase, device: torch.device, dist: Dist, r
         run.train_batches,
         run.val_batches,
         eval_model=run.model if dist.enabled else train_model,
+        multilabel=run.data.multilabel,
     )
 
 
@@ -673,30 +699,79 @@ def _fit(
     return history
 
 
-def _test(run: Prepared, run_dir: Path, device: torch.device, history: History) -> dict[str, Any] | None:
-    """The test split through the best checkpoint, measured once at the end (never used to select)."""
-    if run.data.test is None or not (run_dir / "model.safetensors").is_file():
+def _test(
+    run: Prepared, run_dir: Path, device: torch.device, history: History, log: Callable[[str], None]
+) -> dict[str, Any] | None:
+    """After training, with the best checkpoint: a multi-label run's thresholds tuned on the
+    validation split (stored in model.safetensors), then the test split measured once (never used
+    to select anything)."""
+    if not (run_dir / "model.safetensors").is_file() or (run.data.test is None and not run.data.multilabel):
         return None
     from cnnctl.models.checkpoint import load_model
 
     best, _, _ = load_model(run_dir, device)
     if run.cfg.channels_last:
         best = best.to(memory_format=torch.channels_last)
-    batches = Batches(
-        run.data.test, run.data.prep, run.plan.eval_batch.size, device=device, channels_last=run.cfg.channels_last
-    )
-    result = evaluate(best, batches, run.opt.loss_fn)  # float32, as validation and `cnnctl eval`
+
+    def batches(split: Split) -> Batches:
+        return Batches(
+            split, run.data.prep, run.plan.eval_batch.size, device=device, channels_last=run.cfg.channels_last
+        )
+
+    thresholds = _thresholds(run, run_dir, best, batches, log) if run.data.multilabel else None
+    if run.data.test is None:
+        return None
+    result = evaluate(best, batches(run.data.test), run.opt.loss_fn)  # float32, as validation and `cnnctl eval`
     test: dict[str, Any] = {
         "loss": result.loss,
         "acc": result.acc,
         "images": len(result.targets),
         "epoch": run.state.best_epoch,
     }
+    if thresholds is not None:
+        from cnnctl.evaluate.metrics import multilabel_scores
+
+        scores = multilabel_scores(
+            torch.sigmoid(result.logits).numpy(), result.targets.numpy(), thresholds, list(run.data.classes)
+        )
+        test.update({k: scores[k] for k in ("map", "micro_map", "macro_f1", "micro_f1", "subset_accuracy")})
     if run.stepping.ema is not None:
         test["weights"] = next(
             (r.get("weights") for r in history.epochs if r["epoch"] == run.state.best_epoch), "model"
         )
     return test
+
+
+def _thresholds(
+    run: Prepared,
+    run_dir: Path,
+    best: torch.nn.Module,
+    batches: Callable[[Split], Batches],
+    log: Callable[[str], None],
+) -> np.ndarray:
+    """A multi-label run's per-class thresholds (`--threshold-rule` on the validation split),
+    written into model.safetensors' Metadata; 1/2 for every class without a validation split."""
+    from cnnctl.evaluate.thresholds import DEFAULT, tune_thresholds
+    from cnnctl.runtime import modelfile
+
+    classes = list(run.data.classes)
+    if run.data.val is None:
+        log("thresholds: no validation split to tune them on (--val-split 0); every class decides at 1/2")
+        return np.full(len(classes), DEFAULT)
+    result = evaluate(best, batches(run.data.val), run.opt.loss_fn)
+    tuned = tune_thresholds(
+        torch.sigmoid(result.logits).numpy(), result.targets.numpy(), run.cfg.threshold_rule, classes
+    )
+    path = run_dir / "model.safetensors"
+    modelfile.write(path, modelfile.read(path).replace(thresholds=tuple(round(float(t), 6) for t in tuned.thresholds)))
+    shown = ", ".join(f"{c} {t:.3f}" for c, t in zip(classes[:8], tuned.thresholds))
+    log(
+        f"thresholds ({run.cfg.threshold_rule}, on {len(run.data.val)} validation images): {shown}{', ...' if len(classes) > 8 else ''}"
+    )
+    if tuned.defaulted:
+        first = ", ".join(f"{c} ({why})" for c, why in list(tuned.defaulted.items())[:3])
+        log(f"thresholds: {len(tuned.defaulted)} class(es) kept 1/2: {first}")
+    return np.asarray([round(float(t), 6) for t in tuned.thresholds])
 
 
 class RunInterrupted(Exception):
