@@ -1,7 +1,7 @@
 """Multi-label photos from single-label ones: 2x2 mosaics of CIFAR-10 images, labelled by the set of
 classes they show, written as JPEG files with one Kaggle-style label file.
 
-    python recipes/make_mosaics.py CIFAR_DIR OUT [--train N] [--test N] [--fill 0.6] [--seed 0]
+    python recipes/make_mosaics.py CIFAR_DIR OUT [--train N] [--test N] [--fill 0.6] [--seed 0] [--classes a,b]
 
 CIFAR_DIR holds train/<class>/*.jpg and test/<class>/*.jpg (../shared/data/cifar10-jpg.tar.gz,
 extracted, or tests/fixtures/cifar10-mini). Each of the four tiles shows a random image with
@@ -24,17 +24,23 @@ from PIL import Image
 TILE = 32
 
 
-def sources(root: str, split: str) -> tuple[list[str], list[list[str]]]:
-    """Class names and each class's image files under root/split/<class>/."""
+def sources(root: str, split: str, only: list[str]) -> tuple[list[str], list[list[str]]]:
+    """Class names and each class's image files under root/split/<class>/ (the `only` ones, if given)."""
     base = os.path.join(root, split)
     if not os.path.isdir(base):
         sys.exit(f"make_mosaics: {base} is not a folder; give CIFAR_DIR with train/ and test/ class folders")
     classes = sorted(d for d in os.listdir(base) if os.path.isdir(os.path.join(base, d)))
+    unknown = [c for c in only if c not in classes]
+    if unknown:
+        sys.exit(f"make_mosaics: --classes {','.join(unknown)} not among {','.join(classes)}")
+    classes = [c for c in classes if c in only] if only else classes
     files = [sorted(os.path.join(base, c, f) for f in os.listdir(os.path.join(base, c))) for c in classes]
     return classes, files
 
 
-def mosaic(rng: random.Random, classes: list[str], files: list[list[str]], fill: float) -> tuple[Image.Image, list[str]]:
+def mosaic(
+    rng: random.Random, classes: list[str], files: list[list[str]], fill: float
+) -> tuple[Image.Image, list[str]]:
     out = Image.new("RGB", (2 * TILE, 2 * TILE), (128, 128, 128))
     labels: set[str] = set()
     for tile in range(4):
@@ -55,13 +61,14 @@ def main() -> None:
     ap.add_argument("--test", type=int, default=4000)
     ap.add_argument("--fill", type=float, default=0.6)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--classes", default="", help="comma-separated class folders to use (default: all)")
     args = ap.parse_args()
     rng = random.Random(args.seed)
     os.makedirs(os.path.join(args.out, "images"), exist_ok=True)
     rows = []
     n = 0
     for split, count in (("train", args.train), ("test", args.test)):
-        classes, files = sources(args.cifar_dir, split)
+        classes, files = sources(args.cifar_dir, split, [c for c in args.classes.split(",") if c])
         for _ in range(count):
             image, labels = mosaic(rng, classes, files, args.fill)
             name = f"images/{n:06d}.jpg"

@@ -5,9 +5,13 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Annotated, Any
 
+import typer
 from rich.console import Console
+
+if TYPE_CHECKING:
+    from cnnctl.data.labelfile import LabelSpec
 
 _consoles: dict[str, Console] = {}
 
@@ -60,3 +64,28 @@ def human_bytes(n: int | float) -> str:
         if n >= div:
             return f"{n / div:.2f} {unit}"
     return f"{int(n)} B"
+
+
+# How a label file given as --data is read: the same five options on every command that reads data.
+ImageRoot = Annotated[
+    str, typer.Option("--image-root", help="Label files: the folder image paths are relative to (default: the file's).")
+]
+PathColumn = Annotated[str, typer.Option("--path-column", help="Label files: the column of image paths.")]
+LabelColumn = Annotated[str, typer.Option("--label-column", help="Label files: the column of labels.")]
+LabelDelim = Annotated[
+    str, typer.Option("--label-delim", help="Label files: what separates labels in one cell (default: whitespace).")
+]
+SkipBadRows = Annotated[
+    bool,
+    typer.Option(
+        "--skip-bad-rows",
+        help="Label files: leave out bad rows (missing files, unknown labels, ...), counted in the log.",
+    ),
+]
+
+
+def label_reading(image_root: str, path_column: str, label_column: str, label_delim: str, skip: bool) -> LabelSpec:
+    """The label-file options of a command (the file itself is filled in where it is known)."""
+    from cnnctl.data.labelfile import LabelSpec
+
+    return LabelSpec("", image_root, path_column, label_column, label_delim, skip)

@@ -6,15 +6,32 @@ from typing import Annotated, Any
 
 import typer
 
-from cnnctl.cli.common import out, print_json
+from cnnctl.cli.common import (
+    ImageRoot,
+    LabelColumn,
+    LabelDelim,
+    PathColumn,
+    SkipBadRows,
+    label_reading,
+    out,
+    print_json,
+)
 
 
 def eval_cmd(
     target: Annotated[str, typer.Argument(help="Run directory, .safetensors checkpoint, or .onnx file.")],
     data: Annotated[
         str | None,
-        typer.Option("--data", help="Data set name or image folder (default: the one the model was trained on)."),
+        typer.Option(
+            "--data",
+            help="Data set name, image folder or label file (default: the one the model was trained on).",
+        ),
     ] = None,
+    image_root: ImageRoot = "",
+    path_column: PathColumn = "",
+    label_column: LabelColumn = "",
+    label_delim: LabelDelim = "",
+    skip_bad_rows: SkipBadRows = False,
     data_dir: Annotated[
         str | None, typer.Option("--data-dir", help="Where torchvision data sets live (default: as at training).")
     ] = None,
@@ -126,6 +143,7 @@ def eval_cmd(
         errors_csv=errors,
         predictions_csv=predictions,
         top_losses=top_losses,
+        reading=label_reading(image_root, path_column, label_column, label_delim, skip_bad_rows),
     )
     report = run_eval(target, opts)
     if output:

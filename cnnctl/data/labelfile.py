@@ -136,9 +136,8 @@ def read_labels(spec: LabelSpec, classes: list[str] | None = None, task: str = "
     in a single-label file; with `task` multilabel (or any row holding several) it means "none"."""
     if not os.path.exists(spec.file):
         raise DataError(f"label file {spec.file} not found")
-    files = [(spec.file, "")]
     siblings = _siblings(spec.file)
-    files += siblings
+    files = [(spec.file, "train" if siblings else ""), *siblings]
     raws = [_read_any(path, spec, split) for path, split in files]
     raw = _Raw([], [], [], [])
     for r in raws:
@@ -146,6 +145,12 @@ def read_labels(spec: LabelSpec, classes: list[str] | None = None, task: str = "
         raw.paths += r.paths
         raw.labels += r.labels
         raw.splits += r.splits
+    several = next((i for i, labs in enumerate(raw.labels) if len(labs) > 1), None)
+    if task == "single" and several is not None:
+        raise UsageError(
+            f"{spec.file} row {raw.lines[several]} has {len(raw.labels[several])} labels; --task single needs exactly one "
+            f"per row (--task multilabel learns label sets)"
+        )
     table = _validate(raw, spec, classes, task)
     if siblings:
         table.notes.append(

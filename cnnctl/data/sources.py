@@ -359,12 +359,6 @@ def label_file(
     """A label file for training (cnnctl/data/labelfile.py): its train rows (rows without a split
     too), and its val and test rows when it names them. The classes are the sorted label names."""
     table = read_labels(spec, task=task)
-    if task == "single" and table.multilabel:
-        first = next(i for i, labs in enumerate(table.labels) if len(labs) != 1)
-        raise UsageError(
-            f"{spec.file} row {table.lines[first]} has {len(table.labels[first])} labels; --task single needs exactly one per "
-            f"row (--task multilabel learns label sets)"
-        )
     multilabel = task == "multilabel" or table.multilabel
     notes = list(table.notes)
     if multilabel and task != "multilabel":

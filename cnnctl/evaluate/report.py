@@ -340,6 +340,7 @@ class EvalOptions:
     errors_csv: str | None = None
     predictions_csv: str | None = None
     top_losses: int = 10
+    reading: LabelSpec | None = None  # how a label file given as `data` is read
 
     @property
     def views(self) -> int:
@@ -360,7 +361,7 @@ def run_eval(target: str, opts: EvalOptions | None = None) -> dict[str, Any]:
             f"--tta-shift {opts.tta_shift} must be smaller than the model's input ({h}x{w} px); try 1 or 2"
         )
     images, name, classes, split = load_split(
-        model.meta, opts.data, opts.data_dir, opts.split, recorded=Manifest.beside(model.path)
+        model.meta, opts.data, opts.data_dir, opts.split, recorded=Manifest.beside(model.path), reading=opts.reading
     )
     if opts.limit:
         images = images.take(torch.arange(min(opts.limit, len(images))))
