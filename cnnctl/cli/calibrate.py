@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 import typer
 
-from cnnctl.cli.common import emit, out
+from cnnctl.cli.common import ImageRoot, LabelColumn, LabelDelim, PathColumn, SkipBadRows, emit, label_reading, out
 
 
 def calibrate_cmd(
@@ -16,8 +16,15 @@ def calibrate_cmd(
     ],
     data: Annotated[
         str | None,
-        typer.Option("--data", help="Data set name or image folder (default: the one the model was trained on)."),
+        typer.Option(
+            "--data", help="Data set name, image folder or label file (default: the one the model was trained on)."
+        ),
     ] = None,
+    image_root: ImageRoot = "",
+    path_column: PathColumn = "",
+    label_column: LabelColumn = "",
+    label_delim: LabelDelim = "",
+    skip_bad_rows: SkipBadRows = False,
     data_dir: Annotated[
         str | None, typer.Option("--data-dir", help="Where torchvision data sets live (default: as at training).")
     ] = None,
@@ -42,7 +49,8 @@ def calibrate_cmd(
 
     Fits T so that softmax(logits / T) has the lowest log-loss on held-out images, checks the
     expected calibration error on other held-out images, and stores T in the file's metadata.
-    Top-1 is unchanged.
+    Top-1 is unchanged. Multi-label models: one T for every class's sigmoid (binary
+    cross-entropy), ECE per class; the stored thresholds move with T so no decision changes.
 
     Examples:
 
@@ -58,7 +66,14 @@ def calibrate_cmd(
             "--split train: the model has seen those images; fit the temperature on held-out ones (val, test or all of a new folder)"
         )
     report = calibrate(
-        target, data=data, data_dir=data_dir, split=split, check=check, provider=provider, dry_run=dry_run
+        target,
+        data=data,
+        data_dir=data_dir,
+        split=split,
+        check=check,
+        provider=provider,
+        dry_run=dry_run,
+        reading=label_reading(image_root, path_column, label_column, label_delim, skip_bad_rows),
     )
     emit(report, json_, _render)
 
@@ -75,8 +90,8 @@ def _render(r: dict[str, Any]) -> None:
             b, a = part["before"], part["after"]
             console.print(
                 f"  {part['split']:>5} ({part['images']:,} images): ECE {b['ece']:.4f} -> {a['ece']:.4f}, "
-                f"log-loss {b['nll']:.4f} -> {a['nll']:.4f}, "
-                f"top-1 {b['top1']:.4f} -> {a['top1']:.4f}",
+                f"log-loss {b['nll']:.4f} -> {a['nll']:.4f}"
+                + (f", top-1 {b['top1']:.4f} -> {a['top1']:.4f}" if "top1" in b else " (mean per-class ECE, BCE)"),
                 highlight=False,
             )
     console.print(

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cnnctl.errors import UsageError
-from cnnctl.runtime.classifier import probabilities
+from cnnctl.runtime.classifier import label_sets, probabilities
 from cnnctl.runtime.preprocess import Preprocess
 
 METHODS = ("gradcam", "gradcam++", "layercam")
@@ -186,6 +186,8 @@ class Explainer:
             "file_size": {"width": width, "height": height},
             "input_size": {"width": w, "height": h},
         }
+        if self.meta.multilabel:  # the class explained is one of a set: say the set too
+            record["labels"] = label_sets(probs[None], self.meta)[0]
         if flat:  # no positive evidence at this layer: a peak would be a made-up point
             record["note"] = (
                 f"the {self.method} map is zero everywhere at {self.layer}; try --method layercam or gradcam++, or an earlier --layer"

@@ -74,24 +74,34 @@ def calibration(probs: np.ndarray, targets: np.ndarray, bins: int = 15) -> dict[
     return {"ece": float(ece), "bins": rows}
 
 
+def binary_nll(logits: np.ndarray, targets: np.ndarray, temperature: float = 1.0) -> float:
+    """Mean binary cross-entropy of sigmoid(logits / T) against multi-label targets (N x K)."""
+    z = logits.astype(np.float64) / temperature
+    # log(1 + e^-|z|) + max(z, 0) - y z: the stable form of BCE with logits
+    return float(np.mean(np.logaddexp(0.0, -np.abs(z)) + np.maximum(z, 0.0) - (targets > 0.5) * z))
+
+
 def fit_temperature(logits: np.ndarray, targets: np.ndarray) -> float:
     """The temperature T > 0 minimising the NLL of softmax(logits / T) (temperature scaling,
-    Guo et al. 2017). NLL is smooth and unimodal in log T: a golden-section search over
-    T in [0.05, 20] to 1e-4 in log T, then the better end is kept if it wins."""
-    logits, targets = logits.astype(np.float64), targets.astype(np.int64)
+    Guo et al. 2017), or for multi-label targets (N x K) the binary cross-entropy of
+    sigmoid(logits / T), one T for every class. The loss is smooth and unimodal in log T: a
+    golden-section search over T in [0.05, 20] to 1e-4 in log T."""
+    multilabel = targets.ndim == 2
+    logits, targets = logits.astype(np.float64), targets.astype(np.float64 if multilabel else np.int64)
+    loss = binary_nll if multilabel else nll
     lo, hi = np.log(0.05), np.log(20.0)
     g = (np.sqrt(5) - 1) / 2
     a, b = hi - g * (hi - lo), lo + g * (hi - lo)
-    fa, fb = nll(logits, targets, np.exp(a)), nll(logits, targets, np.exp(b))
+    fa, fb = loss(logits, targets, np.exp(a)), loss(logits, targets, np.exp(b))
     while hi - lo > 1e-4:
         if fa < fb:
             hi, b, fb = b, a, fa
             a = hi - g * (hi - lo)
-            fa = nll(logits, targets, np.exp(a))
+            fa = loss(logits, targets, np.exp(a))
         else:
             lo, a, fa = a, b, fb
             b = lo + g * (hi - lo)
-            fb = nll(logits, targets, np.exp(b))
+            fb = loss(logits, targets, np.exp(b))
     return float(np.exp((lo + hi) / 2))
 
 

@@ -3,6 +3,9 @@
     REPO/NAME/config.pbtxt      onnxruntime backend, max batch size, dynamic batching,
                                 input/output names, types and dims read from the exported graph
     REPO/NAME/labels.txt        one class name per line (Triton's classification extension)
+                                multi-label models: config.pbtxt's `parameters` add cnnctl_task
+                                ("multilabel") and cnnctl_thresholds (one per class, labels.txt's
+                                order): a client takes sigmoid(logits) >= threshold (docs/labels.md)
     REPO/NAME/1/model.onnx      the verified cnnctl export, metadata included
 
 The config is written as protobuf text and parsed back with Triton's own model-config schema
@@ -55,6 +58,7 @@ def config_text(
     max_queue_delay_us: int,
     instances: int,
     kind: str,
+    thresholds: tuple[float, ...] | None = None,
 ) -> str:
     """config.pbtxt for the onnxruntime backend (dims exclude the batch axis, as max_batch_size > 0 requires)."""
     fmt = {"NHWC": "FORMAT_NHWC", "NCHW": "FORMAT_NCHW"}[input_layout]
@@ -82,6 +86,10 @@ def config_text(
         f"  max_queue_delay_microseconds: {max_queue_delay_us}",
         "}",
     ]
+    if thresholds is not None:
+        joined = ",".join(f"{t:.6g}" for t in thresholds)
+        for key, value in (("cnnctl_task", "multilabel"), ("cnnctl_thresholds", joined)):
+            lines += ["parameters {", f'  key: "{key}"', f'  value: {{ string_value: "{value}" }}', "}"]
     if kind != "auto":
         lines += [
             "instance_group [",
@@ -197,8 +205,12 @@ def write_repository(
             max_queue_delay_us=max_queue_delay_us,
             instances=instances,
             kind=kind,
+            thresholds=meta.decision_thresholds() if meta.multilabel else None,
         )
-        check_config(parse_config(text), name=name, classes=classes, input_dims=input_dims, input_dtype=input_dtype)
+        parsed = parse_config(text)
+        check_config(parsed, name=name, classes=classes, input_dims=input_dims, input_dtype=input_dtype)
+        if meta.multilabel and len(parsed.parameters["cnnctl_thresholds"].string_value.split(",")) != classes:
+            raise ExportError("the Triton config's cnnctl_thresholds do not list one threshold per class")
         (staging / "config.pbtxt").write_text(text)
         (staging / "labels.txt").write_text("".join(c.replace("\n", " ") + "\n" for c in meta.class_names))
         old = None
@@ -221,6 +233,7 @@ def write_repository(
         "max_batch_size": max_batch,
         "input": {"dtype": input_dtype, "dims": input_dims},
         "classes": classes,
+        "task": meta.task,
         "validated_with": "tritonclient model_config_pb2 (protobuf text format)",
     }
     return report

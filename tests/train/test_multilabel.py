@@ -6,6 +6,7 @@ Inference Protocol) and eval give every test image the same label set."""
 from __future__ import annotations
 
 import csv
+import shutil
 import json
 import subprocess
 import sys
@@ -178,3 +179,51 @@ def test_what_multi_label_runs_refuse(mosaics, tmp_path):
     assert_user_error(proc, "--monitor val_map is the multi-label")
     proc = run_cli("train", *TRAIN, "--data", mosaics, "--threshold-rule", "precision=2", "--out", tmp_path / "e")
     assert_user_error(proc, "--threshold-rule 'precision=2'")
+
+
+def test_the_triton_repository_carries_the_thresholds(ml_run, mosaics, tmp_path):
+    pytest.importorskip("tritonclient", reason="checking a Triton config needs the triton extra")
+    from cnnctl.export.triton import parse_config
+
+    proc = run_cli("export", ml_run, "--format", "triton", "-o", tmp_path / "repo", "--json")
+    assert proc.returncode == 0, proc.stderr
+    folder = tmp_path / "repo" / json.loads(proc.stdout)["triton"]["name"]
+    cfg = parse_config((folder / "config.pbtxt").read_text())
+    labels = (folder / "labels.txt").read_text().split()
+    thresholds = [float(t) for t in cfg.parameters["cnnctl_thresholds"].string_value.split(",")]
+    assert cfg.parameters["cnnctl_task"].string_value == "multilabel" and labels == CLASSES.split(",")
+    meta = modelfile.read(ml_run / "model.safetensors")
+    assert thresholds == pytest.approx(list(meta.thresholds), abs=1e-6)
+    # What a Triton client does with the logits (docs/labels.md): the same sets as cnnctl predict.
+    clf = OnnxClassifier(folder / "1" / "model.onnx", "cpu")
+    files = sorted(_truth(mosaics))[:20]
+    logits = clf.logits(clf.from_pixels(np.stack([load_image(f, clf.prep) for f in files])))
+    client_sets = [[n for n, z, t in zip(labels, row, thresholds) if 1 / (1 + np.exp(-z)) >= t] for row in logits]
+    rows = [json.loads(line) for line in run_cli("predict", ml_run, *files, "--json").stdout.splitlines()]
+    assert client_sets == [r["labels"] for r in rows]
+
+
+def test_calibrate_fits_one_temperature_and_keeps_every_decision(ml_run, mosaics, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(ml_run, run)
+    files = sorted(_truth(mosaics))
+    before = [json.loads(line)["labels"] for line in run_cli("predict", run, *files, "--json").stdout.splitlines()]
+    proc = run_cli("calibrate", run, "--split", "test", "--check", "val", "--json")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    meta = modelfile.read(run / "model.safetensors")
+    assert meta.temperature == pytest.approx(report["temperature"], abs=1e-6)
+    assert report["fit"]["after"]["nll"] <= report["fit"]["before"]["nll"] + 1e-9
+    after = [json.loads(line)["labels"] for line in run_cli("predict", run, *files, "--json").stdout.splitlines()]
+    assert after == before  # the thresholds moved with the temperature
+
+
+def test_explain_answers_for_the_class_asked_with_the_image_label_set(ml_run, mosaics, tmp_path):
+    f = sorted(_truth(mosaics))[0]
+    row = json.loads(run_cli("predict", ml_run, f, "--json").stdout)
+    for name in ("frog", "ship"):
+        proc = run_cli("explain", ml_run, f, "--class", name, "--json", "-o", tmp_path / name)
+        assert proc.returncode == 0, proc.stderr
+        record = json.loads(proc.stdout)["images"][0]
+        assert record["class"] == name and record["prob"] == pytest.approx(row["probs"][name], abs=1e-5)
+        assert record["labels"] == row["labels"]
