@@ -5,7 +5,7 @@ classes they show, written as JPEG files with one Kaggle-style label file.
 
 CIFAR_DIR holds train/<class>/*.jpg and test/<class>/*.jpg (../shared/data/cifar10-jpg.tar.gz,
 extracted, or tests/fixtures/cifar10-mini). Each of the four tiles shows a random image with
-probability `--fill`, else stays grey; an image's labels are the classes of its tiles (zero to four
+probability `--fill`, else grey noise; an image's labels are the classes of its tiles (zero to four
 of them, duplicates once). Train mosaics are cut from CIFAR's train images only and test mosaics from
 its test images only, so no test photo is ever seen in training. OUT gets images/NNNNNN.jpg and
 labels.csv (`path,labels,split`, labels separated by spaces, split train or test).
@@ -44,7 +44,9 @@ def mosaic(
     out = Image.new("RGB", (2 * TILE, 2 * TILE), (128, 128, 128))
     labels: set[str] = set()
     for tile in range(4):
-        if rng.random() >= fill:
+        if rng.random() >= fill:  # an empty tile: grey noise, so no two mosaics are the same picture
+            noise = Image.frombytes("L", (TILE, TILE), bytes(rng.randrange(96, 160) for _ in range(TILE * TILE)))
+            out.paste(noise.convert("RGB"), ((tile % 2) * TILE, (tile // 2) * TILE))
             continue
         k = rng.randrange(len(classes))
         with Image.open(rng.choice(files[k])) as img:

@@ -15,6 +15,7 @@ each `--against` folder (or its splits): duplicates across them are leakage.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -42,7 +43,8 @@ class Root:
     path: str  # the folder, or the name of a data set (mnist, cifar10, ...)
     classes: list[str]
     records: list[FileRecord]
-    labels: list[str]  # per record: its class folder
+    labels: list[str]  # per record: its class folder (a label file's root: its label set, joined by " + ")
+    label_sets: list[tuple[str, ...]] | None = None  # a label file's root: each record's labels
 
 
 @dataclass(frozen=True)
@@ -51,13 +53,22 @@ class RootSpec:
 
     name: str
     path: str
-    split: str = ""  # "train" or "test" of the named set `path`; "" for a folder
+    split: str = ""  # "train" or "test" of the named set `path` (or of the label file); "" for a folder
+    table: Any = None  # a label file's rows (check/listing.py)
 
 
-def resolve_roots(target: str) -> list[RootSpec]:
-    """The roots `target` stands for: a plain folder, each split of one, or a named set's splits."""
+def resolve_roots(target: str, reading: Any = None) -> list[RootSpec]:
+    """The roots `target` stands for: a plain folder, each split of one, a named set's splits, or a
+    label file's splits (`reading`: how to read it)."""
+    from cnnctl.data.labelfile import LabelSpec, is_label_file
     from cnnctl.data.layout import NAMED_SETS, folder_layout
 
+    if is_label_file(target):
+        from cnnctl.check import listing
+
+        spec = dataclasses.replace(reading, file=target) if reading is not None else LabelSpec(target)
+        table = listing.read(spec)
+        return [RootSpec(f"{target}:{split}", target, split, table) for split in listing.splits_of(table)]
     if target in NAMED_SETS and not os.path.isdir(target):
         return [RootSpec(f"{target}/{split}", target, split) for split in ("train", "test")]
     layout = folder_layout(target)
@@ -75,6 +86,17 @@ def _scan_folder(name: str, path: str, workers: int, log: Log) -> Root:
     classes = sorted({label for label, _ in found})
     records = scan([p for _, p in found], workers=workers, log=lambda m: log(f"{name}: {m}"))
     return Root(name, path, classes, records, [label for label, _ in found])
+
+
+def _scan_label_split(spec: RootSpec, workers: int, log: Log) -> Root:
+    """One split of a label file: its good rows' files, labelled by their label sets."""
+    from cnnctl.check import listing
+
+    table = spec.table
+    rows = listing.rows_of(table, spec.split)
+    records = scan([table.paths[i] for i in rows], workers=workers, log=lambda m: log(f"{spec.name}: {m}"))
+    sets = [table.labels[i] for i in rows]
+    return Root(spec.name, spec.path, list(table.classes), records, [" + ".join(s) for s in sets], sets)
 
 
 def _scan_named(spec: RootSpec, data_dir: str, download: bool, log: Log) -> Root:
@@ -123,6 +145,7 @@ def check(
     data_dir: str = "",
     download: bool = False,
     log: Log = lambda m: None,
+    reading: Any = None,
 ) -> tuple[dict[str, Any], list[Root], list[Item]]:
     """Scan every root of `target` and `against`; return the report, the roots and the decodable items."""
     if not 0 <= near <= 32 and near != -1:
@@ -131,12 +154,14 @@ def check(
         )
     specs: list[RootSpec] = []
     for t in (target, *against):
-        for spec in resolve_roots(t):
+        for spec in resolve_roots(t, reading):
             if any(os.path.realpath(spec.path) == os.path.realpath(s.path) and spec.split == s.split for s in specs):
                 raise DataError(f"{spec.path} is named twice (as {spec.name}); give each folder once")
             specs.append(spec)
     roots = [
-        _scan_named(s, data_dir, download, log) if s.split else _scan_folder(s.name, s.path, workers, log)
+        _scan_label_split(s, workers, log)
+        if s.table is not None
+        else (_scan_named(s, data_dir, download, log) if s.split else _scan_folder(s.name, s.path, workers, log))
         for s in specs
     ]
     items = [
@@ -146,7 +171,27 @@ def check(
         if rec.decodes and rec.phash is not None
     ]
     groups = find_groups(items, near)
-    return report(roots, items, groups, near), roots, items
+    out = report(roots, items, groups, near)
+    _label_file_report(out, specs)
+    return out, roots, items
+
+
+def _label_file_report(out: dict[str, Any], specs: list[RootSpec]) -> None:
+    """A label file's own findings (check/listing.py) and its `label_file` section, once per file."""
+    from cnnctl.check import listing
+
+    done: set[int] = set()
+    for spec in specs:
+        if spec.table is None or id(spec.table) in done:
+            continue
+        done.add(id(spec.table))
+        found, section = listing.findings(spec.table, spec.table.named)
+        out.setdefault("label_files", []).append(section)
+        out["findings"] += found
+        out["errors"] += sum(1 for f in found if f["level"] == "error")
+        out["warnings"] += sum(1 for f in found if f["level"] == "warning")
+    order = {"error": 0, "warning": 1, "info": 2}
+    out["findings"].sort(key=lambda f: order[f["level"]])
 
 
 def _stats(values: list[float]) -> dict[str, float]:
@@ -218,7 +263,10 @@ def report(roots: list[Root], items: list[Item], groups: list[Group], near: int)
 
 def _root_summary(root: Root, findings: list[dict[str, Any]]) -> dict[str, Any]:
     """One root's counts per class; empty classes and imbalance go to `findings`."""
-    counts = Counter(label for label, rec in zip(root.labels, root.records) if rec.decodes)
+    if root.label_sets is not None:  # a label file: every label of a set counts
+        counts = Counter(lab for labs, rec in zip(root.label_sets, root.records) if rec.decodes for lab in labs)
+    else:
+        counts = Counter(label for label, rec in zip(root.labels, root.records) if rec.decodes)
     classes = {c: counts.get(c, 0) for c in root.classes}
     nonzero = [v for v in classes.values() if v]
     ratio = max(nonzero) / min(nonzero) if nonzero else 0.0
@@ -248,7 +296,7 @@ def _root_summary(root: Root, findings: list[dict[str, Any]]) -> dict[str, Any]:
         "name": root.name,
         "path": root.path,
         "files": len(root.records),
-        "images": sum(classes.values()),
+        "images": sum(rec.decodes for rec in root.records) if root.label_sets is not None else sum(classes.values()),
         "classes": classes,
         "imbalance_ratio": round(ratio, 3),
     }

@@ -7,16 +7,21 @@ from typing import Annotated, Any
 
 import typer
 
-from cnnctl.cli.common import emit, out
+from cnnctl.cli.common import ImageRoot, LabelColumn, LabelDelim, PathColumn, emit, label_reading, out
 
 
 def check_cmd(
     data: Annotated[
         str,
         typer.Argument(
-            help="Image folder (class subfolders, or train/val/test of them), or a data set name (mnist, cifar10, ...)."
+            help="Image folder (class subfolders, or train/val/test of them), a label file (.csv, .jsonl, .parquet, "
+            "...), or a data set name (mnist, cifar10, ...)."
         ),
     ],
+    image_root: ImageRoot = "",
+    path_column: PathColumn = "",
+    label_column: LabelColumn = "",
+    label_delim: LabelDelim = "",
     against: Annotated[
         list[str] | None,
         typer.Option(
@@ -119,7 +124,10 @@ def check_cmd(
     def log(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
-    report, roots, _ = check(data, against or [], near=near, workers=workers, data_dir=data_dir, log=log)
+    reading = label_reading(image_root, path_column, label_column, label_delim, False)
+    report, roots, _ = check(
+        data, against or [], near=near, workers=workers, data_dir=data_dir, log=log, reading=reading
+    )
     if labels:
         from cnnctl.check.doctor import add_label_issues
         from cnnctl.check.labels import LabelOptions
@@ -155,6 +163,15 @@ def _render(r: dict[str, Any]) -> None:
         console.print(
             f"{root['name']}: {root['images']:,} images of {root['files']:,} files, {len(root['classes'])} classes ({classes}); "
             f"imbalance {root['imbalance_ratio']:.2f}:1",
+            highlight=False,
+            emoji=False,
+            markup=False,
+        )
+    for lf in r.get("label_files", []):
+        per = lf["labels_per_image"]
+        console.print(
+            f"{lf['file']}: {lf['good_rows']:,} good rows of {lf['rows']:,}; {'multi-label' if lf['multilabel'] else 'single-label'}, "
+            f"{per['mean']:.2f} labels per image (most {per['max']}, {per['zero']:,} with none); images under {lf['image_root']}",
             highlight=False,
         )
     sizes = r["sizes"]

@@ -45,7 +45,9 @@ SPLIT_VALUES = {
 SIBLINGS = {"val": ("val", "valid", "validation"), "test": ("test",)}
 BAD_KINDS = {
     "empty": "with an empty path",
-    "duplicate": "listing a file twice",
+    "duplicate": "listing a file again",
+    "conflicting": "listing a file again with other labels",
+    "cross-split": "listing a file again in another split",
     "missing": "naming missing files",
     "no-label": "without a label",
     "unknown": "with labels the model does not know",
@@ -102,6 +104,8 @@ class LabelTable:
     classes: list[str]
     dropped: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    bad: dict[str, list[tuple[int, str]]] = field(default_factory=dict)  # kind -> (line, what), for `check`
+    named: set[str] = field(default_factory=set)  # every label any row names, bad rows' included
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -425,7 +429,7 @@ def _validate(raw: _Raw, spec: LabelSpec, classes: list[str] | None, task: str) 
     bad: dict[str, list[tuple[int, str]]] = {k: [] for k in BAD_KINDS}
     known = set(classes) if classes is not None else None
     single = task == "single" or (task == "auto" and not any(len(labs) > 1 for labs in raw.labels))
-    seen: set[str] = set()
+    seen: dict[str, int] = {}  # file -> its first row
     keep: list[int] = []
     paths: list[str] = []
     for i, (line, path, labs) in enumerate(zip(raw.lines, raw.paths, raw.labels)):
@@ -438,7 +442,13 @@ def _validate(raw: _Raw, spec: LabelSpec, classes: list[str] | None, task: str) 
             bad["missing"].append((line, path))
             continue
         if found in seen:
-            bad["duplicate"].append((line, path))
+            first = seen[found]
+            kind = "duplicate"
+            if raw.splits[first] != raw.splits[i]:
+                kind = "cross-split"
+            elif set(raw.labels[first]) != set(labs):
+                kind = "conflicting"
+            bad[kind].append((line, f"{path} (first on row {raw.lines[first]})"))
             continue
         if single and not labs:
             bad["no-label"].append((line, path))
@@ -446,7 +456,7 @@ def _validate(raw: _Raw, spec: LabelSpec, classes: list[str] | None, task: str) 
         if known is not None and any(lab not in known for lab in labs):
             bad["unknown"].append((line, f"{path} ({', '.join(lab for lab in labs if lab not in known)})"))
             continue
-        seen.add(found)
+        seen[found] = i
         keep.append(i)
         paths.append(found)
     dropped = {k: len(v) for k, v in bad.items() if v}
@@ -461,6 +471,8 @@ def _validate(raw: _Raw, spec: LabelSpec, classes: list[str] | None, task: str) 
         [raw.splits[i] for i in keep],
         classes if classes is not None else sorted({lab for i in keep for lab in raw.labels[i]}),
         dropped,
+        bad={k: v for k, v in bad.items() if v},
+        named={lab for labs in raw.labels for lab in labs},
     )
     if dropped:
         table.notes.append(f"left out {describe_dropped(dropped)} (--skip-bad-rows)")

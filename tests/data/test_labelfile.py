@@ -101,7 +101,7 @@ def test_a_saved_hugging_face_dataset_with_image_bytes_trains(tmp_path):
     "kind, needle",
     [
         ("missing", "naming missing files (row 3: Cat/gone.jpg"),
-        ("duplicate", "listing a file twice (row 4: Cat/0.jpg"),
+        ("duplicate", "listing a file again (row 4: Cat/0.jpg (first on row 2))"),
         ("empty", "with an empty path (row 3"),
         ("no-label", "without a label (row 3: Cat/0.jpg"),
     ],
@@ -228,3 +228,31 @@ def test_label_file_flags_on_a_folder_are_refused(tmp_path):
     assert_user_error(proc, "--label-column is for label files")
     proc = run_cli("train", *TRAIN, "--data", PETS_MINI, "--task", "multilabel", "--out", tmp_path / "r")
     assert_user_error(proc, "--task multilabel learns label sets from a label file")
+
+
+def test_check_reads_a_label_file_as_a_listing(tmp_path, pets):
+    rows = [[p, c, "test" if i % 6 == 0 else "train"] for i, (p, c) in enumerate(_rows(pets))]
+    shutil.copy(pets / "Dog" / "3.jpg", pets / "Dog" / "copy-of-3.jpg")  # the same photo in train and test
+    rows += [
+        ["Cat/missing.jpg", "Fox", "train"],  # a missing file, the only row of the label Fox
+        [rows[1][0], "Dog", "train"],  # row 3's file again, with another label
+        [rows[2][0], rows[2][1], "test"],  # row 4's file again, in another split
+        ["Dog/copy-of-3.jpg", "Dog", "test"],
+    ]
+    Path(pets / "Cat" / "unlisted.jpg").write_bytes((pets / "Cat" / "5.jpg").read_bytes()[:-1] + b"\xd9")
+    labels = _write_csv(pets / "l.csv", ["path", "label", "split"], rows)
+    proc = run_cli("check", labels, "--json", "--strict")
+    assert proc.returncode != 0
+    report = json.loads(proc.stdout)
+    kinds = {f["kind"]: f for f in report["findings"]}
+    assert kinds["rows-missing"]["examples"] == ["row 62: Cat/missing.jpg"]
+    assert kinds["rows-conflicting"]["examples"][0].startswith("row 63: Cat/1.jpg (first on row 3)")
+    assert kinds["rows-cross-split"]["examples"][0].startswith("row 64: Cat/10.jpg (first on row 4)")
+    assert kinds["labels-without-images"]["examples"] == ["Fox"]
+    assert str(pets / "Cat" / "unlisted.jpg") in kinds["unlisted-files"]["examples"]
+    assert kinds["leak"]["level"] == "error"  # Dog/3.jpg (train) and its copy (test)
+    leak = next(g for g in report["duplicates"] if len(g["roots"]) > 1)
+    assert {Path(m["path"]).name for m in leak["members"]} == {"3.jpg", "copy-of-3.jpg"}
+    section = report["label_files"][0]
+    assert section["good_rows"] == 61 and section["rows"] == 64 and not section["multilabel"]
+    assert [r["name"].rsplit(":", 1)[1] for r in report["roots"]] == ["train", "test"]

@@ -6,8 +6,8 @@ Inference Protocol) and eval give every test image the same label set."""
 from __future__ import annotations
 
 import csv
-import shutil
 import json
+import shutil
 import subprocess
 import sys
 import time
