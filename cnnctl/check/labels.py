@@ -43,6 +43,8 @@ class LabelOptions:
     batch_size: int = 64
     seed: int = 0
     limit: int = 0  # suspects listed (0: all)
+    reading: Any = None  # a label file's reading options (LabelSpec), when DATA is one
+    backbone: bool = True  # without a model or weights: a frozen ImageNet backbone found in the local cache
 
     @property
     def probe(self) -> bool:
@@ -83,6 +85,13 @@ def _config(data: str, opts: LabelOptions, grayscale: bool) -> Any:
     }
     if size:
         flags["image_size"] = size
+    if opts.reading is not None:
+        flags.update(
+            image_root=opts.reading.image_root,
+            path_column=opts.reading.path_column,
+            label_column=opts.reading.label_column,
+            label_delim=opts.reading.label_delim,
+        )
     if grayscale and not opts.probe:
         flags["grayscale"] = True
     if opts.probe:
@@ -91,6 +100,24 @@ def _config(data: str, opts: LabelOptions, grayscale: bool) -> Any:
         flags["augment"] = "shift" if grayscale else "flip-crop"
         flags["optimizer"], flags["lr"], flags["scheduler"] = "adamw", 2e-3, "onecycle"
     return resolve(model, None, flags)
+
+
+def with_backbone(opts: LabelOptions, log: Log) -> LabelOptions:
+    """The options with a frozen ImageNet backbone filled in when none was asked for and one is in
+    the local cache (confident learning is only as good as its out-of-sample probabilities)."""
+    if opts.model or opts.probe or not opts.backbone:
+        return opts
+    from cnnctl.train.weights import cached_backbone
+
+    found = cached_backbone()
+    if found is None:
+        return opts
+    model, choice, file = found
+    log(
+        f"label issues: {model}'s ImageNet weights ({choice}) are in the local cache ({file}): its frozen features "
+        f"score every image (--model tiny trains from scratch instead)"
+    )
+    return dataclasses.replace(opts, model=model, weights=choice if model.startswith("tv:") else "", pretrained=True)
 
 
 def folds_of(n: int, k: int, seed: int) -> np.ndarray:
@@ -120,7 +147,7 @@ def out_of_sample(
     if n < 2 * opts.folds or k < 2:
         raise UsageError(f"--labels needs at least {2 * opts.folds} images in 2 or more classes; {data} has {n} in {k}")
     fold = folds_of(n, opts.folds, opts.seed)
-    labels = split.y.numpy().astype(np.int64)
+    labels = split.y.numpy() if bundle.multilabel else split.y.numpy().astype(np.int64)
     if opts.probe:
         probs, how = _probe(plan, reporter, fold, opts, log)
     else:
@@ -147,7 +174,8 @@ def _scratch(plan: Plan, reporter: Any, fold: np.ndarray, opts: LabelOptions, lo
             split.take(held_idx), bundle.prep, plan.eval_batch.size, device=plan.device, channels_last=cfg.channels_last
         )
         result = evaluate(run.model, held)
-        probs[held_idx.numpy()] = result.logits.double().softmax(1).numpy()
+        logits = result.logits.double()
+        probs[held_idx.numpy()] = (logits.sigmoid() if bundle.multilabel else logits.softmax(1)).numpy()
         last = history.epochs[-1] if history.epochs else {}
         log(
             f"fold {f + 1}/{opts.folds}: trained {cfg.model} on {len(train_idx)} images for {len(history.epochs)} epochs "
@@ -187,7 +215,7 @@ def _probe(plan: Plan, reporter: Any, fold: np.ndarray, opts: LabelOptions, log:
     for f in range(opts.folds):
         tr, he = torch.from_numpy(fold != f), torch.from_numpy(fold == f)
         probs[he.numpy()] = fit_logistic(feats[tr], labels[tr], feats[he], len(bundle.classes))
-    acc = float((probs.argmax(1) == labels.numpy()).mean())
+    acc = accuracy(probs, labels.numpy())
     log(f"{opts.folds}-fold logistic regression on the features: out-of-sample accuracy {acc:.3f}")
     return (
         probs,
@@ -197,7 +225,8 @@ def _probe(plan: Plan, reporter: Any, fold: np.ndarray, opts: LabelOptions, log:
 
 def fit_logistic(x: Any, y: Any, x_new: Any, classes: int, l2: float = 0.3) -> np.ndarray:
     """Softmax regression on standardised features (full-batch L-BFGS, L2 on the weights);
-    returns the probabilities of `x_new`. Convex, so the result does not depend on a seed."""
+    returns the probabilities of `x_new`. Convex, so the result does not depend on a seed.
+    Multi-label targets (N x K): one logistic regression per class (sigmoid, binary cross-entropy)."""
     import torch
 
     mean, std = x.mean(0), x.std(0).clamp_min(1e-6)
@@ -208,22 +237,116 @@ def fit_logistic(x: Any, y: Any, x_new: Any, classes: int, l2: float = 0.3) -> n
 
     def closure() -> Any:
         opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(xs @ w + b, y) + l2 * (w * w).sum()
+        z = xs @ w + b
+        fit = (
+            torch.nn.functional.binary_cross_entropy_with_logits(z, y.double()) * classes
+            if y.dim() == 2
+            else torch.nn.functional.cross_entropy(z, y)
+        )
+        loss = fit + l2 * (w * w).sum()
         loss.backward()
         return loss
 
     opt.step(closure)
     with torch.no_grad():
-        return (xn @ w + b).softmax(1).numpy()
+        z = xn @ w + b
+        return (z.sigmoid() if y.dim() == 2 else z.softmax(1)).numpy()
+
+
+def accuracy(probs: np.ndarray, labels: np.ndarray) -> float:
+    """Out-of-sample accuracy; for multi-label targets the label accuracy at 1/2."""
+    if labels.ndim == 2:
+        return float(((probs >= 0.5) == (labels > 0.5)).mean())
+    return float((probs.argmax(1) == labels).mean())
+
+
+def skill(probs: np.ndarray, labels: np.ndarray) -> float:
+    """How much of the way from always answering the most common label to perfect the out-of-sample
+    predictions get (1 - error / the majority's error; per class for multi-label, averaged)."""
+    if labels.ndim == 2:
+        y = labels > 0.5
+        majority = np.maximum(y.mean(0), 1 - y.mean(0))
+        acc = ((probs >= 0.5) == y).mean(0)
+    else:
+        majority = np.array([np.bincount(labels).max() / len(labels)])
+        acc = np.array([accuracy(probs, labels)])
+    return float(np.mean((acc - majority) / np.maximum(1 - majority, 1e-9)))
+
+
+# Below this skill the model's own mistakes swamp the label errors (docs/check.md#labels): only
+# images it is WEAK_PROB sure are mislabelled are listed, at most WEAK_SHARE of the images.
+WEAK_SKILL = 0.7
+WEAK_PROB = 0.1
+WEAK_SHARE = 0.01
+
+
+def find_multilabel_issues(labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One-vs-rest confident learning (as cleanlab's multilabel_classification.find_label_issues):
+    each class's given yes/no against [1 - p, p]; an image is an issue when any class flags it.
+    Returns (indices, least self-confident first; each image's worst class)."""
+    y = (labels > 0.5).astype(np.int64)
+    n, k = y.shape
+    flagged = np.zeros(n, dtype=bool)
+    for c in range(k):
+        binary = np.stack([1 - probs[:, c], probs[:, c]], axis=1)
+        if y[:, c].min() == y[:, c].max():
+            continue  # a class every image has (or none has): nothing to contrast
+        flagged[find_issues(y[:, c], binary)] = True
+    given = np.where(y == 1, probs, 1 - probs)  # each class's probability of the given yes/no
+    worst = given.argmin(1)
+    idx = np.flatnonzero(flagged)
+    return idx[np.argsort(given[idx, worst[idx]], kind="stable")], worst
 
 
 def label_issues(data: str, opts: LabelOptions, grayscale: bool, log: Log) -> dict[str, Any]:
-    """The suspects, best first: path, given label, suggested label, score (1 - p(given label))."""
+    """The suspects, best first: path, given label, suggested label, score (1 - p(given label)).
+    Out-of-sample predictions too weak to tell label errors from their own are said in one line,
+    and only what they are very sure of is listed (`WEAK_SKILL`)."""
+    opts = with_backbone(opts, log)
     probs, labels, paths, classes, how = out_of_sample(data, opts, grayscale, log)
-    idx = find_issues(labels, probs)
+    multilabel = labels.ndim == 2
+    if multilabel:
+        idx, worst = find_multilabel_issues(labels, probs)
+        given_p = np.where(labels > 0.5, probs, 1 - probs)[np.arange(len(labels)), worst]
+    else:
+        idx = find_issues(labels, probs)
+        given_p = probs[np.arange(len(labels)), labels]
+    acc, score = accuracy(probs, labels), skill(probs, labels)
+    candidates = len(idx)
+    weak = score < WEAK_SKILL
+    if weak:
+        cap = max(1, int(WEAK_SHARE * len(labels)))
+        idx = idx[given_p[idx] <= WEAK_PROB][:cap]
+        log(
+            f"label issues: the out-of-sample predictions are weak (accuracy {acc:.1%}, skill {score:.2f} over always "
+            f"answering the most common label): they cannot tell label errors from their own, so {len(idx)} of the "
+            f"{candidates} confident-learning candidates are listed (those it is {1 - WEAK_PROB:.0%} sure of); for a "
+            f"trustworthy search use ImageNet features: --model tv:mobilenet_v2 --pretrained"
+        )
     shown = idx[: opts.limit] if opts.limit else idx
-    suspects = [
-        {
+    suspects = [_suspect(i, probs, labels, paths, classes, worst if multilabel else None) for i in shown]
+    return {
+        "method": how,
+        "scoring": (
+            "one-vs-rest confident learning (prune by noise rate per class), ranked by the worst class's self-confidence"
+            if multilabel
+            else "confident learning (prune by noise rate), ranked by self-confidence"
+        ),
+        "images": len(labels),
+        "out_of_sample_accuracy": round(acc, 4),
+        "skill": round(score, 4),
+        "weak_evidence": weak,
+        "candidates": int(candidates),
+        "issues": int(len(idx)),
+        "suspects": suspects,
+    }
+
+
+def _suspect(
+    i: int, probs: np.ndarray, labels: np.ndarray, paths: list[str], classes: list[str], worst: np.ndarray | None
+) -> dict[str, Any]:
+    if worst is None:
+        return {
             "path": paths[i],
             "given": classes[labels[i]],
             "suggested": classes[int(probs[i].argmax())],
@@ -231,14 +354,18 @@ def label_issues(data: str, opts: LabelOptions, grayscale: bool, log: Log) -> di
             "given_prob": round(float(probs[i, labels[i]]), 6),
             "suggested_prob": round(float(probs[i].max()), 6),
         }
-        for i in shown
-    ]
-    acc = float((probs.argmax(1) == labels).mean())
+    c = int(worst[i])
+    has = labels[i, c] > 0.5
+    given = [classes[k] for k in np.flatnonzero(labels[i] > 0.5)]
+    suggested = sorted(set(given) - {classes[c]}) if has else sorted({*given, classes[c]})
+    p_given = float(probs[i, c] if has else 1 - probs[i, c])
     return {
-        "method": how,
-        "scoring": "confident learning (prune by noise rate), ranked by self-confidence",
-        "images": len(labels),
-        "out_of_sample_accuracy": round(acc, 4),
-        "issues": int(len(idx)),
-        "suspects": suspects,
+        "path": paths[i],
+        "given": " ".join(given),
+        "suggested": " ".join(suggested),
+        "class": classes[c],
+        "change": f"remove {classes[c]}" if has else f"add {classes[c]}",
+        "score": round(1.0 - p_given, 6),
+        "given_prob": round(p_given, 6),
+        "suggested_prob": round(1.0 - p_given, 6),
     }

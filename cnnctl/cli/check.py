@@ -61,7 +61,9 @@ def check_cmd(
     model: Annotated[
         str | None,
         typer.Option(
-            "--model", help="--labels: the model (default: model-a for grayscale digits, tiny otherwise, from scratch)."
+            "--model",
+            help="--labels: the model (default: a frozen ImageNet backbone whose weights are in the local cache, "
+            "else model-a for grayscale digits, tiny otherwise, from scratch).",
         ),
     ] = None,
     pretrained: Annotated[
@@ -142,6 +144,7 @@ def check_cmd(
             init=init or "",
             seed=seed,
             limit=top,
+            reading=reading,
         )
         add_label_issues(report, roots[0], opts, log)
     if output:
@@ -203,7 +206,8 @@ def _render(r: dict[str, Any]) -> None:
     if lab:
         console.print(
             f"label issues: {lab['issues']} suspect(s) among {lab['images']:,} images ({lab['method']}; out-of-sample accuracy "
-            f"{lab['out_of_sample_accuracy']:.3f})",
+            f"{lab['out_of_sample_accuracy']:.3f}"
+            + (f"; weak: {lab['candidates']} candidates, only the surest listed)" if lab["weak_evidence"] else ")"),
             highlight=False,
         )
         if lab["suspects"]:

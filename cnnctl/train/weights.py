@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from cnnctl.errors import CheckpointError, UsageError
+from cnnctl.errors import CheckpointError, CnnctlError, UsageError
 from cnnctl.models.checkpoint import PICKLE_SUFFIXES, model_tensors
 
 # Prefixes that wrappers add to state-dict names (DDP, torch.compile, Lightning, some hubs).
@@ -364,3 +364,40 @@ def load_pretrained(model: nn.Module, weights: Pretrained) -> InitReport:
     weights = fetch_pretrained(weights)
     state = read_state_file(weights.file, f"{weights.file} ({weights.name})")
     return load_matching(model, state, f"--pretrained {weights.name}", weights.name)
+
+
+# Backbones `cnnctl check --labels` uses by default when their ImageNet weights are already in the
+# local cache (never downloaded for it): small and strong first.
+CACHED_BACKBONES = (
+    ("tv:mobilenet_v2", "IMAGENET1K_V1"),
+    ("tv:mobilenet_v2", "IMAGENET1K_V2"),
+    ("tv:mobilenet_v3_large", "IMAGENET1K_V1"),
+    ("tv:efficientnet_b0", "IMAGENET1K_V1"),
+    ("tv:resnet18", "IMAGENET1K_V1"),
+    ("tv:resnet50", "IMAGENET1K_V2"),
+    ("tv:convnext_tiny", "IMAGENET1K_V1"),
+    ("timm:tf_efficientnet_lite0", "DEFAULT"),
+    ("timm:resnet50", "DEFAULT"),
+)
+
+
+def cached_backbone() -> tuple[str, str, Path] | None:
+    """(model, weights, file) of the first `CACHED_BACKBONES` entry whose weights are in the
+    torch hub cache (TORCH_HOME) or the Hugging Face cache (HF_HOME), without any network."""
+    for model, choice in CACHED_BACKBONES:
+        try:
+            weights = pretrained_weights(model, choice)
+        except CnnctlError:  # timm missing, or no such weights in this version
+            continue
+        if weights.hf_repo:
+            try:
+                from huggingface_hub import try_to_load_from_cache
+            except ImportError:
+                continue
+            for filename in ("model.safetensors", "pytorch_model.bin"):
+                cached = try_to_load_from_cache(weights.hf_repo, filename)
+                if isinstance(cached, str):
+                    return model, choice, Path(cached)
+        elif weights.file.is_file():
+            return model, choice, weights.file
+    return None
