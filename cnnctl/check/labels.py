@@ -260,9 +260,13 @@ def accuracy(probs: np.ndarray, labels: np.ndarray) -> float:
     return float((probs.argmax(1) == labels).mean())
 
 
-def skill(probs: np.ndarray, labels: np.ndarray) -> float:
+def skill(probs: np.ndarray, labels: np.ndarray, aside: np.ndarray | None = None) -> float:
     """How much of the way from always answering the most common label to perfect the out-of-sample
-    predictions get (1 - error / the majority's error; per class for multi-label, averaged)."""
+    predictions get (1 - error / the majority's error; per class for multi-label, averaged), on the
+    images not set `aside` (those the predictions are sure are mislabelled: label noise would
+    otherwise count against a model that is right about it)."""
+    if aside is not None and (~aside).sum() >= 2:
+        probs, labels = probs[~aside], labels[~aside]
     if labels.ndim == 2:
         y = labels > 0.5
         majority = np.maximum(y.mean(0), 1 - y.mean(0))
@@ -273,11 +277,11 @@ def skill(probs: np.ndarray, labels: np.ndarray) -> float:
     return float(np.mean((acc - majority) / np.maximum(1 - majority, 1e-9)))
 
 
-# Below this skill the model's own mistakes swamp the label errors (docs/check.md#labels): only
-# images it is WEAK_PROB sure are mislabelled are listed, at most WEAK_SHARE of the images.
+# Below this skill the model's own mistakes swamp the label errors (docs/check.md): only images
+# whose given label it gives at most WEAK_PROB are listed, at most WEAK_SHARE of the images.
 WEAK_SKILL = 0.7
 WEAK_PROB = 0.1
-WEAK_SHARE = 0.01
+WEAK_SHARE = 0.02
 
 
 def find_multilabel_issues(labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -311,14 +315,18 @@ def label_issues(data: str, opts: LabelOptions, grayscale: bool, log: Log) -> di
     else:
         idx = find_issues(labels, probs)
         given_p = probs[np.arange(len(labels)), labels]
-    acc, score = accuracy(probs, labels), skill(probs, labels)
+    if multilabel:
+        sure = (np.where(labels > 0.5, probs, 1 - probs) <= WEAK_PROB).any(1)
+    else:
+        sure = probs[np.arange(len(labels)), labels] <= WEAK_PROB
+    acc, score = accuracy(probs, labels), skill(probs, labels, sure)
     candidates = len(idx)
     weak = score < WEAK_SKILL
     if weak:
         cap = max(1, int(WEAK_SHARE * len(labels)))
         idx = idx[given_p[idx] <= WEAK_PROB][:cap]
         log(
-            f"label issues: the out-of-sample predictions are weak (accuracy {acc:.1%}, skill {score:.2f} over always "
+            f"label issues: the out-of-sample predictions are weak (accuracy {acc:.1%}; skill {score:.2f} over always "
             f"answering the most common label): they cannot tell label errors from their own, so {len(idx)} of the "
             f"{candidates} confident-learning candidates are listed (those it is {1 - WEAK_PROB:.0%} sure of); for a "
             f"trustworthy search use ImageNet features: --model tv:mobilenet_v2 --pretrained"

@@ -228,7 +228,8 @@ def _render(summary: dict[str, Any], epochs: list[dict[str, Any]]) -> None:
         hint = (
             "overfitting" if gap > 0.05 else ("underfitting" if best["train_acc"] < 0.9 and gap < 0.02 else "good fit")
         )
-        lines.append(f"train - val accuracy gap: {gap:+.4f} ({hint})")
+        if "val_map" not in best:  # label accuracy of a multi-label run says little about fit
+            lines.append(f"train - val accuracy gap: {gap:+.4f} ({hint})")
     if summary["test"]:
         t = summary["test"]
         multi = f"mAP {t['map']:.4f}  macro F1 {t['macro_f1']:.4f}  label acc" if "map" in t else "acc"
