@@ -319,7 +319,7 @@ def label_issues(data: str, opts: LabelOptions, grayscale: bool, log: Log) -> di
         sure = (np.where(labels > 0.5, probs, 1 - probs) <= WEAK_PROB).any(1)
     else:
         sure = probs[np.arange(len(labels)), labels] <= WEAK_PROB
-    acc, score = accuracy(probs, labels), skill(probs, labels, sure)
+    acc, score = accuracy(probs, labels), skill(probs, labels, np.asarray(sure))
     candidates = len(idx)
     weak = score < WEAK_SKILL
     if weak:
