@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from cnnctl.check.duplicates import Group, Item, find_groups
+from cnnctl.check.duplicates import EMBED_COSINE, Group, Item, find_groups
 from cnnctl.check.scan import GRAY_MODES, HIGH_DEPTH_MODES, HUGE_BYTES, ORIENTATIONS, FileRecord, scan
 from cnnctl.errors import DataError
 
@@ -45,6 +45,7 @@ class Root:
     records: list[FileRecord]
     labels: list[str]  # per record: its class folder (a label file's root: its label set, joined by " + ")
     label_sets: list[tuple[str, ...]] | None = None  # a label file's root: each record's labels
+    files: bool = True  # False: a named set's arrays (records name rows, not files)
 
 
 @dataclass(frozen=True)
@@ -133,7 +134,7 @@ def _scan_named(spec: RootSpec, data_dir: str, download: bool, log: Log) -> Root
         )
     labels = [src.classes[int(v)] for v in part.y.tolist()]
     log(f"{name}: hashed {len(records)} images")
-    return Root(name, spec.path, list(src.classes), records, labels)
+    return Root(name, spec.path, list(src.classes), records, labels, files=False)
 
 
 def check(
@@ -146,6 +147,7 @@ def check(
     download: bool = False,
     log: Log = lambda m: None,
     reading: Any = None,
+    backbone: tuple[str, str, str] | None = None,
 ) -> tuple[dict[str, Any], list[Root], list[Item]]:
     """Scan every root of `target` and `against`; return the report, the roots and the decodable items."""
     if not 0 <= near <= 32 and near != -1:
@@ -170,10 +172,29 @@ def check(
         for k, rec in enumerate(root.records)
         if rec.decodes and rec.phash is not None
     ]
-    groups = find_groups(items, near)
+    embed = _embeddings(items, roots, near, backbone, log)
+    groups = find_groups(items, near, embed)
     out = report(roots, items, groups, near)
+    if embed is not None and backbone is not None:
+        out["near_confirmed_by"] = f"thumbnails or {backbone[0]} embeddings (cosine >= {EMBED_COSINE})"
     _label_file_report(out, specs)
     return out, roots, items
+
+
+def _embeddings(
+    items: list[Item], roots: list[Root], near: int, backbone: tuple[str, str, str] | None, log: Log
+) -> np.ndarray | None:
+    """The backbone's embeddings of every item (`backbone`: model, weights, init), when one is
+    named and every root is files (a named set's arrays keep the thumbnail check)."""
+    if backbone is None or near < 0 or not items:
+        return None
+    if not all(r.files for r in roots):
+        log("duplicates: a named data set's images are arrays; near pairs are confirmed by thumbnails only")
+        return None
+    from cnnctl.check.embed import embeddings
+    from cnnctl.data.layout import cache_root
+
+    return embeddings([it.path for it in items], *backbone, cache_root(), log)
 
 
 def _label_file_report(out: dict[str, Any], specs: list[RootSpec]) -> None:

@@ -19,6 +19,15 @@ from cnnctl.check.phash import THUMB, close_pairs
 
 # Near pairs must also agree on their 16x16 thumbnails (mean absolute difference, of 255): phash.py.
 THUMB_MAD = 3.5
+# ... or, with a backbone (`check --model tv:NAME --pretrained`), on what they show: the cosine of
+# their ImageNet embeddings. On PetImages, 20 copies cropped by 2 px, resized and re-encoded at
+# quality 60 measure 0.906-0.973 with mobilenet_v2 (their thumbnails differ by up to 5.1, so 11 of
+# them failed THUMB_MAD); distinct photos that are also perceptual-hash neighbours do not occur there
+# (the closest distinct pair anywhere in the set: 0.903, and not a hash neighbour). docs/check.md.
+EMBED_COSINE = 0.88
+# With embeddings, pairs up to this many bits beyond `near` are candidates too (confirmed by the
+# embeddings alone): one of 20 such copies of the committed photos measures 8 bits.
+EMBED_EXTRA_BITS = 4
 
 
 @dataclass
@@ -78,8 +87,10 @@ class _UnionFind:
             self.parent[max(ra, rb)] = min(ra, rb)
 
 
-def find_groups(items: Sequence[Item], near: int) -> list[Group]:
-    """Groups of two or more items that are copies of each other; `near` < 0 turns off near matching."""
+def find_groups(items: Sequence[Item], near: int, embed: np.ndarray | None = None) -> list[Group]:
+    """Groups of two or more items that are copies of each other; `near` < 0 turns off near matching.
+    Near pairs (perceptual hashes within `near` bits) are confirmed by their thumbnails, or by the
+    cosine of their embeddings (`embed`, L2-normalised rows aligned with `items`) when given."""
     n = len(items)
     uf = _UnionFind(n)
     by_digest: dict[str, int] = {}
@@ -93,8 +104,11 @@ def find_groups(items: Sequence[Item], near: int) -> list[Group]:
         thumbs = np.frombuffer(
             b"".join(item.thumb.ljust(THUMB * THUMB, b"\0") for item in items), dtype=np.uint8
         ).reshape(n, -1)
-        for left, right, dists in close_pairs(hashes, near):
-            same = np.abs(thumbs[left].astype(np.int16) - thumbs[right]).mean(1) <= THUMB_MAD
+        reach = near + EMBED_EXTRA_BITS if embed is not None else near
+        for left, right, dists in close_pairs(hashes, reach):
+            same = (np.abs(thumbs[left].astype(np.int16) - thumbs[right]).mean(1) <= THUMB_MAD) & (dists <= near)
+            if embed is not None:
+                same |= (embed[left] * embed[right]).sum(1) >= EMBED_COSINE
             for a, b, dist in zip(left[same].tolist(), right[same].tolist(), dists[same].tolist()):
                 uf.union(a, b)
                 distance[a] = max(distance[a], dist)

@@ -189,19 +189,15 @@ def _scratch(plan: Plan, reporter: Any, fold: np.ndarray, opts: LabelOptions, lo
 
 def _probe(plan: Plan, reporter: Any, fold: np.ndarray, opts: LabelOptions, log: Log) -> tuple[np.ndarray, str]:
     import torch
-    from torch import nn
 
+    from cnnctl.check.embed import headless
     from cnnctl.data.batches import Batches
     from cnnctl.train.engine import evaluate
-    from cnnctl.train.freezing import head_of
     from cnnctl.train.trainer import prepare
 
     cfg, bundle = plan.cfg, plan.data
     run = prepare(plan, reporter)
-    model = run.model
-    name, _ = head_of(model)
-    parent, _, leaf = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, leaf, nn.Identity())
+    model = headless(run.model)
     batches = Batches(
         bundle.train, bundle.prep, plan.eval_batch.size, device=plan.device, channels_last=cfg.channels_last
     )

@@ -70,7 +70,8 @@ def check_cmd(
         bool,
         typer.Option(
             "--pretrained",
-            help="--labels: start from the model's ImageNet weights and fit a head on its frozen features (fast, strong).",
+            help="Near duplicates are also confirmed by the --model's ImageNet embeddings (copies cropped, resized and "
+            "re-encoded); --labels: a head is fitted on its frozen features (fast, strong).",
         ),
     ] = False,
     weights: Annotated[
@@ -127,8 +128,16 @@ def check_cmd(
         print(message, file=sys.stderr, flush=True)
 
     reading = label_reading(image_root, path_column, label_column, label_delim, False)
+    named = bool(model and (pretrained or weights or init))
     report, roots, _ = check(
-        data, against or [], near=near, workers=workers, data_dir=data_dir, log=log, reading=reading
+        data,
+        against or [],
+        near=near,
+        workers=workers,
+        data_dir=data_dir,
+        log=log,
+        reading=reading,
+        backbone=(model or "", weights or "", init or "") if named else None,
     )
     if labels:
         from cnnctl.check.doctor import add_label_issues

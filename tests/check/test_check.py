@@ -175,3 +175,34 @@ def test_reencoded_copies_stay_within_the_default_distance():
             np.frombuffer(thumbnail(img), np.uint8).astype(int) - np.frombuffer(thumbnail(copy), np.uint8)
         ).mean()
         assert mad <= THUMB_MAD
+
+
+def test_a_named_backbone_confirms_edited_copies_that_thumbnails_miss(tmp_path, mobilenet_torch_home):
+    """20 copies of the committed photos, cropped by 2 px, resized to 150 px and re-encoded at
+    quality 60, in a second folder: the thumbnail check confirms only some of the near pairs; with
+    mobilenet_v2's embeddings every copy is found, and no group joins two different photos."""
+    copies = tmp_path / "copies"
+    originals = {}
+    for cls in ("Cat", "Dog"):
+        (copies / cls).mkdir(parents=True)
+        for n in range(0, 30, 3):
+            with Image.open(PETS_MINI / cls / f"{n}.jpg") as im:
+                w, h = im.size
+                edited = im.convert("RGB").crop((2, 2, w - 2, h - 2)).resize((150, 150), Image.Resampling.BILINEAR)
+            edited.save(copies / cls / f"copy-{n}.jpg", quality=60)
+            originals[str(copies / cls / f"copy-{n}.jpg")] = str(PETS_MINI / cls / f"{n}.jpg")
+
+    def leaks(*extra: str) -> list[dict]:
+        env = {"TORCH_HOME": str(mobilenet_torch_home)}
+        proc = run_cli("check", PETS_MINI, "--against", copies, "--json", *extra, env=env)
+        assert proc.returncode == 0, proc.stderr
+        return [g for g in json.loads(proc.stdout)["duplicates"] if len(g["roots"]) > 1]
+
+    plain = leaks()
+    assert len(plain) < 20  # the 16x16 thumbnails of the edited copies differ too much
+    found = leaks("--model", "tv:mobilenet_v2", "--weights", "IMAGENET1K_V1")
+    assert len(found) == 20
+    for group in found:  # each group is one photo and its copy: no false joins
+        paths = {m["path"] for m in group["members"]}
+        copy = next(p for p in paths if "copy-" in p)
+        assert paths == {copy, originals[copy]}
