@@ -7,14 +7,24 @@ from typing import Annotated, Any
 
 import typer
 
-from cnnctl.cli.common import emit, out
+from cnnctl.cli.common import ImageRoot, LabelColumn, LabelDelim, PathColumn, emit, label_reading, out
 
 
 def review_cmd(
     target: Annotated[
         str | None, typer.Argument(help="Run directory or .safetensors checkpoint whose top losses to review.")
     ] = None,
-    data: Annotated[str | None, typer.Option("--data", help="The image folder (class subfolders) to review.")] = None,
+    data: Annotated[
+        str | None,
+        typer.Option(
+            "--data",
+            help="The image folder (class subfolders) or label file (CSV, TSV, JSONL: rewritten on --apply) to review.",
+        ),
+    ] = None,
+    image_root: ImageRoot = "",
+    path_column: PathColumn = "",
+    label_column: LabelColumn = "",
+    label_delim: LabelDelim = "",
     labels: Annotated[
         str | None,
         typer.Option("--labels", help="Also show the suspects of `cnnctl check DATA --labels --json > FILE`."),
@@ -79,13 +89,23 @@ def review_cmd(
     from cnnctl.review.app import Review, run
     from cnnctl.review.items import build_items
 
-    items, classes = build_items(target, data, labels=labels, top=top, log=lambda m: print(m, file=sys.stderr))
-    run(Review(target, data, items, classes, log), host, port)
+    reading = label_reading(image_root, path_column, label_column, label_delim, False)
+    items, classes, spec = build_items(
+        target, data, labels=labels, top=top, log=lambda m: print(m, file=sys.stderr), reading=reading
+    )
+    run(Review(target, data, items, classes, log, spec), host, port)
 
 
 def _render(r: dict[str, Any]) -> None:
     console = out()
-    if "applied" in r:
+    if "applied" in r and "label_file" in r:
+        d = r["decisions"]
+        console.print(
+            f"rewrote {r['label_file']}: {d['labels']} row(s) with new labels, {d['remove']} removed; {d['fine']} marked fine. "
+            f"Undo with: cnnctl review --undo {r['undo']}",
+            highlight=False,
+        )
+    elif "applied" in r:
         d = r["decisions"]
         console.print(
             f"moved {r['applied']} file(s): {d['relabel']} relabelled, {d['remove']} to quarantine; {d['fine']} marked fine. "
@@ -93,7 +113,8 @@ def _render(r: dict[str, Any]) -> None:
             highlight=False,
         )
     else:
-        console.print(f"moved {r['undone']} file(s) back ({r['undo']})", highlight=False)
+        what = f"put {r['label_file']} back" if "label_file" in r else f"moved {r['undone']} file(s) back"
+        console.print(f"{what} ({r['undo']})", highlight=False)
 
 
 def register(app: typer.Typer) -> None:

@@ -126,7 +126,7 @@ def load_split(
         name == info.name or (name not in NAMED_SETS and os.path.realpath(name) == os.path.realpath(info.name))
     )
     if is_label_file(name):
-        spec = _reading(name, info if own else None, reading)
+        spec = label_reading(name, info if own else None, reading)
         return _label_split(spec, meta, split, val_split, own, recorded, log), name, classes, split
     if own and split in ("val", "train"):
         if recorded is not None and recorded.record(split) is not None:
@@ -214,7 +214,7 @@ def _recorded_split(
     return files_split(files, labels, prep, default_cache_dir(), log, recorded.data)
 
 
-def _reading(name: str, info: DataInfo | None, given: LabelSpec | None) -> LabelSpec:
+def label_reading(name: str, info: DataInfo | None, given: LabelSpec | None) -> LabelSpec:
     """How to read the label file `name`: as the model's run read it (its own file), else as asked."""
     skip = given.skip_bad_rows if given is not None else False
     if info is not None and info.labels:

@@ -30,8 +30,17 @@ MEDIA = {
 class Review:
     """The items, the change log (on disk after every mark), and a lazily built explainer."""
 
-    def __init__(self, target: str, data: str, items: list[dict[str, Any]], classes: list[str], log_path: str) -> None:
+    def __init__(
+        self,
+        target: str,
+        data: str,
+        items: list[dict[str, Any]],
+        classes: list[str],
+        log_path: str,
+        reading: dict[str, str] | None = None,
+    ) -> None:
         self.target, self.items, self.classes, self.log_path = target, items, classes, log_path
+        self.label_file = reading is not None
         if Path(log_path).exists():  # carry on where a previous session stopped
             self.log = read_log(log_path)
             if self.log["data"] != str(Path(data).resolve()):
@@ -39,7 +48,7 @@ class Review:
 
                 raise UsageError(f"{log_path} is the change log of {self.log['data']}, not {data}; pass another --log")
         else:
-            self.log = new_log(str(Path(data).resolve()), classes)
+            self.log = new_log(str(Path(data).resolve()), classes, reading)
         self.lock = threading.Lock()
         self.cams: dict[int, bytes] = {}
         self.explainer: Any = None
@@ -56,9 +65,9 @@ class Review:
                 self.cams[item_id] = overlay_png(exp)
             return self.cams[item_id]
 
-    def decide(self, item_id: int, action: str, to: str | None) -> dict[str, Any]:
+    def decide(self, item_id: int, action: str, to: str | None, labels: list[str] | None = None) -> dict[str, Any]:
         with self.lock:
-            decision = mark(self.log, self.items[item_id]["rel"], action, to)
+            decision = mark(self.log, self.items[item_id]["rel"], action, to, labels)
             write_json(self.log_path, self.log)
             return decision
 
@@ -134,7 +143,12 @@ def create_app(review: Review, *, token: str | None = None, hosts: set[str] | No
     async def items(request: Request) -> Response:
         if (no := refused(request, write=False)) is not None:
             return no
-        listing = {"items": review.items, "classes": review.classes, "log": review.log_path}
+        listing = {
+            "items": review.items,
+            "classes": review.classes,
+            "log": review.log_path,
+            "label_file": review.label_file,
+        }
         return JSONResponse({**listing, "decisions": review.log["decisions"]})
 
     async def image(request: Request) -> Response:
@@ -164,14 +178,18 @@ def create_app(review: Review, *, token: str | None = None, hosts: set[str] | No
         try:
             body = await request.json()
             item_id, action, to = int(body["id"]), str(body["action"]), body.get("to")
+            labels = body.get("labels")
+            if labels is not None and not (isinstance(labels, list) and all(isinstance(c, str) for c in labels)):
+                raise TypeError("labels")
         except (ValueError, KeyError, TypeError):
             return JSONResponse(
-                {"error": 'send {"id": N, "action": "relabel"|"remove"|"fine", "to": CLASS}'}, status_code=400
+                {"error": 'send {"id": N, "action": "relabel"|"remove"|"fine"|"labels", "to": CLASS, "labels": [...]}'},
+                status_code=400,
             )
         if not 0 <= item_id < len(review.items):
             return JSONResponse({"error": "no such item"}, status_code=404)
         try:
-            decision = review.decide(item_id, action, to)
+            decision = review.decide(item_id, action, to, labels)
         except CnnctlError as exc:
             return JSONResponse({"error": exc.message}, status_code=400)
         return JSONResponse({"id": item_id, "rel": review.items[item_id]["rel"], **decision, "log": review.log_path})

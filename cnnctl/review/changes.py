@@ -24,24 +24,47 @@ from cnnctl.errors import DataError, UsageError
 from cnnctl.io import read_json, write_json
 
 FORMAT = 1
-ACTIONS = ("relabel", "remove", "fine")
+ACTIONS = ("relabel", "remove", "fine", "labels")
 
 
-def new_log(data: str, classes: list[str]) -> dict[str, Any]:
-    return {"format": FORMAT, "data": os.path.abspath(data), "classes": list(classes), "decisions": {}}
+def new_log(data: str, classes: list[str], reading: dict[str, str] | None = None) -> dict[str, Any]:
+    """A new change log of an image folder, or (`reading` given) of a label file (review/rewrite.py)."""
+    log = {"format": FORMAT, "data": os.path.abspath(data), "classes": list(classes), "decisions": {}}
+    if reading is not None:
+        log.update(label_file=True, reading=dict(reading))
+    return log
 
 
-def mark(log: dict[str, Any], rel: str, action: str, to: str | None = None) -> dict[str, Any]:
-    """Record one decision (replacing an earlier one for the same file)."""
+def mark(
+    log: dict[str, Any], rel: str, action: str, to: str | None = None, labels: list[str] | None = None
+) -> dict[str, Any]:
+    """Record one decision (replacing an earlier one for the same file). A label file's log takes
+    "labels" (the image's new label set; "relabel" to a class is the set of that one class)."""
     if action not in ACTIONS:
         raise UsageError(f"action {action!r}: choose one of {', '.join(ACTIONS)}")
+    if log.get("label_file"):
+        if action == "relabel":
+            action, labels = "labels", [to] if to is not None else []
+        if action == "labels":
+            unknown = [c for c in labels or [] if c not in log["classes"]]
+            if labels is None or unknown:
+                raise UsageError(
+                    f"labels {unknown or labels!r}: give a list of the classes ({', '.join(log['classes'][:10])})"
+                )
+            chosen: dict[str, Any] = {"action": "labels", "labels": sorted(set(labels), key=log["classes"].index)}
+        else:
+            chosen = {"action": action}
+        log["decisions"][rel] = chosen
+        return chosen
+    if action == "labels":
+        raise UsageError("a label set is for label files; in an image folder, relabel to one class")
     given = Path(rel).parts[0]
     if action == "relabel":
         if to not in log["classes"]:
             raise UsageError(f"relabel to {to!r}: not one of the classes ({', '.join(log['classes'][:10])})")
         if to == given:
             action, to = "fine", None
-    decision = {"action": action, **({"to": to} if action == "relabel" else {})}
+    decision: dict[str, Any] = {"action": action, **({"to": to} if action == "relabel" else {})}
     log["decisions"][rel] = decision
     return decision
 
@@ -142,6 +165,14 @@ def apply_log(log_path: str, quarantine: str | None = None) -> dict[str, Any]:
         raise UsageError(
             f"{log_path} was applied already ({undo_file}); undo it first (cnnctl review --undo {undo_file})"
         )
+    if log.get("label_file"):  # rewrite the label file's rows; no image moves
+        if quarantine:
+            raise UsageError(
+                "--quarantine is for image folders: a label file's removed rows leave the file, the images stay"
+            )
+        from cnnctl.review.rewrite import apply_to_file
+
+        return apply_to_file(log, log_path, undo_file)
     moves = plan(log, quarantine)
     _same_device(moves)
     record = {
@@ -166,10 +197,18 @@ def undo(undo_file: str) -> dict[str, Any]:
     record = read_json(
         undo_file, UsageError, f"{undo_file}: no such undo log", "it is not an undo log cnnctl review --apply wrote"
     )
-    if not isinstance(record, dict) or record.get("format") != FORMAT or "moves" not in record:
+    if (
+        not isinstance(record, dict)
+        or record.get("format") != FORMAT
+        or ("moves" not in record and "label_file" not in record)
+    ):
         raise DataError(f"{undo_file} is not a cnnctl review undo log")
     if record.get("state") == "undone":
         raise UsageError(f"{undo_file} was undone already")
+    if "label_file" in record:
+        from cnnctl.review.rewrite import undo_file_record
+
+        return undo_file_record(record, undo_file)
     moves = [Move(m["dst"], m["src"]) for m in reversed(record["moves"])]
     if record.get("state") == "pending":  # a crash during apply: only the moves that happened go back
         moves = [m for m in moves if Path(m.src).exists()]

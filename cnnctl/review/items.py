@@ -13,20 +13,38 @@ from cnnctl.io import read_json
 
 
 def build_items(
-    target: str, data: str, *, labels: str | None = None, top: int = 50, log: Callable[[str], None] = lambda m: None
-) -> tuple[list[dict[str, Any]], list[str]]:
-    """(items, class names). Each item: id, path, rel (path inside `data`), given, predicted, prob,
-    true_prob, loss, sources ("top-loss", "label-issue"), and suggested/score for suspects."""
+    target: str,
+    data: str,
+    *,
+    labels: str | None = None,
+    top: int = 50,
+    log: Callable[[str], None] = lambda m: None,
+    reading: Any = None,
+) -> tuple[list[dict[str, Any]], list[str], dict[str, str] | None]:
+    """(items, class names, a label file's reading options or None). Each item: id, path, rel
+    (path inside `data`, or the label file's image root), given, predicted, prob, true_prob, loss,
+    sources ("top-loss", "label-issue"), suggested/score for suspects, and for a label file the
+    given and predicted label sets (`labels`, `predicted_labels`)."""
+    from cnnctl.data.labelfile import is_label_file
     from cnnctl.data.layout import folder_layout
     from cnnctl.evaluate.report import EvalOptions, run_eval
 
-    if folder_layout(data).splits:
+    spec = None
+    if is_label_file(data):
+        from cnnctl.evaluate.report import label_reading
+        from cnnctl.runtime.classifier import open_classifier
+
+        meta = open_classifier(target, "cpu").meta
+        own = meta.data is not None and os.path.realpath(meta.data.name) == os.path.realpath(data)
+        spec = label_reading(data, meta.data if own else None, reading)
+    elif folder_layout(data).splits:
         raise UsageError(
             f"{data} has train/val/test folders; review one of them (e.g. --data {os.path.join(data, 'train')})"
         )
-    report = run_eval(target, EvalOptions(data=data, top_losses=top))
+    split = "all" if spec is not None else "test"
+    report = run_eval(target, EvalOptions(data=data, top_losses=top, split=split, reading=spec))
     classes = list(report["class_names"])
-    root = os.path.abspath(data)
+    root = spec.root if spec is not None else os.path.abspath(data)
     by_path: dict[str, dict[str, Any]] = {}
     for row in report["top_losses"]:
         by_path[os.path.abspath(row["path"])] = {**row, "sources": ["top-loss"]}
@@ -46,7 +64,7 @@ def build_items(
         rel = os.path.relpath(path, root)
         if rel.startswith(".."):
             raise DataError(f"{path} is not inside {root}; give the folder the suspects came from as --data")
-        if Path(rel).parts[0] != item["true"]:
+        if spec is None and Path(rel).parts[0] != item["true"]:
             raise DataError(
                 f"{path}: its class folder is not its label {item['true']!r}; the suspects file is from another folder layout"
             )
@@ -63,10 +81,16 @@ def build_items(
                 "sources": item["sources"],
                 "suggested": item.get("suggested"),
                 "score": item.get("score"),
+                **(
+                    {"labels": item["true"].split(), "predicted_labels": (item.get("predicted") or "").split()}
+                    if report.get("task") == "multilabel"
+                    else {}
+                ),
             }
         )
+    score = f"mAP {report['map']:.3f}" if report.get("task") == "multilabel" else f"accuracy {report['top1']:.3f}"
     log(
         f"review: {len(items)} image(s): the {min(top, len(report['top_losses']))} highest losses of {report['images']} "
-        f"(accuracy {report['top1']:.3f})" + (f" and the suspects of {labels}" if labels else "")
+        f"({score})" + (f" and the suspects of {labels}" if labels else "")
     )
-    return items, classes
+    return items, classes, spec.reading() if spec is not None else None

@@ -59,7 +59,7 @@ def test_the_api_lists_items_serves_files_and_heatmaps_and_logs_each_mark(photo_
     from cnnctl.review.app import Review, create_app
     from cnnctl.review.items import build_items
 
-    items, classes = build_items(str(photo_run), str(pets), labels=str(_relocate(suspects, pets, tmp_path)), top=10)
+    items, classes, _ = build_items(str(photo_run), str(pets), labels=str(_relocate(suspects, pets, tmp_path)), top=10)
     assert classes == ["Cat", "Dog"] and len(items) >= 10
     assert all(Path(it["path"]).is_file() and it["rel"].split("/")[0] == it["given"] for it in items)
     assert any("label-issue" in it["sources"] for it in items) and any("top-loss" in it["sources"] for it in items)
@@ -106,7 +106,7 @@ def test_only_the_review_page_itself_can_write_marks(photo_run, pets, suspects, 
     from cnnctl.review.app import Review, allowed_hosts, create_app
     from cnnctl.review.items import build_items
 
-    items, classes = build_items(str(photo_run), str(pets), labels=str(_relocate(suspects, pets, tmp_path)), top=5)
+    items, classes, _ = build_items(str(photo_run), str(pets), labels=str(_relocate(suspects, pets, tmp_path)), top=5)
     log = tmp_path / "log.json"
     hosts = allowed_hosts("127.0.0.1", 8100)
     app = create_app(Review(str(photo_run), str(pets), items, classes, str(log)), hosts=hosts)
