@@ -115,6 +115,19 @@ class Guard:
         return None
 
 
+DECISION_FORM = 'send {"id": N, "action": "relabel"|"remove"|"fine"|"labels", "to": CLASS, "labels": [...]}'
+
+
+def _decision(body: Any) -> tuple[int, str, str | None, list[str] | None]:
+    """(item id, action, class to relabel to, label set) of a decision's JSON body; ValueError,
+    KeyError or TypeError when it is not one."""
+    labels = body.get("labels")
+    if labels is not None and not (isinstance(labels, list) and all(isinstance(c, str) for c in labels)):
+        raise TypeError("labels")
+    to = body.get("to")
+    return int(body["id"]), str(body["action"]), None if to is None else str(to), labels
+
+
 def create_app(review: Review, *, token: str | None = None, hosts: set[str] | None = None) -> Any:
     """The review page's ASGI app; what may reach it is `Guard`'s to say."""
     import secrets
@@ -176,16 +189,9 @@ def create_app(review: Review, *, token: str | None = None, hosts: set[str] | No
         if (no := refused(request, write=True)) is not None:
             return no
         try:
-            body = await request.json()
-            item_id, action, to = int(body["id"]), str(body["action"]), body.get("to")
-            labels = body.get("labels")
-            if labels is not None and not (isinstance(labels, list) and all(isinstance(c, str) for c in labels)):
-                raise TypeError("labels")
+            item_id, action, to, labels = _decision(await request.json())
         except (ValueError, KeyError, TypeError):
-            return JSONResponse(
-                {"error": 'send {"id": N, "action": "relabel"|"remove"|"fine"|"labels", "to": CLASS, "labels": [...]}'},
-                status_code=400,
-            )
+            return JSONResponse({"error": DECISION_FORM}, status_code=400)
         if not 0 <= item_id < len(review.items):
             return JSONResponse({"error": "no such item"}, status_code=404)
         try:

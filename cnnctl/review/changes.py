@@ -189,7 +189,9 @@ def apply_log(log_path: str, quarantine: str | None = None) -> dict[str, Any]:
         raise
     record["state"] = "applied"
     write_json(undo_file, record)
-    counts = {a: sum(1 for d in log["decisions"].values() if d.get("action") == a) for a in ACTIONS}
+    counts = {
+        a: sum(1 for d in log["decisions"].values() if d.get("action") == a) for a in ("relabel", "remove", "fine")
+    }
     return {"applied": len(moves), "decisions": counts, "undo": str(undo_file), "moves": record["moves"]}
 
 

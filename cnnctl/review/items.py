@@ -12,6 +12,16 @@ from cnnctl.errors import DataError, UsageError
 from cnnctl.io import read_json
 
 
+def _label_spec(target: str, data: str, reading: Any) -> Any:
+    """How the label file `data` is read: as the model's run read it (its own file), else as asked."""
+    from cnnctl.evaluate.report import label_reading
+    from cnnctl.runtime.modelfile import read
+
+    meta = read(target if not os.path.isdir(target) else os.path.join(target, "model.safetensors"))
+    own = meta.data is not None and os.path.realpath(meta.data.name) == os.path.realpath(data)
+    return label_reading(data, meta.data if own else None, reading)
+
+
 def build_items(
     target: str,
     data: str,
@@ -29,15 +39,8 @@ def build_items(
     from cnnctl.data.layout import folder_layout
     from cnnctl.evaluate.report import EvalOptions, run_eval
 
-    spec = None
-    if is_label_file(data):
-        from cnnctl.evaluate.report import label_reading
-        from cnnctl.runtime.classifier import open_classifier
-
-        meta = open_classifier(target, "cpu").meta
-        own = meta.data is not None and os.path.realpath(meta.data.name) == os.path.realpath(data)
-        spec = label_reading(data, meta.data if own else None, reading)
-    elif folder_layout(data).splits:
+    spec = _label_spec(target, data, reading) if is_label_file(data) else None
+    if spec is None and folder_layout(data).splits:
         raise UsageError(
             f"{data} has train/val/test folders; review one of them (e.g. --data {os.path.join(data, 'train')})"
         )
