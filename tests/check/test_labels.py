@@ -193,10 +193,9 @@ def test_a_cached_backbone_is_the_default_and_finds_planted_flips(tmp_path, mobi
     assert len(planted & set(top)) >= 30 and not lab["weak_evidence"], (len(planted & set(top)), lab["method"])
 
 
-def test_multilabel_label_issues_through_a_label_file(tmp_path, mobilenet_torch_home):
-    """480 real CIFAR-10 mosaics (recipes/make_mosaics.py) in a CSV; 24 rows get one class added or
-    removed. `check FILE.csv --labels` (the cached mobilenet_v2's features, one logistic regression
-    per class) ranks most of them first, and says which class to add or remove."""
+def _planted_mosaics(tmp_path):
+    """480 real CIFAR-10 mosaics (recipes/make_mosaics.py) in a CSV, 24 rows with one class added or
+    removed: {path: "add CLASS" | "remove CLASS"}."""
     import csv
     import subprocess
     import sys
@@ -218,7 +217,14 @@ def test_multilabel_label_issues_through_a_label_file(tmp_path, mobilenet_torch_
         w = csv.DictWriter(fh, fieldnames=["path", "labels", "split"])
         w.writeheader()
         w.writerows(rows)
-    proc = run_cli("check", out / "labels.csv", "--labels", "--json", env={"TORCH_HOME": str(mobilenet_torch_home)})
+    return out / "labels.csv", planted
+
+
+def test_multilabel_label_issues_through_a_label_file(tmp_path, mobilenet_torch_home):
+    """With the cached mobilenet_v2's features (one logistic regression per class) most planted
+    changes rank first, each saying which class to add or remove."""
+    labels, planted = _planted_mosaics(tmp_path)
+    proc = run_cli("check", labels, "--labels", "--json", env={"TORCH_HOME": str(mobilenet_torch_home)})
     assert proc.returncode == 0, proc.stderr
     lab = json.loads(proc.stdout)["labels"]
     assert "one-vs-rest" in lab["scoring"] and not lab["weak_evidence"], lab
@@ -226,3 +232,17 @@ def test_multilabel_label_issues_through_a_label_file(tmp_path, mobilenet_torch_
     hits = [s for s in top if s["path"] in planted]
     assert len(hits) >= 12, (len(hits), lab["issues"], lab["out_of_sample_accuracy"])
     assert sum(s["change"] == planted[s["path"]] for s in hits) >= 0.8 * len(hits)
+
+
+def test_multilabel_label_issues_without_a_backbone_do_not_flood(tmp_path):
+    """From scratch (tiny, 3 epochs per fold) the same file: no more suspects than the evidence
+    supports (weak predictions list at most 2% of the images)."""
+    labels, planted = _planted_mosaics(tmp_path)
+    proc = run_cli("check", labels, "--labels", "--model", "tiny", "--epochs", "3", "--json")
+    assert proc.returncode == 0, proc.stderr
+    lab = json.loads(proc.stdout)["labels"]
+    assert "one-vs-rest" in lab["scoring"] and "from scratch" in lab["method"]
+    if lab["weak_evidence"]:
+        assert lab["issues"] <= 0.02 * lab["images"] and "predictions are weak" in proc.stderr
+    else:
+        assert lab["issues"] <= 2 * len(planted)

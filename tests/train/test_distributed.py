@@ -356,3 +356,27 @@ def test_ranks_on_one_machine_map_one_decode_cache(tmp_path):
     assert len(files) == 1 and not any("(deleted)" in f for f in files), mapped
     assert [p.name for p in cache.glob("pixels-*.u8")] == [Path(next(iter(files))).name]
     assert err.count("decoded 60 images") <= 1
+
+
+def test_a_multi_label_file_trains_under_torchrun_as_in_one_process(tmp_path):
+    """A CSV of 160 real CIFAR-10 mosaics (several labels a row): two ranks train what one does,
+    and the validation mAP (gathered from both ranks' shards) is the single process's."""
+    import subprocess
+    import sys
+
+    from tests.conftest import CIFAR_MINI
+
+    cmd = [sys.executable, str(ROOT / "recipes" / "make_mosaics.py"), str(CIFAR_MINI), str(tmp_path / "m")]
+    subprocess.run([*cmd, "--train", "160", "--test", "0", "--classes", "airplane,frog,ship"], check=True)
+    args = ["tiny", "--data", tmp_path / "m" / "labels.csv", "--image-size", "16", "--epochs", "1"]
+    args += ["--batch-size", "32", "--optimizer", "sgd", "--lr", "0.05", "--threads", "1", "--val-split", "0.25"]
+    single = run_cli("train", *args, "--out", tmp_path / "single", timeout=300)
+    assert single.returncode == 0, single.stderr
+    ddp = torchrun("train", *args, "--out", tmp_path / "ddp")
+    assert ddp.returncode == 0, ddp.stdout + ddp.stderr
+    a = json.loads((tmp_path / "single" / "history.json").read_text())["epochs"][0]
+    b = json.loads((tmp_path / "ddp" / "history.json").read_text())["epochs"][0]
+    assert b["train_loss"] == pytest.approx(a["train_loss"], rel=2e-3)
+    assert b["val_map"] == pytest.approx(a["val_map"], abs=0.01) and b["val_loss"] == pytest.approx(
+        a["val_loss"], rel=1e-2
+    )
