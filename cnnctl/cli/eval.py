@@ -146,6 +146,13 @@ def eval_cmd(
         reading=label_reading(image_root, path_column, label_column, label_delim, skip_bad_rows),
     )
     report = run_eval(target, opts)
+    if report.get("task") == "multilabel" and (plot_confusion or plot_calibration):
+        from cnnctl.errors import UsageError
+
+        raise UsageError(
+            "--plot-confusion and --plot-calibration draw single-label reports; a multi-label model's per-class table "
+            "and ECE are in the report (--json)"
+        )
     if output:
         write_report(report, output)
     if plot_confusion:
