@@ -227,3 +227,22 @@ def test_explain_answers_for_the_class_asked_with_the_image_label_set(ml_run, mo
         record = json.loads(proc.stdout)["images"][0]
         assert record["class"] == name and record["prob"] == pytest.approx(row["probs"][name], abs=1e-5)
         assert record["labels"] == row["labels"]
+
+
+def test_lr_find_and_a_frozen_backbone_with_cached_features_take_the_label_file(
+    mosaics, tmp_path, mobilenet_torch_home
+):
+    """The other tools that train read the label file as train does: lr-find's sweep (BCE), and a
+    linear probe on mobilenet_v2's frozen ImageNet features, stored once in the feature cache."""
+    proc = run_cli("lr-find", "tiny", "--data", mosaics, "--image-size", "16", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["points"] and "multi-label" in proc.stderr
+    args = ["tv:mobilenet_v2", "--data", mosaics, "--weights", "IMAGENET1K_V1", "--freeze", "backbone"]
+    args += ["--image-size", "96", "--epochs", "3", "--lr", "3e-3", "--subset", "160", "--cache-dir", tmp_path / "c"]
+    env = {"TORCH_HOME": str(mobilenet_torch_home)}
+    proc = run_cli("train", *args, "--out", tmp_path / "probe", env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "features: running the frozen backbone once" in proc.stderr
+    assert "the head (classifier) trains on the stored features" in proc.stderr
+    meta = modelfile.read(tmp_path / "probe" / "model.safetensors")
+    assert meta.task == "multilabel" and meta.thresholds is not None
