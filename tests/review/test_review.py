@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import shutil
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -249,30 +251,13 @@ def test_a_failed_move_midway_is_rolled_back(pets, tmp_path, monkeypatch):
 
 
 @pytest.mark.skipif(_chromium() is None, reason="no chromium here (apt-get install chromium; .ci/run installs it)")
-def test_mark_apply_and_undo_through_the_page_in_a_real_browser(photo_run, pets, tmp_path):
-    playwright = pytest.importorskip("playwright.sync_api", reason="pip install playwright (the dev extra has it)")
-    before = tree(pets)
-    port, log = free_port(), tmp_path / "review-log.json"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "cnnctl",
-            "review",
-            str(photo_run),
-            "--data",
-            str(pets),
-            "--top",
-            "6",
-            "--port",
-            str(port),
-            "--log",
-            str(log),
-        ],
-        cwd=ROOT,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+@contextlib.contextmanager
+def running_review(*args: str) -> Iterator[tuple[str, list[dict]]]:
+    """`cnnctl review ARGS --port P` in a real process, ready: (its URL, the items it lists); stopped
+    with SIGTERM afterwards."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "cnnctl", "review", *args, "--port", str(port)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.PIPE, text=True)
     err: list[str] = []
     threading.Thread(target=lambda: err.extend(proc.stderr), daemon=True).start()
     url = f"http://127.0.0.1:{port}"
@@ -286,6 +271,17 @@ def test_mark_apply_and_undo_through_the_page_in_a_real_browser(photo_run, pets,
             except httpx.HTTPError:
                 assert time.monotonic() < deadline, "".join(err)
                 time.sleep(0.2)
+        yield url, items
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
+def test_mark_apply_and_undo_through_the_page_in_a_real_browser(photo_run, pets, tmp_path):
+    playwright = pytest.importorskip("playwright.sync_api", reason="pip install playwright (the dev extra has it)")
+    before = tree(pets)
+    log = tmp_path / "review-log.json"
+    with running_review(str(photo_run), "--data", str(pets), "--top", "6", "--log", str(log)) as (url, items):
         with playwright.sync_playwright() as p:
             browser = p.chromium.launch(executable_path=_chromium(), args=BROWSER_FLAGS)
             page = browser.new_page()
@@ -305,9 +301,6 @@ def test_mark_apply_and_undo_through_the_page_in_a_real_browser(photo_run, pets,
             shown = page.locator(".card").count()
             browser.close()
         assert shown == sum(1 for it in items if it["given"] + " \u2192 " + it["predicted"] == pair)
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=30)
     decisions = json.loads(log.read_text())["decisions"]
     assert [decisions[items[i]["rel"]]["action"] for i in range(3)] == ["remove", "relabel", "fine"]
     assert decisions[items[1]["rel"]]["to"] != items[1]["given"]

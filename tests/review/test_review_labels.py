@@ -6,21 +6,18 @@ from __future__ import annotations
 
 import csv
 import json
-import signal
 import subprocess
 import sys
-import threading
-import time
 import warnings
 from pathlib import Path
 
-import httpx
 import pytest
 
 from cnnctl.review.app import Review, create_app
 from cnnctl.review.items import build_items
 from tests.conftest import CIFAR_MINI, ROOT, assert_user_error, run_cli
-from tests.serve.test_server import BROWSER_FLAGS, _chromium, free_port
+from tests.review.test_review import running_review
+from tests.serve.test_server import BROWSER_FLAGS, _chromium
 
 CLASSES = "airplane,frog,ship"
 
@@ -110,22 +107,8 @@ def test_label_sets_through_the_page_in_a_real_browser(labelled, tmp_path):
     labels, run = labelled
     data = _copy(labels, tmp_path)
     before = data.read_bytes()
-    port, log = free_port(), tmp_path / "review-log.json"
-    cmd = ["review", str(run), "--data", str(data), "--top", "4", "--port", str(port), "--log", str(log)]
-    proc = subprocess.Popen([sys.executable, "-m", "cnnctl", *cmd], cwd=ROOT, stderr=subprocess.PIPE, text=True)
-    err: list[str] = []
-    threading.Thread(target=lambda: err.extend(proc.stderr), daemon=True).start()
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            assert proc.poll() is None, "".join(err)
-            try:
-                items = httpx.get(url + "/api/items", timeout=2).json()["items"]
-                break
-            except httpx.HTTPError:
-                assert time.monotonic() < deadline, "".join(err)
-                time.sleep(0.2)
+    log = tmp_path / "review-log.json"
+    with running_review(str(run), "--data", str(data), "--top", "4", "--log", str(log)) as (url, items):
         with playwright.sync_playwright() as p:
             browser = p.chromium.launch(executable_path=_chromium(), args=BROWSER_FLAGS)
             page = browser.new_page()
@@ -142,9 +125,6 @@ def test_label_sets_through_the_page_in_a_real_browser(labelled, tmp_path):
             page.wait_for_selector("#summary[data-marked='2']")
             shown = first.locator(".state").inner_text()
             browser.close()
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=30)
     decisions = json.loads(log.read_text())["decisions"]
     expected = sorted(set(items[0]["labels"]) ^ {"frog"}, key=CLASSES.split(",").index)
     assert decisions[items[0]["rel"]] == {"action": "labels", "labels": expected}
