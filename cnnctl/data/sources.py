@@ -345,19 +345,13 @@ def label_targets(table: LabelTable, classes: list[str], multilabel: bool) -> np
     return y
 
 
-def label_file(
-    spec: LabelSpec,
-    task: str,
-    image_size: tuple[int, int] | None,
-    grayscale: bool,
-    cache_dir: Path | None,
-    log: Callable[[str], None],
-    resize: str = "stretch",
-    crop_pct: float = 0.875,
-    interpolation: str = "bilinear",
-) -> Source:
-    """A label file for training (cnnctl/data/labelfile.py): its train rows (rows without a split
-    too), and its val and test rows when it names them. The classes are the sorted label names."""
+def label_file(spec: LabelSpec, cfg: DataConfig, log: Callable[[str], None]) -> Source:
+    """A label file for training (cnnctl/data/labelfile.py), decoded as `cfg` says: its train rows
+    (rows without a split too), and its val and test rows when it names them. The classes are the
+    sorted label names."""
+    from cnnctl.specs import parse_image_size
+
+    task, cache_dir = cfg.task, default_cache_dir(cfg.cache_dir)
     table = read_labels(spec, task=task)
     multilabel = task == "multilabel" or table.multilabel
     notes = list(table.notes)
@@ -372,7 +366,10 @@ def label_file(
     if not rows["train"]:
         raise DataError(f"{spec.file}: no training rows (every row's split is val or test)")
     train_files = [table.paths[i] for i in rows["train"]]
-    prep, stored, size_notes = _preprocessing(train_files, image_size, grayscale, resize, crop_pct, interpolation)
+    size = parse_image_size(cfg.image_size) if cfg.image_size else None
+    prep, stored, size_notes = _preprocessing(
+        train_files, size, cfg.grayscale, cfg.resize, cfg.crop_pct, cfg.interpolation
+    )
 
     def split(name: str, decode: Preprocess) -> Split | None:
         if not rows[name]:
@@ -436,11 +433,10 @@ def load_data(cfg: DataConfig, log: Callable[[str], None]) -> Source:
     """The source `cfg` names: a label file, an image folder or a named set, decoded as it says."""
     from cnnctl.specs import parse_image_size
 
-    size = parse_image_size(cfg.image_size) if cfg.image_size else None
     spec = label_spec(cfg)
     if spec is not None:
-        cache = default_cache_dir(cfg.cache_dir)
-        return label_file(spec, cfg.task, size, cfg.grayscale, cache, log, cfg.resize, cfg.crop_pct, cfg.interpolation)
+        return label_file(spec, cfg, log)
+    size = parse_image_size(cfg.image_size) if cfg.image_size else None
     if cfg.task == "multilabel":
         raise UsageError(
             f"--task multilabel learns label sets from a label file (--data FILE.csv); {cfg.data} gives one class per image"

@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -277,30 +278,38 @@ def running_review(*args: str) -> Iterator[tuple[str, list[dict]]]:
         proc.wait(timeout=30)
 
 
-def test_mark_apply_and_undo_through_the_page_in_a_real_browser(photo_run, pets, tmp_path):
+@contextlib.contextmanager
+def review_page(*args: str) -> Iterator[tuple[Any, list[dict]]]:
+    """The review page of `cnnctl review ARGS` open in headless Chromium, rendered: (page, items)."""
     playwright = pytest.importorskip("playwright.sync_api", reason="pip install playwright (the dev extra has it)")
-    before = tree(pets)
-    log = tmp_path / "review-log.json"
-    with running_review(str(photo_run), "--data", str(pets), "--top", "6", "--log", str(log)) as (url, items):
-        with playwright.sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=_chromium(), args=BROWSER_FLAGS)
+    with running_review(*args) as (url, items), playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=_chromium(), args=BROWSER_FLAGS)
+        try:
             page = browser.new_page()
             page.goto(url + "/")
             page.wait_for_selector("#grid[data-ready='1']")
-            cards = page.locator(".card")
-            assert cards.count() == 6
-            page.wait_for_function(
-                "[...document.querySelectorAll('img.cam')].every(i => i.complete && i.naturalWidth > 0)", timeout=60000
-            )
-            cards.nth(0).locator("button.remove").click()
-            cards.nth(1).locator("button.relabel").click()  # to the preselected other class
-            cards.nth(2).locator("button.fine").click()
-            page.wait_for_selector("#summary[data-marked='3']")
-            pair = items[0]["given"] + " \u2192 " + items[0]["predicted"]
-            page.select_option("#pair", pair)
-            shown = page.locator(".card").count()
+            yield page, items
+        finally:
             browser.close()
-        assert shown == sum(1 for it in items if it["given"] + " \u2192 " + it["predicted"] == pair)
+
+
+def test_mark_apply_and_undo_through_the_page_in_a_real_browser(photo_run, pets, tmp_path):
+    before = tree(pets)
+    log = tmp_path / "review-log.json"
+    with review_page(str(photo_run), "--data", str(pets), "--top", "6", "--log", str(log)) as (page, items):
+        cards = page.locator(".card")
+        assert cards.count() == 6
+        page.wait_for_function(
+            "[...document.querySelectorAll('img.cam')].every(i => i.complete && i.naturalWidth > 0)", timeout=60000
+        )
+        cards.nth(0).locator("button.remove").click()
+        cards.nth(1).locator("button.relabel").click()  # to the preselected other class
+        cards.nth(2).locator("button.fine").click()
+        page.wait_for_selector("#summary[data-marked='3']")
+        pair = items[0]["given"] + " \u2192 " + items[0]["predicted"]
+        page.select_option("#pair", pair)
+        shown = page.locator(".card").count()
+    assert shown == sum(1 for it in items if it["given"] + " \u2192 " + it["predicted"] == pair)
     decisions = json.loads(log.read_text())["decisions"]
     assert [decisions[items[i]["rel"]]["action"] for i in range(3)] == ["remove", "relabel", "fine"]
     assert decisions[items[1]["rel"]]["to"] != items[1]["given"]

@@ -16,8 +16,7 @@ import pytest
 from cnnctl.review.app import Review, create_app
 from cnnctl.review.items import build_items
 from tests.conftest import CIFAR_MINI, ROOT, assert_user_error, run_cli
-from tests.review.test_review import running_review
-from tests.serve.test_server import BROWSER_FLAGS, _chromium
+from tests.review.test_review import review_page
 
 CLASSES = "airplane,frog,ship"
 
@@ -103,28 +102,20 @@ def test_undo_refuses_a_label_file_edited_since(labelled, tmp_path):
 
 
 def test_label_sets_through_the_page_in_a_real_browser(labelled, tmp_path):
-    playwright = pytest.importorskip("playwright.sync_api", reason="pip install playwright (the dev extra has it)")
     labels, run = labelled
     data = _copy(labels, tmp_path)
     before = data.read_bytes()
     log = tmp_path / "review-log.json"
-    with running_review(str(run), "--data", str(data), "--top", "4", "--log", str(log)) as (url, items):
-        with playwright.sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=_chromium(), args=BROWSER_FLAGS)
-            page = browser.new_page()
-            page.goto(url + "/")
-            page.wait_for_selector("#grid[data-ready='1']")
-            cards = page.locator(".card")
-            assert cards.count() == 4
-            first = cards.nth(0)
-            box = first.locator("input[value='frog']")
-            wanted = not box.is_checked()
-            box.set_checked(wanted)
-            first.locator("button.save").click()
-            cards.nth(1).locator("button.remove").click()
-            page.wait_for_selector("#summary[data-marked='2']")
-            shown = first.locator(".state").inner_text()
-            browser.close()
+    with review_page(str(run), "--data", str(data), "--top", "4", "--log", str(log)) as (page, items):
+        cards = page.locator(".card")
+        assert cards.count() == 4
+        first = cards.nth(0)
+        box = first.locator("input[value='frog']")
+        box.set_checked(not box.is_checked())
+        first.locator("button.save").click()
+        cards.nth(1).locator("button.remove").click()
+        page.wait_for_selector("#summary[data-marked='2']")
+        shown = first.locator(".state").inner_text()
     decisions = json.loads(log.read_text())["decisions"]
     expected = sorted(set(items[0]["labels"]) ^ {"frog"}, key=CLASSES.split(",").index)
     assert decisions[items[0]["rel"]] == {"action": "labels", "labels": expected}
