@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 import typer
 
-from cnnctl.cli.common import ImageRoot, LabelColumn, LabelDelim, PathColumn, SkipBadRows, emit, label_reading, out
+from cnnctl.cli.common import ImageRoot, LabelColumn, LabelDelim, PathColumn, SkipBadRows, emit, label_options, out
 
 
 def calibrate_cmd(
@@ -73,7 +73,7 @@ def calibrate_cmd(
         check=check,
         provider=provider,
         dry_run=dry_run,
-        reading=label_reading(image_root, path_column, label_column, label_delim, skip_bad_rows),
+        reading=label_options(image_root, path_column, label_column, label_delim, skip_bad_rows),
     )
     emit(report, json_, _render)
 

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from cnnctl.cli.common import ImageRoot, LabelColumn, LabelDelim, PathColumn, emit, label_reading, out
+from cnnctl.cli.common import ImageRoot, LabelColumn, LabelDelim, PathColumn, emit, label_options, out
 
 
 def check_cmd(
@@ -127,7 +127,7 @@ def check_cmd(
     def log(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
-    reading = label_reading(image_root, path_column, label_column, label_delim, False)
+    reading = label_options(image_root, path_column, label_column, label_delim, False)
     named = bool(model and (pretrained or weights or init))
     report, roots, _ = check(
         data,

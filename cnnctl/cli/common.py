@@ -84,7 +84,7 @@ SkipBadRows = Annotated[
 ]
 
 
-def label_reading(image_root: str, path_column: str, label_column: str, label_delim: str, skip: bool) -> LabelSpec:
+def label_options(image_root: str, path_column: str, label_column: str, label_delim: str, skip: bool) -> LabelSpec:
     """The label-file options of a command (the file itself is filled in where it is known)."""
     from cnnctl.data.labelfile import LabelSpec
 

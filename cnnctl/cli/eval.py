@@ -12,7 +12,7 @@ from cnnctl.cli.common import (
     LabelDelim,
     PathColumn,
     SkipBadRows,
-    label_reading,
+    label_options,
     out,
     print_json,
 )
@@ -143,7 +143,7 @@ def eval_cmd(
         errors_csv=errors,
         predictions_csv=predictions,
         top_losses=top_losses,
-        reading=label_reading(image_root, path_column, label_column, label_delim, skip_bad_rows),
+        reading=label_options(image_root, path_column, label_column, label_delim, skip_bad_rows),
     )
     report = run_eval(target, opts)
     if report.get("task") == "multilabel" and (plot_confusion or plot_calibration):

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from cnnctl.cli.common import ImageRoot, LabelColumn, LabelDelim, PathColumn, emit, label_reading, out
+from cnnctl.cli.common import ImageRoot, LabelColumn, LabelDelim, PathColumn, emit, label_options, out
 
 
 def review_cmd(
@@ -89,7 +89,7 @@ def review_cmd(
     from cnnctl.review.app import Review, run
     from cnnctl.review.items import build_items
 
-    reading = label_reading(image_root, path_column, label_column, label_delim, False)
+    reading = label_options(image_root, path_column, label_column, label_delim, False)
     items, classes, spec = build_items(
         target, data, labels=labels, top=top, log=lambda m: print(m, file=sys.stderr), reading=reading
     )

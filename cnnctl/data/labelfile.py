@@ -26,6 +26,7 @@ from typing import Any
 
 from cnnctl.data.layout import cache_root
 from cnnctl.errors import DataError, UsageError
+from cnnctl.io import write_bytes
 from cnnctl.runtime.preprocess import IMAGE_SUFFIXES
 
 SUFFIXES = (".csv", ".tsv", ".jsonl", ".parquet")
@@ -209,7 +210,9 @@ def _pick(names: list[str], given: str, candidates: tuple[str, ...], what: str, 
     return None
 
 
-def _columns(names: list[str], spec: LabelSpec, where: str) -> tuple[str, str, str | None]:
+def columns(names: list[str], spec: LabelSpec, where: str) -> tuple[str, str, str | None]:
+    """(path column, label column, split column or None) among a file's `names`, found by name
+    unless `spec` names them; UsageError naming the flag when one is absent."""
     path_col = _pick(names, spec.path_column, PATH_COLUMNS, "path", "--path-column", where)
     label_col = _pick(names, spec.label_column, LABEL_COLUMNS, "labels", "--label-column", where)
     if path_col is None or label_col is None:
@@ -237,7 +240,7 @@ def _read_csv(path: str, spec: LabelSpec, split: str, delimiter: str) -> _Raw:
         if not header:
             raise DataError(f"{path} is empty; a label file starts with a header row, e.g. path,label")
         names = [h.strip() for h in header]
-        path_col, label_col, split_col = _columns(names, spec, path)
+        path_col, label_col, split_col = columns(names, spec, path)
         ip, il = names.index(path_col), names.index(label_col)
         isplit = names.index(split_col) if split_col is not None and not split else -1
         return _collect(path, ((r, ip, il, isplit) for r in reader), spec, split, start_line=2)
@@ -297,7 +300,7 @@ def _read_jsonl(path: str, spec: LabelSpec, split: str) -> _Raw:
                 if not isinstance(obj, dict):
                     raise DataError(f"{path}: line {line_no} is not a JSON object")
                 if cols is None:
-                    cols = _columns(list(obj), spec, path)
+                    cols = columns(list(obj), spec, path)
                 p, lab, sp = cols
                 if p not in obj or lab not in obj:
                     raise DataError(f"{path}: line {line_no} lacks {p!r} or {lab!r}")
@@ -341,14 +344,14 @@ def _hf_columns(path: str) -> dict[str, list[Any]]:
     return out
 
 
-def _read_columns(path: str, columns: dict[str, list[Any]], spec: LabelSpec, split: str) -> _Raw:
+def _read_columns(path: str, data: dict[str, list[Any]], spec: LabelSpec, split: str) -> _Raw:
     """Columnar files (Parquet, Arrow): images given as paths, or as bytes stored in the file (Hugging
     Face's Image feature, {"bytes", "path"}), which are written once into the cache as files."""
-    path_col, label_col, split_col = _columns(list(columns), spec, path)
-    paths = [_image_path(v, spec, path) for v in columns[path_col]]
-    labels = columns[label_col]
+    path_col, label_col, split_col = columns(list(data), spec, path)
+    paths = [_image_path(v, spec, path) for v in data[path_col]]
+    labels = data[label_col]
     labels = [v if isinstance(v, list) else (None if v is None else str(v)) for v in labels]
-    splits = columns[split_col] if split_col is not None and not split else None
+    splits = data[split_col] if split_col is not None and not split else None
     rows = (
         ([p, lab, splits[i] if splits else None], 0, 1, 2 if splits else -1)
         for i, (p, lab) in enumerate(zip(paths, labels))
@@ -368,13 +371,10 @@ def _image_path(value: Any, spec: LabelSpec, where: str) -> str:
 def _stored_image(data: bytes, spec: LabelSpec) -> str:
     """An image stored inside a label file, written out once under the cache, named by its content."""
     digest = hashlib.sha256(data).hexdigest()[:32]
-    folder = cache_root(spec.cache_dir) / "label-images" / digest[:2]
-    out = folder / f"{digest}{_suffix_of(data)}"
+    out = cache_root(spec.cache_dir) / "label-images" / digest[:2] / f"{digest}{_suffix_of(data)}"
     if not out.exists():
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(out.name + f".tmp{os.getpid()}")
-        tmp.write_bytes(data)
-        os.replace(tmp, out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        write_bytes(out, data)
     return str(out)
 
 
@@ -388,13 +388,19 @@ def _suffix_of(data: bytes) -> str:
     return ".bmp" if data[:2] == b"BM" else ".png"
 
 
-class _Listing:
-    """Which files exist, one directory listing at a time (a stat per row costs minutes on a
-    million rows over a network file system; a listing per folder costs one call)."""
+class Listing:
+    """Which files exist under an image root, one directory listing at a time (a stat per row
+    costs minutes on a million rows over a network file system; a listing per folder costs one
+    call). `file_of` is how a row's path names its image, for reading and for `review` rewriting."""
 
-    def __init__(self) -> None:
+    def __init__(self, root: str) -> None:
+        self.prefix = root.rstrip(os.sep) + os.sep
         self.dirs: dict[str, set[str] | None] = {}
         self.stems: dict[str, dict[str, str]] = {}
+
+    def file_of(self, path: str) -> str | None:
+        """The absolute image file a row's `path` names (relative to the root, or absolute), or None."""
+        return self.find(os.path.normpath(path if os.path.isabs(path) else self.prefix + path))
 
     def names(self, folder: str) -> set[str] | None:
         if folder not in self.dirs:
@@ -424,8 +430,7 @@ class _Listing:
 
 def _validate(raw: _Raw, spec: LabelSpec, classes: list[str] | None, task: str) -> LabelTable:
     root = spec.root
-    prefix = root.rstrip(os.sep) + os.sep
-    listing = _Listing()
+    listing = Listing(root)
     bad: dict[str, list[tuple[int, str]]] = {k: [] for k in BAD_KINDS}
     known = set(classes) if classes is not None else None
     single = task == "single" or (task == "auto" and not any(len(labs) > 1 for labs in raw.labels))
@@ -436,8 +441,7 @@ def _validate(raw: _Raw, spec: LabelSpec, classes: list[str] | None, task: str) 
         if not path:
             bad["empty"].append((line, "(empty)"))
             continue
-        full = path if os.path.isabs(path) else prefix + path
-        found = listing.find(os.path.normpath(full))
+        found = listing.file_of(path)
         if found is None:
             bad["missing"].append((line, path))
             continue

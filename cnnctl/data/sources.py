@@ -345,6 +345,25 @@ def label_targets(table: LabelTable, classes: list[str], multilabel: bool) -> np
     return y
 
 
+def rows_split(
+    table: LabelTable,
+    rows: list[int],
+    y: np.ndarray,
+    prep: Preprocess,
+    cache_dir: Path | None,
+    log: Callable[[str], None],
+    skip_bad_rows: bool,
+) -> Split:
+    """The label file's `rows`, labelled `y` (aligned with them), decoded through the decode cache;
+    rows whose file does not decode are bad rows: refused in one line unless `skip_bad_rows`."""
+    out = files_split([table.paths[i] for i in rows], y, prep, cache_dir, log, table.source)
+    if out.skipped and not skip_bad_rows:
+        line_of = {table.paths[i]: table.lines[i] for i in rows}
+        bad = {"undecodable": [(line_of[f], os.path.relpath(f, table.root)) for f in out.skipped]}
+        raise DataError(refusal(table.source, bad, len(table)))
+    return out
+
+
 def label_file(spec: LabelSpec, cfg: DataConfig, log: Callable[[str], None]) -> Source:
     """A label file for training (cnnctl/data/labelfile.py), decoded as `cfg` says: its train rows
     (rows without a split too), and its val and test rows when it names them. The classes are the
@@ -374,13 +393,7 @@ def label_file(spec: LabelSpec, cfg: DataConfig, log: Callable[[str], None]) -> 
     def split(name: str, decode: Preprocess) -> Split | None:
         if not rows[name]:
             return None
-        files = [table.paths[i] for i in rows[name]]
-        out = files_split(files, y[rows[name]], decode, cache_dir, log, spec.file)
-        if out.skipped and not spec.skip_bad_rows:
-            line_of = {table.paths[i]: table.lines[i] for i in rows[name]}
-            bad = {"undecodable": [(line_of[f], os.path.relpath(f, table.root)) for f in out.skipped]}
-            raise DataError(refusal(spec.file, bad, len(table)))
-        return out
+        return rows_split(table, rows[name], y[rows[name]], decode, cache_dir, log, spec.skip_bad_rows)
 
     train = split("train", stored)
     assert train is not None

@@ -21,7 +21,7 @@ from torch import nn
 
 from cnnctl.data.batches import Batches
 from cnnctl.data.bundle import select_splits, split_off
-from cnnctl.data.labelfile import LabelSpec, is_label_file, read_labels, refusal
+from cnnctl.data.labelfile import LabelSpec, is_label_file, read_labels
 from cnnctl.data.layout import DIGIT_SETS, NAMED_SETS, folder_layout
 from cnnctl.data.manifest import Manifest, relative_to
 from cnnctl.data.sources import (
@@ -32,6 +32,7 @@ from cnnctl.data.sources import (
     folder_split,
     label_targets,
     load_source,
+    rows_split,
 )
 from cnnctl.errors import DataError, UsageError
 from cnnctl.evaluate.metrics import calibration, confusion_matrix, nll, per_class
@@ -126,7 +127,7 @@ def load_split(
         name == info.name or (name not in NAMED_SETS and os.path.realpath(name) == os.path.realpath(info.name))
     )
     if is_label_file(name):
-        spec = label_reading(name, info if own else None, reading)
+        spec = label_reading(name, meta, reading)
         return _label_split(spec, meta, split, val_split, own, recorded, log), name, classes, split
     if own and split in ("val", "train"):
         if recorded is not None and recorded.record(split) is not None:
@@ -214,10 +215,12 @@ def _recorded_split(
     return files_split(files, labels, prep, default_cache_dir(), log, recorded.data)
 
 
-def label_reading(name: str, info: DataInfo | None, given: LabelSpec | None) -> LabelSpec:
-    """How to read the label file `name`: as the model's run read it (its own file), else as asked."""
+def label_reading(name: str, meta: Metadata, given: LabelSpec | None) -> LabelSpec:
+    """How to read the label file `name`: as the model's run read it when it is the run's own file
+    (its Metadata says how), else as asked (`given`)."""
+    info = meta.data
     skip = given.skip_bad_rows if given is not None else False
-    if info is not None and info.labels:
+    if info is not None and info.labels and os.path.realpath(name) == os.path.realpath(info.name):
         return LabelSpec(name, skip_bad_rows=skip, **info.labels)
     return dataclasses.replace(given, file=name) if given is not None else LabelSpec(name)
 
@@ -270,12 +273,7 @@ def _label_split(
     if not rows:
         raise DataError(f"{spec.file}: no rows left for the {split} split")
     y = label_targets(table, classes, meta.multilabel)[rows]
-    files = [table.paths[i] for i in rows]
-    images = files_split(files, y, meta.preprocess, default_cache_dir(), log, spec.file)
-    if images.skipped and not spec.skip_bad_rows:
-        line_of = {table.paths[i]: table.lines[i] for i in rows}
-        raise DataError(refusal(spec.file, {"undecodable": [(line_of[f], f) for f in images.skipped]}, len(table)))
-    return images
+    return rows_split(table, rows, y, meta.preprocess, default_cache_dir(), log, spec.skip_bad_rows)
 
 
 def _folder_split(

@@ -15,11 +15,10 @@ from cnnctl.io import read_json
 def _label_spec(target: str, data: str, reading: Any) -> Any:
     """How the label file `data` is read: as the model's run read it (its own file), else as asked."""
     from cnnctl.evaluate.report import label_reading
+    from cnnctl.models.checkpoint import resolve_checkpoint
     from cnnctl.runtime.modelfile import read
 
-    meta = read(target if not os.path.isdir(target) else os.path.join(target, "model.safetensors"))
-    own = meta.data is not None and os.path.realpath(meta.data.name) == os.path.realpath(data)
-    return label_reading(data, meta.data if own else None, reading)
+    return label_reading(data, read(resolve_checkpoint(target)), reading)
 
 
 def build_items(

@@ -21,11 +21,10 @@ import hashlib
 import io
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
-from cnnctl.data.labelfile import LABEL_COLUMNS, PATH_COLUMNS, LabelSpec
+from cnnctl.data.labelfile import LabelSpec, Listing, columns
 from cnnctl.errors import DataError, UsageError
 from cnnctl.io import write_bytes, write_json
 
@@ -34,26 +33,11 @@ def _sha256(path: str | Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def _column(names: list[str], given: str, candidates: tuple[str, ...]) -> int:
-    lowered = [n.strip().lower() for n in names]
-    for want in [given.lower()] if given else candidates:
-        if want in lowered:
-            return lowered.index(want)
-    raise DataError(f"the label file has no column {given or candidates[0]!r} any more; nothing was changed")
-
-
-def _resolve(spec: LabelSpec, path: str) -> str:
-    """The row's path as the log names it: relative to the image root (suffix-less ids as written)."""
-    full = path if os.path.isabs(path) else os.path.join(spec.root, path)
-    return os.path.relpath(os.path.normpath(full), spec.root)
-
-
-def _matches(rel: str, decisions: dict[str, Any]) -> str | None:
-    """The decision key for a row path: exact, or an id without suffix naming the file."""
-    if rel in decisions:
-        return rel
-    stem = {os.path.splitext(k)[0]: k for k in decisions}
-    return stem.get(rel)
+def _decision_for(listing: Listing, root: str, path: Any, decisions: dict[str, Any]) -> dict[str, Any] | None:
+    """The decision a row's path falls under: the image it names (found as reading found it, ids
+    without a suffix included), relative to the image root as the log names it."""
+    found = listing.file_of(str(path)) if path else None
+    return decisions.get(os.path.relpath(found, root)) if found else None
 
 
 def rewrite(spec: LabelSpec, decisions: dict[str, Any]) -> tuple[bytes, dict[str, int]]:
@@ -65,6 +49,7 @@ def rewrite(spec: LabelSpec, decisions: dict[str, Any]) -> tuple[bytes, dict[str
         )
     delim = spec.label_delim or " "
     counts = {"labels": 0, "remove": 0}
+    listing, root = Listing(spec.root), spec.root
     text = Path(spec.file).read_text(encoding="utf-8-sig")
     if lower.endswith(".jsonl"):
         out_lines = []
@@ -73,13 +58,8 @@ def rewrite(spec: LabelSpec, decisions: dict[str, Any]) -> tuple[bytes, dict[str
                 out_lines.append(line)
                 continue
             obj = json.loads(line)
-            names = list(obj)
-            p, lab = (
-                names[_column(names, spec.path_column, PATH_COLUMNS)],
-                names[_column(names, spec.label_column, LABEL_COLUMNS)],
-            )
-            key = _matches(_resolve(spec, str(obj[p])), decisions)
-            decision = decisions.get(key) if key else None
+            p, lab, _ = columns(list(obj), spec, spec.file)
+            decision = _decision_for(listing, root, obj[p], decisions)
             if decision and decision["action"] == "remove":
                 counts["remove"] += 1
                 continue
@@ -94,13 +74,13 @@ def rewrite(spec: LabelSpec, decisions: dict[str, Any]) -> tuple[bytes, dict[str
     if not rows:
         raise DataError(f"{spec.file} is empty now; nothing was changed")
     header, body = rows[0], rows[1:]
-    ip, il = _column(header, spec.path_column, PATH_COLUMNS), _column(header, spec.label_column, LABEL_COLUMNS)
+    path_col, label_col, _ = columns(header, spec, spec.file)
+    ip, il = header.index(path_col), header.index(label_col)
     buf = io.StringIO()
     writer = csv.writer(buf, delimiter=dialect_delim, lineterminator="\r\n" if "\r\n" in text else "\n")
     writer.writerow(header)
     for row in body:
-        key = _matches(_resolve(spec, row[ip]), decisions) if len(row) > max(ip, il) and row[ip] else None
-        decision = decisions.get(key) if key else None
+        decision = _decision_for(listing, root, row[ip], decisions) if len(row) > max(ip, il) else None
         if decision and decision["action"] == "remove":
             counts["remove"] += 1
             continue
@@ -123,7 +103,7 @@ def apply_to_file(log: dict[str, Any], log_path: str, undo_file: Path) -> dict[s
     decisions = {rel: d for rel, d in log["decisions"].items() if d.get("action") != "fine"}
     new, counts = rewrite(spec, decisions)
     _, backup = undo_paths(log_path, spec.file)
-    shutil.copyfile(spec.file, backup)
+    write_bytes(backup, Path(spec.file).read_bytes())
     record = {
         "format": 1,
         "log": os.path.abspath(log_path),
