@@ -174,10 +174,12 @@ def check(
     ]
     embed = _embeddings(items, roots, near, backbone, log)
     groups = find_groups(items, near, embed)
-    out = report(roots, items, groups, near)
+    listed, sections = _label_files(specs)
+    out = report(roots, items, groups, near, listed)
+    if sections:
+        out["label_files"] = sections
     if embed is not None and backbone is not None:
         out["near_confirmed_by"] = f"thumbnails or {backbone[0]} embeddings (cosine >= {EMBED_COSINE})"
-    _label_file_report(out, specs)
     return out, roots, items
 
 
@@ -197,22 +199,17 @@ def _embeddings(
     return embeddings([it.path for it in items], *backbone, cache_root(), log)
 
 
-def _label_file_report(out: dict[str, Any], specs: list[RootSpec]) -> None:
-    """A label file's own findings (check/listing.py) and its `label_file` section, once per file."""
+def _label_files(specs: list[RootSpec]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(findings, sections) of the label files among the roots (check/listing.py), once per file."""
     from cnnctl.check import listing
 
-    done: set[int] = set()
-    for spec in specs:
-        if spec.table is None or id(spec.table) in done:
-            continue
-        done.add(id(spec.table))
-        found, section = listing.findings(spec.table, spec.table.named)
-        out.setdefault("label_files", []).append(section)
-        out["findings"] += found
-        out["errors"] += sum(1 for f in found if f["level"] == "error")
-        out["warnings"] += sum(1 for f in found if f["level"] == "warning")
-    order = {"error": 0, "warning": 1, "info": 2}
-    out["findings"].sort(key=lambda f: order[f["level"]])
+    found: list[dict[str, Any]] = []
+    sections: list[dict[str, Any]] = []
+    for table in {id(s.table): s.table for s in specs if s.table is not None}.values():
+        more, section = listing.findings(table, table.named)
+        found += more
+        sections.append(section)
+    return found, sections
 
 
 def _stats(values: list[float]) -> dict[str, float]:
@@ -241,8 +238,11 @@ PROBLEMS = {
 }
 
 
-def report(roots: list[Root], items: list[Item], groups: list[Group], near: int) -> dict[str, Any]:
-    """The doctor's report: per-root counts, image statistics, and the findings, errors first."""
+def report(
+    roots: list[Root], items: list[Item], groups: list[Group], near: int, listed: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """The doctor's report: per-root counts, image statistics, and the findings (`listed`: those of
+    the label files among the roots), errors first."""
     names = [r.name for r in roots]
     records = [rec for root in roots for rec in root.records]
     ok = [rec for rec in records if rec.decodes]
@@ -254,6 +254,7 @@ def report(roots: list[Root], items: list[Item], groups: list[Group], near: int)
     per_root = [_root_summary(root, findings) for root in roots]
     findings += _duplicate_findings(items, groups, names)
     findings += _file_findings(records, ok)
+    findings += listed or []
     sizes = Counter((r.width, r.height) for r in ok)
     order = {"error": 0, "warning": 1, "info": 2}
     findings.sort(key=lambda f: order[f["level"]])

@@ -190,9 +190,8 @@ def _scratch(plan: Plan, reporter: Any, fold: np.ndarray, opts: LabelOptions, lo
 def _probe(plan: Plan, reporter: Any, fold: np.ndarray, opts: LabelOptions, log: Log) -> tuple[np.ndarray, str]:
     import torch
 
-    from cnnctl.check.embed import headless
+    from cnnctl.check.embed import features, headless
     from cnnctl.data.batches import Batches
-    from cnnctl.train.engine import evaluate
     from cnnctl.train.trainer import prepare
 
     cfg, bundle = plan.cfg, plan.data
@@ -201,7 +200,7 @@ def _probe(plan: Plan, reporter: Any, fold: np.ndarray, opts: LabelOptions, log:
     batches = Batches(
         bundle.train, bundle.prep, plan.eval_batch.size, device=plan.device, channels_last=cfg.channels_last
     )
-    result = evaluate(model, batches, lambda out, y: out.new_zeros(()))  # the head is gone: "logits" are the features
+    result = features(model, batches)  # the head is gone: "logits" are the features
     feats = result.logits.double()
     log(
         f"features: {feats.shape[1]} per image from {cfg.model}'s frozen backbone, {len(feats)} images in {result.seconds:.1f}s"
@@ -292,10 +291,20 @@ def find_multilabel_issues(labels: np.ndarray, probs: np.ndarray) -> tuple[np.nd
         if y[:, c].min() == y[:, c].max():
             continue  # a class every image has (or none has): nothing to contrast
         flagged[find_issues(y[:, c], binary)] = True
-    given = np.where(y == 1, probs, 1 - probs)  # each class's probability of the given yes/no
-    worst = given.argmin(1)
+    given, worst = given_probability(probs, labels)
     idx = np.flatnonzero(flagged)
-    return idx[np.argsort(given[idx, worst[idx]], kind="stable")], worst
+    return idx[np.argsort(given[idx], kind="stable")], worst
+
+
+def given_probability(probs: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(each image's out-of-sample probability of its given label, the class it is about): for
+    multi-label images the given yes/no of the class it is least sure of (its worst class)."""
+    rows = np.arange(len(labels))
+    if labels.ndim == 2:
+        given = np.where(labels > 0.5, probs, 1 - probs)
+        worst = given.argmin(1)
+        return given[rows, worst], worst
+    return probs[rows, labels], labels
 
 
 def label_issues(data: str, opts: LabelOptions, grayscale: bool, log: Log) -> dict[str, Any]:
@@ -305,17 +314,9 @@ def label_issues(data: str, opts: LabelOptions, grayscale: bool, log: Log) -> di
     opts = with_backbone(opts, log)
     probs, labels, paths, classes, how = out_of_sample(data, opts, grayscale, log)
     multilabel = labels.ndim == 2
-    if multilabel:
-        idx, worst = find_multilabel_issues(labels, probs)
-        given_p = np.where(labels > 0.5, probs, 1 - probs)[np.arange(len(labels)), worst]
-    else:
-        idx = find_issues(labels, probs)
-        given_p = probs[np.arange(len(labels)), labels]
-    if multilabel:
-        sure = (np.where(labels > 0.5, probs, 1 - probs) <= WEAK_PROB).any(1)
-    else:
-        sure = probs[np.arange(len(labels)), labels] <= WEAK_PROB
-    acc, score = accuracy(probs, labels), skill(probs, labels, np.asarray(sure))
+    idx = find_multilabel_issues(labels, probs)[0] if multilabel else find_issues(labels, probs)
+    given_p, worst = given_probability(probs, labels)
+    acc, score = accuracy(probs, labels), skill(probs, labels, given_p <= WEAK_PROB)
     candidates = len(idx)
     weak = score < WEAK_SKILL
     if weak:

@@ -328,8 +328,7 @@ def evaluate(
     targets = torch.cat(all_targets) if all_targets else torch.zeros(0, dtype=torch.int64)
     n = max(1, len(targets))
     if targets.dim() == 2:  # multi-label
-        same = len(targets) and logits.shape == targets.shape  # (a headless probe returns features)
-        acc = float(((logits > 0) == (targets > 0.5)).float().mean()) if same else 0.0
+        acc = float(((logits > 0) == (targets > 0.5)).float().mean()) if len(targets) else 0.0
         return EvalResult(total_loss / n, acc, None, logits, targets, seconds)
     acc = float((logits.argmax(1) == targets).sum()) / n if len(targets) else 0.0
     top5 = None

@@ -36,6 +36,7 @@ from cnnctl.io import RunLock, write_json
 from cnnctl.models import create
 from cnnctl.models.checkpoint import load_last, save_last, save_model, versions
 from cnnctl.models.layers import init_from_data
+from cnnctl.runtime.classifier import probabilities
 from cnnctl.runtime.metadata import DataInfo, Metadata, TrainingInfo
 from cnnctl.train import history as history_file
 from cnnctl.train.distributed import Dist, is_comm_error
@@ -709,7 +710,7 @@ def _test(
         return None
     from cnnctl.models.checkpoint import load_model
 
-    best, _, _ = load_model(run_dir, device)
+    best, meta, path = load_model(run_dir, device)
     if run.cfg.channels_last:
         best = best.to(memory_format=torch.channels_last)
 
@@ -718,7 +719,8 @@ def _test(
             split, run.data.prep, run.plan.eval_batch.size, device=device, channels_last=run.cfg.channels_last
         )
 
-    thresholds = _thresholds(run, run_dir, best, batches, log) if run.data.multilabel else None
+    if run.data.multilabel:
+        meta = _thresholds(run, path, meta, best, batches, log)
     if run.data.test is None:
         return None
     result = evaluate(best, batches(run.data.test), run.opt.loss_fn)  # float32, as validation and `cnnctl eval`
@@ -728,12 +730,12 @@ def _test(
         "images": len(result.targets),
         "epoch": run.state.best_epoch,
     }
-    if thresholds is not None:
+    if meta.multilabel:
         from cnnctl.evaluate.metrics import multilabel_scores
 
-        scores = multilabel_scores(
-            torch.sigmoid(result.logits).numpy(), result.targets.numpy(), thresholds, list(run.data.classes)
-        )
+        probs = probabilities(result.logits.numpy(), meta)
+        thresholds = np.asarray(meta.decision_thresholds())
+        scores = multilabel_scores(probs, result.targets.numpy(), thresholds, list(run.data.classes))
         test.update({k: scores[k] for k in ("map", "micro_map", "macro_f1", "micro_f1", "subset_accuracy")})
     if run.stepping.ema is not None:
         test["weights"] = next(
@@ -744,26 +746,27 @@ def _test(
 
 def _thresholds(
     run: Prepared,
-    run_dir: Path,
+    path: Path,
+    meta: Metadata,
     best: torch.nn.Module,
     batches: Callable[[Split], Batches],
     log: Callable[[str], None],
-) -> np.ndarray:
+) -> Metadata:
     """A multi-label run's per-class thresholds (`--threshold-rule` on the validation split),
-    written into model.safetensors' Metadata; 1/2 for every class without a validation split."""
-    from cnnctl.evaluate.thresholds import DEFAULT, tune_thresholds
+    written into the best checkpoint's Metadata (returned); without a validation split, every class
+    decides at 1/2 (the Metadata as it is)."""
+    from cnnctl.evaluate.thresholds import tune_thresholds
     from cnnctl.runtime import modelfile
 
     classes = list(run.data.classes)
     if run.data.val is None:
         log("thresholds: no validation split to tune them on (--val-split 0); every class decides at 1/2")
-        return np.full(len(classes), DEFAULT)
+        return meta
     result = evaluate(best, batches(run.data.val), run.opt.loss_fn)
-    tuned = tune_thresholds(
-        torch.sigmoid(result.logits).numpy(), result.targets.numpy(), run.cfg.threshold_rule, classes
-    )
-    path = run_dir / "model.safetensors"
-    modelfile.write(path, modelfile.read(path).replace(thresholds=tuple(round(float(t), 6) for t in tuned.thresholds)))
+    probs = probabilities(result.logits.numpy(), meta)
+    tuned = tune_thresholds(probs, result.targets.numpy(), run.cfg.threshold_rule, classes)
+    meta = meta.replace(thresholds=tuple(round(float(t), 6) for t in tuned.thresholds))
+    modelfile.write(path, meta)
     shown = ", ".join(f"{c} {t:.3f}" for c, t in zip(classes[:8], tuned.thresholds))
     log(
         f"thresholds ({run.cfg.threshold_rule}, on {len(run.data.val)} validation images): {shown}{', ...' if len(classes) > 8 else ''}"
@@ -771,7 +774,7 @@ def _thresholds(
     if tuned.defaulted:
         first = ", ".join(f"{c} ({why})" for c, why in list(tuned.defaulted.items())[:3])
         log(f"thresholds: {len(tuned.defaulted)} class(es) kept 1/2: {first}")
-    return np.asarray([round(float(t), 6) for t in tuned.thresholds])
+    return meta
 
 
 class RunInterrupted(Exception):
