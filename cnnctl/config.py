@@ -373,7 +373,7 @@ PANELS: dict[str, tuple[str, ...]] = {
 PANEL_OF = {name: panel for panel, names in PANELS.items() for name in names}
 
 
-def _coerce(name: str, value: Any, where: str) -> Any:
+def coerce(name: str, value: Any, where: str) -> Any:
     f = FIELDS[name]
     want = type(f.default)
     if want is float and isinstance(value, int) and not isinstance(value, bool):
@@ -510,11 +510,13 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
     values: dict[str, Any] = {}
     for key, value in raw.items():
         name = key.replace("-", "_")
+        if name == "tune" and isinstance(value, dict):
+            continue  # [tune.space]: what `cnnctl tune --recipe` searches (cnnctl/tune/space.py)
         if name not in FIELDS:
             close = difflib.get_close_matches(name, list(FIELDS), n=1)
             hint = f" (did you mean {close[0]}?)" if close else ""
             raise UsageError(f"recipe {p}: unknown key {key!r}{hint}")
-        values[name] = _coerce(name, value, f"recipe {p}")
+        values[name] = coerce(name, value, f"recipe {p}")
     return values
 
 
@@ -524,11 +526,11 @@ def resolve(
     """defaults <- base (a resumed run's config) <- recipe <- flags given on the command line."""
     # A resumed run's config.json may predate a field's current type (eval_batch_size was an int).
     values: dict[str, Any] = {
-        k: _coerce(k, v, "the resumed run's config.json") for k, v in (base or {}).items() if k in FIELDS
+        k: coerce(k, v, "the resumed run's config.json") for k, v in (base or {}).items() if k in FIELDS
     }
     if recipe:
         values.update(load_recipe(recipe))
-    values.update({k: _coerce(k, v, "command line") for k, v in flags.items() if v is not None})
+    values.update({k: coerce(k, v, "command line") for k, v in flags.items() if v is not None})
     if model:
         values["model"] = model
     if not values.get("model"):

@@ -60,6 +60,7 @@ def _register() -> None:
         serve,
         shapes,
         train,
+        tune,
     )
 
     for module in (
@@ -67,6 +68,7 @@ def _register() -> None:
         shapes,
         check,
         train,
+        tune,
         lrfind,
         eval,
         calibrate,

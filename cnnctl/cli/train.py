@@ -259,7 +259,8 @@ def config_signature(fixed: dict[str, Any], fixed_panel: dict[str, str]) -> insp
             ],
         )
     ]
-    for panel, names in PANELS.items():  # the panels show in this order
+    own_panels = list(dict.fromkeys(p for p in fixed_panel.values() if p not in PANELS))  # a command's own, first
+    for panel, names in [*((p, ()) for p in own_panels), *PANELS.items()]:  # the panels show in this order
         for name, (typ, opt) in fixed.items():
             if fixed_panel[name] == panel:
                 default = False if typ is bool else None

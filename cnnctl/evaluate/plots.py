@@ -121,3 +121,35 @@ def plot_lr_curve(points: list[dict[str, float]], marks: dict[str, float], path:
     ax.legend(fontsize=8)
     _save(fig, path)
     plt.close(fig)
+
+
+def plot_study(
+    trials: list[dict[str, Any]],
+    importances: dict[str, float],
+    metric: str,
+    maximize: bool,
+    path: str | Path,
+    name: str,
+) -> None:
+    """A search (`cnnctl tune`): every trial's value and the best so far, beside the parameter importances."""
+    plt = _pyplot()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    for state, marker in (("complete", "o"), ("pruned", "x")):
+        points = [(r["number"], r["value"]) for r in trials if r["state"] == state]
+        if points:
+            left.scatter([n for n, _ in points], [v for _, v in points], marker=marker, label=state)
+    best: float | None = None
+    line = []
+    for r in trials:
+        if r["state"] == "complete" and (best is None or (r["value"] > best if maximize else r["value"] < best)):
+            best = r["value"]
+        line.append(best if best is not None else float("nan"))
+    left.step([r["number"] for r in trials], line, where="post", label="best so far")
+    left.set(xlabel="trial", ylabel=metric, title=f"study {name}: optimisation history")
+    left.legend()
+    names = list(importances)[::-1]
+    right.barh(names, [importances[n] for n in names])
+    right.set(xlabel="importance (Optuna)", title="parameter importances" if names else "importances: too few trials")
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)

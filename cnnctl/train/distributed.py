@@ -173,6 +173,27 @@ class Dist:
             raise self.lost(exc) from None
         return torch.cat([p[:c] for p, c in zip(parts, counts)]).cpu()
 
+    def broadcast(self, message: Any) -> Any:
+        """Rank 0's JSON-able `message` on every rank (a search's next trial, or None to stop); sent
+        as UTF-8 JSON bytes, never pickled."""
+        if not self.enabled:
+            return message
+        import json
+
+        import torch
+        import torch.distributed as dist
+
+        data = json.dumps(message).encode() if self.is_main else b""
+        (size,) = self._all_reduce([float(len(data)) if self.is_main else 0.0], "max")
+        buffer = torch.zeros(int(size), dtype=torch.uint8, device=self._device())
+        if self.is_main:
+            buffer.copy_(torch.frombuffer(bytearray(data), dtype=torch.uint8))
+        try:
+            dist.broadcast(buffer, src=0)
+        except Exception as exc:
+            raise self.lost(exc) from None
+        return json.loads(bytes(buffer.cpu().numpy().tobytes()).decode())
+
     def any(self, *flags: bool) -> tuple[bool, ...]:
         """Each flag made true on every rank if it is true on any (stop requests, deadlines)."""
         if not self.enabled:

@@ -143,6 +143,8 @@ class Hooks:
     on_step: Callable[[int, torch.Tensor, float], None] | None = (
         None  # (step, loss tensor, lr) after each optimizer step
     )
+    # After each epoch's record: True stops the run as "pruned" (a search's pruner; rank 0 decides).
+    prune: Callable[[dict[str, Any]], bool] = lambda record: False
 
 
 @dataclass(frozen=True)
@@ -411,7 +413,7 @@ class History:
     """What fit() returns: every epoch's record (a resumed run's earlier ones first) and why it stopped."""
 
     epochs: list[dict[str, Any]] = field(default_factory=list)
-    stopped: str = "completed"  # completed | iters | time-limit | early-stopped
+    stopped: str = "completed"  # completed | iters | time-limit | early-stopped | pruned
 
 
 @dataclass
@@ -497,17 +499,22 @@ def fit(
             record["planned_steps"] = schedule.planned_steps
         improved = state.advance(epoch, step, stats.seconds, metric, limits)
         history.epochs.append(record)
-        hooks.on_epoch_end(record, improved, state, history)
-        if hooks.reporter is not None:
-            hooks.reporter.end_epoch(record, improved)
-        late, stop = dist.any(deadline is not None and time.monotonic() >= deadline, hooks.should_stop())
-        reason = _stop_reason(limits, schedule, state, step, late)
+        _end_epoch(hooks, record, improved, state, history)
+        prune = hooks.prune(record) and epoch < limits.epochs  # asked every epoch: the search records each
+        late, stop, pruned = dist.any(deadline is not None and time.monotonic() >= deadline, hooks.should_stop(), prune)
+        reason = _stop_reason(limits, schedule, state, step, late) or ("pruned" if pruned else None)
         if reason:
             history.stopped = reason
             break
         if stop:
             raise Interrupted()
     return history
+
+
+def _end_epoch(hooks: Hooks, record: dict[str, Any], improved: bool, state: LoopState, history: History) -> None:
+    hooks.on_epoch_end(record, improved, state, history)
+    if hooks.reporter is not None:
+        hooks.reporter.end_epoch(record, improved)
 
 
 def _epoch_record(epoch: int, stats: EpochStats, step: int, schedule: Schedule) -> dict[str, Any]:

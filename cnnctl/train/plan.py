@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from cnnctl import machine
-from cnnctl.config import TrainConfig
+from cnnctl.config import DataConfig, TrainConfig
 from cnnctl.data.bundle import DataBundle, build
 from cnnctl.data.layout import DIGIT_SETS, NAMED_SETS
 from cnnctl.data.manifest import Manifest
@@ -110,9 +110,11 @@ def make_plan(
     *,
     recorded: Manifest | None = None,
     accept_data_change: bool = False,
+    bundles: dict[DataConfig, DataBundle] | None = None,
 ) -> Plan:
     """Resolve `cfg` on this machine and its data (see the module docstring). `recorded`: a resumed
-    run's split manifest (a changed data folder is refused unless `accept_data_change`)."""
+    run's split manifest (a changed data folder is refused unless `accept_data_change`). `bundles`:
+    the data a search's trials share, by DataConfig (built here the first time a trial needs it)."""
     dist = dist or Dist()
     hardware = _machine(cfg, device, dist)
     get_entry(cfg.model)  # an unknown model, or timm not installed: refused before anything is read
@@ -123,14 +125,32 @@ def make_plan(
             f"--augment {cfg.augment} flips images horizontally, which turns digits into other shapes; "
             f"use --augment shift for {cfg.data}, or add --allow-flip if you really mean it"
         )
-    data = build(cfg.data_config(), reporter.log, recorded, accept_data_change)
-    for note in data.notes:
-        reporter.log(note)
+    data = _data(cfg.data_config(), reporter, recorded, accept_data_change, bundles)
     _check_task(cfg, data)
     eval_batch = machine.eval_batch(cfg.eval_batch_size, cfg.model, data.input_shape, len(data.classes), device.type)
     plan = Plan(cfg, device, hardware, eval_batch, weights, data)
     reporter.log(plan.summary())
     return plan
+
+
+def _data(
+    key: DataConfig,
+    reporter: Reporter,
+    recorded: Manifest | None,
+    accept_data_change: bool,
+    bundles: dict[DataConfig, DataBundle] | None,
+) -> DataBundle:
+    """The run's data: built (and its notes said), or the bundle an earlier trial of a search built
+    from the same DataConfig (a resumed run always reads its recorded splits)."""
+    data = bundles.get(key) if bundles is not None and recorded is None else None
+    if data is not None:
+        return data
+    data = build(key, reporter.log, recorded, accept_data_change)
+    for note in data.notes:
+        reporter.log(note)
+    if bundles is not None and recorded is None:
+        bundles[key] = data
+    return data
 
 
 def _check_task(cfg: TrainConfig, data: DataBundle) -> None:

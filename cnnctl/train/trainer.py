@@ -24,7 +24,7 @@ from typing import Any, cast
 import numpy as np
 import torch
 
-from cnnctl.config import TrainConfig, resolve
+from cnnctl.config import DataConfig, TrainConfig, resolve
 from cnnctl.data.batches import Augmentation, Batches, Order, shard
 from cnnctl.data.bundle import DataBundle
 from cnnctl.data.layout import NAMED_SETS
@@ -59,6 +59,18 @@ from cnnctl.train.plan import Plan, make_plan, pick_device
 from cnnctl.train.runlog import RunLog
 from cnnctl.train.schedule import Schedule
 from cnnctl.train.weights import InitReport, init_from, load_pretrained
+
+
+@dataclass(frozen=True)
+class Host:
+    """What a tool that trains many runs (`cnnctl tune`) adds to each of them: a pruner asked after
+    every epoch (True stops the run as "pruned"), the data bundles its runs share (keyed by their
+    DataConfig, so every trial trains and is judged on the same split, decoded once), and whether
+    the test split is measured (a search never looks at it)."""
+
+    prune: Callable[[dict[str, Any]], bool] | None = None
+    bundles: dict[DataConfig, DataBundle] | None = None
+    test: bool = True
 
 
 @dataclass
@@ -148,16 +160,21 @@ def run(
     reporter: Reporter,
     dist: Dist | None = None,
     accept_data_change: bool = False,
+    host: Host | None = None,
 ) -> RunResult:
     """Train `cfg` into a run directory (new, overwritten, or resumed): setup -> fit ->
     checkpointing, then the test pass on the best checkpoint.
 
     Under torchrun (`dist.enabled`) every rank calls this; rank 0 alone owns the run directory.
+    The process group is joined here unless the caller (tune, for a whole study) already has.
     """
     dist = dist or Dist()
+    host = host or Host()
     dist.check_batch(cfg.batch_size)
     device = pick_device(cfg.device, dist)
-    dist.start(device.type)
+    owns_group = not dist.started
+    if owns_group:
+        dist.start(device.type)
     finished = False
     fresh = False  # a directory this run created: removed again if the run fails before writing to it
     try:
@@ -180,11 +197,11 @@ def run(
                     ):
                         (run_dir / name).unlink(missing_ok=True)
                 dist.agree(True)  # the others read the run directory only after rank 0 holds it
-                run = setup(cfg, run_dir, bool(resume), reporter, device, dist, accept_data_change)
+                run = setup(cfg, run_dir, bool(resume), reporter, device, dist, accept_data_change, host.bundles)
                 checkpoints = Checkpointer(run_dir, run, dist.is_main)
                 checkpoints.write_config(device, dist)
-                history = _fit(run, checkpoints, reporter, device, dist, run_dir)
-                test = _test(run, run_dir, device, history, reporter.log) if dist.is_main else None
+                history = _fit(run, checkpoints, reporter, dist, run_dir, host.prune)
+                test = _test(run, run_dir, device, history, reporter.log, host.test) if dist.is_main else None
                 checkpoints.finish(history, test)
                 result = RunResult(run_dir, history.stopped, history.epochs, run.state.best_epoch, run.state.best, test)
         except CnnctlError:
@@ -194,7 +211,8 @@ def run(
         finished = True
         return result
     finally:
-        dist.stop(clean=finished)
+        if owns_group:
+            dist.stop(clean=finished)
 
 
 def _prepare_run_dir(cfg: TrainConfig, out: str | None, resume: str | None, overwrite: bool) -> Path:
@@ -275,6 +293,7 @@ def setup(
     device: torch.device,
     dist: Dist,
     accept_data_change: bool = False,
+    bundles: dict[DataConfig, DataBundle] | None = None,
 ) -> Prepared:
     """Everything before the first step: the plan (train/plan.py), then the model, optimisation,
     batches and schedule, and the saved state when resuming. A resumed run trains on the splits it
@@ -288,7 +307,9 @@ def setup(
                 f"{run_dir} has no split manifest (written by an older cnnctl): the splits are drawn again from the data as it "
                 f"is now; if files were added or removed since, images may move between train and val"
             )
-    plan = make_plan(cfg, reporter, device, dist, recorded=recorded, accept_data_change=accept_data_change)
+    plan = make_plan(
+        cfg, reporter, device, dist, recorded=recorded, accept_data_change=accept_data_change, bundles=bundles
+    )
     run = prepare(plan, reporter, dist, resuming=resuming)
     if resuming:
         run.state, run.history = _resume(run_dir, run.model, run.opt, run.schedule, run.limits, reporter)
@@ -557,11 +578,13 @@ class Checkpointer:
         if self.log is not None:
             self.log.close()
         if self.writes:
+            pruned = {"pruned_at_epoch": history.epochs[-1]["epoch"]} if history.stopped == "pruned" else {}
             history_file.save(
                 self.run_dir / "history.json",
                 history.epochs,
                 **({"test": test} if test else {}),
                 stopped=history.stopped,
+                **pruned,
             )
 
 
@@ -651,11 +674,16 @@ def _phase_loop(run: Prepared, phase: Phase, device: torch.device, dist: Dist, r
 
 
 def _fit(
-    run: Prepared, checkpoints: Checkpointer, reporter: Reporter, device: torch.device, dist: Dist, run_dir: Path
+    run: Prepared,
+    checkpoints: Checkpointer,
+    reporter: Reporter,
+    dist: Dist,
+    run_dir: Path,
+    prune: Callable[[dict[str, Any]], bool] | None = None,
 ) -> History:
     """The epoch loop over the prepared run, phase by phase (`_phases`), with Ctrl-C/SIGTERM
-    turned into a clean stop."""
-    freezer = run.opt.freezer
+    turned into a clean stop, and a search's pruner (`prune`) asked after every epoch."""
+    freezer, device = run.opt.freezer, run.plan.device
 
     def on_epoch_start(epoch: int) -> None:
         if freezer is not None and freezer.apply(epoch):
@@ -672,6 +700,7 @@ def _fit(
             on_epoch_start=on_epoch_start,
             on_epoch_end=checkpoints.epoch_end,
             on_step=checkpoints.log.step if checkpoints.log is not None else None,
+            prune=prune or (lambda record: False),
         )
         try:
             for phase in _phases(run, dist, reporter.log):
@@ -701,12 +730,18 @@ def _fit(
 
 
 def _test(
-    run: Prepared, run_dir: Path, device: torch.device, history: History, log: Callable[[str], None]
+    run: Prepared,
+    run_dir: Path,
+    device: torch.device,
+    history: History,
+    log: Callable[[str], None],
+    measure_test: bool = True,
 ) -> dict[str, Any] | None:
     """After training, with the best checkpoint: a multi-label run's thresholds tuned on the
     validation split (stored in model.safetensors), then the test split measured once (never used
-    to select anything)."""
-    if not (run_dir / "model.safetensors").is_file() or (run.data.test is None and not run.data.multilabel):
+    to select anything; not at all for a search's trials, `measure_test=False`)."""
+    test_split = run.data.test if measure_test else None
+    if not (run_dir / "model.safetensors").is_file() or (test_split is None and not run.data.multilabel):
         return None
     from cnnctl.models.checkpoint import load_model
 
@@ -721,9 +756,9 @@ def _test(
 
     if run.data.multilabel:
         meta = _thresholds(run, path, meta, best, batches, log)
-    if run.data.test is None:
+    if test_split is None:
         return None
-    result = evaluate(best, batches(run.data.test), run.opt.loss_fn)  # float32, as validation and `cnnctl eval`
+    result = evaluate(best, batches(test_split), run.opt.loss_fn)  # float32, as validation and `cnnctl eval`
     test: dict[str, Any] = {
         "loss": result.loss,
         "acc": result.acc,
