@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any, Optional
 
@@ -162,9 +163,35 @@ def tune_cmd(**kwargs: Any) -> None:
 
 
 def _search(model: str | None, own: dict[str, Any], flags: dict[str, Any]) -> None:
+    from cnnctl.errors import CnnctlError
+    from cnnctl.train.distributed import Dist
+    from cnnctl.tune import report
+
+    dist = Dist.from_env()
+    try:
+        outcome = _run_search(model, own, flags, dist)
+    except CnnctlError as exc:
+        raise dist.label(exc) from None  # under torchrun, rank 0 alone says what every rank hit
+    if outcome is None:
+        return  # a torchrun rank other than 0
+    out, log = Path(own["out"]), _log
+    best = report.write_best(outcome.study, outcome.name, out)
+    why = report.plot(outcome.study, outcome.name, out / report.PLOT_FILE)
+    log(f"stopped: {outcome.stopped}; {outcome.trials_here} trial(s) trained by this worker")
+    log(why or f"plot: {out / report.PLOT_FILE}")
+    if best is not None:
+        log(f"best recipe: {best}  (cnnctl train --recipe {best})")
+    _print(report.summary(outcome.study, outcome.name), own["json_"])
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _run_search(model: str | None, own: dict[str, Any], flags: dict[str, Any], dist: Any) -> Any:
+    """The space, the config and the settings, checked; then this worker's part of the study."""
     from cnnctl.cli.reporter import QuietReporter, TrainReporter
     from cnnctl.errors import InterruptedRun, UsageError
-    from cnnctl.train.distributed import Dist
     from cnnctl.train.trainer import RunInterrupted, resolve_run
     from cnnctl.tune.search import Settings, search
     from cnnctl.tune.space import load_space, recipe_space
@@ -192,7 +219,6 @@ def _search(model: str | None, own: dict[str, Any], flags: dict[str, Any]) -> No
         own["heartbeat"],
         own["startup_trials"],
     )
-    dist = Dist.from_env()
     reporter = TrainReporter() if dist.is_main else QuietReporter()
     try:
         outcome = search(cfg, space, settings, reporter, dist)
@@ -202,18 +228,7 @@ def _search(model: str | None, own: dict[str, Any], flags: dict[str, Any]) -> No
         ) from None
     finally:
         reporter.close()
-    if outcome is None:
-        return
-    from cnnctl.tune import report
-
-    best = report.write_best(outcome.study, outcome.name, settings.out)
-    why = report.plot(outcome.study, outcome.name, settings.out / report.PLOT_FILE)
-    log = reporter.log
-    log(f"stopped: {outcome.stopped}; {outcome.trials_here} trial(s) trained by this worker")
-    log(why or f"plot: {settings.out / report.PLOT_FILE}")
-    if best is not None:
-        log(f"best recipe: {best}  (cnnctl train --recipe {best})")
-    _print(report.summary(outcome.study, outcome.name), own["json_"])
+    return outcome
 
 
 def _show(folder: Path, storage: str | None, name: str | None, as_json: bool) -> None:

@@ -239,3 +239,24 @@ def test_a_study_refuses_other_terms_and_changed_data(tmp_path):
     assert_user_error(
         run_cli("tune", *args, "--space", _space(tmp_path), "--trials", "2", "--out", out), "data changed"
     )
+
+
+@pytest.mark.slow
+def test_under_torchrun_each_trial_trains_data_parallel_and_rank_0_prunes(tmp_path):
+    from tests.train.test_distributed import torchrun
+
+    out = tmp_path / "ddp"
+    proc = torchrun(
+        "tune", *BASE, "--epochs", "3", "--space", _space(tmp_path, "lr = [0.05, 1e-6]\n"), "--trials", "4",
+        "--search-sampler", "random", "--startup-trials", "1", "--seed", "1", "--out", out, "--json",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    info = json.loads(proc.stdout)  # rank 0 alone prints
+    assert info["finished"] == 4 and sorted(t["number"] for t in info["trials"]) == [0, 1, 2, 3]
+    for t in info["trials"]:
+        assert json.loads((Path(t["run_dir"]) / "config.json").read_text())["world_size"] == 2
+    trials = sorted(info["trials"], key=lambda t: t["number"])
+    first_good = next(t["number"] for t in trials if t["params"]["lr"] == 0.05)
+    hopeless = [t for t in trials if t["params"]["lr"] == 1e-6 and t["number"] > first_good]
+    assert hopeless and all(t["state"] == "pruned" for t in hopeless), trials
+    assert all(_history(t["run_dir"])["stopped"] == "pruned" for t in hopeless)
