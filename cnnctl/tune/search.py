@@ -110,12 +110,17 @@ def make_sampler(name: str, seed: int, startup: int) -> Any:
     raise UsageError(f"--search-sampler {name!r} is not one of tpe, random, cmaes")
 
 
-def make_pruner(name: str, epochs: int, startup: int) -> Any:
+def make_pruner(name: str, epochs: tuple[int, int], startup: int) -> Any:
+    """The pruner; it judges no trial before a quarter of the fewest epochs a trial may have
+    (`epochs`: fewest, most): the first epochs of schedules of other lengths say little of their ends."""
     optuna = studies.optuna_module()
+    warmup = max(1, epochs[0] // 4)
     if name == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=startup)
+        return optuna.pruners.MedianPruner(n_startup_trials=startup, n_warmup_steps=warmup)
     if name == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(epochs, 1), reduction_factor=3)
+        return optuna.pruners.HyperbandPruner(
+            min_resource=warmup, max_resource=max(epochs[1], warmup), reduction_factor=3
+        )
     if name == "none":
         return optuna.pruners.NopPruner()
     raise UsageError(f"--pruner {name!r} is not one of median, hyperband, none")
@@ -251,10 +256,14 @@ def _lead(worker: Worker, direction: str, fingerprint: str) -> Outcome:
     url = studies.storage_url(s.storage, s.out)
     storage = studies.open_storage(url, s.heartbeat)
     terms = study_terms(worker.cfg, worker.space, worker.metric, direction)
-    pruner = make_pruner(s.pruner, worker.cfg.epochs, s.startup_trials)
+    pruner = make_pruner(s.pruner, worker.space.epochs(worker.cfg), s.startup_trials)
     study = studies.create(storage, s.name, terms, make_sampler(s.sampler, worker.cfg.seed, s.startup_trials), pruner)
     studies.agree_on_data(study, s.name, fingerprint)
     studies.write_pointer(s.out, url, s.name)
+    start = worker.space.start(worker.cfg)
+    if start and not study.get_trials(deepcopy=False):
+        study.enqueue_trial(start, skip_if_exists=True)
+        log("the first trial starts from the config's own " + ", ".join(f"{k}={_short(v)}" for k, v in start.items()))
     log(
         f"study {s.name!r} on {studies.shown_url(url)}: {worker.metric} ({direction}), {s.sampler} sampler, {s.pruner} pruner"
     )

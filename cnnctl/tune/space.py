@@ -73,6 +73,11 @@ class Range:
     def values(self) -> list[Any]:
         return [self.low, self.high]
 
+    def holds(self, value: Any) -> bool:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not self.low <= value <= self.high:
+            return False
+        return self.step is None or abs((value - self.low) / self.step - round((value - self.low) / self.step)) < 1e-9
+
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"low": self.low, "high": self.high, "log": self.log}
         return {**d, "step": self.step} if self.step is not None else d
@@ -87,6 +92,9 @@ class Choice:
 
     def values(self) -> list[Any]:
         return list(self.choices)
+
+    def holds(self, value: Any) -> bool:
+        return value in self.choices
 
     def to_dict(self) -> dict[str, Any]:
         return {"choices": list(self.choices)}
@@ -114,6 +122,16 @@ class Space:
                     validate(dataclasses.replace(cfg, **{p.name: value}))
                 except CnnctlError as exc:
                     raise UsageError(f"space {self.source}: {p.name} = {value!r}: {exc.message}") from None
+
+    def epochs(self, cfg: TrainConfig) -> tuple[int, int]:
+        """The fewest and the most epochs a trial may train: --epochs, or the space's range of them."""
+        found = next((p for p in self.params if p.name == "epochs"), None)
+        return (int(min(found.values())), int(max(found.values()))) if found is not None else (cfg.epochs, cfg.epochs)
+
+    def start(self, cfg: TrainConfig) -> dict[str, Any]:
+        """The config's own values that lie inside the space: a new study's first trial, so that its
+        best is never worse on the metric than the recipe it started from."""
+        return {p.name: getattr(cfg, p.name) for p in self.params if p.holds(getattr(cfg, p.name))}
 
     def suggest(self, trial: Any) -> dict[str, Any]:
         """One trial's values, drawn through Optuna's trial API (`suggest_float/int/categorical`)."""
