@@ -374,6 +374,8 @@ PANEL_OF = {name: panel for panel, names in PANELS.items() for name in names}
 
 
 def coerce(name: str, value: Any, where: str) -> Any:
+    """A value from TOML or the command line as the option's type (ints widen to floats; sizes and
+    mean/std lists become their strings), or one line saying what `where` gave instead."""
     f = FIELDS[name]
     want = type(f.default)
     if want is float and isinstance(value, int) and not isinstance(value, bool):
@@ -494,19 +496,25 @@ def parse_floats(text: str, name: str) -> list[float]:
     return values
 
 
+def read_toml(path: Path, what: str, where_to_look: str) -> dict[str, Any]:
+    """A TOML file (a recipe, a search space) as a dict; a missing, unreadable or invalid file is
+    one line naming it (`what` it is, and `where_to_look` when it is missing)."""
+    try:
+        return tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise UsageError(f"{what} {path} not found; {where_to_look}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"cannot read {what} {path}: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"{what} {path} is not valid TOML: {exc}") from None
+
+
 def load_recipe(path: str | Path) -> dict[str, Any]:
     """Read a TOML recipe (a shipped name or a file) into {field: value}; unknown keys and wrong types are errors."""
     from cnnctl.recipebook import locate
 
     p = locate(str(path))
-    try:
-        raw = tomllib.loads(p.read_text())
-    except FileNotFoundError:
-        raise UsageError(f"recipe {p} not found; `cnnctl recipes` lists the shipped ones (--recipe NAME)") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"cannot read recipe {p}: {exc}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise UsageError(f"recipe {p} is not valid TOML: {exc}") from None
+    raw = read_toml(p, "recipe", "`cnnctl recipes` lists the shipped ones (--recipe NAME)")
     values: dict[str, Any] = {}
     for key, value in raw.items():
         name = key.replace("-", "_")

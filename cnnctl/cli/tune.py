@@ -175,13 +175,14 @@ def _search(model: str | None, own: dict[str, Any], flags: dict[str, Any]) -> No
     if outcome is None:
         return  # a torchrun rank other than 0
     out, log = Path(own["out"]), _log
-    best = report.write_best(outcome.study, outcome.name, out)
-    why = report.plot(outcome.study, outcome.name, out / report.PLOT_FILE)
+    info = report.summary(outcome.study, outcome.name)
+    best = report.write_best(info, out)
+    why = report.plot(info, out / report.PLOT_FILE)
     log(f"stopped: {outcome.stopped}; {outcome.trials_here} trial(s) trained by this worker")
     log(why or f"plot: {out / report.PLOT_FILE}")
     if best is not None:
         log(f"best recipe: {best}  (cnnctl train --recipe {best})")
-    _print(report.summary(outcome.study, outcome.name), own["json_"])
+    _print(info, own["json_"])
 
 
 def _log(message: str) -> None:

@@ -20,28 +20,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import tomllib
-
-from cnnctl.config import FIELDS, TrainConfig, coerce, validate
+from cnnctl.config import FIELDS, DataConfig, TrainConfig, coerce, read_toml, validate
 from cnnctl.errors import CnnctlError, UsageError
 
 # Options the trials of one study must share, and why (said when a space names one).
+# Decoding options may vary (the same images at another size are still the same images and split).
+_DECODE = {"image_size", "grayscale", "mean", "std", "resize", "interpolation", "crop_pct"}
 FIXED = {
     **dict.fromkeys(
-        (
-            "data",
-            "data_dir",
-            "download",
-            "task",
-            "image_root",
-            "path_column",
-            "label_column",
-            "label_delim",
-            "skip_bad_rows",
-            "val_split",
-            "subset",
-            "cache_dir",
-        ),
+        (f.name for f in dataclasses.fields(DataConfig) if f.name not in _DECODE),
         "every trial must train and be judged on the same images",
     ),
     "seed": "one seed for the whole study makes its trials comparable (and its suggestions repeatable): give --seed",
@@ -149,14 +136,7 @@ class Space:
 def load_space(path: str | Path) -> Space:
     """A space from a TOML file: its `[tune.space]` table if it has one (a recipe), else the file."""
     p = Path(path)
-    try:
-        raw = tomllib.loads(p.read_text())
-    except FileNotFoundError:
-        raise UsageError(f"--space {p}: no such file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"--space {p}: cannot read it ({exc})") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise UsageError(f"--space {p} is not valid TOML: {exc}") from None
+    raw = read_toml(p, "search space", "give the file of `--space` (docs/tune.md)")
     table = raw.get("tune", {}).get("space") if isinstance(raw.get("tune"), dict) else None
     return parse_space(table if table is not None else raw, str(p))
 
@@ -168,8 +148,8 @@ def recipe_space(recipe: str | None) -> Space:
 
         path = locate(recipe)
         try:
-            table = tomllib.loads(path.read_text()).get("tune", {}).get("space")
-        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, AttributeError):
+            table = read_toml(path, "recipe", "`cnnctl recipes` lists the shipped ones").get("tune", {}).get("space")
+        except AttributeError:
             table = None  # --recipe itself says what is wrong with the file, when it is read
         if table is not None:
             return parse_space(table, f"{path} [tune.space]")

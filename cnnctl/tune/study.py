@@ -46,7 +46,7 @@ def storage_url(storage: str | None, out: Path) -> str:
     """--storage as given (a URL, journal:PATH or PATH.log), or the study folder's SQLite file."""
     if not storage:
         return f"sqlite:///{(out / 'study.db').resolve()}"
-    if storage.startswith("journal:") or storage.endswith(".log") and "://" not in storage:
+    if storage.startswith("journal:") or (storage.endswith(".log") and "://" not in storage):
         return "journal:" + str(Path(storage.removeprefix("journal:")).resolve())
     if "://" not in storage:
         raise UsageError(
@@ -88,7 +88,7 @@ def open_storage(url: str, heartbeat: int) -> Any:
             )
             raise StudyError(f"--storage {shown_url(url)}: its database driver is not installed; {driver}") from None
         except Exception as exc:  # SQLAlchemy's: a server that is down, a wrong password, a bad URL
-            if "alembic_version" in str(exc) or "already exists" in str(exc) and attempt < 4:
+            if ("alembic_version" in str(exc) or "already exists" in str(exc)) and attempt < 4:
                 time.sleep(0.5)  # another worker created the tables at the same moment: open them
                 continue
             raise StudyError(f"--storage {shown_url(url)}: cannot open it ({_first_line(exc)})") from None
