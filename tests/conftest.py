@@ -20,10 +20,17 @@ PETS_MINI = FIXTURES / "petimages-mini"
 def pytest_configure(config) -> None:
     # Every decode cache the suite makes (in-process and in CLI subprocesses) goes to a temporary
     # folder, never to the user's ~/.cache/cnnctl.
-    if "CNNCTL_CACHE" not in os.environ:
-        import tempfile
+    import tempfile
 
+    if "CNNCTL_CACHE" not in os.environ:
         os.environ["CNNCTL_CACHE"] = tempfile.mkdtemp(prefix="cnnctl-test-cache-")
+    # Nor does any test see the weights in the user's torch hub or Hugging Face cache: what a test
+    # decides by (say, `check --labels` takes a cached ImageNet backbone when there is one) must not
+    # depend on what this machine downloaded before. Tests that need weights lay them into a
+    # TORCH_HOME of their own (the mobilenet_torch_home fixture).
+    empty = tempfile.mkdtemp(prefix="cnnctl-test-no-weights-")
+    os.environ["TORCH_HOME"] = os.path.join(empty, "torch")
+    os.environ["HF_HOME"] = os.path.join(empty, "hf")
 
 
 def run_cli(
