@@ -18,13 +18,13 @@ from tests.conftest import PETS_MINI, ROOT, assert_user_error, run_cli, write_mn
 
 pytest.importorskip("optuna", reason="cnnctl tune needs Optuna: pip install 'cnnctl[tune]'")
 
-# 1,200 training digits of mnist-mini (validated on 800 of its held-out ones), a few epochs each.
+# 600 training digits of mnist-mini (validated on 800 of its held-out ones), a few epochs each.
 BASE = [
     "model-a",
     "--data",
     "mnist-mini",
     "--subset",
-    "1200",
+    "600",
     "--batch-size",
     "100",
     "--optimizer",
