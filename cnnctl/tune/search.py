@@ -52,12 +52,11 @@ class Settings:
 
 @dataclass
 class Outcome:
-    """What a worker leaves: the study (for the table and best.toml) and why it stopped."""
+    """What a worker leaves: the study (for the table and best.toml), why it stopped, and how many
+    trials it trained itself."""
 
     study: Any
     name: str
-    url: str
-    metric: str
     stopped: str
     trials_here: int
 
@@ -161,15 +160,14 @@ class Worker:
     def train(self, number: int, params: dict[str, Any], prune: Callable[[dict[str, Any]], bool]) -> tuple[float, bool]:
         """Trial `number` as a run directory: its metric at the checkpoint it keeps, and whether the
         pruner stopped it."""
+        from cnnctl.config import validate
         from cnnctl.train.trainer import Host, run
 
         cfg = dataclasses.replace(self.cfg, **params)
         run_dir = self.settings.out / studies.run_dir_name(number)
         started = time.monotonic()
         try:
-            from cnnctl.config import validate
-
-            validate(cfg)
+            validate(cfg)  # values that pass alone may not together (rrc-flip with --resize stretch)
             result = run(
                 cfg,
                 out=str(run_dir),
@@ -271,7 +269,7 @@ def _lead(worker: Worker, direction: str, fingerprint: str) -> Outcome:
         stopped, here = _trials(worker, study)
     finally:
         worker.dist.broadcast(None)  # the followers' stop (also when this rank fails)
-    return Outcome(study, s.name, url, worker.metric, stopped, here)
+    return Outcome(study, s.name, stopped, here)
 
 
 def _trials(worker: Worker, study: Any) -> tuple[str, int]:
