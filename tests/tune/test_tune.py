@@ -266,3 +266,16 @@ def test_under_torchrun_each_trial_trains_data_parallel_and_rank_0_prunes(tmp_pa
     hopeless = [t for t in trials if t["params"]["lr"] == 1e-6 and t["number"] > first_good]
     assert hopeless and all(t["state"] == "pruned" for t in hopeless), trials
     assert all(_history(t["run_dir"])["stopped"] == "pruned" for t in hopeless)
+
+
+def test_timeout_starts_no_trial_that_cannot_finish_in_it(tmp_path):
+    proc = run_cli(
+        "tune", *BASE, "--epochs", "50", "--time-limit", "1.5", "--space", _space(tmp_path), "--trials", "5",
+        "--timeout", "2", "--out", tmp_path / "budget", "--json",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    info = json.loads(proc.stdout)
+    # Trial 0 fits (1.5 s of --time-limit in 2 s); after it, less than 1.5 s is left: no trial 1.
+    assert [t["number"] for t in info["trials"]] == [0] and info["finished"] == 1
+    assert "--timeout 2 s: no time for another trial" in proc.stderr
+    assert _history(info["trials"][0]["run_dir"])["stopped"] == "time-limit"
