@@ -22,6 +22,7 @@ from cnnctl.config import TrainConfig
 from cnnctl.errors import CnnctlError, UsageError
 from cnnctl.train.distributed import Dist
 from cnnctl.train.engine import Reporter
+from cnnctl.train.trainer import RunInterrupted
 from cnnctl.tune import study as studies
 from cnnctl.tune.space import Space
 
@@ -331,6 +332,9 @@ class _Objective:
         self.trained = 1
         try:
             value, pruned = w.train(trial.number, params, prune)
+        except RunInterrupted:
+            trial.set_user_attr("error", "interrupted (Ctrl-C or SIGTERM)")
+            raise
         except TrialFailed as exc:
             self.failure = str(exc)
             trial.set_user_attr("error", self.failure)

@@ -248,9 +248,10 @@ def rows(study: Any) -> list[TrialRow]:
             continue
         seconds = (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete else None
         value = t.value if t.value is not None and math.isfinite(t.value) else None
-        note = t.user_attrs.get("error") or (
-            f"after epoch {max(t.intermediate_values)}" if t.state.name == "PRUNED" else ""
-        )
+        note = t.user_attrs.get("error") or {
+            "PRUNED": f"after epoch {max(t.intermediate_values, default=0)}",
+            "FAIL": "its worker stopped without a word (killed, or lost its storage)",
+        }.get(t.state.name, "")
         epochs = int(max(t.intermediate_values)) if t.intermediate_values else 0
         out.append(
             TrialRow(t.number, t.state.name, dict(t.params), value, t.user_attrs.get("run_dir"), epochs, seconds, note)

@@ -192,6 +192,7 @@ def test_a_worker_killed_mid_trial_leaves_it_failed_and_the_study_resumes(tmp_pa
     info = json.loads(resumed.stdout)
     states = {t["number"]: t["state"] for t in info["trials"]}
     assert states[0] == "fail"  # its worker stopped beating: marked failed, not left running
+    assert "killed" in next(t["note"] for t in info["trials"] if t["number"] == 0)
     assert info["finished"] == 2 and sorted(states) == [0, 1, 2]
     assert _history(str(out / "trial-0000"))["epochs"]  # what the killed trial finished is still there
 
@@ -279,3 +280,15 @@ def test_timeout_starts_no_trial_that_cannot_finish_in_it(tmp_path):
     assert [t["number"] for t in info["trials"]] == [0] and info["finished"] == 1
     assert "--timeout 2 s: no time for another trial" in proc.stderr
     assert _history(info["trials"][0]["run_dir"])["stopped"] == "time-limit"
+
+
+def test_cmaes_and_hyperband(tmp_path):
+    space = _space(tmp_path, "lr = { low = 1e-3, high = 0.2, log = true }\nweight_decay = { low = 0.0, high = 1e-3 }\n")
+    info = _tune(
+        *BASE, "--epochs", "3", "--space", space, "--trials", "5", "--search-sampler", "cmaes",
+        "--startup-trials", "2", "--pruner", "hyperband", "--out", tmp_path / "cma",
+    )  # fmt: skip
+    assert info["finished"] == 5 and sorted(t["number"] for t in info["trials"]) == [0, 1, 2, 3, 4]
+    for t in info["trials"]:
+        assert 1e-3 <= t["params"]["lr"] <= 0.2 and 0.0 <= t["params"]["weight_decay"] <= 1e-3
+    assert len({t["params"]["lr"] for t in info["trials"]}) == 5
