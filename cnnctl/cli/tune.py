@@ -11,111 +11,77 @@ import typer
 from cnnctl.cli.train import _FIXED, _START, config_signature
 
 _TUNE = "Search"
+
+
+def _option(typ: Any, *flags_and_help: str) -> tuple[Any, Any]:
+    """A search option: its type, its flag(s), then its help, in the Search panel of --help."""
+    *flags, help_text = flags_and_help
+    return typ, typer.Option(*flags, help=help_text, rich_help_panel=_TUNE)
+
+
 _OWN: dict[str, tuple[Any, Any]] = {
     "recipe": _FIXED["recipe"],
-    "space": (
+    "space": _option(
         Optional[str],
-        typer.Option(
-            "--space",
-            help="The search space, TOML: lr = { low = 1e-4, high = 1e-1, log = true }, batch_size = [64, 128] "
-            "(default: the recipe's [tune.space] table; docs/tune.md).",
-            rich_help_panel=_TUNE,
-        ),
+        "--space",
+        "The search space, TOML: lr = { low = 1e-4, high = 1e-1, log = true }, batch_size = [64, 128] "
+        "(default: the recipe's [tune.space] table; docs/tune.md).",
     ),
-    "trials": (
+    "trials": _option(
         Optional[int],
-        typer.Option(
-            "--trials",
-            help="Finished trials (completed or pruned) the study should have; a rerun resumes to it (default 20).",
-            rich_help_panel=_TUNE,
-        ),
+        "--trials",
+        "Finished trials (completed or pruned) the study should have; a rerun resumes to it (default 20).",
     ),
-    "timeout": (
+    "timeout": _option(
         Optional[float],
-        typer.Option(
-            "--timeout",
-            help="Seconds this worker may search; a trial that cannot finish inside them is not started "
-            "(--time-limit is each trial's budget).",
-            rich_help_panel=_TUNE,
-        ),
+        "--timeout",
+        "Seconds this worker may search; a trial that cannot finish inside them is not started "
+        "(--time-limit is each trial's budget).",
     ),
-    "metric": (
+    "metric": _option(
         Optional[str],
-        typer.Option(
-            "--metric",
-            help="What compares trials, on the validation split at the checkpoint each keeps: val_acc, val_loss, "
-            "val_map (default: --monitor, else val_map for multi-label, val_acc).",
-            rich_help_panel=_TUNE,
-        ),
+        "--metric",
+        "What compares trials, on the validation split at the checkpoint each keeps: val_acc, val_loss, "
+        "val_map (default: --monitor, else val_map for multi-label, val_acc).",
     ),
-    "direction": (
+    "direction": _option(Optional[str], "--direction", "maximize or minimize (default: the metric's own)."),
+    "search_sampler": _option(
         Optional[str],
-        typer.Option("--direction", help="maximize or minimize (default: the metric's own).", rich_help_panel=_TUNE),
+        "--search-sampler",
+        "Optuna's sampler: tpe, random or cmaes (default tpe; seeded by --seed). "
+        "(--sampler is train's: how batches are drawn.)",
     ),
-    "search_sampler": (
+    "pruner": _option(
         Optional[str],
-        typer.Option(
-            "--search-sampler",
-            help="Optuna's sampler: tpe, random or cmaes (default tpe; seeded by --seed). "
-            "(--sampler is train's: how batches are drawn.)",
-            rich_help_panel=_TUNE,
-        ),
+        "--pruner",
+        "median, hyperband or none: stops trials whose epochs score below the others' (default median).",
     ),
-    "pruner": (
+    "storage": _option(
         Optional[str],
-        typer.Option(
-            "--pruner",
-            help="median, hyperband or none: stops trials whose epochs score below the others' (default median).",
-            rich_help_panel=_TUNE,
-        ),
+        "--storage",
+        "Where the study lives: sqlite:///FILE, postgresql://USER@HOST/DB, or a journal file "
+        "(journal:PATH) on a shared file system; default DIR/study.db. Workers naming one storage share the study.",
     ),
-    "storage": (
-        Optional[str],
-        typer.Option(
-            "--storage",
-            help="Where the study lives: sqlite:///FILE, postgresql://USER@HOST/DB, or a journal file "
-            "(journal:PATH) on a shared file system; default DIR/study.db. Workers naming one storage share the study.",
-            rich_help_panel=_TUNE,
-        ),
-    ),
-    "study": (
-        Optional[str],
-        typer.Option("--study", help="The study's name in the storage (default: DIR's name).", rich_help_panel=_TUNE),
-    ),
-    "startup_trials": (
+    "study": _option(Optional[str], "--study", "The study's name in the storage (default: DIR's name)."),
+    "startup_trials": _option(
         Optional[int],
-        typer.Option(
-            "--startup-trials",
-            help="Trials drawn at random before the sampler models the results and before the pruner stops any (default 5).",
-            rich_help_panel=_TUNE,
-        ),
+        "--startup-trials",
+        "Trials drawn at random before the sampler models the results and before the pruner stops any (default 5).",
     ),
-    "heartbeat": (
+    "heartbeat": _option(
         Optional[int],
-        typer.Option(
-            "--heartbeat",
-            help="Seconds between a running trial's heartbeats (database storages); a worker silent for three is "
-            "taken as dead and its trial marked failed (default 20).",
-            rich_help_panel=_TUNE,
-        ),
+        "--heartbeat",
+        "Seconds between a running trial's heartbeats (database storages); a worker silent for three is "
+        "taken as dead and its trial marked failed (default 20).",
     ),
-    "out": (
+    "out": _option(
         Optional[str],
-        typer.Option(
-            "--out",
-            "-o",
-            help="The study folder: a run directory per trial (DIR/trial-NNNN), best.toml, tune.png, study.db.",
-            rich_help_panel=_TUNE,
-        ),
+        "--out",
+        "-o",
+        "The study folder: a run directory per trial (DIR/trial-NNNN), best.toml, tune.png, study.db.",
     ),
-    "show": (
-        Optional[str],
-        typer.Option("--show", help="Print the study in this folder and exit (no search).", rich_help_panel=_TUNE),
-    ),
-    "json_": (
-        bool,
-        typer.Option("--json", help="Print the study as JSON on stdout.", rich_help_panel=_TUNE),
-    ),
+    "show": _option(Optional[str], "--show", "Print the study in this folder and exit (no search)."),
+    "json_": _option(bool, "--json", "Print the study as JSON on stdout."),
 }
 _DEFAULTS = {
     "trials": 20,
