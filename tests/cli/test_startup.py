@@ -17,13 +17,16 @@ try:
 except SystemExit:
     pass
 print("TORCH_LOADED" if "torch" in sys.modules else "TORCH_FREE", file=sys.stderr)
+print("OPTUNA_LOADED" if "optuna" in sys.modules else "OPTUNA_FREE", file=sys.stderr)
 """
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["models", "--help"], ["shapes", "--help"], ["--version"]])
+@pytest.mark.parametrize(
+    "argv", [["--help"], ["models", "--help"], ["shapes", "--help"], ["tune", "--help"], ["--version"]]
+)
 def test_help_does_not_import_torch(argv):
     proc = subprocess.run([sys.executable, "-c", PROBE.format(argv=argv)], capture_output=True, text=True, cwd=ROOT)
-    assert "TORCH_FREE" in proc.stderr, proc.stderr
+    assert "TORCH_FREE" in proc.stderr and "OPTUNA_FREE" in proc.stderr, proc.stderr
 
 
 def test_models_lists_and_filters():
