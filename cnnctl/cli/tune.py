@@ -162,7 +162,9 @@ def _run_search(model: str | None, own: dict[str, Any], flags: dict[str, Any], d
     from cnnctl.train.trainer import RunInterrupted, resolve_run
     from cnnctl.tune.search import Settings, search
     from cnnctl.tune.space import load_space, recipe_space
+    from cnnctl.tune.study import optuna_module
 
+    optuna_module()  # not installed: said before any image is decoded
     space = load_space(own["space"]) if own["space"] else recipe_space(own["recipe"])
     searched = [k for k in space.names if flags.get(k) is not None]
     if searched:

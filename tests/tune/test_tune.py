@@ -292,3 +292,14 @@ def test_cmaes_and_hyperband(tmp_path):
     for t in info["trials"]:
         assert 1e-3 <= t["params"]["lr"] <= 0.2 and 0.0 <= t["params"]["weight_decay"] <= 1e-3
     assert len({t["params"]["lr"] for t in info["trials"]}) == 5
+
+
+def test_without_optuna_it_is_one_line_naming_the_extra(tmp_path):
+    probe = (
+        "import sys; sys.modules['optuna'] = None\n"  # as if it were not installed
+        "from cnnctl.cli import main\n"
+        f"main(['tune', 'model-a', '--space', {str(_space(tmp_path))!r}, '--out', {str(tmp_path / 'x')!r}])\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT)
+    assert_user_error(proc, "pip install 'cnnctl[tune]'")
+    assert not (tmp_path / "x").exists()
