@@ -253,6 +253,7 @@ def _lead(worker: Worker, direction: str, fingerprint: str) -> Outcome:
         raise UsageError(f"--out {s.out} is a file; give the study a folder")
     s.out.mkdir(parents=True, exist_ok=True)
     url = studies.storage_url(s.storage, s.out)
+    studies.check_pointer(s.out, url, s.name)
     storage = studies.open_storage(url, s.heartbeat)
     terms = study_terms(worker.cfg, worker.space, worker.metric, direction)
     pruner = make_pruner(s.pruner, worker.space.epochs(worker.cfg), s.startup_trials)

@@ -202,6 +202,17 @@ def fail_stale(study: Any) -> None:
     optuna.storages.fail_stale_trials(study)
 
 
+def check_pointer(out: Path, url: str, name: str) -> None:
+    """A folder holds one study: another study's trials would overwrite its run directories (trial-NNNN)."""
+    if (out / STUDY_FILE).is_file():
+        storage, study = read_pointer(out)
+        if (storage, study) != (shown_url(url), name):
+            raise StudyError(
+                f"{out} holds study {study!r} on {storage}, whose trials would be overwritten; "
+                f"give this study another --out"
+            )
+
+
 def write_pointer(out: Path, url: str, name: str) -> None:
     """study.json: how `cnnctl tune --show DIR` (and the next worker) finds the study."""
     from cnnctl.io import write_json

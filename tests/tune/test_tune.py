@@ -241,6 +241,11 @@ def test_a_study_refuses_other_terms_and_changed_data(tmp_path):
         run_cli("tune", *args, "--augment", "shift", "--space", _space(tmp_path), "--trials", "2", "--out", out),
         "augment",
     )
+    # One folder, one study: another study's trials would overwrite this one's run directories.
+    assert_user_error(
+        run_cli("tune", *args, "--space", _space(tmp_path), "--study", "other", "--trials", "2", "--out", out),
+        "holds study 'study'",
+    )
     extra = next(photos.glob("3/*.png"))
     (photos / "3" / "copy.png").write_bytes(extra.read_bytes())
     assert_user_error(
