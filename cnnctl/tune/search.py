@@ -251,6 +251,8 @@ def _lead(worker: Worker, direction: str, fingerprint: str) -> Outcome:
     s, log = worker.settings, worker.reporter.log
     if s.out.exists() and not s.out.is_dir():
         raise UsageError(f"--out {s.out} is a file; give the study a folder")
+    if (s.out / "config.json").is_file():
+        raise UsageError(f"--out {s.out} is a training run's directory; give the study a folder of its own")
     s.out.mkdir(parents=True, exist_ok=True)
     url = studies.storage_url(s.storage, s.out)
     studies.check_pointer(s.out, url, s.name)

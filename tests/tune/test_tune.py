@@ -223,6 +223,9 @@ def test_one_line_refusals(tmp_path):
     assert_user_error(run_cli("tune", *BASE, "--space", space), "--out DIR")
     assert_user_error(run_cli("tune", *BASE, "--out", tmp_path / "a"), "--space SPACE.toml")
     assert_user_error(run_cli("tune", "--show", tmp_path), "not a cnnctl tune folder")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.json").write_text("{}")
+    assert_user_error(run_cli("tune", *BASE, "--space", space, "--out", tmp_path / "run"), "training run's directory")
     assert_user_error(
         run_cli("tune", *BASE, "--space", space, "--metric", "val_map", "--out", tmp_path / "a"), "multi-label"
     )
