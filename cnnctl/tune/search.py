@@ -225,6 +225,7 @@ def search(
     from cnnctl.train.plan import make_plan, pick_device
 
     dist = dist or Dist()
+    _check_folder(settings)  # before any image is decoded
     dist.check_batch(cfg.batch_size)
     device = pick_device(cfg.device, dist)
     dist.start(device.type)
@@ -246,16 +247,20 @@ def search(
         dist.stop(clean=finished)
 
 
-def _lead(worker: Worker, direction: str, fingerprint: str) -> Outcome:
-    """Rank 0 (or the only process): the study's side of the loop."""
-    s, log = worker.settings, worker.reporter.log
+def _check_folder(s: Settings) -> None:
+    """--out is a folder for this study: not a file, not a training run, not another study's."""
     if s.out.exists() and not s.out.is_dir():
         raise UsageError(f"--out {s.out} is a file; give the study a folder")
     if (s.out / "config.json").is_file():
         raise UsageError(f"--out {s.out} is a training run's directory; give the study a folder of its own")
+    studies.check_pointer(s.out, studies.storage_url(s.storage, s.out), s.name)
+
+
+def _lead(worker: Worker, direction: str, fingerprint: str) -> Outcome:
+    """Rank 0 (or the only process): the study's side of the loop."""
+    s, log = worker.settings, worker.reporter.log
     s.out.mkdir(parents=True, exist_ok=True)
     url = studies.storage_url(s.storage, s.out)
-    studies.check_pointer(s.out, url, s.name)
     storage = studies.open_storage(url, s.heartbeat)
     terms = study_terms(worker.cfg, worker.space, worker.metric, direction)
     pruner = make_pruner(s.pruner, worker.space.epochs(worker.cfg), s.startup_trials)
