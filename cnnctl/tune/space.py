@@ -102,13 +102,17 @@ class Space:
         return {p.name: p.to_dict() for p in self.params}
 
     def check(self, cfg: TrainConfig) -> None:
-        """Every end of every range and every choice, validated on the study's config."""
+        """Every end of every range and every choice, validated on the study's config; a value that
+        only another searched value makes valid (alternate_flip = true with augment = "flip-crop")
+        passes, and a trial that draws it without that value fails, saying why."""
         for p in self.params:
             for value in p.values():
-                try:
-                    validate(dataclasses.replace(cfg, **{p.name: value}))
-                except CnnctlError as exc:
-                    raise UsageError(f"space {self.source}: {p.name} = {value!r}: {exc.message}") from None
+                problem = _problem(cfg, {p.name: value})
+                if problem is None:
+                    continue
+                others = ({p.name: value, q.name: v} for q in self.params if q is not p for v in q.values())
+                if not any(_problem(cfg, pair) is None for pair in others):
+                    raise UsageError(f"space {self.source}: {p.name} = {value!r}: {problem}")
 
     def epochs(self, cfg: TrainConfig) -> tuple[int, int]:
         """The fewest and the most epochs a trial may train: --epochs, or the space's range of them."""
@@ -131,6 +135,15 @@ class Space:
             else:
                 values[p.name] = trial.suggest_float(p.name, float(p.low), float(p.high), step=p.step, log=p.log)
         return values
+
+
+def _problem(cfg: TrainConfig, values: dict[str, Any]) -> str | None:
+    """What config.validate says of `cfg` with `values`, or None."""
+    try:
+        validate(dataclasses.replace(cfg, **values))
+    except CnnctlError as exc:
+        return exc.message
+    return None
 
 
 def load_space(path: str | Path) -> Space:

@@ -77,6 +77,15 @@ def test_every_end_of_a_range_and_every_choice_is_validated_on_the_config(tmp_pa
     assert needle in err.value.message
 
 
+def test_a_value_that_another_searched_value_makes_valid_passes(tmp_path):
+    # --alternate-flip needs an --augment with flips: valid together with flip-crop, not with none.
+    space = _space(tmp_path, 'augment = ["none", "flip-crop"]\nalternate_flip = [true, false]\n')
+    space.check(TrainConfig(model="tiny"))
+    alone = _space(tmp_path, "alternate_flip = [true, false]\n")
+    with pytest.raises(UsageError, match="alternate_flip = True: --alternate-flip needs an --augment with flips"):
+        alone.check(TrainConfig(model="tiny"))
+
+
 def test_a_recipe_carries_its_space_and_train_reads_past_it(tmp_path):
     recipe = tmp_path / "probe.toml"
     recipe.write_text('model = "tiny"\nlr = 0.01\n\n[tune.space]\nlr = { low = 1e-3, high = 1e-1, log = true }\n')
