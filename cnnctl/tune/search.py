@@ -222,10 +222,16 @@ def search(
 ) -> Outcome | None:
     """Run this worker until the study is done (see the module docstring). Rank 0 returns the
     outcome; the other ranks of a torchrun job follow it and return None."""
+    from cnnctl.models import get_entry
     from cnnctl.train.plan import make_plan, pick_device
 
     dist = dist or Dist()
     _check_folder(settings)  # before any image is decoded
+    for name in next((p.values() for p in space.params if p.name == "model"), []):
+        try:
+            get_entry(name)  # an unknown model (or timm not installed) is refused before trial 17 meets it
+        except CnnctlError as exc:
+            raise UsageError(f"space {space.source}: model = {name!r}: {exc.message}") from None
     dist.check_batch(cfg.batch_size)
     device = pick_device(cfg.device, dist)
     dist.start(device.type)

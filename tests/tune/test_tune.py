@@ -229,6 +229,8 @@ def test_one_line_refusals(tmp_path):
     assert_user_error(
         run_cli("tune", *BASE, "--space", space, "--metric", "val_map", "--out", tmp_path / "a"), "multi-label"
     )
+    models = _space(tmp_path, 'model = ["model-a", "model-z"]\n')
+    assert_user_error(run_cli("tune", *BASE, "--space", models, "--out", tmp_path / "a"), "model = 'model-z'")
     assert not (tmp_path / "a").exists()
 
 
