@@ -334,7 +334,9 @@ class _Objective:
             raise Surplus()
         params = w.space.suggest(trial)
         trial.set_user_attr("run_dir", str((s.out / studies.run_dir_name(trial.number)).resolve()))
-        w.reporter.log(f"trial {trial.number}: " + ", ".join(f"{k}={_short(v)}" for k, v in params.items()))
+        done, _ = studies.counts(self.study)
+        shown = ", ".join(f"{k}={_short(v)}" for k, v in params.items())
+        w.reporter.log(f"trial {trial.number} ({done} of {s.trials} finished): {shown}")
         w.dist.broadcast({"number": trial.number, "params": params})
         pruning, epochs = s.pruner != "none", [0]
 
