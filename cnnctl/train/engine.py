@@ -540,10 +540,15 @@ def _score(record: dict[str, Any], limits: Limits, ema: bool) -> float:
         mine, averaged = record.get(key), record.get(f"ema_{key}")
         use_ema = mine is None or (averaged is not None and is_better(averaged, mine, key) and averaged != mine)
         record["weights"] = "ema" if use_ema else "model"
-    metric = record.get(key, record["train_loss"] if key == "val_loss" else record["train_acc"])
+    metric = kept_metric(record, key)
+    return metric if metric is not None else record["train_loss"] if key == "val_loss" else record["train_acc"]
+
+
+def kept_metric(record: dict[str, Any], key: str) -> float | None:
+    """An epoch's `key` metric of the weights it kept: the --ema average where the record says so."""
     if record.get("weights") == "ema" and f"ema_{key}" in record:
-        metric = record[f"ema_{key}"]
-    return metric
+        return float(record[f"ema_{key}"])
+    return record.get(key)
 
 
 def _refit(schedule: Schedule, step: int, deadline: float, per_step: float, dist: Dist) -> None:

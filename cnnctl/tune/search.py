@@ -21,7 +21,7 @@ from typing import Any
 from cnnctl.config import TrainConfig
 from cnnctl.errors import CnnctlError, UsageError
 from cnnctl.train.distributed import Dist
-from cnnctl.train.engine import Reporter
+from cnnctl.train.engine import Reporter, kept_metric
 from cnnctl.train.trainer import RunInterrupted
 from cnnctl.tune import study as studies
 from cnnctl.tune.space import Space
@@ -89,10 +89,9 @@ def metric_and_direction(cfg: TrainConfig, settings: Settings, multilabel: bool)
 
 
 def metric_of(record: dict[str, Any], metric: str) -> float:
-    """An epoch's metric, of the weights it kept (the --ema average when the record says so)."""
-    if record.get("weights") == "ema" and f"ema_{metric}" in record:
-        return float(record[f"ema_{metric}"])
-    return float(record[metric])
+    """An epoch's metric of the weights it kept (engine.kept_metric); a search always validates."""
+    value = kept_metric(record, metric)
+    return float(value if value is not None else record[metric])
 
 
 def make_sampler(name: str, seed: int, startup: int) -> Any:
