@@ -114,8 +114,9 @@ class TrainConfig:
     )
     feature_views: int = _f(
         0,
-        "Views of each training image stored by the feature cache: 1 = un-augmented only; N = 1 un-augmented + N-1 "
-        "augmented (each epoch draws one per image); 0 = auto (1).",
+        "Views of each training image stored by the feature cache (and, for `cnnctl distill`, answered once by the "
+        "teacher): 1 = un-augmented only; N = 1 un-augmented + N-1 augmented (each epoch draws one per image); "
+        "0 = auto (1; distill: a new view every epoch, the teacher answering each).",
     )
     backbone_lr_scale: float = _f(
         1.0, "Learning-rate factor for all but the head, e.g. 0.1 when fine-tuning from --init."

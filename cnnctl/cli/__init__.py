@@ -47,6 +47,7 @@ def _register() -> None:
     from cnnctl.cli import (
         calibrate,
         check,
+        distill,
         env,
         eval,
         explain,
@@ -69,6 +70,7 @@ def _register() -> None:
         check,
         train,
         tune,
+        distill,
         lrfind,
         eval,
         calibrate,

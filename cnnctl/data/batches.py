@@ -35,10 +35,16 @@ def normalize(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.T
 
 def random_translate(x: torch.Tensor, pad: int, gen: torch.Generator) -> torch.Tensor:
     """Zero-pad by `pad`, then crop back to size at a random offset per image (one gather)."""
-    n, _, h, w = x.shape
-    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+    n = x.shape[0]
     dy = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
     dx = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
+    return translate(x, pad, dy, dx)
+
+
+def translate(x: torch.Tensor, pad: int, dy: torch.Tensor, dx: torch.Tensor) -> torch.Tensor:
+    """Zero-pad by `pad`, then crop back to size at offsets (`dy`, `dx`) in [0, 2 pad] per image."""
+    n, _, h, w = x.shape
+    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
     batch = torch.arange(n)[:, None, None]
     rows = (dy[:, None] + torch.arange(h))[:, :, None]
     cols = (dx[:, None] + torch.arange(w))[:, None, :]
@@ -65,9 +71,19 @@ def random_resized_crop(
     One call for the whole batch: torchvision's `roi_align` samples every image's own box
     bilinearly, so there is no per-image Python. Returns float32 in the 0-255 range.
     """
-    from torchvision.ops import roi_align
+    return crop_boxes(x, random_boxes(x.shape[0], (x.shape[2], x.shape[3]), gen, scale, ratio), size)
 
-    n, _, hi, wi = x.shape
+
+def random_boxes(
+    n: int,
+    stored: tuple[int, int],
+    gen: torch.Generator,
+    scale: tuple[float, float] = (0.25, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+) -> torch.Tensor:
+    """`n` random crop boxes (x0, y0, x1, y1) of images `stored` (H, W) large: area share in `scale`,
+    aspect in `ratio` (what `random_resized_crop` draws)."""
+    hi, wi = stored
     area = torch.empty(n).uniform_(scale[0], scale[1], generator=gen) * hi * wi
     log_r = torch.empty(n).uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=gen)
     r = torch.exp(log_r)
@@ -75,8 +91,17 @@ def random_resized_crop(
     bh = torch.sqrt(area / r).clamp(1, hi)
     x0 = torch.rand(n, generator=gen) * (wi - bw)
     y0 = torch.rand(n, generator=gen) * (hi - bh)
-    boxes = torch.stack([torch.arange(n, dtype=torch.float32), x0, y0, x0 + bw, y0 + bh], dim=1)
-    return roi_align(x.float(), boxes, output_size=size, spatial_scale=1.0, sampling_ratio=2, aligned=True)
+    return torch.stack([x0, y0, x0 + bw, y0 + bh], dim=1)
+
+
+def crop_boxes(x: torch.Tensor, boxes: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Each image's box (x0, y0, x1, y1) resized to `size`: one call for the whole batch,
+    torchvision's `roi_align` sampling every box bilinearly. Returns float32 in the 0-255 range."""
+    from torchvision.ops import roi_align
+
+    index = torch.arange(len(boxes), dtype=torch.float32)[:, None]
+    rois = torch.cat([index, boxes.float()], dim=1)
+    return roi_align(x.float(), rois, output_size=size, spatial_scale=1.0, sampling_ratio=2, aligned=True)
 
 
 def flip_where(x: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
@@ -170,6 +195,17 @@ class Batches:
         if self.draw is not None:
             return gen, torch.multinomial(self.draw, n, replacement=True, generator=gen)
         return gen, torch.randperm(n, generator=gen) if self.shuffle else None
+
+    def batch_rows(self, epoch: int) -> Iterator[torch.Tensor]:
+        """The split rows each of epoch `epoch`'s batches takes on this rank, in order: what `epoch`
+        gathers, for batches of things stored per image (features, a teacher's answers)."""
+        _, order = self.order(epoch)
+        n = len(self.split)
+        for b in range(len(self)):
+            rows = torch.arange(b * self.batch_size, min(n, (b + 1) * self.batch_size))
+            if order is not None:
+                rows = order[rows]
+            yield rows.tensor_split(self.world)[self.rank] if self.world > 1 else rows
 
     def epoch(self, epoch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Batches of float inputs and labels: int64 (N,), or float (N, classes) soft targets with a `mix`."""

@@ -285,7 +285,7 @@ def export(
         graph_input(pixels[: opts.batch] if not opts.is_dynamic else pixels[:2], prep, opts.input_dtype, opts.layout)
     )
     with atomic_path(out) as tmp:
-        used = _write_graph(graph, dummy, tmp, out, opts, meta.model, log)
+        used = write_graph(graph, dummy, tmp, out, opts, meta.model, log)
         export_info = ExportInfo(
             exporter=used,
             opset=opts.opset,
@@ -313,7 +313,7 @@ def export(
     return report
 
 
-def _write_graph(
+def write_graph(
     graph: torch.nn.Module, dummy: torch.Tensor, tmp: Path, out: Path, opts: ExportOptions, model_name: str, log: Log
 ) -> str:
     """Run the exporter(s) into `tmp` (renamed to `out` later); returns the one that succeeded

@@ -92,6 +92,8 @@ class Metadata:
     temperature: float | None = None  # `cnnctl calibrate`: probabilities are softmax(logits / temperature)
     task: str = "single"  # "single": softmax, one class; "multilabel": a sigmoid per class, label sets
     thresholds: tuple[float, ...] | None = None  # multilabel: each class's decision threshold (tuned on val)
+    # `cnnctl distill`: the teacher it learned from (model, file, sha256, alpha, temperature)
+    teacher: dict[str, Any] | None = None
 
     @property
     def multilabel(self) -> bool:
@@ -142,6 +144,8 @@ class Metadata:
             out["task"] = self.task
         if self.thresholds is not None:
             out["thresholds"] = list(self.thresholds)
+        if self.teacher is not None:
+            out["teacher"] = dict(self.teacher)
         return out
 
     def to_json_map(self, **extra: Any) -> dict[str, str]:
@@ -201,6 +205,9 @@ class Metadata:
             )
         kind = meta.get("kind", "model")
         task, thresholds = _task(meta, classes, source)
+        teacher = meta.get("teacher")
+        if teacher is not None and not isinstance(teacher, dict):
+            raise CheckpointError(f"{source}: metadata teacher {teacher!r} is not a record; the file is damaged")
         return cls(
             model=meta["model"],
             input_shape=(shape[0], shape[1], shape[2]),
@@ -214,6 +221,7 @@ class Metadata:
             temperature=float(temperature) if temperature is not None else None,
             task=task,
             thresholds=thresholds,
+            teacher=dict(teacher) if teacher is not None else None,
         )
 
 

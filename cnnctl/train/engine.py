@@ -163,29 +163,40 @@ class _Sums:
     def __init__(self, device: torch.device, multilabel: bool = False) -> None:
         self.loss = torch.zeros((), dtype=torch.float64, device=device)
         self.correct = torch.zeros((), dtype=torch.int64, device=device)
+        self.labelled = torch.zeros((), dtype=torch.int64, device=device)
         self.seen = 0
         self.multilabel = multilabel
 
     def add(self, logits: torch.Tensor, y: torch.Tensor, loss: torch.Tensor) -> None:
+        """One batch's loss and hits; rows labelled -1 (images only a distillation teacher labels,
+        `cnnctl distill --unlabeled`) count towards the loss but not the accuracy."""
         n = y.shape[0]
         self.loss += loss.detach().double() * n
         if self.multilabel:  # label accuracy: (image, class) decisions at 1/2 that match, per image
-            hits = ((logits.detach() > 0) == (y > 0.5)).sum()
+            labelled = y[:, 0] >= 0
+            hits = ((logits.detach() > 0) == (y > 0.5))[labelled].sum()
             self.correct += hits
+            self.labelled += labelled.sum()
         else:
-            self.correct += (logits.detach().argmax(1) == (y.argmax(1) if y.dim() == 2 else y)).sum()
+            labelled = (y.sum(1) >= 0) if y.dim() == 2 else (y >= 0)
+            self.correct += ((logits.detach().argmax(1) == (y.argmax(1) if y.dim() == 2 else y)) & labelled).sum()
+            self.labelled += labelled.sum()
         self.seen += n
 
     def reduce(self, dist: Dist, steps: int, seconds: float, truncated: bool, classes: int = 1) -> EpochStats:
-        loss_sum, correct_sum, seen_sum = dist.sum([float(self.loss), float(self.correct), float(self.seen)])
-        seen = int(seen_sum)
+        loss_sum, correct_sum, seen_sum, labelled_sum = dist.sum(
+            [float(self.loss), float(self.correct), float(self.seen), float(self.labelled)]
+        )
+        seen, labelled = int(seen_sum), int(labelled_sum)
         per = classes if self.multilabel else 1
-        return EpochStats(loss_sum / max(1, seen), correct_sum / max(1, seen * per), seen, steps, seconds, truncated)
+        return EpochStats(
+            loss_sum / max(1, seen), correct_sum / max(1, labelled * per), seen, steps, seconds, truncated
+        )
 
 
 def train_one_epoch(
     loop: Loop,
-    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    batches: Iterable[tuple[torch.Tensor, ...]],
     lr_fn: Callable[[int], float],
     step: int,
     *,
@@ -218,7 +229,8 @@ def train_one_epoch(
     step_loss = torch.zeros((), dtype=torch.float32, device=device)
     steps, truncated, lr = 0, False, 0.0
     start = time.perf_counter()
-    for i, (x, y) in enumerate(batches):
+    soft: list[torch.Tensor]
+    for i, (x, y, *soft) in enumerate(batches):
         position = i % accumulate  # within this step's group of batches
         last = position == accumulate - 1 or (count is not None and i == count - 1)
         if position == 0:
@@ -230,7 +242,9 @@ def train_one_epoch(
         if accumulate > 1:
             group_sizes = sizes[i - position : i - position + accumulate] if sizes is not None else [1] * accumulate
             weight = (sizes[i] if sizes is not None else 1) / sum(group_sizes)
-        logits, loss = _forward_backward(loop, x, y, weight, sync=last, stepping=stepping, where=(step + 1, lr))
+        logits, loss = _forward_backward(
+            loop, (x, y, *soft), weight, sync=last, stepping=stepping, where=(step + 1, lr)
+        )
         classes = logits.shape[1]
         sums.add(logits, y, loss)
         step_loss += loss.detach().float() * weight
@@ -257,8 +271,7 @@ def train_one_epoch(
 
 def _forward_backward(
     loop: Loop,
-    x: torch.Tensor,
-    y: torch.Tensor,
+    batch: tuple[torch.Tensor, ...],
     weight: float,
     *,
     sync: bool,
@@ -266,13 +279,16 @@ def _forward_backward(
     where: tuple[int, float],
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One batch's forward pass and backward of its loss (x `weight` within an accumulated step);
-    under DDP the gradients are all-reduced only when `sync` (the group's last batch)."""
+    under DDP the gradients are all-reduced only when `sync` (the group's last batch). A batch is
+    (inputs, labels) or, from a distillation's batches, (inputs, labels, the teacher's logits of
+    the same view): what follows the labels is handed to the loss as it is."""
     model = loop.model
+    x, y, *soft = batch
     no_sync = getattr(model, "no_sync", None)
     with no_sync() if not sync and no_sync is not None else nullcontext():
         with autocast(x.device, stepping.amp):
             logits = model(x)
-            loss = loop.loss_fn(logits, y)
+            loss = loop.loss_fn(logits, y, *soft)
         if not torch.isfinite(loss):
             step, lr = where
             raise TrainingError(
@@ -423,7 +439,7 @@ class Loop:
 
     model: nn.Module
     optimizer: torch.optim.Optimizer
-    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    loss_fn: Callable[..., torch.Tensor]  # (logits, labels[, a teacher's logits]) -> loss
     train_batches: Any
     val_batches: Any | None = None
     eval_model: nn.Module | None = None

@@ -283,16 +283,11 @@ class FeatureBatches:
 
     def epoch(self, epoch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         p = self.pixels
-        gen, order = p.order(epoch)
+        gen, _ = p.order(epoch)  # the views are drawn after the order, from the same generator
         n, count = len(self.split), self.features.shape[0]
         view = torch.randint(count, (n,), generator=gen) if count > 1 else torch.zeros(n, dtype=torch.int64)
-        for b in range(len(self)):
-            rows = torch.arange(b * p.batch_size, min(n, (b + 1) * p.batch_size))
-            if order is not None:
-                rows = order[rows]
+        for rows in p.batch_rows(epoch):
             y = self.split.y[rows]
-            if p.world > 1:
-                rows, y = rows.tensor_split(p.world)[p.rank], y.tensor_split(p.world)[p.rank]
             x = self.features[view[rows], rows].to(p.device, torch.float32, non_blocking=True)
             yield x, y.to(p.device, non_blocking=True)
 

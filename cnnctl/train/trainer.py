@@ -71,6 +71,23 @@ class Host:
     prune: Callable[[dict[str, Any]], bool] | None = None
     bundles: dict[DataConfig, DataBundle] | None = None
     test: bool = True
+    student: Student | None = None
+
+
+LossFn = Callable[..., torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Student:
+    """What makes a run a distillation (`cnnctl distill`, cnnctl/distill/run.py): `batches` turns the
+    run's training batches into batches that also carry the teacher's answers for the same views
+    (before the schedule counts them), `loss` wraps the run's loss, `record` is what the student's
+    Metadata says of its teacher and `config` what config.json records (to resume it)."""
+
+    batches: Callable[[Plan, Batches, Dist], Any]
+    loss: Callable[[LossFn, Plan], LossFn]
+    record: dict[str, Any]
+    config: dict[str, Any]
 
 
 @dataclass
@@ -197,7 +214,7 @@ def run(
                     ):
                         (run_dir / name).unlink(missing_ok=True)
                 dist.agree(True)  # the others read the run directory only after rank 0 holds it
-                run = setup(cfg, run_dir, bool(resume), reporter, device, dist, accept_data_change, host.bundles)
+                run = setup(cfg, run_dir, bool(resume), reporter, device, dist, accept_data_change, host)
                 checkpoints = Checkpointer(run_dir, run, dist.is_main)
                 checkpoints.write_config(device, dist)
                 history = _fit(run, checkpoints, reporter, dist, run_dir, host.prune)
@@ -249,7 +266,7 @@ class Optimisation:
 
     freezer: Freezer | None
     optimizer: torch.optim.Optimizer
-    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    loss_fn: LossFn
     stepping: Stepping
 
 
@@ -267,6 +284,7 @@ class Prepared:
     val_batches: Batches | None
     state: LoopState
     history: History
+    student: Student | None = None
 
     @property
     def cfg(self) -> TrainConfig:
@@ -293,11 +311,12 @@ def setup(
     device: torch.device,
     dist: Dist,
     accept_data_change: bool = False,
-    bundles: dict[DataConfig, DataBundle] | None = None,
+    host: Host | None = None,
 ) -> Prepared:
     """Everything before the first step: the plan (train/plan.py), then the model, optimisation,
     batches and schedule, and the saved state when resuming. A resumed run trains on the splits it
-    recorded (cnnctl/data/manifest.py)."""
+    recorded (cnnctl/data/manifest.py). `host`: the shared data bundles and the student's parts."""
+    host = host or Host()
     resuming = resuming and (run_dir / "last.safetensors").exists()  # else: stopped before its first epoch
     recorded = None
     if resuming:
@@ -308,9 +327,9 @@ def setup(
                 f"is now; if files were added or removed since, images may move between train and val"
             )
     plan = make_plan(
-        cfg, reporter, device, dist, recorded=recorded, accept_data_change=accept_data_change, bundles=bundles
+        cfg, reporter, device, dist, recorded=recorded, accept_data_change=accept_data_change, bundles=host.bundles
     )
-    run = prepare(plan, reporter, dist, resuming=resuming)
+    run = prepare(plan, reporter, dist, resuming=resuming, student=host.student)
     if resuming:
         run.state, run.history = _resume(run_dir, run.model, run.opt, run.schedule, run.limits, reporter)
         if run.opt.freezer is not None:
@@ -320,17 +339,25 @@ def setup(
     return run
 
 
-def prepare(plan: Plan, reporter: Reporter, dist: Dist | None = None, *, resuming: bool = False) -> Prepared:
+def prepare(
+    plan: Plan, reporter: Reporter, dist: Dist | None = None, *, resuming: bool = False, student: Student | None = None
+) -> Prepared:
     """The stages after the plan: the model and its start weights, optimisation, batches and
-    schedule. Part of the public seam for tools that train (`fit_prepared`)."""
+    schedule (a `student`'s batches and loss in place of the run's own). Part of the public seam
+    for tools that train (`fit_prepared`)."""
     dist = dist or Dist()
     start = _start(plan, resuming, reporter)
     opt = _optimisation(plan, start.model, reporter.log)
     train_batches, val_batches = _batches(plan, dist)
+    if student is not None:
+        train_batches = student.batches(plan, train_batches, dist)
+        opt.loss_fn = student.loss(opt.loss_fn, plan)
     schedule, limits = _schedule(plan.cfg, train_batches, plan.monitor)
     if opt.freezer is not None:
         opt.freezer.apply(1)  # the first epoch's trainable set (a resumed run's is applied after its state is loaded)
-    return Prepared(plan, start, opt, schedule, limits, train_batches, val_batches, LoopState(), History())
+    return Prepared(
+        plan, start, opt, schedule, limits, train_batches, val_batches, LoopState(), History(), student=student
+    )
 
 
 def fit_prepared(
@@ -525,6 +552,8 @@ class Checkpointer:
     def __init__(self, run_dir: Path, run: Prepared, writes: bool) -> None:
         self.run_dir, self.run, self.writes = run_dir, run, writes
         self.meta = checkpoint_metadata(run.cfg, run.data)
+        if run.student is not None:
+            self.meta = self.meta.replace(teacher=run.student.record)
         self.log = RunLog(run.cfg.log, run_dir, run.state.step) if writes and run.cfg.log != "none" else None
 
     def write_config(self, device: torch.device, dist: Dist) -> None:
@@ -545,6 +574,7 @@ class Checkpointer:
                 "torch_threads": torch.get_num_threads(),
                 "world_size": dist.world_size,
                 "hardware": run.plan.hardware_dict(),
+                **({"distill": run.student.config} if run.student is not None else {}),
             },
         )
         run.data.manifest().write(self.run_dir)
@@ -609,8 +639,12 @@ def _phases(run: Prepared, dist: Dist, log: Callable[[str], None]) -> list[Phase
     frozen_end = min(epochs, unfreeze - 1) if unfreeze else epochs
     if freezer is None or first > frozen_end:
         return [Phase(epochs)]
-    reason = why_not_cached(
-        mixing=bool(cfg.mixup or cfg.cutmix), ema=run.stepping.ema is not None, feature_cache=cfg.feature_cache
+    reason = (
+        "the teacher answers for images, not features"
+        if run.student is not None
+        else why_not_cached(
+            mixing=bool(cfg.mixup or cfg.cutmix), ema=run.stepping.ema is not None, feature_cache=cfg.feature_cache
+        )
     )
     if reason:
         log(f"features: not cached ({reason}); every frozen epoch runs the backbone")

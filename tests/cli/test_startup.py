@@ -22,7 +22,8 @@ print("OPTUNA_LOADED" if "optuna" in sys.modules else "OPTUNA_FREE", file=sys.st
 
 
 @pytest.mark.parametrize(
-    "argv", [["--help"], ["models", "--help"], ["shapes", "--help"], ["tune", "--help"], ["--version"]]
+    "argv",
+    [["--help"], ["models", "--help"], ["shapes", "--help"], ["tune", "--help"], ["distill", "--help"], ["--version"]],
 )
 def test_help_does_not_import_torch(argv):
     proc = subprocess.run([sys.executable, "-c", PROBE.format(argv=argv)], capture_output=True, text=True, cwd=ROOT)
