@@ -225,53 +225,22 @@ def _print_candidates(info: dict[str, Any], as_json: bool) -> None:
 
 def _train(student: str | None, own: dict[str, Any], flags: dict[str, Any]) -> None:
     from cnnctl.cli.common import print_json
-    from cnnctl.cli.reporter import QuietReporter, TrainReporter
-    from cnnctl.cli.train import _render
-    from cnnctl.distill.run import distill
-    from cnnctl.errors import CnnctlError, InterruptedRun
+    from cnnctl.cli.train import _render, run_command
+    from cnnctl.distill.run import host_for
     from cnnctl.train.distributed import Dist
-    from cnnctl.train.trainer import RunInterrupted
 
     settings = _settings(own)
     dist = Dist.from_env()
-    reporter = TrainReporter(json_lines=own["json_"]) if dist.is_main else QuietReporter()
-    try:
-        result = distill(
-            student,
-            own["recipe"],
-            flags,
-            settings,
-            out=own["out"],
-            resume=own["resume"],
-            overwrite=own["overwrite"],
-            reporter=reporter,
-            dist=dist,
-            accept_data_change=own["accept_data_change"],
-        )
-    except RunInterrupted as exc:
-        reporter.close()
-        raise InterruptedRun(
-            f"interrupted; {exc.run_dir} is consistent at epoch {exc.epoch}. Resume with: cnnctl distill --resume {exc.run_dir}"
-        ) from None
-    except CnnctlError as exc:
-        raise dist.label(exc) from None
-    finally:
-        reporter.close()
-    if not dist.is_main:
+    log = _log if dist.is_main else (lambda message: None)  # under torchrun, rank 0 speaks for the job
+    summary = run_command("distill", student, own, flags, dist, host_for(settings, log))
+    if summary is None:
         return
-    summary = {
-        "run_dir": str(result.run_dir),
-        "stopped": result.reason,
-        "epochs": len(result.epochs),
-        "best_epoch": result.best_epoch,
-        "best": result.best,
-        "test": result.test,
-    }
-    report = _report(result.run_dir, settings, flags) if own["report"] is not False else None
+    records = summary.pop("records")
+    report = _report(Path(summary["run_dir"]), settings, flags) if own["report"] is not False else None
     if own["json_"]:
         print_json({"summary": summary, "report": report})
         return
-    _render(summary, result.epochs)
+    _render(summary, records)
     if report is not None:
         _print_report(report)
 

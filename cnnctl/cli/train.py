@@ -103,36 +103,53 @@ def train(**kwargs: Any) -> None:
     writes the run directory and prints (docs/distributed.md).
     """
     from cnnctl.cli.common import print_json
-    from cnnctl.cli.reporter import QuietReporter, TrainReporter
-    from cnnctl.errors import InterruptedRun
     from cnnctl.train.distributed import Dist
-    from cnnctl.train.trainer import RunInterrupted
-    from cnnctl.train.trainer import train as run_training
 
     model = kwargs.pop("model")
     fixed = {k: kwargs.pop(k) for k in list(_FIXED)}
     dist = Dist.from_env()
     if fixed["dry_run"]:
         return _dry_run(model, fixed, kwargs, dist)
+    summary = run_command("train", model, fixed, kwargs, dist)
+    if summary is None:
+        return
+    if fixed["json_"]:
+        print_json({"summary": summary})
+        return
+    _render(summary, summary.pop("records"))
+
+
+def run_command(
+    command: str, model: str | None, fixed: dict[str, Any], flags: dict[str, Any], dist: Any, host_for: Any = None
+) -> dict[str, Any] | None:
+    """Train through `trainer.train` with the CLI's reporter (`cnnctl train`, `cnnctl distill`):
+    Ctrl-C becomes one line naming how to resume; returns the run's summary (with its epoch
+    records under "records"), or None on a torchrun rank other than 0."""
+    from cnnctl.cli.reporter import QuietReporter, TrainReporter
+    from cnnctl.errors import InterruptedRun
+    from cnnctl.train.trainer import RunInterrupted
+    from cnnctl.train.trainer import train as run_training
+
     reporter = TrainReporter(json_lines=fixed["json_"]) if dist.is_main else QuietReporter()
     try:
         result = run_training(
             model,
             fixed["recipe"],
-            kwargs,
+            flags,
             out=fixed["out"],
             resume=fixed["resume"],
             overwrite=fixed["overwrite"],
             reporter=reporter,
             dist=dist,
             accept_data_change=fixed["accept_data_change"],
+            host_for=host_for,
         )
     except RunInterrupted as exc:
         reporter.close()
         how = (
             f"relaunch the same torchrun command with --resume {exc.run_dir}"
             if dist.enabled
-            else f"Resume with: cnnctl train --resume {exc.run_dir}"
+            else f"Resume with: cnnctl {command} --resume {exc.run_dir}"
         )
         interrupted = InterruptedRun(f"interrupted; {exc.run_dir} is consistent at epoch {exc.epoch}. {how}")
         interrupted.quiet = not dist.is_main
@@ -140,19 +157,16 @@ def train(**kwargs: Any) -> None:
     finally:
         reporter.close()
     if not dist.is_main:
-        return
-    summary = {
+        return None
+    return {
         "run_dir": str(result.run_dir),
         "stopped": result.reason,
         "epochs": len(result.epochs),
         "best_epoch": result.best_epoch,
         "best": result.best,
         "test": result.test,
+        "records": result.epochs,
     }
-    if fixed["json_"]:
-        print_json({"summary": summary})
-        return
-    _render(summary, result.epochs)
 
 
 def _dry_run(model: str | None, fixed: dict[str, Any], flags: dict[str, Any], dist: Any) -> None:

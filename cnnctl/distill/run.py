@@ -213,35 +213,16 @@ def _stored_like(train: Any, prep: Preprocess) -> Preprocess:
     return dataclasses.replace(prep, size=(int(train.store.shape[-2]), int(train.store.shape[-1])))
 
 
-def distill(
-    model: str | None,
-    recipe: str | None,
-    flags: dict[str, Any],
-    settings: Settings,
-    *,
-    out: str | None,
-    resume: str | None,
-    overwrite: bool,
-    reporter: Any,
-    dist: Any,
-    accept_data_change: bool = False,
-) -> Any:
-    """What `cnnctl distill` trains: the student's config (resumed run <- recipe <- flags, framed
-    like the teacher), the teacher loaded before any image is decoded, then `trainer.run`."""
-    from cnnctl.train.trainer import Host, resolve_run, run
+def host_for(settings: Settings, log: Log) -> Callable[[TrainConfig], tuple[TrainConfig, Any]]:
+    """What `trainer.train` runs a distillation with: the teacher loaded before any image is
+    decoded, the student's config framed like the teacher, and the `Host` carrying the student's
+    batches and loss."""
+    from cnnctl.train.trainer import Host
 
-    cfg = resolve_run(model, recipe, flags, resume)
-    teacher = load_teacher(settings.teacher)
-    cfg = framed_like(cfg, teacher.meta.preprocess)
-    refusals(cfg, settings)
-    host = Host(student=student_parts(settings, teacher, reporter.log))
-    return run(
-        cfg,
-        out=out,
-        resume=resume,
-        overwrite=overwrite,
-        reporter=reporter,
-        dist=dist,
-        accept_data_change=accept_data_change,
-        host=host,
-    )
+    def adapt(cfg: TrainConfig) -> tuple[TrainConfig, Host]:
+        teacher = load_teacher(settings.teacher)
+        cfg = framed_like(cfg, teacher.meta.preprocess)
+        refusals(cfg, settings)
+        return cfg, Host(student=student_parts(settings, teacher, log))
+
+    return adapt

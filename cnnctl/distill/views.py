@@ -192,11 +192,16 @@ def teacher_outputs(
     computed: list[bool] = []
 
     def fill(out: torch.Tensor, where: str) -> None:
+        from cnnctl.progress import Meter
+
         computed.append(True)
         log(f"teacher: answering once for {n} training image(s) x {table.count} fixed view(s) -> {where}")
+        meter = Meter(table.count * n, "through the teacher", verb="answering", done="answered", unit="image views")
         for v in range(table.count):
             for rows, logits in chunks(v):
                 out[v, rows] = logits.float().cpu()
+                meter.update(v * n + int(rows[-1]) + 1)
+        log(meter.summary())
 
     def compute(tmp: Path) -> dict:
         size = int(torch.Size(shape).numel())

@@ -865,14 +865,17 @@ def train(
     reporter: Reporter,
     dist: Dist | None = None,
     accept_data_change: bool = False,
+    host_for: Callable[[TrainConfig], tuple[TrainConfig, Host]] | None = None,
 ) -> RunResult:
     """What `cnnctl train` calls: resolve the config (resumed run's config <- recipe <- flags) and
-    run it; under torchrun an error names the rank it happened on."""
+    run it; under torchrun an error names the rank it happened on. `host_for` (`cnnctl distill`)
+    turns the resolved config into the config and `Host` its run trains with."""
     dist = dist or Dist()
     try:
         cfg = resolve_run(model, recipe, flags, resume)
         if accept_data_change and not resume:
             raise UsageError("--accept-data-change goes with --resume RUN (a new run records the data as it is)")
+        cfg, host = host_for(cfg) if host_for is not None else (cfg, Host())
         return run(
             cfg,
             out=out,
@@ -881,6 +884,7 @@ def train(
             reporter=reporter,
             dist=dist,
             accept_data_change=accept_data_change,
+            host=host,
         )
     except CnnctlError as exc:
         raise dist.label(exc) from None
