@@ -519,8 +519,8 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
     values: dict[str, Any] = {}
     for key, value in raw.items():
         name = key.replace("-", "_")
-        if name == "tune" and isinstance(value, dict):
-            continue  # [tune.space]: what `cnnctl tune --recipe` searches (cnnctl/tune/space.py)
+        if name in ("tune", "distill") and isinstance(value, dict):
+            continue  # [tune.space]: what `cnnctl tune` searches; [distill]: `cnnctl distill`'s alpha, temperature
         if name not in FIELDS:
             close = difflib.get_close_matches(name, list(FIELDS), n=1)
             hint = f" (did you mean {close[0]}?)" if close else ""

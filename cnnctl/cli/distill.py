@@ -84,6 +84,7 @@ def distill_cmd(**kwargs: Any) -> None:
         raise UsageError("give the teacher: --teacher RUN_DIR or --teacher MODEL.onnx")
     if own["batch"] is not None and own["batch"] < 1:
         raise UsageError("--batch must be at least 1")
+    _settings(own)  # --alpha, --temperature, --unlabeled and the recipe's [distill]: refused before anything is read
     if own["latency_budget_ms"] is not None:
         student = _choose(student, own, kwargs)
     elif student and ("," in student or any(ch in student for ch in "*?[")):
@@ -99,14 +100,13 @@ def distill_cmd(**kwargs: Any) -> None:
 
 
 def _settings(own: dict[str, Any]) -> Any:
-    from cnnctl.distill.run import Settings
+    """--alpha and --temperature <- the recipe's [distill] table <- the defaults (0.5, 4)."""
+    from cnnctl.distill.run import Settings, recipe_settings
 
-    return Settings(
-        own["teacher"],
-        0.5 if own["alpha"] is None else own["alpha"],
-        4.0 if own["temperature"] is None else own["temperature"],
-        own["unlabeled"] or "",
-    ).checked()
+    table = recipe_settings(own["recipe"])
+    alpha = own["alpha"] if own["alpha"] is not None else table.get("alpha", 0.5)
+    temperature = own["temperature"] if own["temperature"] is not None else table.get("temperature", 4.0)
+    return Settings(own["teacher"], alpha, temperature, own["unlabeled"] or "").checked()
 
 
 def _resume(own: dict[str, Any], student: str | None, flags: dict[str, Any]) -> None:

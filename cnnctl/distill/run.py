@@ -52,6 +52,30 @@ class Settings:
         }
 
 
+RECIPE_KEYS = ("alpha", "temperature")
+
+
+def recipe_settings(recipe: str | None) -> dict[str, float]:
+    """A recipe's `[distill]` table (alpha, temperature): the defaults flags override."""
+    if not recipe:
+        return {}
+    from cnnctl.config import read_toml
+    from cnnctl.recipebook import locate
+
+    path = locate(recipe)
+    table = read_toml(path, "recipe", "`cnnctl recipes` lists the shipped ones").get("distill", {})
+    if not isinstance(table, dict):
+        raise UsageError(f"recipe {path}: [distill] must be a table (alpha = 0.5, temperature = 4.0)")
+    out: dict[str, float] = {}
+    for key, value in table.items():
+        if key not in RECIPE_KEYS:
+            raise UsageError(f"recipe {path}: unknown key {key!r} in [distill] (it takes {', '.join(RECIPE_KEYS)})")
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UsageError(f"recipe {path}: [distill] {key} must be a number, got {value!r}")
+        out[key] = float(value)
+    return out
+
+
 def recorded_settings(run_dir: str) -> Settings:
     """A distillation run's settings from its config.json (what `--resume` continues with)."""
     from cnnctl.io import read_json
