@@ -155,7 +155,8 @@ def _choose(student: str | None, own: dict[str, Any], flags: dict[str, Any]) -> 
         "chosen": chosen.label,
         "plan": _plan_line(chosen, size, own),
     }
-    _print_candidates(info, own["json_"] and own["dry_run"])
+    # --dry-run: the table is the result (stdout); before training it is the plan (stderr)
+    _print_candidates(info, own["json_"] and own["dry_run"], to_stdout=bool(own["dry_run"]))
     if chosen.size is not None:
         flags["image_size"] = f"{chosen.size[0]}x{chosen.size[1]}"
     return chosen.model
@@ -186,18 +187,19 @@ def _teacher_timing(teacher: Any, batch: int, threads: int, params_of: Any) -> A
 
 def _plan_line(chosen: Any, size: tuple[int, int], own: dict[str, Any]) -> str:
     h, w = chosen.size or size
-    alpha = 0.5 if own["alpha"] is None else own["alpha"]
-    temperature = 4.0 if own["temperature"] is None else own["temperature"]
-    return f"distill {own['teacher']} into {chosen.model} at {h}x{w}: alpha {alpha:g}, temperature {temperature:g}" + (
-        f", with the unlabeled images of {own['unlabeled']}" if own["unlabeled"] else ""
+    settings = _settings(own)
+    unlabeled = f", with the unlabeled images of {settings.unlabeled}" if settings.unlabeled else ""
+    return (
+        f"distill {own['teacher']} into {chosen.model} at {h}x{w}: alpha {settings.alpha:g}, "
+        f"temperature {settings.temperature:g}{unlabeled}"
     )
 
 
-def _print_candidates(info: dict[str, Any], as_json: bool) -> None:
+def _print_candidates(info: dict[str, Any], as_json: bool, to_stdout: bool) -> None:
     from rich.table import Table
 
     from cnnctl import machine
-    from cnnctl.cli.common import out, print_json
+    from cnnctl.cli.common import err, out, print_json
 
     if as_json:
         print_json(info)
@@ -218,7 +220,7 @@ def _print_candidates(info: dict[str, Any], as_json: bool) -> None:
             f"{t['bytes'] / 2**20:.1f}",
             fits,
         )
-    console = out()
+    console = out() if to_stdout else err()
     console.print(table)
     console.print(f"plan: {info['plan']}", highlight=False, markup=False)
 

@@ -187,7 +187,15 @@ def test_the_teachers_answers_are_cached_and_follow_the_teacher_and_the_views(ci
     fixed = run_cli("distill", "--teacher", cifar_teacher, *flags, *views, "--out", tmp_path / "d")
     assert "teacher: answers for 180 training image(s) x 4 fixed view(s) from the cache" in fixed.stderr, fixed.stderr
     policy = run_cli(
-        "distill", "--teacher", cifar_teacher, *flags, *views, "--auto-augment", "trivialaugment", "--out", tmp_path / "e"
+        "distill",
+        "--teacher",
+        cifar_teacher,
+        *flags,
+        *views,
+        "--auto-augment",
+        "trivialaugment",
+        "--out",
+        tmp_path / "e",
     )
     assert_user_error(policy, "--feature-views 4 fixes crops and flips")
 
@@ -303,7 +311,7 @@ def test_a_multilabel_teacher_gives_sigmoid_targets(tmp_path):
     assert float(divergence(torch.zeros(1, 3), t, 2.0, True)) > 0
 
 
-def test_the_latency_budget_picks_the_largest_student_that_fits(cifar_teacher):
+def test_the_latency_budget_picks_the_largest_student_that_fits(cifar_teacher, tmp_path):
     students = "resnet8@32,resnet56@32"
     proc = run_cli("distill", "--teacher", cifar_teacher, "--student", students, "--data", CIFAR_MINI,
                    "--latency-budget-ms", "1000", "--dry-run", "--json")  # fmt: skip
@@ -312,6 +320,12 @@ def test_the_latency_budget_picks_the_largest_student_that_fits(cifar_teacher):
     assert [c["label"] for c in info["candidates"]] == ["resnet8@32", "resnet56@32"]
     assert info["chosen"] == "resnet56@32" and all(c["fits"] for c in info["candidates"])
     assert info["teacher"]["p50_ms"] > 0 and info["candidates"][1]["params"] > info["candidates"][0]["params"]
+    trained = run_cli("distill", "--teacher", cifar_teacher, "--student", "resnet8@32,resnet20@32", "--data", CIFAR_MINI,
+                      "--latency-budget-ms", "1000", "--epochs", "1", "--no-report", "--json", "--out", tmp_path / "s")  # fmt: skip
+    assert trained.returncode == 0, trained.stderr
+    lines = [json.loads(line) for line in trained.stdout.splitlines()]  # the table went to stderr: stdout stays JSON
+    assert "summary" in lines[-1] and "<- chosen" in trained.stderr
+    assert json.loads((tmp_path / "s" / "config.json").read_text())["model"] == "resnet20"
     none = run_cli("distill", "--teacher", cifar_teacher, "--student", students, "--data", CIFAR_MINI,
                    "--latency-budget-ms", "0.0001", "--dry-run")  # fmt: skip
     assert_user_error(none, "no student meets --latency-budget-ms 0.0001", "resnet8@32")
@@ -329,10 +343,13 @@ def test_the_latency_budget_picks_the_largest_student_that_fits(cifar_teacher):
             "--unlabeled",
         ),
         (["--teacher", "missing.onnx", "--student", "resnet8", "--data", str(CIFAR_MINI)], "no such file"),
+        (["--teacher", "T", "--recipe", "R", "--data", str(CIFAR_MINI)], "unknown key 'beta' in [distill]"),
     ],
 )
 def test_refusals_are_one_line(cifar_teacher, tmp_path, args, needle):
-    args = [str(cifar_teacher) if a == "T" else a for a in args]
+    recipe = tmp_path / "r.toml"
+    recipe.write_text('model = "resnet8"\n[distill]\nalpha = 0.3\nbeta = 1\n')
+    args = [str(cifar_teacher) if a == "T" else (str(recipe) if a == "R" else a) for a in args]
     proc = run_cli("distill", *args, "--epochs", "1", "--out", tmp_path / "never")
     assert_user_error(proc, needle)
     assert not (tmp_path / "never").exists()
