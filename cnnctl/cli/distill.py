@@ -84,9 +84,11 @@ def distill_cmd(**kwargs: Any) -> None:
         raise UsageError("give the teacher: --teacher RUN_DIR or --teacher MODEL.onnx")
     if own["batch"] is not None and own["batch"] < 1:
         raise UsageError("--batch must be at least 1")
-    _settings(own)  # --alpha, --temperature, --unlabeled and the recipe's [distill]: refused before anything is read
+    settings = _settings(
+        own
+    )  # --alpha, --temperature, --unlabeled, the recipe's [distill]: checked before anything is read
     if own["latency_budget_ms"] is not None:
-        student = _choose(student, own, kwargs)
+        student = _choose(student, own, kwargs, settings)
     elif student and ("," in student or any(ch in student for ch in "*?[")):
         raise UsageError("several students named: add --latency-budget-ms MS to choose among them (or name one)")
     elif student and "@" in student:
@@ -96,7 +98,7 @@ def distill_cmd(**kwargs: Any) -> None:
         if own["latency_budget_ms"] is None:
             raise UsageError("--dry-run prints the latency table; add --latency-budget-ms MS")
         return
-    _train(student, own, kwargs)
+    _train(student, own, kwargs, settings)
 
 
 def _settings(own: dict[str, Any]) -> Any:
@@ -119,11 +121,10 @@ def _resume(own: dict[str, Any], student: str | None, flags: dict[str, Any]) -> 
             raise UsageError(
                 f"--resume {own['resume']} distils with --{name.replace('_', '-')} {getattr(saved, name)}; drop the flag"
             )
-    own.update(teacher=saved.teacher, alpha=saved.alpha, temperature=saved.temperature, unlabeled=saved.unlabeled)
-    _train(student, own, flags)
+    _train(student, own, flags, saved.checked())
 
 
-def _choose(student: str | None, own: dict[str, Any], flags: dict[str, Any]) -> str:
+def _choose(student: str | None, own: dict[str, Any], flags: dict[str, Any], settings: Any) -> str:
     """Time the candidates (and the teacher) here, print the table, and return the pick (its size
     into flags' image_size)."""
     from cnnctl.distill import latency
@@ -153,7 +154,7 @@ def _choose(student: str | None, own: dict[str, Any], flags: dict[str, Any]) -> 
         "teacher": teacher_timing.to_dict() if teacher_timing else None,
         "candidates": [t.to_dict() for t in timings],
         "chosen": chosen.label,
-        "plan": _plan_line(chosen, size, own),
+        "plan": _plan_line(chosen, size, settings),
     }
     # --dry-run: the table is the result (stdout); before training it is the plan (stderr)
     _print_candidates(info, own["json_"] and own["dry_run"], to_stdout=bool(own["dry_run"]))
@@ -185,12 +186,11 @@ def _teacher_timing(teacher: Any, batch: int, threads: int, params_of: Any) -> A
         )
 
 
-def _plan_line(chosen: Any, size: tuple[int, int], own: dict[str, Any]) -> str:
+def _plan_line(chosen: Any, size: tuple[int, int], settings: Any) -> str:
     h, w = chosen.size or size
-    settings = _settings(own)
     unlabeled = f", with the unlabeled images of {settings.unlabeled}" if settings.unlabeled else ""
     return (
-        f"distill {own['teacher']} into {chosen.model} at {h}x{w}: alpha {settings.alpha:g}, "
+        f"distill {settings.teacher} into {chosen.model} at {h}x{w}: alpha {settings.alpha:g}, "
         f"temperature {settings.temperature:g}{unlabeled}"
     )
 
@@ -225,13 +225,12 @@ def _print_candidates(info: dict[str, Any], as_json: bool, to_stdout: bool) -> N
     console.print(f"plan: {info['plan']}", highlight=False, markup=False)
 
 
-def _train(student: str | None, own: dict[str, Any], flags: dict[str, Any]) -> None:
+def _train(student: str | None, own: dict[str, Any], flags: dict[str, Any], settings: Any) -> None:
     from cnnctl.cli.common import print_json
     from cnnctl.cli.train import _render, run_command
     from cnnctl.distill.run import host_for
     from cnnctl.train.distributed import Dist
 
-    settings = _settings(own)
     dist = Dist.from_env()
     log = _log if dist.is_main else (lambda message: None)  # under torchrun, rank 0 speaks for the job
     summary = run_command("distill", student, own, flags, dist, host_for(settings, log))

@@ -189,12 +189,12 @@ def _source(plan: Any, teacher_prep: Preprocess, unlabeled: str, log: Log) -> tu
     sees them; with the `unlabeled` folder's images after them."""
     from cnnctl.data.cache import load_pixels
     from cnnctl.data.sources import Split, default_cache_dir, redecode
-    from cnnctl.distill.views import source_prep, stored_prep, with_unlabeled
+    from cnnctl.distill.views import same_input, source_prep, stored_prep, with_unlabeled
 
     student_prep, train = plan.data.prep, plan.data.train
     cache = default_cache_dir(plan.cfg.cache_dir)
     src = source_prep(student_prep, teacher_prep)
-    if (src.channels, tuple(src.size)) == (student_prep.channels, tuple(student_prep.size)):
+    if same_input(src, student_prep):
         src, split = student_prep, train
     elif train.paths is None:
         log(

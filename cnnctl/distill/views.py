@@ -42,7 +42,7 @@ def convert(x: torch.Tensor, src: Preprocess, dst: Preprocess) -> torch.Tensor:
     values (x * std + mean), colour converted (RGB -> luma as PIL's "L"; grey -> RGB repeats it),
     resized to `dst.size` with `dst.interpolation` (antialiased when shrinking), normalised with
     `dst`'s mean and std. Same size and colour: only the normalisation changes, exactly."""
-    if _same_input(src, dst):
+    if same_input(src, dst):
         if list(src.mean) == list(dst.mean) and list(src.std) == list(dst.std):
             return x
     mean_s, std_s = _stats(src, x.device)
@@ -69,7 +69,8 @@ def convert(x: torch.Tensor, src: Preprocess, dst: Preprocess) -> torch.Tensor:
     )
 
 
-def _same_input(a: Preprocess, b: Preprocess) -> bool:
+def same_input(a: Preprocess, b: Preprocess) -> bool:
+    """Whether two preprocessings give inputs of one shape (channels and size)."""
     return a.channels == b.channels and tuple(a.size) == tuple(b.size)
 
 
