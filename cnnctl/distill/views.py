@@ -4,8 +4,9 @@ A distillation is consistent when the teacher answers for exactly the view the s
 from (Beyer et al. 2022). The training images are decoded once, in the larger of the two
 preprocessings (`source_prep`); each batch is drawn and augmented once there, then converted to
 each model's own size, colour and normalisation (`convert`). Where the views are fixed (no
-augmentation, no mixing), the teacher's answers are computed once and kept in the cache
-(`teacher_outputs`), keyed as the feature cache keys its entries.
+augmentation, or `--feature-views N` fixed crops and flips: viewtable.py), the teacher's answers
+are computed once and kept in the cache (`teacher_outputs`), keyed as the feature cache keys its
+entries.
 """
 
 from __future__ import annotations
