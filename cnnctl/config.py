@@ -34,6 +34,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "interpolation": ("auto", "bilinear", "bicubic", "nearest"),
     "auto_augment": ("none", "randaugment", "trivialaugment"),
     "log": ("none", "csv", "tensorboard"),
+    "track": ("none", "mlflow"),
     "sampler": ("none", "balanced"),
 }
 
@@ -247,6 +248,16 @@ class TrainConfig:
         "Also write the history where other tools read it: csv (history.csv + steps.csv) or tensorboard "
         "(RUN/tensorboard; needs pip install 'cnnctl[tensorboard]').",
     )
+    track: str = _f(
+        "none",
+        "Also record the run in an experiment tracker: mlflow (the config as params, every epoch's metrics, the run's "
+        "files; needs pip install 'cnnctl[mlflow]'; a slow or lost server never stops training; docs/track.md).",
+    )
+    tracking_uri: str = _f(
+        "",
+        "--track mlflow: the tracking server (http://HOST:5000, or sqlite:///mlflow.db); default: $MLFLOW_TRACKING_URI.",
+    )
+    experiment: str = _f("", "--track mlflow: the experiment's name (default: the data set's name).")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -368,7 +379,7 @@ PANELS: dict[str, tuple[str, ...]] = {
         "cutmix",
         "mix_prob",
     ),
-    "Run & output": ("seed", "log"),
+    "Run & output": ("seed", "log", "track", "tracking_uri", "experiment"),
     "Hardware": ("device", "amp", "compile", "deterministic", "channels_last", "threads"),
 }
 PANEL_OF = {name: panel for panel, names in PANELS.items() for name in names}
@@ -434,6 +445,13 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         )
     if cfg.unfreeze_at < 0 or cfg.backbone_lr_scale < 0 or cfg.bn_bias_lr_scale < 0:
         raise UsageError("--unfreeze-at, --backbone-lr-scale and --bn-bias-lr-scale cannot be negative")
+    if cfg.track == "none" and (cfg.tracking_uri or cfg.experiment):
+        raise UsageError("--tracking-uri and --experiment go with --track mlflow")
+    if re.match(r"^[a-z+]+://[^/@]*:[^/@]*@", cfg.tracking_uri):
+        raise UsageError(
+            "--tracking-uri holds a password, which config.json would keep: give it in MLFLOW_TRACKING_USERNAME and "
+            "MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) instead"
+        )
     if cfg.feature_views < 0:
         raise UsageError("--feature-views cannot be negative (0 = auto)")
     if cfg.keep_bn_stats and not cfg.unfreeze_at:

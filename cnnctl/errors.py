@@ -58,6 +58,12 @@ class ExportError(CnnctlError):
     exit_code = 3
 
 
+class TrackingError(CnnctlError):
+    """The tracking server or model registry could not be reached or refused a request."""
+
+    exit_code = 3
+
+
 class PartialFailure(CnnctlError):
     """Some inputs failed (each already reported), the rest succeeded: exit 1."""
 

@@ -60,6 +60,7 @@ def _register() -> None:
         review,
         serve,
         shapes,
+        track,
         train,
         tune,
     )
@@ -80,6 +81,7 @@ def _register() -> None:
         serve,
         review,
         plot,
+        track,
         env,
         recipes,
     ):

@@ -94,6 +94,8 @@ class Metadata:
     thresholds: tuple[float, ...] | None = None  # multilabel: each class's decision threshold (tuned on val)
     # `cnnctl distill`: the teacher it learned from (model, file, sha256, alpha, temperature)
     teacher: dict[str, Any] | None = None
+    # `--track mlflow`: the tracking run it came from (tracker, uri, experiment_id, run_id)
+    tracking: dict[str, str] | None = None
 
     @property
     def multilabel(self) -> bool:
@@ -146,6 +148,8 @@ class Metadata:
             out["thresholds"] = list(self.thresholds)
         if self.teacher is not None:
             out["teacher"] = dict(self.teacher)
+        if self.tracking is not None:
+            out["tracking"] = dict(self.tracking)
         return out
 
     def to_json_map(self, **extra: Any) -> dict[str, str]:
@@ -208,6 +212,11 @@ class Metadata:
         teacher = meta.get("teacher")
         if teacher is not None and not isinstance(teacher, dict):
             raise CheckpointError(f"{source}: metadata teacher {teacher!r} is not a record; the file is damaged")
+        tracking = meta.get("tracking")
+        if tracking is not None and not (
+            isinstance(tracking, dict) and all(isinstance(v, str) for v in tracking.values())
+        ):
+            raise CheckpointError(f"{source}: metadata tracking {tracking!r} is not a record; the file is damaged")
         return cls(
             model=meta["model"],
             input_shape=(shape[0], shape[1], shape[2]),
@@ -222,6 +231,7 @@ class Metadata:
             task=task,
             thresholds=thresholds,
             teacher=dict(teacher) if teacher is not None else None,
+            tracking={str(k): v for k, v in tracking.items()} if tracking is not None else None,
         )
 
 

@@ -180,6 +180,11 @@ def _machine(cfg: TrainConfig, device: torch.device, dist: Dist) -> machine.Hard
         local_world_size=dist.local_world_size,
     )
     check_available(cfg.log)
+    if cfg.track != "none":
+        from cnnctl.track.client import check_installed, tracking_uri
+
+        check_installed("--track mlflow")
+        tracking_uri(cfg.tracking_uri)
     torch.set_num_threads(hardware.threads)
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)

@@ -38,6 +38,10 @@ from cnnctl.models.checkpoint import load_last, save_last, save_model, versions
 from cnnctl.models.layers import init_from_data
 from cnnctl.runtime.classifier import probabilities
 from cnnctl.runtime.metadata import DataInfo, Metadata, TrainingInfo
+from cnnctl.track import client as tracking
+from cnnctl.track import record as track_record
+from cnnctl.track import tracker
+from cnnctl.track.tracker import Tracker
 from cnnctl.train import history as history_file
 from cnnctl.train.distributed import Dist, is_comm_error
 from cnnctl.train.ema import EMA, Lookahead
@@ -66,12 +70,14 @@ class Host:
     """What a tool that trains many runs (`cnnctl tune`) adds to each of them: a pruner asked after
     every epoch (True stops the run as "pruned"), the data bundles its runs share (keyed by their
     DataConfig, so every trial trains and is judged on the same split, decoded once), and whether
-    the test split is measured (a search never looks at it)."""
+    the test split is measured (a search never looks at it); `track_tags` go on the run's MLflow
+    run (a search's study and trial)."""
 
     prune: Callable[[dict[str, Any]], bool] | None = None
     bundles: dict[DataConfig, DataBundle] | None = None
     test: bool = True
     student: Student | None = None
+    track_tags: dict[str, str] | None = None
 
 
 LossFn = Callable[..., torch.Tensor]
@@ -211,14 +217,19 @@ def run(
                         "history.json",
                         "config.json",
                         "splits.json.gz",
+                        "mlflow.json",
                     ):
                         (run_dir / name).unlink(missing_ok=True)
                 dist.agree(True)  # the others read the run directory only after rank 0 holds it
                 run = setup(cfg, run_dir, bool(resume), reporter, device, dist, accept_data_change, host)
-                checkpoints = Checkpointer(run_dir, run, dist.is_main)
+                checkpoints = Checkpointer(run_dir, run, dist.is_main, reporter.log, host.track_tags)
                 checkpoints.write_config(device, dist)
-                history = _fit(run, checkpoints, reporter, dist, run_dir, host.prune)
-                test = _test(run, run_dir, device, history, reporter.log, host.test) if dist.is_main else None
+                try:
+                    history = _fit(run, checkpoints, reporter, dist, run_dir, host.prune)
+                    test = _test(run, run_dir, device, history, reporter.log, host.test) if dist.is_main else None
+                except BaseException as exc:
+                    checkpoints.abandon(interrupted=isinstance(exc, (RunInterrupted, KeyboardInterrupt)))
+                    raise
                 checkpoints.finish(history, test)
                 result = RunResult(run_dir, history.stopped, history.epochs, run.state.best_epoch, run.state.best, test)
         except CnnctlError:
@@ -549,12 +560,20 @@ class Checkpointer:
     last.safetensors (everything to resume), model.safetensors (when the monitored metric
     improves) and history.json; at the end the history with the test result. Rank 0 only."""
 
-    def __init__(self, run_dir: Path, run: Prepared, writes: bool) -> None:
+    def __init__(
+        self,
+        run_dir: Path,
+        run: Prepared,
+        writes: bool,
+        say: Callable[[str], None] = print,
+        track_tags: dict[str, str] | None = None,
+    ) -> None:
         self.run_dir, self.run, self.writes = run_dir, run, writes
         self.meta = checkpoint_metadata(run.cfg, run.data)
         if run.student is not None:
             self.meta = self.meta.replace(teacher=run.student.record)
         self.log = RunLog(run.cfg.log, run_dir, run.state.step) if writes and run.cfg.log != "none" else None
+        self.tracker = _tracker(run, run_dir, say, track_tags or {}) if writes and run.cfg.track != "none" else None
 
     def write_config(self, device: torch.device, dist: Dist) -> None:
         if not self.writes:
@@ -585,7 +604,8 @@ class Checkpointer:
         run = self.run
         metrics = {k: v for k, v in record.items() if k.startswith(("val_", "train_", "ema_"))}
         meta = self.meta.replace(
-            training=TrainingInfo(epoch=record["epoch"], metrics=metrics, weights=record.get("weights", "model"))
+            training=TrainingInfo(epoch=record["epoch"], metrics=metrics, weights=record.get("weights", "model")),
+            tracking=self.tracker.link() if self.tracker is not None else None,
         )
         ema = run.stepping.ema
         if improved:
@@ -603,6 +623,8 @@ class Checkpointer:
         history_file.save(self.run_dir / "history.json", history.epochs)
         if self.log is not None:
             self.log.epoch(record, history.epochs)
+        if self.tracker is not None:
+            self.tracker.epoch()
 
     def finish(self, history: History, test: dict[str, Any] | None) -> None:
         if self.log is not None:
@@ -616,6 +638,23 @@ class Checkpointer:
                 stopped=history.stopped,
                 **pruned,
             )
+        if self.tracker is not None:
+            self.tracker.close("FINISHED")
+            track_record.stamp(self.run_dir, self.tracker.record)
+
+    def abandon(self, interrupted: bool) -> None:
+        """The run stopped before its end (interrupted, or an error): its MLflow run says so."""
+        if self.log is not None:
+            self.log.close()
+        if self.tracker is not None:
+            self.tracker.close("KILLED" if interrupted else "FAILED")
+
+
+def _tracker(run: Prepared, run_dir: Path, say: Callable[[str], None], tags: dict[str, str]) -> Tracker:
+    """`--track mlflow`: the run's tracker (a resumed run goes on in its MLflow run)."""
+    cfg = run.cfg
+    uri = tracking.tracking_uri(cfg.tracking_uri)
+    return tracker.start(uri, tracking.experiment_name(cfg.experiment, run.data.describe()["name"]), run_dir, tags, say)
 
 
 @dataclass
@@ -763,6 +802,9 @@ def _fit(
     return history
 
 
+CONFUSION_MAX_CLASSES = 50  # history.json keeps the test confusion matrix up to this many classes
+
+
 def _test(
     run: Prepared,
     run_dir: Path,
@@ -799,12 +841,18 @@ def _test(
         "images": len(result.targets),
         "epoch": run.state.best_epoch,
     }
+    classes = list(run.data.classes)
+    if not meta.multilabel and len(classes) <= CONFUSION_MAX_CLASSES:  # for the tracker's confusion picture
+        from cnnctl.evaluate.metrics import confusion_matrix
+
+        preds = result.logits.argmax(1).numpy()
+        test.update(confusion=confusion_matrix(result.targets.numpy(), preds, len(classes)).tolist(), classes=classes)
     if meta.multilabel:
         from cnnctl.evaluate.metrics import multilabel_scores
 
         probs = probabilities(result.logits.numpy(), meta)
         thresholds = np.asarray(meta.decision_thresholds())
-        scores = multilabel_scores(probs, result.targets.numpy(), thresholds, list(run.data.classes))
+        scores = multilabel_scores(probs, result.targets.numpy(), thresholds, classes)
         test.update({k: scores[k] for k in ("map", "micro_map", "macro_f1", "micro_f1", "subset_accuracy")})
     if run.stepping.ema is not None:
         test["weights"] = next(

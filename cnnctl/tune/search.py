@@ -174,7 +174,12 @@ class Worker:
                 overwrite=True,
                 reporter=_Prefixed(self.reporter, number),
                 dist=self.dist,
-                host=Host(prune=prune, bundles=self.bundles, test=False),
+                host=Host(
+                    prune=prune,
+                    bundles=self.bundles,
+                    test=False,
+                    track_tags={"cnnctl.study": self.settings.name, "cnnctl.trial": str(number)},
+                ),
             )
         except CnnctlError as exc:
             raise TrialFailed(exc.message) from None
@@ -195,6 +200,9 @@ PER_MACHINE = frozenset(
         "threads",
         "eval_batch_size",
         "log",
+        "track",
+        "tracking_uri",
+        "experiment",
         "compile",
         "channels_last",
         "amp",
