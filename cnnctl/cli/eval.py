@@ -19,7 +19,12 @@ from cnnctl.cli.common import (
 
 
 def eval_cmd(
-    target: Annotated[str, typer.Argument(help="Run directory, .safetensors checkpoint, or .onnx file.")],
+    target: Annotated[
+        str,
+        typer.Argument(
+            help="Run directory, .safetensors checkpoint, .onnx file, or models:/NAME/VERSION | models:/NAME@ALIAS."
+        ),
+    ],
     data: Annotated[
         str | None,
         typer.Option(

@@ -112,6 +112,21 @@ def export_cmd(
         bool,
         typer.Option("--int8", help="Also write a static int8 (QDQ, per-channel) model calibrated on training images."),
     ] = False,
+    register: Annotated[
+        str,
+        typer.Option(
+            "--register",
+            metavar="NAME",
+            help="Log the verified file (the int8 one with --int8) through MLflow's ONNX flavour and register it as a new "
+            "version of NAME (needs cnnctl[mlflow]; docs/track.md).",
+        ),
+    ] = "",
+    alias: Annotated[
+        str, typer.Option("--alias", help="--register: point this alias (e.g. champion) at the new version.")
+    ] = "",
+    tracking_uri: Annotated[
+        str, typer.Option("--tracking-uri", help="--register: the MLflow server (default: $MLFLOW_TRACKING_URI).")
+    ] = "",
     json_: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """Export to ONNX with the checkpoint's metadata, then prove it matches PyTorch.
@@ -125,10 +140,22 @@ def export_cmd(
     $ cnnctl export runs/pets --input uint8 -o pets-pixels.onnx   (takes uint8 NHWC pixels)
 
     $ cnnctl export runs/pets --format triton -o model_repository
+
+    $ cnnctl export runs/pets --input uint8 --register pets --alias champion   (then: cnnctl serve models:/pets@champion)
     """
     from cnnctl.errors import UsageError
     from cnnctl.export.onnx import ExportOptions, export, export_triton
 
+    if (alias or tracking_uri) and not register:
+        raise UsageError("--alias and --tracking-uri go with --register NAME")
+    if register:
+        from cnnctl.track.client import check_installed
+        from cnnctl.track.client import tracking_uri as server_of
+
+        if format_ != "onnx":
+            raise UsageError("--register logs an .onnx file: use it with --format onnx")
+        check_installed("--register")  # before the export: nothing to undo
+        server_of(tracking_uri, "--register")
     options = ExportOptions(
         opset=opset,
         dynamic=dynamic,
@@ -156,6 +183,11 @@ def export_cmd(
         if name is not None:
             raise UsageError("--name names a model in a Triton repository; use it with --format triton")
         report = export(target, output, options)
+        if register:
+            from cnnctl.track.registry import register as register_file
+
+            chosen = report["int8"]["output"] if report.get("int8") else report["output"]
+            report["registered"] = register_file(chosen, register, alias, tracking_uri)
     else:
         raise UsageError(f"--format must be onnx or triton, got {format_!r}")
     emit(report, json_, _render)
@@ -187,6 +219,15 @@ def _render(r: dict[str, Any]) -> None:
         console.print(
             f"wrote {q['output']}: {q['speedup']:.2f}x faster at batch 64{acc}; {verdict} the target (>= 1.25x, <= 0.5 point drop)",
             highlight=False,
+        )
+    g = r.get("registered")
+    if g:
+        moved = f"; {g['alias_uri']} -> version {g['version']}" if g["alias"] else ""
+        run = "its training run" if g["linked_to_training_run"] else "a new run"
+        console.print(
+            f"registered {g['uri']} ({g['variant']}, logged in {run} {g['run_id']} at {g['tracking_uri']}){moved}",
+            highlight=False,
+            soft_wrap=True,
         )
     t = r.get("triton")
     if t:

@@ -15,7 +15,8 @@ def predict(
     model: Annotated[
         str,
         typer.Argument(
-            help="An exported .onnx file (onnxruntime) or a .safetensors checkpoint / run directory (PyTorch)."
+            help="An exported .onnx file (onnxruntime), a registered one (models:/NAME/VERSION or models:/NAME@ALIAS), or "
+            "a .safetensors checkpoint / run directory (PyTorch)."
         ),
     ],
     inputs: Annotated[
@@ -63,7 +64,8 @@ def predict(
     from cnnctl.runtime.inference import expand_inputs, predict_paths
 
     clf = open_classifier(model, provider, threads)
-    print(f"model {clf.path}: {clf.meta.model}, provider {clf.provider}", file=sys.stderr)
+    shown = f"{model} ({clf.path})" if model.startswith("models:/") else clf.path
+    print(f"model {shown}: {clf.meta.model}, provider {clf.provider}", file=sys.stderr)
     paths = expand_inputs(inputs)
     results, errors = predict_paths(clf, paths, batch_size=batch_size, k=top_k)
     for message in errors:

@@ -10,7 +10,12 @@ from cnnctl.cli.completion import choices
 
 
 def serve(
-    model: Annotated[str, typer.Argument(help="An exported .onnx file (cnnctl export), float or int8.")],
+    model: Annotated[
+        str,
+        typer.Argument(
+            help="An exported .onnx file (cnnctl export), float or int8, or a registered one: models:/NAME/VERSION or models:/NAME@ALIAS."
+        ),
+    ],
     host: Annotated[
         str,
         typer.Option(
@@ -111,6 +116,12 @@ def serve(
         raise UsageError(
             "cnnctl serve needs the serve extra: pip install 'cnnctl[serve]' (starlette, uvicorn, python-multipart, prometheus-client)"
         ) from None
+    version, registered = "1", None
+    if model.startswith("models:/"):  # resolved once, here: the workers serve the cached file
+        from cnnctl.track.registry import resolve
+
+        found = resolve(model)
+        model, version, registered, name = found.path, found.version, found.to_dict(), name or found.name
     if not model.endswith(".onnx"):
         from cnnctl.errors import UsageError
 
@@ -130,6 +141,8 @@ def serve(
         timeout_s=timeout,
         api_key_env=api_key_env,
         log_format=log_format,
+        version=version,
+        registered=registered,
     )
     run(cfg, host, port, workers, no_auth=no_auth)
 

@@ -61,8 +61,11 @@ class Target:
     engine.evaluate() drives with normalised batches, and the eval batch that fits the machine."""
 
     def __init__(self, path: str, provider: str = "auto", device: str = "cpu") -> None:
+        from cnnctl.track.registry import local
+
         self.clf: Classifier
         self.module: nn.Module
+        path, self.registered = local(path)  # a models:/ URI: the registered file, from the cache
         if str(path).endswith(".onnx"):
             onnx_clf = OnnxClassifier(path, provider)
             self.kind, self.clf, self.module = "onnx", onnx_clf, _OnnxModule(onnx_clf)
@@ -369,7 +372,7 @@ def run_eval(target: str, opts: EvalOptions | None = None) -> dict[str, Any]:
     result = _forward(model, images, batch.size, opts)
     paths = images.paths or [f"{name}/{split}#{i}" for i in range(len(result.targets))]
     report: dict[str, Any] = {
-        "target": model.path,
+        "target": model.registered.uri if model.registered is not None else model.path,
         "kind": model.kind,
         "provider": model.provider,
         "data": name,
@@ -377,6 +380,7 @@ def run_eval(target: str, opts: EvalOptions | None = None) -> dict[str, Any]:
         **_scores(result, model.meta, classes, paths, opts),
         "batch_size": batch.size,
         "batch_size_reason": batch.reason,
+        **({"registered": model.registered.to_dict()} if model.registered is not None else {}),
     }
     if opts.compare:
         report["compare"] = _compare(model, opts.compare, images, batch.size, result, opts)

@@ -78,7 +78,12 @@ def open_classifier(path: str | os.PathLike[str], provider: str = "auto", thread
     """The model file at `path`: an `.onnx` file in onnxruntime (`provider`: auto, cpu or cuda;
     `threads`: intra-op threads, 0 = its default), anything else (a run directory or a
     `.safetensors` checkpoint) in PyTorch on the device `provider` names (auto: CUDA when
-    available), with `threads` torch threads. Only the second imports torch."""
+    available), with `threads` torch threads; a `models:/NAME/VERSION` or `models:/NAME@ALIAS` URI
+    is the registered ONNX file (track/registry.py). Only the second imports torch."""
+    if str(path).startswith("models:/"):
+        from cnnctl.track.registry import local
+
+        path = local(str(path))[0]
     if str(path).endswith(".onnx"):
         from cnnctl.runtime.inference import OnnxClassifier
 

@@ -25,6 +25,8 @@ class ServeConfig:
     timeout_s: float = 30.0  # per request; beyond it: 504
     api_key_env: str = ""  # the environment variable holding the bearer token ("" = no auth)
     log_format: str = "text"  # "text" or "json": one line per request on stderr
+    version: str = "1"  # the model's version on /v2/models/{name}/versions/{version} (a registered model's)
+    registered: dict[str, str] | None = None  # a models:/ URI's registry record (track/registry.py)
 
 
 class HTTPError(Exception):

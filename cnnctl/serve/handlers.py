@@ -126,8 +126,8 @@ def _model(request: Request) -> ServeState:
     if name != state.name:
         raise HTTPError(404, f"unknown model {name!r}; this server serves {state.name!r} (GET /v2/models/{state.name})")
     version = request.path_params.get("version")
-    if version is not None and version != "1":
-        raise HTTPError(404, f"model {name!r} has no version {version!r}; it has version 1")
+    if version is not None and version != state.cfg.version:
+        raise HTTPError(404, f"model {name!r} has no version {version!r}; it has version {state.cfg.version}")
     return state
 
 
@@ -143,7 +143,7 @@ async def model_metadata(request: Request) -> Response:
     return JSONResponse(
         {
             "name": state.name,
-            "versions": ["1"],
+            "versions": [state.cfg.version],
             "platform": "onnxruntime_onnx",
             "inputs": [{"name": "input", "datatype": oip.OIP_NAME[clf.input_dtype], "shape": [-1, *clf.input_shape]}],
             "outputs": [{"name": out, "datatype": "FP32", "shape": [-1, n]} for out in oip.OUTPUTS],
@@ -203,5 +203,5 @@ async def infer(request: Request) -> Response:
         (w, oip.classification(values[w.name], classes, w.classification) if w.classification else values[w.name])
         for w in req.outputs
     ]
-    payload, headers = oip.encode_response(state.name, req.id, tensors)
+    payload, headers = oip.encode_response(state.name, req.id, tensors, state.cfg.version)
     return Response(payload, headers=headers)

@@ -152,9 +152,10 @@ def classification(values: np.ndarray, classes: list[str], k: int) -> np.ndarray
 
 
 def encode_response(
-    model: str, request_id: str | None, tensors: list[tuple[Requested, np.ndarray]]
+    model: str, request_id: str | None, tensors: list[tuple[Requested, np.ndarray]], version: str = "1"
 ) -> tuple[bytes, dict[str, str]]:
-    """(body, headers) of an infer response; binary outputs follow the JSON header."""
+    """(body, headers) of an infer response; binary outputs follow the JSON header. `version`: the
+    model's version (a registered model's, else 1)."""
     outputs, blobs = [], []
     for want, array in tensors:
         is_bytes = array.dtype == object
@@ -175,7 +176,7 @@ def encode_response(
                 [str(s) for s in array.reshape(-1)] if is_bytes else array.astype(np.float32).reshape(-1).tolist()
             )
         outputs.append(entry)
-    response: dict[str, Any] = {"model_name": model, "model_version": "1", "outputs": outputs}
+    response: dict[str, Any] = {"model_name": model, "model_version": version, "outputs": outputs}
     if request_id is not None:
         response["id"] = request_id
     head = json.dumps(response).encode()

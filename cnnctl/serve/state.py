@@ -64,9 +64,11 @@ class ServeState:
         self.batcher.start()
         self.ready = True
         self.metrics.ready.set(1)
+        what = f"{self.cfg.registered['uri']} ({self.cfg.model})" if self.cfg.registered else self.cfg.model
         log(
-            f"serving {self.cfg.model} as {self.name!r} ({clf.meta.model}, {clf.meta.num_classes} classes, input {clf.input_dtype} "
-            f"{clf.input_layout}, {clf.provider}); dynamic batches of up to {self.cfg.max_batch} within {self.cfg.max_wait_ms:g} ms; "
+            f"serving {what} as {self.name!r} version {self.cfg.version} ({clf.meta.model}, {clf.meta.num_classes} classes, "
+            f"input {clf.input_dtype} {clf.input_layout}, {clf.provider}); dynamic batches of up to {self.cfg.max_batch} "
+            f"within {self.cfg.max_wait_ms:g} ms; "
             f"ready after a {self.warmup_ms:.0f} ms warm-up"
         )
 
@@ -93,6 +95,8 @@ class ServeState:
             "timeout_s": cfg.timeout_s,
             "auth": "bearer" if self.key else "none",
             "calibrated": clf.meta.temperature is not None,  # probabilities are softmax(logits / temperature)
+            "version": cfg.version,
+            **({"registered": cfg.registered} if cfg.registered else {}),
         }
         self.clf = clf
         return clf

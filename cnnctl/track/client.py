@@ -26,14 +26,16 @@ def check_installed(what: str) -> None:
         raise UsageError(f"{what} needs MLflow: pip install 'cnnctl[mlflow]'")
 
 
-def tracking_uri(given: str, what: str = "--track mlflow") -> str:
+def tracking_uri(given: str, what: str = "--track mlflow", flag: bool = True) -> str:
     """--tracking-uri, else $MLFLOW_TRACKING_URI; neither is one line naming both (MLflow's own
-    fallback, a database in the current folder, would scatter runs wherever cnnctl is started)."""
+    fallback, a database in the current folder, would scatter runs wherever cnnctl is started).
+    `flag`: whether the command has a --tracking-uri option."""
     uri = given or os.environ.get(URI_ENV, "")
     if not uri:
+        how = "give --tracking-uri http://HOST:5000 or set " if flag else "set "
         raise UsageError(
-            f"{what} needs a tracking server: give --tracking-uri http://HOST:5000 or set {URI_ENV} "
-            "(a local store: --tracking-uri sqlite:///mlflow.db; docs/track.md)"
+            f"{what} needs a tracking server: {how}{URI_ENV} (e.g. http://HOST:5000, or a local sqlite:///mlflow.db; "
+            "docs/track.md)"
         )
     return uri
 
