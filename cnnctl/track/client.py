@@ -57,6 +57,9 @@ def mlflow_client(uri: str, *, timeout_s: int, retries: int) -> Any:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(timeout_s))
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(retries))
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # MLflow writes "View run ... at URL" to stdout when a run ends: stdout is cnnctl's results.
+    os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
+    os.environ["MLFLOW_PRINT_MODEL_URLS_ON_CREATION"] = "false"
     logging.getLogger("mlflow").setLevel(logging.ERROR)  # its INFO/WARNING lines are not cnnctl's output
     from mlflow.tracking import MlflowClient
 

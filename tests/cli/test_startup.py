@@ -18,16 +18,28 @@ except SystemExit:
     pass
 print("TORCH_LOADED" if "torch" in sys.modules else "TORCH_FREE", file=sys.stderr)
 print("OPTUNA_LOADED" if "optuna" in sys.modules else "OPTUNA_FREE", file=sys.stderr)
+print("MLFLOW_LOADED" if "mlflow" in sys.modules else "MLFLOW_FREE", file=sys.stderr)
 """
 
 
 @pytest.mark.parametrize(
     "argv",
-    [["--help"], ["models", "--help"], ["shapes", "--help"], ["tune", "--help"], ["distill", "--help"], ["--version"]],
+    [
+        ["--help"],
+        ["models", "--help"],
+        ["shapes", "--help"],
+        ["tune", "--help"],
+        ["distill", "--help"],
+        ["track", "--help"],
+        ["track", "sync", "--help"],
+        ["export", "--help"],
+        ["--version"],
+    ],
 )
 def test_help_does_not_import_torch(argv):
     proc = subprocess.run([sys.executable, "-c", PROBE.format(argv=argv)], capture_output=True, text=True, cwd=ROOT)
     assert "TORCH_FREE" in proc.stderr and "OPTUNA_FREE" in proc.stderr, proc.stderr
+    assert "MLFLOW_FREE" in proc.stderr, proc.stderr
 
 
 def test_models_lists_and_filters():

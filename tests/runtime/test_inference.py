@@ -120,6 +120,7 @@ try:
 except SystemExit as exc:
     code = exc.code
 print("TORCH_LOADED" if any(m == "torch" or m.startswith("torch.") for m in sys.modules) else "TORCH_FREE", code, file=sys.stderr)
+print("MLFLOW_LOADED" if "mlflow" in sys.modules else "MLFLOW_FREE", file=sys.stderr)
 """
 
 
@@ -131,7 +132,7 @@ def test_onnx_predict_never_imports_torch(quick_onnx, tmp_path):
         text=True,
         cwd=ROOT,
     )
-    assert "TORCH_FREE 0" in proc.stderr, proc.stderr
+    assert "TORCH_FREE 0" in proc.stderr and "MLFLOW_FREE" in proc.stderr, proc.stderr
     assert json.loads(proc.stdout)["path"] == str(files[0][0])
 
 

@@ -1,0 +1,91 @@
+"""A real MLflow tracking server on loopback (`mlflow server`, SQLite backend store, local artifact
+root), started by the tests that need one; they skip, saying why, where it cannot start."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class MlflowServer:
+    """`mlflow server` on 127.0.0.1:PORT with its store in `folder`; `kill` and `start` again."""
+
+    def __init__(self, folder: Path, port: int | None = None) -> None:
+        self.folder, self.port = folder, port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> MlflowServer:
+        exe = shutil.which("mlflow") or str(Path(sys.executable).with_name("mlflow"))
+        log = open(self.folder / "server.log", "ab")
+        self.proc = subprocess.Popen(
+            [
+                exe,
+                "server",
+                "--backend-store-uri",
+                f"sqlite:///{self.folder / 'mlflow.db'}",
+                "--artifacts-destination",
+                str(self.folder / "artifacts"),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--workers",
+                "1",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                break
+            try:
+                with urllib.request.urlopen(self.url + "/health", timeout=1) as r:
+                    if r.status == 200:
+                        return self
+            except OSError:
+                time.sleep(0.2)
+        tail = (self.folder / "server.log").read_text(errors="replace")[-400:]
+        self.kill()
+        pytest.skip(f"mlflow server did not start on {self.url}: {tail}")
+
+    def kill(self) -> None:
+        """SIGKILL the server and its workers (what a crash or a lost machine looks like)."""
+        import os
+        import signal
+
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    pytest.importorskip("mlflow", reason="MLflow is not installed (pip install -e '.[mlflow]')")
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow")).start()
+    yield server
+    server.kill()
+
+
+@pytest.fixture
+def tracking(mlflow_server, monkeypatch):
+    """The server's URL in MLFLOW_TRACKING_URI (for `models:/` arguments), and an MlflowClient."""
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.url)
+    return MlflowClient(tracking_uri=mlflow_server.url, registry_uri=mlflow_server.url)
