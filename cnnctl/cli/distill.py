@@ -253,7 +253,7 @@ def _report(run_dir: Path, settings: Any, flags: dict[str, Any]) -> dict[str, An
     from cnnctl.train.trainer import resolve_run
 
     cfg = resolve_run(None, None, {}, str(run_dir))
-    return compare(
+    report = compare(
         run_dir,
         load_teacher(settings.teacher),
         cfg.data,
@@ -262,6 +262,15 @@ def _report(run_dir: Path, settings: Any, flags: dict[str, Any]) -> dict[str, An
         seconds=2.0,
         log=_log,
     )
+    if cfg.track != "none":  # distill.json came after the run's tracker closed: send it too
+        from cnnctl.errors import CnnctlError
+        from cnnctl.track.sync import sync_run
+
+        try:
+            sync_run(str(run_dir))
+        except CnnctlError as exc:
+            _log(f"tracking: the report did not reach MLflow ({exc.message}); later: cnnctl track sync {run_dir}")
+    return report
 
 
 def _print_report(r: dict[str, Any]) -> None:

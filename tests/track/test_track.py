@@ -228,3 +228,22 @@ def test_tracking_refusals_are_one_line(tmp_path, monkeypatch):
         assert proc.returncode != 0 and words in proc.stderr, (args, proc.stderr)
         assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert not (tmp_path / "a").exists() and not (tmp_path / "c").exists()
+
+
+def test_a_search_tracks_each_trial_tagged_with_its_study(tracking, tmp_path):
+    from tests.tune.test_tune import BASE, _space, _tune
+
+    out = tmp_path / "study"
+    info = _tune(*BASE, "--epochs", "1", "--space", _space(tmp_path), "--trials", "2", "--out", out,
+                 "--track", "mlflow", "--tracking-uri", tracking.tracking_uri, "--experiment", "tune-tests")  # fmt: skip
+    assert info["finished"] == 2
+    experiment = tracking.get_experiment_by_name("tune-tests")
+    runs = tracking.search_runs([experiment.experiment_id], "tags.`cnnctl.study` = 'study'")
+    assert sorted(r.data.tags["cnnctl.trial"] for r in runs) == ["0", "1"]
+    for r in runs:
+        trial = out / f"trial-{int(r.data.tags['cnnctl.trial']):04d}"
+        assert json.loads((trial / "mlflow.json").read_text())["run_id"] == r.info.run_id
+        assert (
+            r.info.status == "FINISHED"
+            and float(r.data.params["lr"]) == json.loads((trial / "config.json").read_text())["lr"]
+        )
