@@ -66,9 +66,15 @@ def mlflow_client(uri: str, *, timeout_s: int, retries: int) -> Any:
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
+NETWORK = ("Connection refused", "timed out", "Name or service not known", "Connection reset", "Connection aborted")
+
+
 def first_line(exc: BaseException) -> str:
-    """An MLflow or HTTP error as one short line."""
+    """An MLflow or HTTP error as one short line (a network failure as its cause alone)."""
     text = str(getattr(exc, "message", "") or exc).strip()
+    cause = next((c for c in NETWORK if c in text), None)
+    if cause:
+        return cause.lower()
     line = text.splitlines()[0] if text else type(exc).__name__
     return line[:240]
 

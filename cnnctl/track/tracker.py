@@ -14,6 +14,7 @@ import queue
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from cnnctl.track import client as tracking
 from cnnctl.track import record as records
@@ -30,11 +31,18 @@ class Tracker:
         self.lock = threading.Lock()
         self.jobs: queue.Queue[bool | None] = queue.Queue()
         self.trouble = ""  # the first failure, said once
-        self.thread = threading.Thread(target=self._work, name="cnnctl-track", daemon=True)
         with self.lock:
             record.save(self.run_dir)
+        # MLflow is imported here, before the first epoch starts (about 2 s of Python on 2 cores that
+        # would otherwise compete with the epoch loop for the interpreter), and only once.
+        try:
+            client = tracking.mlflow_client(record.tracking_uri, timeout_s=REQUEST_TIMEOUT_S, retries=0)
+        except Exception as exc:  # noqa: BLE001 - an MLflow that cannot start is said, never raised
+            client = None
+            self._tell(f"MLflow could not start ({tracking.first_line(exc)})")
+        self.thread = threading.Thread(target=self._work, args=(client,), name="cnnctl-track", daemon=True)
         self.thread.start()
-        self.jobs.put(False)  # create the MLflow run and send the config while the data loads
+        self.jobs.put(False)  # create the MLflow run (the config follows after the first epoch)
 
     def epoch(self) -> None:
         """An epoch ended (history.json is on disk): send it, in the background."""
@@ -58,11 +66,8 @@ class Tracker:
                 f"the MLflow server at {self.record.tracking_uri} did not take the run's end within {wait_s:.0f} s"
             )
 
-    def _work(self) -> None:
-        try:
-            client = tracking.mlflow_client(self.record.tracking_uri, timeout_s=REQUEST_TIMEOUT_S, retries=0)
-        except Exception as exc:  # noqa: BLE001 - an MLflow that cannot start is said, never raised
-            self._tell(f"MLflow could not start ({tracking.first_line(exc)})")
+    def _work(self, client: Any) -> None:
+        if client is None:
             return
         sender = Sender(client, self.run_dir, self.record, self.lock)
         while True:

@@ -1,4 +1,6 @@
-"""The run-time layer and serve/ import without torch: a deployment needs onnxruntime, not torch.
+"""The run-time layer, serve/ and track/ import without torch (a deployment needs onnxruntime, not
+torch; `predict models:/...` resolves through track/registry.py), and none imports MLflow at import
+time (only tracking or a models:/ URI may load it).
 
 Each check runs in a fresh interpreter where importing torch raises, so an import of torch at any
 depth (a module, or a module it imports) fails the test."""
@@ -13,13 +15,14 @@ import pytest
 
 import cnnctl.runtime
 import cnnctl.serve
+import cnnctl.track
 
 BLOCK = """
 import importlib, sys
 class Block:
     def find_spec(self, name, path=None, target=None):
-        if name == "torch" or name.startswith("torch.") or name == "torchvision":
-            raise ImportError("torch is blocked in this test")
+        if name.split(".")[0] in ("torch", "torchvision", "mlflow"):
+            raise ImportError(name + " is blocked in this test")
 sys.meta_path.insert(0, Block())
 for name in sys.argv[1:]:
     importlib.import_module(name)
@@ -32,7 +35,7 @@ def _modules(package) -> list[str]:
 
 
 @pytest.mark.quick
-@pytest.mark.parametrize("package", [cnnctl.runtime, cnnctl.serve], ids=["runtime", "serve"])
+@pytest.mark.parametrize("package", [cnnctl.runtime, cnnctl.serve, cnnctl.track], ids=["runtime", "serve", "track"])
 def test_imports_without_torch(package):
     names = _modules(package)
     if package is cnnctl.serve:
