@@ -30,6 +30,8 @@ OTHER = {
     "label_column": "tags",
     "label_delim": ";",
     "threshold_rule": "precision=0.9",
+    "tracking_uri": "http://mlflow:5000",
+    "experiment": "pets",
 }
 
 

@@ -74,8 +74,10 @@ class MlflowServer:
             self.proc.wait(timeout=30)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory):
+    """Stopped when its module's tests end: a server left running changes the memory the later
+    tests' runs see, and with it their automatic eval batch (the determinism tests compare sums)."""
     pytest.importorskip("mlflow", reason="MLflow is not installed (pip install -e '.[mlflow]')")
     server = MlflowServer(tmp_path_factory.mktemp("mlflow")).start()
     yield server
@@ -89,3 +91,4 @@ def tracking(mlflow_server, monkeypatch):
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.url)
     return MlflowClient(tracking_uri=mlflow_server.url, registry_uri=mlflow_server.url)
+
