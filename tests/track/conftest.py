@@ -91,4 +91,3 @@ def tracking(mlflow_server, monkeypatch):
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.url)
     return MlflowClient(tracking_uri=mlflow_server.url, registry_uri=mlflow_server.url)
-
