@@ -7,8 +7,10 @@ a server that is gone (a closed port), interleaved, each arm `--repeats` times.
 
 Prints each arm's median epoch time (epoch 1, which pays for the first sends, apart from the
 rest), its median wall time for the whole command (MLflow's import, the run's creation and the
-last send of files and pictures included), and the ratios against the untracked arm. Needs the
-mlflow extra. About 6 minutes on 2 cores.
+last send of files and pictures included), the ratios against the untracked arm, and the CPU
+time the tracker's thread spent sending while the run trained (RUN/mlflow.json's `send_cpu_s`) as
+a share of the epochs' time: the tracker's cost on this machine without the noise of the epoch
+times. Needs the mlflow extra. About 6 minutes on 2 cores.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from cnnctl.machine import cpu_info
 from tests.track.conftest import MlflowServer, free_port
 
 
-def train(out: Path, epochs: int, track: list[str]) -> tuple[list[float], float, str]:
+def train(out: Path, epochs: int, track: list[str]) -> tuple[list[float], float, str, float]:
     cmd = [sys.executable, "-m", "cnnctl", "train", "--recipe", "quickstart", "--epochs", str(epochs), "--out", str(out),
            "--overwrite", *track]  # fmt: skip
     start = time.perf_counter()
@@ -36,7 +38,9 @@ def train(out: Path, epochs: int, track: list[str]) -> tuple[list[float], float,
         sys.exit(proc.stderr[-2000:])
     epochs = [r["seconds"] for r in json.loads((out / "history.json").read_text())["epochs"]]
     said = [line for line in proc.stderr.splitlines() if line.startswith("tracking:")]
-    return epochs, wall, said[0] if said else ""
+    record = out / "mlflow.json"
+    cpu = json.loads(record.read_text())["send_cpu_s"] if record.is_file() else 0.0
+    return epochs, wall, said[0] if said else "", cpu
 
 
 def main() -> None:
@@ -51,7 +55,7 @@ def main() -> None:
         "tracked (server up)": ["--track", "mlflow", "--tracking-uri", server.url],
         "tracked (server gone)": ["--track", "mlflow", "--tracking-uri", f"http://127.0.0.1:{free_port()}"],
     }
-    results: dict[str, list[tuple[list[float], float, str]]] = {name: [] for name in arms}
+    results: dict[str, list[tuple[list[float], float, str, float]]] = {name: [] for name in arms}
     train(work / "warm", 1, [])  # the decode cache and the page cache, for every arm alike
     try:
         for i in range(args.repeats):
@@ -69,9 +73,10 @@ def main() -> None:
         rest = statistics.median(s for r in runs for s in r[0][1:])
         wall = statistics.median(r[1] for r in runs)
         base_rest, base_wall = (rest, wall) if name == "untracked" else (base_rest, base_wall)
+        share = statistics.median(r[3] / sum(r[0]) for r in runs)
         print(
             f"{name:24s} epoch 1 {first:6.2f} s   epochs 2+ {rest:6.2f} s ({rest / base_rest:.3f}x)   "
-            f"command {wall:6.2f} s ({wall / base_wall:.3f}x)"
+            f"command {wall:6.2f} s ({wall / base_wall:.3f}x)   tracker CPU while training {share:.2%} of the epochs"
         )
         notes = {r[2] for r in runs if r[2]}
         for note in notes:

@@ -228,8 +228,10 @@ def eval_memory_budget(device_type: str, device_index: int = 0) -> tuple[int, st
     """(bytes, why) one inference batch's activations may take.
 
     CPU: 512 MiB, or 1/16 of the available RAM where that is less (CPU inference gains nothing
-    from batches beyond a few dozen photos). CUDA: a quarter of the device's free memory, at most
-    4 GiB.
+    from batches beyond a few dozen photos), rounded down to 64 MiB steps: the free memory moves
+    by megabytes from one moment to the next (another process, the page cache), and a budget that
+    followed it would give a resumed or repeated run another eval batch, and so validation sums that
+    differ in their last digits. CUDA: a quarter of the device's free memory, at most 4 GiB.
     """
     if device_type == "cuda":
         import torch
@@ -238,7 +240,8 @@ def eval_memory_budget(device_type: str, device_index: int = 0) -> tuple[int, st
         return min(4096 * MiB, free // 4), "a quarter of the free GPU memory, at most 4 GiB"
     _, available = memory_bytes()
     if available and available // 16 < 512 * MiB:
-        return max(64 * MiB, available // 16), "1/16 of the available RAM"
+        steady = max(64 * MiB, available // 16 // (64 * MiB) * (64 * MiB))
+        return steady, "1/16 of the available RAM, in steps of 64 MiB"
     return 512 * MiB, "the CPU default"
 
 

@@ -108,6 +108,10 @@ def test_auto_eval_batch_fits_the_budget_and_shrinks_with_the_image():
 def test_the_budget_follows_the_available_memory(monkeypatch):
     monkeypatch.setattr(machine, "memory_bytes", lambda: (4 << 30, 2 << 30))
     assert machine.eval_memory_budget("cpu")[0] == (2 << 30) // 16
+    # Megabytes of jitter in the free memory leave the budget (and so the eval batch) where it was.
+    for available in (6700 << 20, 6900 << 20, 7100 << 20):
+        monkeypatch.setattr(machine, "memory_bytes", lambda a=available: (24 << 30, a))
+        assert machine.eval_memory_budget("cpu")[0] == 384 * machine.MiB
     monkeypatch.setattr(machine, "memory_bytes", lambda: (64 << 30, 48 << 30))
     assert machine.eval_memory_budget("cpu")[0] == 512 * machine.MiB
 

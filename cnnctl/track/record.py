@@ -34,6 +34,7 @@ class TrackRecord:
     status: str = ""  # how the run ended, as the trainer saw it ("" while it runs)
     status_sent: bool = False
     tags: dict[str, str] = field(default_factory=dict)  # extra tags (a search's study and trial)
+    send_cpu_s: float = 0.0  # CPU seconds the tracker thread spent sending while the run trained (its cost)
 
     def link(self) -> dict[str, str] | None:
         """What a model file's Metadata keeps of its tracking run (None until the run exists)."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -82,10 +83,15 @@ class Tracker:
                     break
                 stop = nxt is None
                 final = final or bool(nxt)
+            cpu = time.thread_time()
             try:
                 sender.send(final=final)
             except Exception as exc:  # noqa: BLE001 - whatever MLflow or the network raise
                 self._tell(f"the MLflow server at {self.record.tracking_uri} failed ({tracking.first_line(exc)})")
+            if not final:  # the last send (files, pictures, status) comes after training
+                with self.lock:
+                    self.record.send_cpu_s = round(self.record.send_cpu_s + time.thread_time() - cpu, 4)
+                    self.record.save(self.run_dir)
             if stop:
                 return
 

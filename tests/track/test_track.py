@@ -247,3 +247,42 @@ def test_a_search_tracks_each_trial_tagged_with_its_study(tracking, tmp_path):
             r.info.status == "FINISHED"
             and float(r.data.params["lr"]) == json.loads((trial / "config.json").read_text())["lr"]
         )
+
+
+def test_a_server_that_never_answers_is_bounded_and_said_once(tmp_path):
+    """A tracking server that accepts connections and never answers (hung, or a black-holed
+    proxy): every request gives up after its bound, training goes on, one line is said."""
+    pytest.importorskip("mlflow", reason="MLflow is not installed (pip install -e '.[mlflow]')")
+    import socket
+    import threading
+
+    hung = socket.socket()
+    hung.bind(("127.0.0.1", 0))
+    hung.listen(64)
+    held: list[socket.socket] = []
+    threading.Thread(target=lambda: [held.append(hung.accept()[0]) for _ in range(64)], daemon=True).start()
+    url = f"http://127.0.0.1:{hung.getsockname()[1]}"
+    started = time.monotonic()
+    proc = run_cli("train", "model-a", "--data", PETS_MINI, "--epochs", "3", "--out", tmp_path / "run",
+                   "--track", "mlflow", "--tracking-uri", url, subprocess_=True)  # fmt: skip
+    took = time.monotonic() - started
+    hung.close()
+    assert proc.returncode == 0, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if "tracking" in line.lower() or "mlflow" in line.lower()]
+    assert len(lines) == 1 and "timed out" in lines[0] and "cnnctl track sync" in lines[0], proc.stderr
+    assert len(json.loads((tmp_path / "run" / "history.json").read_text())["epochs"]) == 3
+    assert took < 60, took  # 5 s per request, 20 s at most at the end: never MLflow's 120 s x 7 retries
+
+
+def test_a_resumed_run_goes_on_in_its_mlflow_run(mlflow_server, tracking, tmp_path):
+    out = tmp_path / "run"
+    common = ("--data", PETS_MINI, "--out", out, "--track", "mlflow", "--tracking-uri", mlflow_server.url)
+    assert run_cli("train", "model-a", "--epochs", "2", *common).returncode == 0
+    first = json.loads((out / "mlflow.json").read_text())["run_id"]
+    again = run_cli("train", "--resume", out, "--epochs", "4")
+    assert again.returncode == 0, again.stderr
+    record = json.loads((out / "mlflow.json").read_text())
+    assert record["run_id"] == first and record["epochs_sent"] == [1, 2, 3, 4] and record["status_sent"]
+    history = json.loads((out / "history.json").read_text())["epochs"]
+    assert metric_steps(tracking, first, "val_loss") == pytest.approx({r["epoch"]: r["val_loss"] for r in history})
+    assert tracking.get_run(first).info.status == "FINISHED"

@@ -37,7 +37,21 @@ def test_second_writer_is_refused_and_a_dead_owner_lock_is_taken_over(tmp_path):
 def test_same_seed_twice_gives_identical_histories_and_weights(tmp_path):
     from safetensors.torch import load_file
 
-    args = ["train", "tiny", "--subset", "300", "--epochs", "2", "--augment", "shift", "--seed", "4"]
+    # A fixed eval batch: "auto" follows the free memory, which other processes move.
+    args = [
+        "train",
+        "tiny",
+        "--subset",
+        "300",
+        "--epochs",
+        "2",
+        "--augment",
+        "shift",
+        "--seed",
+        "4",
+        "--eval-batch-size",
+        "256",
+    ]
     for name in ("a", "b"):
         assert run_cli(*args, "--out", tmp_path / name).returncode == 0
     wa, wb = (load_file(str(tmp_path / n / "model.safetensors")) for n in ("a", "b"))

@@ -107,6 +107,10 @@ def _train_args(out: Path, extra: tuple[str, ...] = (), model: str = "tiny") -> 
         "shift",
         "--seed",
         "3",
+        # A fixed eval batch: "auto" follows the free memory, which other processes move, and a
+        # different batch sums the validation loss in another order (the last digits differ).
+        "--eval-batch-size",
+        "256",
         "--out",
         str(out),
         *extra,
