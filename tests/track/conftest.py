@@ -3,7 +3,10 @@ root), started by the tests that need one; they skip, saying why, where it canno
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -49,6 +52,8 @@ class MlflowServer:
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            # No job runner (its huey consumers: 5 more processes that tracking never uses).
+            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
         )
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
@@ -65,13 +70,30 @@ class MlflowServer:
         pytest.skip(f"mlflow server did not start on {self.url}: {tail}")
 
     def kill(self) -> None:
-        """SIGKILL the server and its workers (what a crash or a lost machine looks like)."""
-        import os
-        import signal
+        """SIGKILL the server and every process under it (what a crash or a lost machine looks
+        like). Its uvicorn and job processes start sessions of their own, so the process group
+        is not enough: the tree is read from /proc first."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        for pid in [*descendants(self.proc.pid), self.proc.pid]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self.proc.wait(timeout=30)
 
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=30)
+
+def descendants(root: int) -> list[int]:
+    """Every process below `root` (children first found, from /proc/*/stat's parent ids)."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            parents[int(stat.parent.name)] = int(fields[1])
+    found, frontier = [], [root]
+    while frontier:
+        kids = [pid for pid, parent in parents.items() if parent in frontier]
+        found += kids
+        frontier = kids
+    return found
 
 
 @pytest.fixture(scope="module")

@@ -195,7 +195,7 @@ def test_a_server_killed_mid_run_leaves_a_finished_run_and_one_line(tmp_path):
     record = json.loads((run_dir / "mlflow.json").read_text())
     assert 1 <= len(record["epochs_sent"]) < 60 and record["status"] == "FINISHED" and not record["status_sent"]
     # The server back (same store, same address): `track sync` sends the rest, once.
-    MlflowServer(tmp_path, server.port).start()
+    back = MlflowServer(tmp_path, server.port).start()
     try:
         synced = run_cli("track", "sync", run_dir, "--json")
         assert synced.returncode == 0, synced.stderr
@@ -207,7 +207,7 @@ def test_a_server_killed_mid_run_leaves_a_finished_run_and_one_line(tmp_path):
         assert steps == pytest.approx({r["epoch"]: r["val_acc"] for r in history["epochs"]})
         assert client.get_run(record["run_id"]).info.status == "FINISHED"
     finally:
-        server.kill()
+        back.kill()
 
 
 def test_tracking_refusals_are_one_line(tmp_path, monkeypatch):
