@@ -9,8 +9,10 @@ Prints each arm's median epoch time (epoch 1, which pays for the first sends, ap
 rest), its median wall time for the whole command (MLflow's import, the run's creation and the
 last send of files and pictures included), the ratios against the untracked arm, and the CPU
 time the tracker's thread spent sending while the run trained (RUN/mlflow.json's `send_cpu_s`) as
-a share of the epochs' time: the tracker's cost on this machine without the noise of the epoch
-times. Needs the mlflow extra. About 6 minutes on 2 cores.
+a share of the epochs' time; then one run's history sent again epoch by epoch in this process, each
+send's CPU time measured (the first creates the MLflow run and sends the params): the tracker's
+per-epoch cost without the noise of epoch times and of a server on the same cores. Needs the
+mlflow extra. About 6 minutes on 2 cores.
 """
 
 from __future__ import annotations
@@ -25,6 +27,9 @@ import time
 from pathlib import Path
 
 from cnnctl.machine import cpu_info
+from cnnctl.track.client import mlflow_client
+from cnnctl.track.record import TrackRecord
+from cnnctl.track.sender import Sender
 from tests.track.conftest import MlflowServer, free_port
 
 
@@ -41,6 +46,27 @@ def train(out: Path, epochs: int, track: list[str]) -> tuple[list[float], float,
     record = out / "mlflow.json"
     cpu = json.loads(record.read_text())["send_cpu_s"] if record.is_file() else 0.0
     return epochs, wall, said[0] if said else "", cpu
+
+
+def send_costs(run: Path, url: str) -> tuple[float, list[float]]:
+    """CPU seconds of each send as a tracker makes them: `run`'s history.json given back one epoch
+    at a time to a fresh MLflow run (the first send creates it and sends the params)."""
+    history = json.loads((run / "history.json").read_text())
+    client = mlflow_client(url, timeout_s=5, retries=0)
+    sender = Sender(client, run, TrackRecord(tracking_uri=url, experiment="send-costs"))
+    costs = []
+    try:
+        for n in range(1, len(history["epochs"]) + 1):
+            (run / "history.json").write_text(
+                json.dumps({"format": 1, "epochs": history["epochs"][:n]})
+            )  # as while training
+            start = time.thread_time()
+            sender.send(final=False)
+            costs.append(time.thread_time() - start)
+    finally:
+        (run / "history.json").write_text(json.dumps(history))
+        (run / "mlflow.json").unlink(missing_ok=True)
+    return costs[0], costs[1:]
 
 
 def main() -> None:
@@ -61,6 +87,7 @@ def main() -> None:
         for i in range(args.repeats):
             for k, (name, flags) in enumerate(arms.items()):
                 results[name].append(train(work / f"{i}-{k}", args.epochs, flags))
+        first, later = send_costs(work / "0-0", server.url)
     finally:
         server.kill()
     info = cpu_info()
@@ -81,6 +108,11 @@ def main() -> None:
         notes = {r[2] for r in runs if r[2]}
         for note in notes:
             print(f"  said: {note}")
+    each = statistics.median(later)
+    print(
+        f"one send's CPU time (in this process): the first {first * 1000:.0f} ms (creates the MLflow run, params), "
+        f"then per epoch {each * 1000:.1f} ms median = {each / base_rest:.2%} of an untracked epoch"
+    )
 
 
 if __name__ == "__main__":
