@@ -12,6 +12,7 @@ downloads the files once and checks them against the tags before they go into th
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import tempfile
 import time
@@ -52,15 +53,7 @@ class Registered:
         return f"{PREFIX}{self.name}/{self.version}"
 
     def to_dict(self) -> dict[str, str]:
-        return {
-            "name": self.name,
-            "version": self.version,
-            "alias": self.alias,
-            "uri": self.uri,
-            "sha256": self.sha256,
-            "run_id": self.run_id,
-            "tracking_uri": self.tracking_uri,
-        }
+        return {**dataclasses.asdict(self), "uri": self.uri}
 
 
 def is_model_uri(target: object) -> bool:
