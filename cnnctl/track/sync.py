@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 from typing import Any
 
@@ -54,5 +55,9 @@ def sync_run(run_dir: str, uri: str = "", experiment: str = "") -> dict[str, Any
 
 
 def _finished(run_dir: Path) -> bool:
-    history = read_json(run_dir / "history.json", RunDirError, "") if (run_dir / "history.json").is_file() else {}
+    """Whether the run reached its end (history.json says why it stopped)."""
+    try:
+        history = json.loads((run_dir / "history.json").read_text())
+    except (OSError, ValueError):
+        return False
     return isinstance(history, dict) and "stopped" in history

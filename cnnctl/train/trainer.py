@@ -565,7 +565,7 @@ class Checkpointer:
         run_dir: Path,
         run: Prepared,
         writes: bool,
-        say: Callable[[str], None] = print,
+        say: Callable[[str], None],
         track_tags: dict[str, str] | None = None,
     ) -> None:
         self.run_dir, self.run, self.writes = run_dir, run, writes
