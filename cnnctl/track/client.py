@@ -66,6 +66,21 @@ def mlflow_client(uri: str, *, timeout_s: int, retries: int) -> Any:
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
+def experiment_id(client: Any, name: str) -> str:
+    """The id of the experiment `name`, created when it does not exist yet (by another process
+    meanwhile too: the create then fails with RESOURCE_ALREADY_EXISTS and the lookup answers)."""
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return str(found.experiment_id)
+    try:
+        return str(client.create_experiment(name))
+    except Exception:  # noqa: BLE001 - MLflow's own exception for "already exists"
+        found = client.get_experiment_by_name(name)
+        if found is None:
+            raise
+        return str(found.experiment_id)
+
+
 NETWORK = ("Connection refused", "timed out", "Name or service not known", "Connection reset", "Connection aborted")
 
 

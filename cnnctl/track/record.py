@@ -18,7 +18,6 @@ from cnnctl.io import read_json, write_json
 from cnnctl.runtime import modelfile
 
 FILE = "mlflow.json"
-STATUSES = ("FINISHED", "KILLED", "FAILED")
 
 
 @dataclass

@@ -92,13 +92,14 @@ def resolve(uri: str) -> Registered:
         if "RESOURCE_DOES_NOT_EXIST" in text or "not found" in text.lower() or "does not exist" in text.lower():
             raise UsageError(f"{uri}: the registry at {server} has no such model version ({text})") from None
         raise tracking.failed(f"resolving {uri}", server, exc) from None
-    sha = (mv.tags or {}).get(SHA_TAG, "")
+    tags = mv.tags or {}
+    sha = tags.get(SHA_TAG, "")
     if not re.fullmatch(r"[0-9a-f]{64}", sha):
         raise CheckpointError(
             f"{uri} (version {mv.version}) was not registered by `cnnctl export --register` (it has no {SHA_TAG} tag); "
             "download its ONNX file and give its path instead"
         )
-    wanted = {MODEL_FILE: sha, **({manifest.FILE: mv.tags[SPLITS_TAG]} if (mv.tags or {}).get(SPLITS_TAG) else {})}
+    wanted = {MODEL_FILE: sha, **({manifest.FILE: tags[SPLITS_TAG]} if tags.get(SPLITS_TAG) else {})}
     folder = cache_root() / "registry" / sha
     if not all((folder / f).is_file() and file_sha256(folder / f) == digest for f, digest in wanted.items()):
         _download(client, server, uri, mv, wanted, folder)
@@ -182,11 +183,10 @@ def _run_for(client: Any, server: str, meta: Metadata) -> tuple[str, bool]:
         except Exception:  # noqa: BLE001 - deleted, or another server's: log into a new run
             pass
     data = meta.data.name if meta.data is not None else meta.model
-    experiment = tracking.experiment_name("", data)
-    found = client.get_experiment_by_name(experiment)
-    experiment_id = found.experiment_id if found is not None else client.create_experiment(experiment)
     run = client.create_run(
-        experiment_id, run_name=f"export {meta.model}", tags={"mlflow.source.name": "cnnctl export"}
+        tracking.experiment_id(client, tracking.experiment_name("", data)),
+        run_name=f"export {meta.model}",
+        tags={"mlflow.source.name": "cnnctl export"},
     )
     client.set_terminated(run.info.run_id)
     return run.info.run_id, False

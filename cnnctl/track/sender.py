@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from cnnctl.io import file_sha256
+from cnnctl.track.client import experiment_id as experiment_of
 from cnnctl.track.record import TrackRecord
 
 FILES = ("config.json", "history.json", "splits.json.gz", "distill.json", "history.csv", "steps.csv")
@@ -105,18 +106,7 @@ class Sender:
     def _ensure_run(self, config: dict[str, Any] | None) -> bool:
         if self.record.run_id:
             return False
-        name = self.record.experiment
-        found = self.client.get_experiment_by_name(name)
-        if found is None:
-            try:
-                experiment_id = self.client.create_experiment(name)
-            except Exception:  # noqa: BLE001 - created meanwhile by another run (RESOURCE_ALREADY_EXISTS)
-                found = self.client.get_experiment_by_name(name)
-                if found is None:
-                    raise
-                experiment_id = found.experiment_id
-        else:
-            experiment_id = found.experiment_id
+        experiment_id = experiment_of(self.client, self.record.experiment)
         config_file = self.run_dir / "config.json"
         started = config_file.stat().st_mtime if config is not None else time.time()
         tags = {
@@ -128,7 +118,7 @@ class Sender:
         run = self.client.create_run(
             experiment_id, start_time=int(started * 1000), tags=tags, run_name=self.run_dir.name
         )
-        self._update(run_id=run.info.run_id, experiment_id=str(experiment_id))
+        self._update(run_id=run.info.run_id, experiment_id=experiment_id)
         return True
 
     def _params(self, config: dict[str, Any]) -> int:
